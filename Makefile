@@ -1,0 +1,47 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/lambda-ml
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-unit lint bench clean services-up services-down
+
+setup: $(STAMP)
+
+# Re-install only when the pins change: a warm `make setup` is a no-op.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+services-up: setup
+	$(CLI) kafka up
+	$(CLI) mlflow up
+
+services-down:
+	-$(CLI) mlflow down
+	-$(CLI) kafka down
+
+demo: setup
+	$(CLI) demo
+
+# Integration tests start the real Kafka broker and MLflow server through session fixtures
+# and stop them at the end; nothing is left running.
+test: setup
+	$(CLI) kafka fetch
+	$(PY) -m pytest tests
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check pipelines models serving streams tests bench
+	$(VENV)/bin/ruff format --check pipelines models serving streams tests bench
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(CLI) bench all
+
+clean: services-down
+	rm -rf var

@@ -1,0 +1,1 @@
+"""lambda-ml models package."""

@@ -1,0 +1,30 @@
+"""Settings of the jobs, read from the environment at the CLI edge and passed down."""
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MlflowSettings(BaseSettings):
+    """The MLflow tracking server and registry.
+
+    `tracking_uri` left empty means "run the project's own server on localhost:`port`" with a
+    SQLite store and artifacts under `home`; set it to use an existing server instead.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MLFLOW_", frozen=True)
+
+    tracking_uri: str = ""
+    port: int = 5000
+    home: Path = Path("var/mlflow")
+    experiment: str = "lambda-ml"
+    registered_model: str = "intent-classifier"
+
+    @property
+    def uses_local_server(self) -> bool:
+        return not self.tracking_uri
+
+    @property
+    def uri(self) -> str:
+        """The address clients talk to."""
+        return self.tracking_uri or f"http://127.0.0.1:{self.port}"

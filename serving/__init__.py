@@ -1,0 +1,1 @@
+"""lambda-ml serving package."""

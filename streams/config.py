@@ -1,0 +1,34 @@
+"""Kafka settings, read from `KAFKA_*` environment variables at the CLI edge."""
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """Where the broker is, which topics the pipeline uses, and how a local broker is run.
+
+    `bootstrap_servers` left empty means "run the project's own single-node broker on
+    localhost:`port`"; set it to use an existing cluster instead.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True)
+
+    bootstrap_servers: str = ""
+    port: int = 9092
+    controller_port: int = 9093
+    topic: str = "queries"
+    dlq_topic: str = "queries.dlq"
+    partitions: int = 4
+    kafka_version: str = "4.1.1"
+    home: Path = Path("var/kafka")
+    heap: str = "512m"
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def bootstrap(self) -> str:
+        """The address clients connect to."""
+        return self.bootstrap_servers or f"localhost:{self.port}"
