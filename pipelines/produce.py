@@ -1,0 +1,108 @@
+"""The `produce` job: replay a dataset onto the `queries` topic as a stream of user queries."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from streams.config import KafkaSettings
+from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
+from streams.producer import ProduceStats, Timeline, build_events, make_producer, publish
+from streams.scenarios import (
+    DEFAULT_LATE_DOMAINS,
+    Scenario,
+    ScenarioName,
+    late_intents_of_domains,
+    replay,
+)
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What to replay and how; the CLI's `produce` options, one to one."""
+
+    data: Path = CLINC150_DATA
+    scenario: ScenarioName = "shuffle"
+    limit: int | None = None
+    repeat: int = 1
+    rate: float = 0.0
+    unlabelled_fraction: float = 0.0
+    drift_fraction: float = 0.5
+    late_domains: tuple[str, ...] = DEFAULT_LATE_DOMAINS
+    late_intents: tuple[str, ...] = ()
+    seed: int = 42
+    run_id: str = "replay"
+    span_days: float = 0.0
+    splits: frozenset[str] | None = field(default=None)
+
+
+def late_intents_for(options: ReplayOptions) -> frozenset[str]:
+    """Named intents win; otherwise the intents of the named CLINC150 domains."""
+    if options.late_intents:
+        return frozenset(options.late_intents)
+    return late_intents_of_domains(load_domains(), options.late_domains)
+
+
+def scenario_for(options: ReplayOptions, dataset_size: int) -> Scenario:
+    length = options.limit if options.limit is not None else dataset_size * options.repeat
+    return Scenario(
+        name=options.scenario,
+        length=length,
+        seed=options.seed,
+        drift_at=int(length * options.drift_fraction),
+        late_intents=late_intents_for(options) if options.scenario == "new-domain" else frozenset(),
+        unlabelled_fraction=options.unlabelled_fraction,
+    )
+
+
+def replay_messages(options: ReplayOptions) -> tuple[int, Iterator[bytes], list[BadLine]]:
+    """The serialised events of a replay, their count, and the input lines that were skipped."""
+    dataset = load_dataset(options.data, options.splits)
+    scenario = scenario_for(options, len(dataset.examples))
+    timeline = Timeline(span=timedelta(days=options.span_days))
+    events = build_events(
+        replay(dataset.examples, scenario), scenario.length, options.run_id, options.seed, timeline
+    )
+    return scenario.length, (e.to_json_bytes() for e in events), dataset.bad_lines
+
+
+def report_bad_lines(
+    console: Console, path: Path, bad_lines: list[BadLine], shown: int = 20
+) -> None:
+    if not bad_lines:
+        return
+    console.print(f"[yellow]skipped {len(bad_lines)} bad line(s) in {path}:[/yellow]")
+    for bad in bad_lines[:shown]:
+        console.print(f"  line {bad.line_number}: {bad.reason}")
+    if len(bad_lines) > shown:
+        console.print(f"  ... and {len(bad_lines) - shown} more")
+
+
+def run_produce(settings: KafkaSettings, options: ReplayOptions, console: Console) -> ProduceStats:
+    """Replay with a progress bar; bad input lines are reported and skipped, never fatal."""
+    length, messages, bad_lines = replay_messages(options)
+    report_bad_lines(console, options.data, bad_lines)
+    producer = make_producer(settings)
+    columns = (
+        TextColumn("producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("produce", total=length, rate="")
+            stats = publish(
+                producer,
+                settings,
+                messages,
+                rate=options.rate,
+                on_sent=lambda: progress.advance(task),
+            )
+    finally:
+        producer.close()
+    return stats
