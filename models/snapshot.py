@@ -1,0 +1,105 @@
+"""Speed-layer snapshots: the model, where in the stream it is, and how it is doing.
+
+A snapshot is written atomically (temporary file, fsync, rename, fsync of the folder), so a
+reader or a restart after kill -9 sees either the previous snapshot or the new one, never half.
+The store is an interface so that an object store can stand in for the local folder.
+"""
+
+import os
+import pickle
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from models.blend import HedgeBlender
+
+_NAME = re.compile(r"^snapshot-(\d{12})\.pkl$")
+
+
+@dataclass
+class SpeedSnapshot:
+    """Everything serving and a restarted speed worker need.
+
+    `offsets` holds the next offset to read in each partition of the topic: every event before
+    it is reflected in `model`, none after. `base_version` is the batch champion version whose
+    cut-off the model was re-based on (None before the first champion).
+    """
+
+    model: Any
+    blender: HedgeBlender
+    offsets: dict[int, int]
+    events_learnt: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    base_version: str | None = None
+    base_offsets: dict[int, int] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    sequence: int = 0
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, time.time() - self.created_at)
+
+
+class SnapshotStore(Protocol):
+    def save(self, snapshot: SpeedSnapshot) -> str: ...
+
+    def latest(self) -> SpeedSnapshot | None: ...
+
+    def latest_sequence(self) -> int | None: ...
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalSnapshotStore:
+    """Snapshots as numbered pickle files in one folder; the highest number is the newest.
+
+    Pickle runs code on load: point it only at a folder this pipeline writes.
+    """
+
+    def __init__(self, directory: Path, keep: int = 3) -> None:
+        self.directory = directory
+        self.keep = keep
+
+    def _sequences(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        found = (_NAME.match(p.name) for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def _path(self, sequence: int) -> Path:
+        return self.directory / f"snapshot-{sequence:012d}.pkl"
+
+    def latest_sequence(self) -> int | None:
+        sequences = self._sequences()
+        return sequences[-1] if sequences else None
+
+    def save(self, snapshot: SpeedSnapshot) -> str:
+        """Write durably as the next sequence number; older snapshots beyond `keep` go."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        snapshot.sequence = (self.latest_sequence() or 0) + 1
+        target = self._path(snapshot.sequence)
+        temporary = target.with_suffix(f".tmp-{os.getpid()}")
+        with temporary.open("wb") as handle:
+            pickle.dump(snapshot, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+        _fsync_directory(self.directory)
+        for old in self._sequences()[: -self.keep]:
+            self._path(old).unlink(missing_ok=True)
+        return str(target)
+
+    def latest(self) -> SpeedSnapshot | None:
+        sequence = self.latest_sequence()
+        if sequence is None:
+            return None
+        with self._path(sequence).open("rb") as handle:
+            return pickle.load(handle)

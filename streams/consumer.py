@@ -1,0 +1,118 @@
+"""Reading the query stream: validated events with their offsets, bad messages dead-lettered.
+
+Both layers own their position (the speed layer in its snapshots, the archiver in its file
+names), so readers are assigned all partitions and seek explicitly; commits to the consumer
+group only report progress (lag) and are made after the work they cover is durable.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from streams.config import KafkaSettings
+from streams.dead_letters import Source, send_to_dead_letters
+from streams.schema import InvalidEvent, QueryEvent, parse_event
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """A valid event and where it was read from."""
+
+    event: QueryEvent
+    partition: int
+    offset: int
+
+
+def make_consumer(settings: KafkaSettings, group_id: str, **overrides) -> KafkaConsumer:
+    """A consumer that never commits by itself and reads from the start of unknown partitions."""
+    config = {
+        "bootstrap_servers": settings.bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 5000,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "client_id": f"lambda-ml-{group_id}",
+    }
+    config.update(overrides)
+    return KafkaConsumer(**config)
+
+
+class EventReader:
+    """Polls the topic of all its partitions, from given offsets, and validates each message.
+
+    `positions` is the next offset to read in each partition: everything before it has been
+    handed out or dead-lettered. Call `flush_dead_letters` before making that position durable.
+    """
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        dlq_producer: KafkaProducer,
+        settings: KafkaSettings,
+        stage: str,
+        start_offsets: Mapping[int, int] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._dlq = dlq_producer
+        self._settings = settings
+        self._stage = stage
+        partitions = consumer.partitions_for_topic(settings.topic)
+        if not partitions:
+            raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
+        self.partitions = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
+        consumer.assign(self.partitions)
+        beginnings = consumer.beginning_offsets(self.partitions)
+        self.positions: dict[int, int] = {}
+        for tp in self.partitions:
+            start = (start_offsets or {}).get(tp.partition)
+            if start is None:
+                start = beginnings[tp]
+            consumer.seek(tp, start)
+            self.positions[tp.partition] = start
+        self.dead_lettered = 0
+
+    def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
+        """The next valid events, in offset order within each partition."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        valid: list[Consumed] = []
+        for tp, records in batches.items():
+            for record in records:
+                try:
+                    event = parse_event(record.value)
+                except InvalidEvent as exc:
+                    send_to_dead_letters(
+                        self._dlq,
+                        self._settings.dlq_topic,
+                        record.value,
+                        exc.reason,
+                        self._stage,
+                        key=record.key,
+                        source=Source(tp.topic, tp.partition, record.offset),
+                    )
+                    self.dead_lettered += 1
+                else:
+                    valid.append(Consumed(event, tp.partition, record.offset))
+                self.positions[tp.partition] = record.offset + 1
+        return valid
+
+    def flush_dead_letters(self) -> None:
+        """Block until every dead-letter record sent so far is acknowledged."""
+        self._dlq.flush()
+
+    def commit(self, positions: Mapping[int, int]) -> None:
+        """Report durable progress to the consumer group (for lag); never the source of truth."""
+        self._consumer.commit(
+            {
+                TopicPartition(self._settings.topic, p): OffsetAndMetadata(o, "", -1)
+                for p, o in positions.items()
+            }
+        )
+
+    def lag(self) -> int:
+        """Events on the topic not yet read by this reader."""
+        ends = self._consumer.end_offsets(self.partitions)
+        return sum(max(0, ends[tp] - self.positions[tp.partition]) for tp in self.partitions)
