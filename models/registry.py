@@ -56,3 +56,27 @@ def fetch_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
         run_id=version.run_id or "",
         cutoff_offsets=decode_offsets(version.tags.get(CUTOFF_TAG)),
     )
+
+
+class ChampionModel:
+    """A loaded batch champion: its registry facts and a vectorised predict_proba over texts."""
+
+    def __init__(self, info: ChampionInfo, estimator) -> None:
+        self.info = info
+        self.estimator = estimator
+        self.classes: list[str] = [str(c) for c in estimator.classes_]
+        self.known = frozenset(self.classes)
+
+    def predict_proba_many(self, texts: list[str]) -> list[dict[str, float]]:
+        """One probability dict per text; one vectorised call, however many texts."""
+        if not texts:
+            return []
+        matrix = self.estimator.predict_proba(texts)
+        return [dict(zip(self.classes, row.tolist(), strict=True)) for row in matrix]
+
+
+def load_champion(info: ChampionInfo) -> ChampionModel:
+    """Download and load the champion's scikit-learn model from the registry."""
+    import mlflow.sklearn
+
+    return ChampionModel(info, mlflow.sklearn.load_model(info.model_uri))

@@ -65,15 +65,17 @@ class EventReader:
             raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
         self.partitions = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
         consumer.assign(self.partitions)
-        beginnings = consumer.beginning_offsets(self.partitions)
         self.positions: dict[int, int] = {}
-        for tp in self.partitions:
-            start = (start_offsets or {}).get(tp.partition)
-            if start is None:
-                start = beginnings[tp]
-            consumer.seek(tp, start)
-            self.positions[tp.partition] = start
+        self.seek(start_offsets or {})
         self.dead_lettered = 0
+
+    def seek(self, offsets: Mapping[int, int]) -> None:
+        """Read next from these offsets; partitions not named start at their beginning."""
+        beginnings = self._consumer.beginning_offsets(self.partitions)
+        for tp in self.partitions:
+            start = offsets.get(tp.partition, beginnings[tp])
+            self._consumer.seek(tp, start)
+            self.positions[tp.partition] = start
 
     def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
         """The next valid events, in offset order within each partition."""
