@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["streams.schema", "streams.scenarios"]
+MODULES = ["streams.schema", "streams.scenarios", "models.blend"]
 
 
 @pytest.mark.parametrize("name", MODULES)
