@@ -76,7 +76,13 @@ class ChampionModel:
 
 
 def load_champion(info: ChampionInfo) -> ChampionModel:
-    """Download and load the champion's scikit-learn model from the registry."""
-    import mlflow.sklearn
+    """Download and load the champion's scikit-learn model from the registry.
 
+    MLflow refuses to unpickle models unless told to: the registry is this pipeline's own, and
+    the models in it are the ones its batch layer wrote, so they are trusted.
+    """
+    import mlflow.sklearn
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
+
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION.set("true")
     return ChampionModel(info, mlflow.sklearn.load_model(info.model_uri))
