@@ -3,13 +3,17 @@
 Settings are read from the environment here, at the edge, and passed down to the jobs.
 """
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 
+from pipelines.config import MlflowSettings
 from pipelines.produce import ReplayOptions, run_produce
+from pipelines.services_cli import kafka_app, mlflow_app
 from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA
 from streams.scenarios import DEFAULT_LATE_DOMAINS, ScenarioName
@@ -20,6 +24,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(mlflow_app, name="mlflow")
+
+
+@app.callback()
+def main(
+    log_level: Annotated[str, typer.Option(help="Logging level of the jobs.")] = "INFO",
+) -> None:
+    """Set up logging once for whichever subcommand runs."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -100,3 +119,128 @@ def produce(
     )
     if stats.failed:
         raise typer.Exit(1)
+
+
+def _offsets(value: str) -> dict[int, int]:
+    """Parse `0:120,1:98` into {0: 120, 1: 98}; `earliest` is every partition's start."""
+    if value.strip() == "earliest":
+        return {}
+    try:
+        return {int(p): int(o) for p, o in (pair.split(":") for pair in _csv(value))}
+    except ValueError:
+        raise fail(f"offsets must look like 0:120,1:98 or be 'earliest'; got {value!r}") from None
+
+
+IdleExit = Annotated[
+    float | None, typer.Option(help="Stop after the stream has been idle this many seconds.")
+]
+
+
+@app.command()
+def archive(idle_exit: IdleExit = None) -> None:
+    """Copy the `queries` topic exactly once into the Parquet master dataset."""
+    from pipelines.jobs import run_archive, stop_on_signals
+    from pipelines.retrain import BatchSettings
+    from streams.archiver import ArchiveSettings
+
+    batch = BatchSettings()
+    archiver = run_archive(
+        KafkaSettings(), batch.master_dir, ArchiveSettings(), stop_on_signals(), idle_exit
+    )
+    console.print(f"archived {archiver.archived} events into {batch.master_dir}")
+
+
+def _run_speed(idle_exit: float | None, from_offsets: dict[int, int] | None) -> None:
+    from pipelines.jobs import run_speed, stop_on_signals
+    from pipelines.speed import SpeedSettings
+
+    layer = run_speed(
+        KafkaSettings(),
+        SpeedSettings(),
+        MlflowSettings(),
+        stop_on_signals(),
+        idle_exit,
+        from_offsets,
+    )
+    state = layer.state
+    console.print(
+        f"learnt {state.events_learnt} events; prequential accuracy speed "
+        f"{state.speed.accuracy:.3f}, blend {state.blend.accuracy:.3f} ({state.blend.seen} scored)"
+    )
+
+
+@app.command()
+def speed(idle_exit: IdleExit = None) -> None:
+    """Run the speed layer: predict, score, then learn each event; snapshot as it goes."""
+    _run_speed(idle_exit, None)
+
+
+@app.command()
+def replay(
+    from_offsets: Annotated[
+        str, typer.Option(help="Where to start: `0:120,1:98` or `earliest`.")
+    ] = "earliest",
+    idle_exit: IdleExit = None,
+) -> None:
+    """Rebuild the speed model from given offsets (Kappa-style reprocessing), then go on live."""
+    _run_speed(idle_exit, _offsets(from_offsets))
+
+
+@app.command()
+def retrain(
+    shuffle_labels: Annotated[
+        int | None, typer.Option(help="Train on shuffled labels with this seed (gate check).")
+    ] = None,
+) -> None:
+    """One batch run: history -> train -> evaluate -> MLflow run -> registry -> promotion gate."""
+    from pipelines.retrain import BatchSettings, NoData
+    from pipelines.retrain import retrain as run_retrain
+
+    try:
+        result = run_retrain(
+            BatchSettings(),
+            MlflowSettings(),
+            KafkaSettings().topic,
+            label_shuffle_seed=shuffle_labels,
+        )
+    except NoData as exc:
+        raise fail(str(exc)) from None
+    verdict = "[green]champion[/green]" if result.promoted else "[yellow]challenger[/yellow]"
+    console.print(
+        f"version {result.version} ({verdict}): holdout accuracy {result.scores.accuracy:.4f}, "
+        f"macro-F1 {result.scores.macro_f1:.4f}; {result.reason}; "
+        f"{result.seconds['total']:.1f}s"
+    )
+
+
+@app.command()
+def schedule(
+    interval: Annotated[float | None, typer.Option(help="Seconds between retrains.")] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="Cron expression (UTC), instead of --interval.")
+    ] = None,
+    max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs.")] = None,
+) -> None:
+    """Retrain on an interval or a cron expression, and early when the speed layer signals drift."""
+    from pipelines.jobs import stop_on_signals
+    from pipelines.retrain import BatchSettings
+    from pipelines.retrain import retrain as run_retrain
+    from pipelines.schedule import Cadence, Scheduler
+    from pipelines.speed import SpeedSettings
+
+    batch, tracking, topic = BatchSettings(), MlflowSettings(), KafkaSettings().topic
+    try:
+        cadence = (
+            Cadence(interval_s=interval, cron=cron)
+            if (interval or cron)
+            else Cadence(interval_s=3600)
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    scheduler = Scheduler(
+        lambda: run_retrain(batch, tracking, topic),
+        cadence,
+        batch.lock_path,
+        signal_dir=SpeedSettings().signal_dir,
+    )
+    scheduler.run(stop_on_signals(), max_runs=max_runs)

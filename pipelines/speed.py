@@ -1,0 +1,278 @@
+"""The speed layer: learn from the query stream one event at a time, prequentially.
+
+For each labelled event: predict with the speed model (and the batch champion, when one
+exists), score those predictions and the blend, then learn. Progress is made durable as
+snapshots; a restart resumes from the newest snapshot's offsets, so after kill -9 no event is
+learnt twice or skipped. When a new batch champion appears, the model is rebuilt from the
+champion's cut-off (Kappa-style reprocessing) and the layer goes on live.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Event
+
+import numpy as np
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from river import drift
+
+from models.blend import HedgeBlender
+from models.metrics import WindowScore
+from models.registry import ChampionModel
+from models.snapshot import SnapshotStore, SpeedSnapshot
+from models.speed_model import build_speed_model
+from pipelines.signals import raise_drift_signal
+from streams.consumer import Consumed, EventReader
+
+log = logging.getLogger(__name__)
+
+
+class SpeedSettings(BaseSettings):
+    """How often the speed layer snapshots, reports and looks for a new champion."""
+
+    model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
+
+    group_id: str = "lambda-ml-speed"
+    snapshot_dir: Path = Path("var/snapshots")
+    snapshot_every_events: int = 20_000
+    snapshot_every_s: float = 5.0
+    window: int = 1000
+    champion_poll_s: float = 10.0
+    metrics_every_s: float = 10.0
+    signal_dir: Path = Path("var/signals")
+
+
+@dataclass
+class SpeedState:
+    """What a snapshot captures, plus the scores that go with it."""
+
+    model: object
+    blender: HedgeBlender
+    events_learnt: int = 0
+    unlabelled_seen: int = 0
+    base_version: str | None = None
+    base_offsets: dict[int, int] = field(default_factory=dict)
+    speed: WindowScore = field(default_factory=WindowScore)
+    batch: WindowScore = field(default_factory=WindowScore)
+    blend: WindowScore = field(default_factory=WindowScore)
+    drift_detections: int = 0
+
+    @classmethod
+    def fresh(cls, window: int, base_version=None, base_offsets=None) -> "SpeedState":
+        return cls(
+            model=build_speed_model(),
+            blender=HedgeBlender(),
+            base_version=base_version,
+            base_offsets=dict(base_offsets or {}),
+            speed=WindowScore(window),
+            batch=WindowScore(window),
+            blend=WindowScore(window),
+        )
+
+    @classmethod
+    def from_snapshot(cls, snapshot: SpeedSnapshot, window: int) -> "SpeedState":
+        state = cls.fresh(window, snapshot.base_version, snapshot.base_offsets)
+        state.model = snapshot.model
+        state.blender = snapshot.blender
+        state.events_learnt = snapshot.events_learnt
+        return state
+
+    def metrics(self) -> dict[str, float]:
+        batch_weight, speed_weight = self.blender.weights
+        figures = {
+            "events_learnt": float(self.events_learnt),
+            "unlabelled_seen": float(self.unlabelled_seen),
+            "speed_accuracy": self.speed.accuracy,
+            "speed_window_accuracy": self.speed.last_window_accuracy,
+            "speed_log_loss": self.speed.log_loss,
+            "batch_weight": batch_weight,
+            "speed_weight": speed_weight,
+            "drift_detections": float(self.drift_detections),
+        }
+        if self.batch.seen:
+            figures |= {
+                "batch_accuracy": self.batch.accuracy,
+                "batch_window_accuracy": self.batch.last_window_accuracy,
+                "batch_log_loss": self.batch.log_loss,
+                "blend_accuracy": self.blend.accuracy,
+                "blend_window_accuracy": self.blend.last_window_accuracy,
+                "blend_log_loss": self.blend.log_loss,
+            }
+        return figures
+
+
+class SpeedLayer:
+    """The prequential loop over an `EventReader`, with snapshots and champion re-basing.
+
+    `champion_source` returns the current champion (loaded), or None; it is polled every
+    `champion_poll_s` and may raise when the registry is unreachable (the layer keeps going).
+    """
+
+    def __init__(
+        self,
+        reader: EventReader,
+        store: SnapshotStore,
+        settings: SpeedSettings,
+        champion_source: Callable[[], ChampionModel | None] = lambda: None,
+        report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    ) -> None:
+        self.reader = reader
+        self.store = store
+        self.settings = settings
+        self.champion_source = champion_source
+        self.report = report
+        self.champion: ChampionModel | None = None
+        self.detector = drift.ADWIN()
+        self.freshness_s: list[float] = []
+        self._pending_ts: list[float] = []
+        snapshot = store.latest()
+        if snapshot is None:
+            self.state = SpeedState.fresh(settings.window)
+        else:
+            self.state = SpeedState.from_snapshot(snapshot, settings.window)
+            reader.seek(snapshot.offsets)
+            log.info("resumed from snapshot %s at %s", snapshot.sequence, snapshot.offsets)
+        self._saved_offsets = dict(reader.positions)
+        self._last_snapshot_at = time.monotonic()
+        self._events_at_snapshot = self.state.events_learnt
+        self._events_at_report = self.state.events_learnt
+        self._last_poll_at = float("-inf")
+        self._last_report_at = time.monotonic()
+
+    def rebase(self, offsets: dict[int, int], base_version: str | None) -> None:
+        """Start a fresh model from `offsets` and replay forward from there."""
+        log.info("re-basing on version %s from offsets %s", base_version, offsets)
+        self.state = SpeedState.fresh(self.settings.window, base_version, offsets)
+        self.reader.seek(offsets)
+        self._pending_ts.clear()
+
+    def _check_champion(self) -> None:
+        if time.monotonic() - self._last_poll_at < self.settings.champion_poll_s:
+            return
+        self._last_poll_at = time.monotonic()
+        try:
+            champion = self.champion_source()
+        except Exception as exc:  # the registry being down must not stop the stream
+            log.warning("champion lookup failed, keeping what we have: %s", exc)
+            return
+        if champion is None:
+            return
+        self.champion = champion
+        if champion.info.version != self.state.base_version:
+            self.rebase(champion.info.cutoff_offsets, champion.info.version)
+
+    def learn(self, consumed: list[Consumed]) -> None:
+        """Predict, score and learn each event in order."""
+        state = self.state
+        champion = self.champion
+        labelled = [c for c in consumed if c.event.intent is not None]
+        batch_probs = (
+            champion.predict_proba_many([c.event.text for c in labelled]) if champion else []
+        )
+        batch_iter = iter(batch_probs)
+        for item in consumed:
+            x = {"text": item.event.text}
+            speed_probs = state.model.predict_proba_one(x)
+            intent = item.event.intent
+            if intent is None:
+                state.unlabelled_seen += 1
+                continue
+            speed_right = state.speed.update(speed_probs, intent)
+            batch = next(batch_iter, None)
+            if batch is not None:
+                state.batch.update(batch, intent)
+                state.blend.update(state.blender.blend(batch, speed_probs), intent)
+                state.blender.learn(batch, speed_probs, intent)
+                error = float(max(batch, key=batch.__getitem__) != intent)
+            else:
+                error = float(not speed_right)
+            self._watch_drift(error)
+            state.model.learn_one(x, intent)
+            state.events_learnt += 1
+            self._pending_ts.append(item.event.ts.timestamp())
+
+    def _watch_drift(self, error: float) -> None:
+        self.detector.update(error)
+        if self.detector.drift_detected:
+            self.state.drift_detections += 1
+            log.warning("drift detected after %d events", self.state.events_learnt)
+            raise_drift_signal(
+                self.settings.signal_dir,
+                {"events_learnt": self.state.events_learnt, "source": "speed"},
+            )
+
+    def snapshot(self) -> SpeedSnapshot:
+        """Make progress durable: dead letters first, then the snapshot, then the commit."""
+        self.reader.flush_dead_letters()
+        offsets = dict(self.reader.positions)
+        snapshot = SpeedSnapshot(
+            model=self.state.model,
+            blender=self.state.blender,
+            offsets=offsets,
+            events_learnt=self.state.events_learnt,
+            metrics=self.state.metrics(),
+            base_version=self.state.base_version,
+            base_offsets=self.state.base_offsets,
+        )
+        self.store.save(snapshot)
+        now = time.time()
+        self.freshness_s.extend(now - ts for ts in self._pending_ts)
+        self._pending_ts.clear()
+        self.reader.commit(offsets)
+        self._saved_offsets = offsets
+        self._last_snapshot_at = time.monotonic()
+        self._events_at_snapshot = self.state.events_learnt
+        return snapshot
+
+    def _snapshot_due(self) -> bool:
+        if self.reader.positions == self._saved_offsets:
+            return False
+        events = self.state.events_learnt - self._events_at_snapshot
+        elapsed = time.monotonic() - self._last_snapshot_at
+        return (
+            events >= self.settings.snapshot_every_events
+            or elapsed >= self.settings.snapshot_every_s
+        )
+
+    def run(
+        self, stop: Event, idle_exit_s: float | None = None, max_events: int | None = None
+    ) -> None:
+        """Loop until `stop` is set, the stream has been idle for `idle_exit_s`, or
+        `max_events` have been learnt; always ends with a snapshot."""
+        idle_since = time.monotonic()
+        while not stop.is_set():
+            self._check_champion()
+            consumed = self.reader.poll(timeout_ms=200)
+            if consumed:
+                idle_since = time.monotonic()
+                self.learn(consumed)
+            elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                break
+            if self._snapshot_due():
+                self.snapshot()
+            self._maybe_report()
+            if max_events is not None and self.state.events_learnt >= max_events:
+                break
+        if self.reader.positions != self._saved_offsets:
+            self.snapshot()
+        self._maybe_report(force=True)
+
+    def _maybe_report(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_report_at < self.settings.metrics_every_s:
+            return
+        elapsed = time.monotonic() - self._last_report_at
+        self._last_report_at = time.monotonic()
+        metrics = self.state.metrics()
+        metrics["events_per_s"] = (self.state.events_learnt - self._events_at_report) / max(
+            elapsed, 1e-9
+        )
+        self._events_at_report = self.state.events_learnt
+        metrics["lag"] = float(self.reader.lag())
+        if self.freshness_s:
+            metrics["freshness_p95_s"] = float(np.percentile(self.freshness_s, 95))
+        try:
+            self.report(metrics, self.state.events_learnt)
+        except Exception as exc:  # metrics are for people; the stream goes on without them
+            log.warning("could not report metrics: %s", exc)
