@@ -1,0 +1,203 @@
+"""Benchmark the speed model against the naive River loop on the same shuffled CLINC150 stream.
+
+Both models run prequentially (predict, then learn) over the same events: all 23,700 rows of
+CLINC150, out-of-scope included, shuffled with a fixed seed. Throughput is the median of several
+runs; accuracy and log loss are deterministic. Prints a summary and writes
+`bench/results/speed_model.json`.
+
+    .venv/bin/python bench/speed_model.py [--repeats 3] [--naive-events N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import platform
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from river import base, compose
+
+from models.speed_model import build_speed_model, naive_river_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = ROOT / "datasets" / "clinc150" / "data.jsonl"
+RESULTS = ROOT / "bench" / "results" / "speed_model.json"
+
+Event = tuple[dict[Any, Any], str]
+
+
+@dataclass(frozen=True)
+class Prequential:
+    """One predict-then-learn pass: quality, and wall time spent in the model's calls only."""
+
+    events: int
+    accuracy: float
+    log_loss: float  # over events whose label the model had already seen
+    seconds: float
+
+
+def load_lines(path: Path, seed: int) -> list[bytes]:
+    """The dataset's JSON lines, shuffled with `seed` (the rows are grouped by intent)."""
+    lines = path.read_bytes().splitlines()
+    random.Random(seed).shuffle(lines)
+    return lines
+
+
+def to_events(lines: list[bytes]) -> list[Event]:
+    """Decode JSON lines into (x, y) pairs as the speed layer would see them."""
+    events = []
+    for line in lines:
+        row = json.loads(line)
+        events.append(({"text": row["text"]}, row["intent"]))
+    return events
+
+
+def prequential(model: base.Classifier | compose.Pipeline, events: list[Event]) -> Prequential:
+    """Predict each event, then learn it; time only the model's calls."""
+    hits, loss, scored = 0, 0.0, 0
+    seconds = 0.0
+    for x, y in events:
+        start = time.perf_counter()
+        proba = model.predict_proba_one(x)
+        model.learn_one(x, y)
+        seconds += time.perf_counter() - start
+        if proba:
+            hits += max(proba, key=lambda label: proba[label]) == y
+            if y in proba:
+                loss -= math.log(max(proba[y], 1e-15))
+                scored += 1
+    return Prequential(len(events), hits / len(events), loss / max(scored, 1), seconds)
+
+
+def decode_and_learn_rate(lines: list[bytes]) -> float:
+    """Events/s of JSON decoding plus predict and learn: the speed layer's own work per message."""
+    model = build_speed_model()
+    start = time.perf_counter()
+    for line in lines:
+        row = json.loads(line)
+        x = {"text": row["text"]}
+        model.predict_proba_one(x)
+        model.learn_one(x, row["intent"])
+    return len(lines) / (time.perf_counter() - start)
+
+
+def pickle_figures(model: base.Classifier) -> dict[str, float]:
+    """Snapshot size and the time to write and read it."""
+    start = time.perf_counter()
+    blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+    dumped = time.perf_counter()
+    pickle.loads(blob)
+    loaded = time.perf_counter()
+    return {
+        "bytes": len(blob),
+        "dump_ms": (dumped - start) * 1e3,
+        "load_ms": (loaded - dumped) * 1e3,
+    }
+
+
+def _median_run(runs: list[Prequential]) -> dict[str, Any]:
+    """The deterministic quality figures plus the median throughput of the runs."""
+    seconds = statistics.median(run.seconds for run in runs)
+    return {
+        "events": runs[0].events,
+        "accuracy": runs[0].accuracy,
+        "log_loss": runs[0].log_loss,
+        "events_per_s": runs[0].events / seconds,
+        "runs": [asdict(run) for run in runs],
+    }
+
+
+def run(dataset: Path, seed: int, repeats: int, naive_events: int | None) -> dict[str, Any]:
+    """Run both models `repeats` times over the same stream and gather the figures."""
+    load_at_start = os.getloadavg()
+    lines = load_lines(dataset, seed)
+    events = to_events(lines)
+    prefix = events[:naive_events] if naive_events else events
+
+    ours, ours_prefix, naive, decode_rates = [], [], [], []
+    snapshot: dict[str, float] = {}
+    for _ in range(repeats):
+        model = build_speed_model()
+        ours.append(prequential(model, events))
+        snapshot = pickle_figures(model)
+        ours_prefix.append(prequential(build_speed_model(), prefix))
+        naive.append(prequential(naive_river_model(), prefix))
+        decode_rates.append(decode_and_learn_rate(lines))
+
+    speed, baseline = _median_run(ours_prefix), _median_run(naive)
+    return {
+        "dataset": "CLINC150 full, all 23,700 rows incl. oos, shuffled",
+        "seed": seed,
+        "repeats": repeats,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
+        },
+        "speed_model": {"params": build_speed_model()._get_params(), **_median_run(ours)},
+        "speed_model_on_naive_events": speed,
+        "naive_river": baseline,
+        "speedup": speed["events_per_s"] / baseline["events_per_s"],
+        "accuracy_gain": speed["accuracy"] - baseline["accuracy"],
+        "decode_predict_learn_events_per_s": statistics.median(decode_rates),
+        "pickle": snapshot,
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    """A short human-readable summary of `run`'s results."""
+    ours, same, naive = (
+        results["speed_model"],
+        results["speed_model_on_naive_events"],
+        results["naive_river"],
+    )
+    snapshot = results["pickle"]
+    return "\n".join(
+        [
+            f"{results['dataset']} (seed {results['seed']}), median of {results['repeats']} runs",
+            f"naive River loop, {naive['events']} events: {naive['events_per_s']:,.0f} events/s, "
+            f"accuracy {naive['accuracy']:.4f}, log loss {naive['log_loss']:.3f}",
+            f"speed model, same events: {same['events_per_s']:,.0f} events/s, "
+            f"accuracy {same['accuracy']:.4f}, log loss {same['log_loss']:.3f}",
+            f"speedup x{results['speedup']:.1f}, accuracy {results['accuracy_gain']:+.4f}",
+            f"speed model, {ours['events']} events: {ours['events_per_s']:,.0f} events/s, "
+            f"accuracy {ours['accuracy']:.4f}, log loss {ours['log_loss']:.3f}",
+            f"with JSON decoding: {results['decode_predict_learn_events_per_s']:,.0f} events/s",
+            f"pickle after the stream: {snapshot['bytes'] / 1e6:.2f} MB, "
+            f"dump {snapshot['dump_ms']:.1f} ms, load {snapshot['load_ms']:.1f} ms",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, default=DATASET)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--naive-events",
+        type=int,
+        default=None,
+        help="run the naive loop on this prefix only (both models are compared on it)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    results = run(args.dataset, args.seed, args.repeats, args.naive_events)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(report(results))
+    print(f"saved {args.output}")
+
+
+if __name__ == "__main__":
+    main()
