@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pipelines.config import MlflowSettings
+from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.produce import ReplayOptions, run_produce
 from pipelines.services_cli import kafka_app, mlflow_app
 from streams.config import KafkaSettings
@@ -140,7 +140,6 @@ IdleExit = Annotated[
 def archive(idle_exit: IdleExit = None) -> None:
     """Copy the `queries` topic exactly once into the Parquet master dataset."""
     from pipelines.jobs import run_archive, stop_on_signals
-    from pipelines.retrain import BatchSettings
     from streams.archiver import ArchiveSettings
 
     batch = BatchSettings()
@@ -193,7 +192,7 @@ def retrain(
     ] = None,
 ) -> None:
     """One batch run: history -> train -> evaluate -> MLflow run -> registry -> promotion gate."""
-    from pipelines.retrain import BatchSettings, NoData
+    from pipelines.retrain import NoData
     from pipelines.retrain import retrain as run_retrain
 
     try:
@@ -223,7 +222,6 @@ def schedule(
 ) -> None:
     """Retrain on an interval or a cron expression, and early when the speed layer signals drift."""
     from pipelines.jobs import stop_on_signals
-    from pipelines.retrain import BatchSettings
     from pipelines.retrain import retrain as run_retrain
     from pipelines.schedule import Cadence, Scheduler
     from pipelines.speed import SpeedSettings

@@ -28,3 +28,15 @@ class MlflowSettings(BaseSettings):
     def uri(self) -> str:
         """The address clients talk to."""
         return self.tracking_uri or f"http://127.0.0.1:{self.port}"
+
+
+class BatchSettings(BaseSettings):
+    """Where the history is and how a batch run splits, scores and promotes."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
+
+    master_dir: Path = Path("var/master")
+    holdout_fraction: float = 0.1
+    min_accuracy: float = 0.5
+    min_train_events: int = 100
+    lock_path: Path = Path("var/locks/retrain.lock")

@@ -5,7 +5,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from threading import Event
+from threading import Event, Thread
 
 from models.registry import ChampionModel, fetch_champion, load_champion
 from models.snapshot import LocalSnapshotStore
@@ -41,19 +41,43 @@ def event_reader(kafka: KafkaSettings, group_id: str, stage: str) -> Iterator[Ev
 
 
 class ChampionPoller:
-    """Returns the registry's champion, loading a version only when it changes."""
+    """Keeps the registry's champion loaded, from a background thread.
 
-    def __init__(self, settings: MlflowSettings) -> None:
+    The stream never waits on the registry: `__call__` returns whatever was loaded last, and
+    a registry that is down only means the next poll tries again.
+    """
+
+    def __init__(self, settings: MlflowSettings, poll_s: float) -> None:
         self.settings = settings
+        self.poll_s = poll_s
         self._loaded: ChampionModel | None = None
+        self._stop = Event()
+        self._thread = Thread(target=self._poll_forever, name="champion-poller", daemon=True)
 
     def __call__(self) -> ChampionModel | None:
-        info = fetch_champion(tracking_client(self.settings), self.settings.registered_model)
-        if info is None:
-            return self._loaded
-        if self._loaded is None or self._loaded.info.version != info.version:
-            self._loaded = load_champion(info)
         return self._loaded
+
+    def poll_once(self) -> ChampionModel | None:
+        info = fetch_champion(tracking_client(self.settings), self.settings.registered_model)
+        if info is not None and (self._loaded is None or self._loaded.info.version != info.version):
+            self._loaded = load_champion(info)
+            log.info("loaded champion version %s", info.version)
+        return self._loaded
+
+    def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:  # keep the champion we have; try again next time
+                log.warning("champion poll failed: %s", exc)
+            self._stop.wait(self.poll_s)
+
+    def start(self) -> "ChampionPoller":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def run_speed(
@@ -67,14 +91,19 @@ def run_speed(
     """The speed layer until stopped; `from_offsets` forces a fresh model from those offsets."""
     store = LocalSnapshotStore(settings.snapshot_dir)
     reporter = RunReporter(tracking, "speed-layer", {"layer": "speed"}) if tracking else None
+    poller = ChampionPoller(tracking, settings.champion_poll_s) if tracking else None
     with event_reader(kafka, settings.group_id, "speed") as reader:
         layer = SpeedLayer(
             reader,
             store,
             settings,
-            champion_source=ChampionPoller(tracking) if tracking else (lambda: None),
+            champion_source=poller or (lambda: None),
             report=reporter or (lambda metrics, step: None),
         )
+        if poller:
+            if from_offsets is not None:
+                poller.poll_once()  # re-base on the current champion, not only on the next one
+            poller.start()
         if from_offsets is not None:
             layer.champion = layer.champion_source()
             base = layer.champion.info.version if layer.champion else None
@@ -82,6 +111,8 @@ def run_speed(
         try:
             layer.run(stop, idle_exit_s=idle_exit_s)
         finally:
+            if poller:
+                poller.stop()
             if reporter:
                 reporter.close()
     return layer
@@ -93,11 +124,10 @@ def run_archive(
     settings: ArchiveSettings,
     stop: Event,
     idle_exit_s: float | None = None,
-    group_id: str = "lambda-ml-archiver",
 ) -> Archiver:
     """The archiver until stopped, resuming from what the master dataset already holds."""
     positions = recover(master_dir)
-    with event_reader(kafka, group_id, "archive") as reader:
+    with event_reader(kafka, settings.group_id, "archive") as reader:
         reader.seek(positions)
         archiver = Archiver(reader, master_dir, settings)
         archiver.run(stop, idle_exit_s=idle_exit_s)

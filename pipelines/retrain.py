@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from mlflow import MlflowClient
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.batch_model import build_batch_model, count_examples, fit_on_counts
 from models.registry import (
@@ -33,7 +32,7 @@ from models.registry import (
     fetch_champion,
     load_champion,
 )
-from pipelines.config import MlflowSettings
+from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
 from pipelines.tracking import experiment_id, tracking_client
 from streams.master_dataset import archived_positions, history
@@ -41,18 +40,6 @@ from streams.master_dataset import archived_positions, history
 log = logging.getLogger(__name__)
 
 KEY_COLUMNS = ["query_id", "ts", "partition", "offset"]
-
-
-class BatchSettings(BaseSettings):
-    """Where the history is and how a batch run splits, scores and promotes."""
-
-    model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
-
-    master_dir: Path = Path("var/master")
-    holdout_fraction: float = 0.1
-    min_accuracy: float = 0.5
-    min_train_events: int = 100
-    lock_path: Path = Path("var/locks/retrain.lock")
 
 
 class NoData(RuntimeError):

@@ -106,8 +106,8 @@ class SpeedState:
 class SpeedLayer:
     """The prequential loop over an `EventReader`, with snapshots and champion re-basing.
 
-    `champion_source` returns the current champion (loaded), or None; it is polled every
-    `champion_poll_s` and may raise when the registry is unreachable (the layer keeps going).
+    `champion_source` returns the current champion (loaded), or None; it is called on every
+    poll, so it must be cheap (see `pipelines.jobs.ChampionPoller`).
     """
 
     def __init__(
@@ -138,7 +138,6 @@ class SpeedLayer:
         self._last_snapshot_at = time.monotonic()
         self._events_at_snapshot = self.state.events_learnt
         self._events_at_report = self.state.events_learnt
-        self._last_poll_at = float("-inf")
         self._last_report_at = time.monotonic()
 
     def rebase(self, offsets: dict[int, int], base_version: str | None) -> None:
@@ -149,15 +148,8 @@ class SpeedLayer:
         self._pending_ts.clear()
 
     def _check_champion(self) -> None:
-        if time.monotonic() - self._last_poll_at < self.settings.champion_poll_s:
-            return
-        self._last_poll_at = time.monotonic()
-        try:
-            champion = self.champion_source()
-        except Exception as exc:  # the registry being down must not stop the stream
-            log.warning("champion lookup failed, keeping what we have: %s", exc)
-            return
-        if champion is None:
+        champion = self.champion_source()
+        if champion is None or champion is self.champion:
             return
         self.champion = champion
         if champion.info.version != self.state.base_version:

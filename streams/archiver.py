@@ -10,12 +10,12 @@ import logging
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.consumer import Consumed, EventReader
 from streams.master_dataset import SCHEMA, FlushFile, scan
@@ -23,10 +23,12 @@ from streams.master_dataset import SCHEMA, FlushFile, scan
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ArchiveSettings:
-    """When a partition's buffer is flushed: enough events, or old enough."""
+class ArchiveSettings(BaseSettings):
+    """When buffered events are flushed: enough of them, or old enough."""
 
+    model_config = SettingsConfigDict(env_prefix="ARCHIVE_", frozen=True)
+
+    group_id: str = "lambda-ml-archiver"
     flush_every_events: int = 50_000
     flush_every_s: float = 5.0
 

@@ -1,0 +1,55 @@
+"""The archiver keeps every event exactly once through kill -9 at random moments."""
+
+import io
+import random
+
+import pyarrow.compute as pc
+import pytest
+from rich.console import Console
+
+from pipelines.produce import ReplayOptions, run_produce
+from streams.master_dataset import _flush_files, history
+from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 30_000
+
+
+def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path):
+    settings = kafka.settings.model_copy(
+        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
+    )
+    run_produce(
+        settings,
+        ReplayOptions(limit=EVENTS, unlabelled_fraction=0.2, span_days=3),
+        Console(file=io.StringIO()),
+    )
+    master = tmp_path / "master"
+    env = cli_env(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
+        KAFKA_TOPIC=settings.topic,
+        KAFKA_DLQ_TOPIC=settings.dlq_topic,
+        BATCH_MASTER_DIR=master,
+        ARCHIVE_FLUSH_EVERY_EVENTS=1500,
+        ARCHIVE_FLUSH_EVERY_S=0.2,
+    )
+    rng = random.Random(2026)
+    kills = 0
+    for _ in range(4):
+        flushed = len(_flush_files(master)) if master.exists() else 0
+        kills += kill_mid_work(
+            ["archive", "--idle-exit", "3"],
+            env,
+            working=lambda before=flushed: master.exists() and len(_flush_files(master)) > before,
+            rng=rng,
+            max_delay_s=0.4,
+        )
+    assert kills >= 2, "the archiver finished before it could be killed: make the stream longer"
+    run_to_end(["archive", "--idle-exit", "3"], env)
+
+    table = history(master).to_table(columns=["query_id", "partition", "offset"])
+    assert table.num_rows == EVENTS
+    assert pc.count_distinct(table["query_id"]).as_py() == EVENTS
+    pairs = set(zip(table["partition"].to_pylist(), table["offset"].to_pylist(), strict=True))
+    assert len(pairs) == EVENTS
