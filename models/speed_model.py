@@ -32,7 +32,8 @@ _NUMERIC_SEED = 0x5BD1E995
 
 Query = Mapping[Any, Any] | str
 """A River feature dict, or the text alone."""
-Features = tuple[np.ndarray, np.ndarray, float]  # sorted buckets, their values, sum of values
+# Sorted buckets, their values (None when all are 1, as for text alone), and the values' sum.
+Features = tuple[np.ndarray, np.ndarray | None, float]
 
 
 def naive_river_model() -> compose.Pipeline:
@@ -179,7 +180,7 @@ class HashedTextNB(base.Classifier):
             features = self._features(x)
         buckets, values, mass = features
         rows = self._rows_for(buckets)
-        self._counts[rows, label] += values
+        self._counts[rows, label] += 1.0 if values is None else values
         self._doc_freq[rows] += 1.0
         self._class_mass[label] += mass
         self._class_events[label] += 1.0
@@ -246,16 +247,17 @@ class HashedTextNB(base.Classifier):
         return features, z, proba
 
     def _joint_log_likelihood(
-        self, buckets: np.ndarray, values: np.ndarray, mass: float
+        self, buckets: np.ndarray, values: np.ndarray | None, mass: float
     ) -> np.ndarray:
         """log P(class) + sum_f w_f log P(f | class), up to a constant shared by all classes."""
         n_classes = len(self._labels)
         rows = self._row_of_bucket[buckets]
-        weights = values
         if self.idf and mass:
             idf = math.log(self._n_learnt + 1.0) + 1.0 - np.log1p(self._doc_freq[rows])
-            weights = values * idf
+            weights = idf if values is None else values * idf
             weights *= mass / weights.sum()
+        else:
+            weights = np.ones(len(rows)) if values is None else values
         # log(count + alpha) = log(alpha) + log1p(count / alpha), and the first term is the same
         # for every class, so the unseen buckets' all-zero row contributes nothing.
         log_counts = np.log1p(self._counts[rows, :n_classes] * np.float32(1.0 / self.alpha))
@@ -324,7 +326,7 @@ def _binary_features(buckets: set[int]) -> Features:
     """Features of a text alone: each bucket present once."""
     keys = np.fromiter(buckets, dtype=np.int64, count=len(buckets))
     keys.sort()
-    return keys, np.ones(len(keys)), float(len(keys))
+    return keys, None, float(len(keys))
 
 
 def _grow(array: np.ndarray, *shape: int) -> np.ndarray:

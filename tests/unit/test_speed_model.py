@@ -38,10 +38,12 @@ def prequential_accuracy(model, events) -> float:
 
 
 def _river_checks():
+    """River's own estimator checks, for each of the class's unit-test parameter sets."""
     for params in HashedTextNB._unit_test_params():
         model = HashedTextNB(**params)
+        name = ",".join(f"{key}={value}" for key, value in params.items()) or "defaults"
         for check in checks.yield_checks(model):
-            yield pytest.param(model, check, id=f"{model}:{check.__name__}")
+            yield pytest.param(model, check, id=f"{name}:{check.__name__}")
 
 
 @pytest.mark.parametrize(("model", "check"), list(_river_checks()))
