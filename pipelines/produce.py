@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
-from streams.producer import ProduceStats, Timeline, build_events, make_producer, publish
+from streams.producer import ProduceStats, Timeline, event_messages, make_producer, publish
 from streams.scenarios import (
     DEFAULT_LATE_DOMAINS,
     Scenario,
@@ -63,10 +63,10 @@ def replay_messages(options: ReplayOptions) -> tuple[int, Iterator[bytes], list[
     dataset = load_dataset(options.data, options.splits)
     scenario = scenario_for(options, len(dataset.examples))
     timeline = Timeline(span=timedelta(days=options.span_days))
-    events = build_events(
+    messages = event_messages(
         replay(dataset.examples, scenario), scenario.length, options.run_id, options.seed, timeline
     )
-    return scenario.length, (e.to_json_bytes() for e in events), dataset.bad_lines
+    return scenario.length, messages, dataset.bad_lines
 
 
 def report_bad_lines(

@@ -18,6 +18,7 @@ from pydantic import (
 
 MAX_TEXT_CHARS = 1000
 MAX_MESSAGE_BYTES = 16 * 1024
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def _require_utc(ts: datetime) -> datetime:
@@ -56,7 +57,7 @@ class QueryEvent(BaseModel):
     def to_json_bytes(self) -> bytes:
         """Compact JSON, `ts` as ISO-8601 UTC with a `Z`, absent optionals left out."""
         body = self.model_dump(mode="json", exclude_none=True)
-        body["ts"] = self.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body["ts"] = self.ts.strftime(TS_FORMAT)
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
