@@ -20,8 +20,11 @@ class KafkaSettings(BaseSettings):
     topic: str = "queries"
     dlq_topic: str = "queries.dlq"
     partitions: int = 4
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.4.0"
     home: Path = Path("var/kafka")
+    # Where the fetched jars (libs-<version>) and the JVM class archive are kept; unset means
+    # `home`. Tests point their throwaway homes at one shared cache.
+    cache_dir: Path | None = None
     heap: str = "512m"
 
     @property

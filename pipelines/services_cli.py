@@ -1,0 +1,163 @@
+"""`lambda-ml kafka ...` and `lambda-ml mlflow ...`: the local services the pipeline runs on.
+
+Settings are read from the environment here, at the CLI edge. Expected failures (a missing
+tool, a busy port, a server that died at start-up) print one red line, plus the end of the
+service's log when there is one, and exit with status 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from pipelines import tracking_server
+from pipelines.config import MlflowSettings
+from streams import broker
+from streams.config import KafkaSettings
+from streams.local_process import ServiceError
+
+kafka_app = typer.Typer(
+    help="The Kafka broker: the project's own single-node broker, or KAFKA_BOOTSTRAP_SERVERS.",
+    no_args_is_help=True,
+)
+mlflow_app = typer.Typer(
+    help="The MLflow tracking server: the project's own, or MLFLOW_TRACKING_URI.",
+    no_args_is_help=True,
+)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def _expected_failures() -> Iterator[None]:
+    try:
+        yield
+    except ServiceError as exc:
+        errors.print(f"[red]error:[/red] {escape(exc.message)}")
+        if exc.log_tail:
+            errors.print(exc.log_tail, markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _quiet_kafka_client() -> None:
+    """The Kafka client logs every refused connection; these commands report the outcome."""
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+@kafka_app.command("fetch")
+def kafka_fetch() -> None:
+    """Download the broker's jars from Maven Central into KAFKA_HOME, once.
+
+    Needs java 17+ and mvn. Later calls return at once; `up` fetches too.
+    """
+    settings = KafkaSettings()
+    started = time.monotonic()
+    with _expected_failures():
+        libs = broker.fetch(settings)
+    console.print(
+        f"Kafka {settings.kafka_version} jars in {libs} ({time.monotonic() - started:.1f}s)"
+    )
+
+
+@kafka_app.command("up")
+def kafka_up() -> None:
+    """Start the local broker in the background and create the topics.
+
+    A no-op if it already runs. With KAFKA_BOOTSTRAP_SERVERS set, start
+    nothing: check that cluster and create any missing topics there.
+    """
+    settings = KafkaSettings()
+    _quiet_kafka_client()
+    started = time.monotonic()
+    with _expected_failures():
+        was_started = broker.up(settings)
+    seconds = time.monotonic() - started
+    if was_started:
+        state = broker.status(settings)
+        console.print(
+            f"Kafka {settings.kafka_version} up at {settings.bootstrap} "
+            f"(pid {state.pid}) in {seconds:.1f}s; log: {state.log_file}"
+        )
+    elif settings.uses_local_broker:
+        console.print(f"Kafka is already running at {settings.bootstrap}")
+    else:
+        console.print(f"Using the Kafka cluster at {settings.bootstrap}; topics are in place")
+
+
+@kafka_app.command("down")
+def kafka_down() -> None:
+    """Stop the local broker (SIGTERM, then SIGKILL if it does not stop in time)."""
+    settings = KafkaSettings()
+    if broker.down(settings):
+        console.print("Kafka stopped")
+    elif settings.uses_local_broker:
+        console.print("Kafka was not running")
+    else:
+        console.print(f"Kafka at {settings.bootstrap} is not ours to stop")
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """Show whether the broker runs, its pid and address, and the topics with partitions."""
+    _quiet_kafka_client()
+    state = broker.status(KafkaSettings())
+    pid = f" (pid {state.pid})" if state.pid else ""
+    console.print(
+        f"Kafka at {state.bootstrap}: {'running' if state.running else 'not running'}{pid}"
+    )
+    for topic, partitions in state.topics.items():
+        console.print(f"  {topic}: {partitions} partition{'s' if partitions != 1 else ''}")
+    if state.log_file:
+        console.print(f"  log: {state.log_file}")
+
+
+@mlflow_app.command("up")
+def mlflow_up() -> None:
+    """Start the local tracking server in the background; wait until healthy.
+
+    A no-op if it already runs. With MLFLOW_TRACKING_URI set, start
+    nothing: check that that server answers /health.
+    """
+    settings = MlflowSettings()
+    started = time.monotonic()
+    with _expected_failures():
+        was_started = tracking_server.up(settings)
+    seconds = time.monotonic() - started
+    if was_started:
+        state = tracking_server.status(settings)
+        console.print(
+            f"MLflow up at {settings.uri} (pid {state.pid}) in {seconds:.1f}s; "
+            f"log: {state.log_file}"
+        )
+    elif settings.uses_local_server:
+        console.print(f"MLflow is already running at {settings.uri}")
+    else:
+        console.print(f"Using the MLflow server at {settings.uri}; it is healthy")
+
+
+@mlflow_app.command("down")
+def mlflow_down() -> None:
+    """Stop the local tracking server (SIGTERM, then SIGKILL if it does not stop in time)."""
+    settings = MlflowSettings()
+    if tracking_server.down(settings):
+        console.print("MLflow stopped")
+    elif settings.uses_local_server:
+        console.print("MLflow was not running")
+    else:
+        console.print(f"MLflow at {settings.uri} is not ours to stop")
+
+
+@mlflow_app.command("status")
+def mlflow_status() -> None:
+    """Show whether the tracking server runs, its pid, URL and log file."""
+    state = tracking_server.status(MlflowSettings())
+    pid = f" (pid {state.pid})" if state.pid else ""
+    console.print(f"MLflow at {state.uri}: {'running' if state.running else 'not running'}{pid}")
+    if state.log_file:
+        console.print(f"  log: {state.log_file}")
