@@ -1,0 +1,45 @@
+"""`lambda-ml serve`: the serving layer's BentoML server, in the foreground.
+
+The command becomes `bentoml serve serving.service:IntentClassifier` (the process is replaced,
+so signals such as Ctrl-C or a container stop reach the server directly).
+"""
+
+import os
+from typing import Annotated
+
+import typer
+
+from serving.process import SERVICE_NAME, SERVICE_TARGET, bentoml_argv, bentoml_overrides
+from serving.settings import ServingSettings
+
+
+def serve(
+    port: Annotated[
+        int | None, typer.Option(help="HTTP port (default: SERVING_PORT, 3000).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default: SERVING_HOST, 127.0.0.1).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 2,
+    reload_interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, help="Seconds between checks for a new champion or snapshot (SERVING_POLL_S)."
+        ),
+    ] = None,
+    keep_access_log: Annotated[
+        bool, typer.Option(help="Log every request (off by default: it costs throughput).")
+    ] = False,
+) -> None:
+    """Serve intent predictions over HTTP: batch champion + speed snapshot, hot-reloaded."""
+    settings = ServingSettings()
+    if reload_interval is not None:
+        os.environ["SERVING_POLL_S"] = str(reload_interval)
+    os.environ["BENTOML_CONFIG_OVERRIDES"] = bentoml_overrides(
+        SERVICE_NAME, workers, access_log=keep_access_log
+    )
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    host, port = host or settings.host, port or settings.port
+    argv = bentoml_argv(SERVICE_TARGET, port, host)
+    typer.echo(f"serving {SERVICE_TARGET} on http://{host}:{port} ({workers} workers)")
+    os.execv(argv[0], argv)

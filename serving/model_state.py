@@ -1,0 +1,212 @@
+"""The models serving answers with, and their hot reload off the request path.
+
+A background thread polls the speed snapshot store and the batch champion every few seconds,
+loads whatever changed, and replaces the one immutable `ModelSet` by reference. A request reads
+that reference once, so it always sees a consistent pair of models, and a reload never makes it
+wait. A failed load, or MLflow being down, keeps the models already loaded.
+"""
+
+import logging
+import os
+import pickle
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from models.registry import ChampionInfo, ChampionModel, fetch_champion, load_champion
+from models.snapshot import SnapshotStore, SpeedSnapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The batch champion and the speed snapshot answering right now; either may be missing."""
+
+    champion: ChampionModel | None = None
+    snapshot: SpeedSnapshot | None = None
+
+    def fresh_snapshot(self, max_age_s: float) -> SpeedSnapshot | None:
+        """The snapshot if it is younger than `max_age_s`: an older one means a stopped speed
+        layer, whose model no longer covers the recent stream."""
+        snapshot = self.snapshot
+        return snapshot if snapshot is not None and snapshot.age_s <= max_age_s else None
+
+    def can_answer(self, max_snapshot_age_s: float) -> bool:
+        return self.champion is not None or self.fresh_snapshot(max_snapshot_age_s) is not None
+
+
+class ChampionSource(Protocol):
+    """Where the batch champion comes from: `current` is a cheap look-up, `load` the download."""
+
+    def current(self) -> ChampionInfo | None: ...
+
+    def load(self, info: ChampionInfo) -> ChampionModel: ...
+
+
+class RegistryChampion:
+    """The version that the MLflow registry's `champion` alias points at.
+
+    MLflow's client retries a failed request for minutes by default; a poller asks again at its
+    next round anyway, so unless configured otherwise requests fail fast here instead.
+    """
+
+    def __init__(self, client, name: str) -> None:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.client = client
+        self.name = name
+
+    def current(self) -> ChampionInfo | None:
+        return fetch_champion(self.client, self.name)
+
+    def load(self, info: ChampionInfo) -> ChampionModel:
+        return load_champion(info)
+
+
+def save_champion_file(
+    path: Path, estimator, version: str, cutoff_offsets: dict[int, int] | None = None
+) -> None:
+    """Pickle a fitted pipeline with its version and cut-off for `FileChampion`, atomically
+    (temporary file, then rename) so that a polling server never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    record = {"estimator": estimator, "version": version, "cutoff_offsets": cutoff_offsets or {}}
+    with temporary.open("wb") as handle:
+        pickle.dump(record, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(temporary, path)
+
+
+class FileChampion:
+    """A champion pickled by `save_champion_file`, for serving without an MLflow server.
+
+    The file is read again whenever its modification time changes. Pickle runs code on load:
+    point it only at files this pipeline wrote.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, ChampionModel] | None = None
+
+    def current(self) -> ChampionInfo | None:
+        if not self.path.is_file():
+            return None
+        return self._read().info
+
+    def load(self, info: ChampionInfo) -> ChampionModel:
+        return self._read()
+
+    def _read(self) -> ChampionModel:
+        mtime = self.path.stat().st_mtime_ns
+        if self._seen is None or self._seen[0] != mtime:
+            with self.path.open("rb") as handle:
+                record = pickle.load(handle)
+            info = ChampionInfo(
+                name=self.path.name,
+                version=str(record["version"]),
+                run_id="",
+                cutoff_offsets=dict(record["cutoff_offsets"]),
+            )
+            self._seen = (mtime, ChampionModel(info, record["estimator"]))
+        return self._seen[1]
+
+
+class ModelState:
+    """The current `ModelSet`, kept up to date from a champion source and a snapshot store.
+
+    `current` is read without a lock (a reference read is atomic); only the poller writes it.
+    `on_poll` is called with the current set after every round, to publish gauges.
+    """
+
+    def __init__(
+        self,
+        champions: ChampionSource | None,
+        snapshots: SnapshotStore | None,
+        on_poll: Callable[[ModelSet], None] | None = None,
+    ) -> None:
+        self.champions = champions
+        self.snapshots = snapshots
+        self.on_poll = on_poll
+        self.current = ModelSet()
+        self._snapshot_sequence: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh_snapshot(self) -> bool:
+        """Load the newest snapshot if there is a new one; True when the models changed."""
+        if self.snapshots is None:
+            return False
+        try:
+            sequence = self.snapshots.latest_sequence()
+            if sequence is None or sequence == self._snapshot_sequence:
+                return False
+            snapshot = self.snapshots.latest()
+        except Exception:
+            log.exception("loading the speed snapshot failed; keeping the models in use")
+            return False
+        if snapshot is None:
+            return False
+        self._snapshot_sequence = snapshot.sequence
+        if snapshot.events_learnt == 0:
+            log.info("speed snapshot %s has learnt nothing yet; not used", snapshot.sequence)
+            return False
+        self.current = replace(self.current, snapshot=snapshot)
+        log.info("speed snapshot %s in use (offsets %s)", snapshot.sequence, snapshot.offsets)
+        return True
+
+    def refresh_champion(self) -> bool:
+        """Load the champion if the alias moved; True when the models changed."""
+        if self.champions is None:
+            return False
+        in_use = self.current.champion
+        try:
+            info = self.champions.current()
+            if info is None or (in_use is not None and in_use.info == info):
+                return False
+            if in_use is not None and (in_use.info.name, in_use.info.version) == (
+                info.name,
+                info.version,
+            ):
+                champion = ChampionModel(info, in_use.estimator)  # only its tags changed
+            else:
+                champion = self.champions.load(info)
+        except Exception:
+            log.exception("loading the batch champion failed; keeping the models in use")
+            return False
+        self.current = replace(self.current, champion=champion)
+        log.info("batch champion %s version %s in use", info.name, info.version)
+        return True
+
+    def refresh(self) -> bool:
+        """One polling round: the cheap snapshot check first, then the champion."""
+        changed = self.refresh_snapshot()
+        changed = self.refresh_champion() or changed
+        if self.on_poll is not None:
+            self.on_poll(self.current)
+        return changed
+
+    def start(self, poll_s: float) -> None:
+        """Poll every `poll_s` seconds in a daemon thread, starting now."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(poll_s,), name="model-reload", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _run(self, poll_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # a poller that dies silently would freeze the models
+                log.exception("model reload round failed")
+            self._stop.wait(poll_s)

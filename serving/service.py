@@ -1,0 +1,98 @@
+"""The BentoML service: `/predict` and `/predict_batch` over the blended batch and speed models.
+
+Run it with `bentoml serve serving.service:IntentClassifier` (or `lambda-ml serve`). Settings
+come from `SERVING_*` (and `MLFLOW_*` for the registry) when a worker starts; the BentoML
+defaults below (workers, access log off) can be overridden with `BENTOML_CONFIG_OVERRIDES`.
+Besides the prediction endpoints, BentoML provides `/livez` and `/healthz` (200 while the
+process runs), `/readyz` (503 until a model can answer), `/metrics` and the OpenAPI spec.
+"""
+
+import logging
+from http import HTTPStatus
+from typing import cast
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from models.snapshot import LocalSnapshotStore
+from pipelines.config import MlflowSettings
+from pipelines.tracking import tracking_client
+from serving.batching import Coalescer
+from serving.metrics import process_gauges
+from serving.middleware import JsonBodiesOnly
+from serving.model_state import ChampionSource, FileChampion, ModelState, RegistryChampion
+from serving.predict import NoModelError, predict
+from serving.schemas import PredictBatchRequest, Prediction, Predictions, PredictRequest
+from serving.settings import ServingSettings
+
+
+def champion_source(settings: ServingSettings) -> ChampionSource:
+    """A local file when `SERVING_CHAMPION_PATH` is set, else the MLflow registry's alias."""
+    if settings.champion_path is not None:
+        return FileChampion(settings.champion_path)
+    mlflow = MlflowSettings()
+    return RegistryChampion(tracking_client(mlflow), mlflow.registered_model)
+
+
+def _error(status: HTTPStatus, message: str, field: str | None = None) -> JSONResponse:
+    """An error body shaped like BentoML's own validation errors (`error`, `detail[].loc`)."""
+    detail = [{"loc": [field], "msg": message}] if field else []
+    return JSONResponse({"error": message, "detail": detail}, status_code=status)
+
+
+@bentoml.service(workers=2, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+class IntentClassifier:
+    """Intent classification: the batch champion blended with the speed layer's snapshot."""
+
+    def __init__(self) -> None:
+        # BentoML's server log shows warnings only, but which models came in is worth seeing.
+        logging.getLogger("serving").setLevel(logging.INFO)
+        self.settings = ServingSettings()
+        self.state = ModelState(
+            champion_source(self.settings),
+            LocalSnapshotStore(self.settings.snapshot_dir),
+            on_poll=process_gauges().publish,
+        )
+        self.coalescer = Coalescer(self._predict_many, self.settings.max_batch)
+        self.state.start(self.settings.poll_s)
+
+    def _predict_many(self, texts: list[str]) -> list[Prediction]:
+        return predict(
+            self.state.current,
+            texts,
+            top_k=self.settings.top_k,
+            max_snapshot_age_s=self.settings.max_snapshot_age_s,
+        )
+
+    @bentoml.on_shutdown
+    def stop_reloading(self) -> None:
+        self.state.stop()
+
+    def __is_ready__(self) -> bool:
+        """Ready once a model can answer: BentoML's `/readyz` answers 503 until then."""
+        return self.state.current.can_answer(self.settings.max_snapshot_age_s)
+
+    @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
+    async def predict(self, text: str) -> Prediction | JSONResponse:
+        """The intent of one query."""
+        try:
+            return (await self.coalescer([text]))[0]
+        except NoModelError as exc:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+
+    @bentoml.api(input_spec=PredictBatchRequest, output_spec=Predictions)
+    async def predict_batch(self, texts: list[str]) -> Predictions | JSONResponse:
+        """The intents of several queries, in order; at most `SERVING_MAX_BATCH` of them."""
+        if len(texts) > self.settings.max_batch:
+            return _error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"{len(texts)} texts, over the limit of {self.settings.max_batch}",
+                field="texts",
+            )
+        try:
+            return Predictions(await self.coalescer(texts))
+        except NoModelError as exc:
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+
+
+cast(bentoml.Service, IntentClassifier).add_asgi_middleware(JsonBodiesOnly)

@@ -1,0 +1,27 @@
+"""Settings of the serving layer, read from `SERVING_*` environment variables."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """Where the models come from, how often they are reloaded, and the request limits.
+
+    `champion_path` set means "serve the scikit-learn pipeline pickled in this file as the batch
+    champion" instead of following the MLflow registry's `champion` alias: benchmarks and tests
+    use it to serve without an MLflow server. `max_snapshot_age_s` is the freshness guard: a
+    speed snapshot older than that is stale (the speed layer has stopped) and is not used.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", frozen=True)
+
+    snapshot_dir: Path = Path("var/snapshots")
+    champion_path: Path | None = None
+    poll_s: float = Field(default=5.0, gt=0)
+    max_snapshot_age_s: float = Field(default=900.0, gt=0)
+    max_batch: int = Field(default=64, ge=1)
+    top_k: int = Field(default=5, ge=1)
+    host: str = "127.0.0.1"
+    port: int = 3000

@@ -1,0 +1,365 @@
+"""The serving layer through its ASGI app, in-process, with models from files (no MLflow).
+
+Covers input validation (every bad input is a 4xx naming the field, never a 5xx), the
+fallbacks between batch and speed models, the freshness guard, the union of intents, hot
+reload, and the coalescer and the gauges on their own.
+"""
+
+import asyncio
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from river import feature_extraction, naive_bayes
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from starlette.testclient import TestClient
+
+from models.blend import HedgeBlender
+from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from serving.batching import Coalescer
+from serving.metrics import ModelGauges
+from serving.model_state import FileChampion, ModelState, save_champion_file
+from serving.process import SERVICE_NAME, bentoml_overrides
+from serving.service import IntentClassifier
+from streams.dataset import CLINC150_DATA, load_dataset
+
+BATCH_INTENTS = ("alarm", "weather", "timer", "translate")
+SPEED_ONLY_INTENT = "play_music"
+
+
+@pytest.fixture(scope="module")
+def examples():
+    wanted = {*BATCH_INTENTS, SPEED_ONLY_INTENT}
+    return [e for e in load_dataset(CLINC150_DATA).examples if e.intent in wanted]
+
+
+@pytest.fixture(scope="module")
+def batch_model(examples):
+    train = [e for e in examples if e.split == "train" and e.intent in BATCH_INTENTS]
+    return make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500)).fit(
+        [e.text for e in train], [e.intent for e in train]
+    )
+
+
+@pytest.fixture(scope="module")
+def speed_model(examples):
+    """Knows every intent the batch model knows, and one more that arrived later."""
+    model = feature_extraction.BagOfWords(on="text") | naive_bayes.MultinomialNB()
+    for example in examples:
+        if example.split == "train":
+            model.learn_one({"text": example.text}, example.intent)
+    return model
+
+
+def write_snapshot(directory: Path, model, offsets: dict[int, int], age_s: float = 0.0) -> None:
+    LocalSnapshotStore(directory).save(
+        SpeedSnapshot(
+            model=model,
+            blender=HedgeBlender(),
+            offsets=offsets,
+            events_learnt=100,
+            created_at=time.time() - age_s,
+        )
+    )
+
+
+@contextmanager
+def serve(monkeypatch, tmp_path: Path, **env: str):
+    """The service's ASGI app with `SERVING_*` settings `env`; MLflow is unreachable."""
+    monkeypatch.setenv("SERVING_SNAPSHOT_DIR", str(tmp_path / "snapshots"))
+    monkeypatch.setenv("SERVING_POLL_S", "0.05")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    # BentoML registers its request metrics anew with each app: one app per process only.
+    overrides = bentoml_overrides(SERVICE_NAME, workers=1, metrics=False)
+    monkeypatch.setenv("BENTOML_CONFIG_OVERRIDES", overrides)
+    for key, value in env.items():
+        monkeypatch.setenv(f"SERVING_{key.upper()}", value)
+    with TestClient(IntentClassifier.to_asgi(), raise_server_exceptions=False) as client:
+        yield client
+
+
+def wait_for(predicate, timeout_s: float = 10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def wait_ready(client: TestClient) -> None:
+    wait_for(lambda: client.get("/readyz").status_code == 200)
+
+
+@pytest.fixture
+def both(monkeypatch, tmp_path, batch_model, speed_model):
+    save_champion_file(tmp_path / "champion.pkl", batch_model, "7", {0: 120, 1: 80})
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 130, 1: 95})
+    with serve(monkeypatch, tmp_path, champion_path=str(tmp_path / "champion.pkl")) as client:
+        wait_ready(client)
+        yield client
+
+
+def test_blended_answer_says_which_models_and_weights(both):
+    response = both.post("/predict", json={"text": "wake me up at 7 am tomorrow"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["source"] == "blend" and body["intent"] == "alarm"
+    assert body["confidence"] == body["top_k"][0]["p"]
+    assert [s["p"] for s in body["top_k"]] == sorted((s["p"] for s in body["top_k"]), reverse=True)
+    assert len(body["top_k"]) == 5 and {s["intent"] for s in body["top_k"]} == {
+        *BATCH_INTENTS,
+        SPEED_ONLY_INTENT,
+    }
+    assert body["blend"] == {"batch_weight": 0.5, "speed_weight": 0.5}
+    models = body["models"]
+    assert models["batch_version"] == "7"
+    assert models["batch_cutoff_offsets"] == {"0": 120, "1": 80}
+    assert models["speed_snapshot_offsets"] == {"0": 130, "1": 95}
+    assert 0 <= models["speed_snapshot_age_s"] < 60
+
+
+def test_an_intent_only_the_speed_model_knows_can_win(both):
+    body = both.post("/predict", json={"text": "play my favourite song by the beatles"}).json()
+    assert body["intent"] == SPEED_ONLY_INTENT and body["source"] == "blend"
+
+
+def test_predict_batch_answers_each_text_in_order(both):
+    texts = ["set an alarm for 6 am", "will it rain today", "play some jazz music"]
+    response = both.post("/predict_batch", json={"texts": texts})
+    assert response.status_code == 200
+    assert [p["intent"] for p in response.json()] == ["alarm", "weather", SPEED_ONLY_INTENT]
+    single = both.post("/predict", json={"text": texts[1]}).json()
+    assert response.json()[1]["top_k"] == single["top_k"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": ""}, "text"),
+        ({"text": "   \t\n"}, "text"),
+        ({"text": "a" * 1001}, "text"),
+        ({"text": 42}, "text"),
+        ({"text": ["set an alarm"]}, "text"),
+        ({"text": None}, "text"),
+        ({}, "text"),
+        ({"query": "set an alarm"}, "text"),
+    ],
+)
+def test_bad_single_requests_are_4xx_naming_the_field(both, body, field):
+    response = both.post("/predict", json=body)
+    assert response.status_code == 400
+    assert field in [loc for error in response.json()["detail"] for loc in error["loc"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "status"),
+    [
+        ({"texts": []}, "texts", 400),
+        ({"texts": "set an alarm"}, "texts", 400),
+        ({"texts": ["fine", ""]}, "texts", 400),
+        ({"texts": ["fine", 3]}, "texts", 400),
+        ({"text": "set an alarm"}, "texts", 400),
+        ({"texts": ["set an alarm"] * 65}, "texts", 413),
+    ],
+)
+def test_bad_batch_requests_are_4xx_naming_the_field(both, body, field, status):
+    response = both.post("/predict_batch", json=body)
+    assert response.status_code == status
+    assert field in [loc for error in response.json()["detail"] for loc in error["loc"]]
+
+
+def test_a_text_of_exactly_1000_characters_after_trimming_is_accepted(both):
+    assert both.post("/predict", json={"text": "  " + "a" * 1000 + "  "}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b'{"text": "set an alarm"', "application/json", 400),
+        (b"\xff\xfe\x00", "application/json", 400),
+        (b"", "application/json", 400),
+        (b"[1, 2]", "application/json", 400),
+        (b'{"text": "x"}', "multipart/form-data; boundary=x", 415),
+        (b"text=set+an+alarm", "application/x-www-form-urlencoded", 415),
+        (b'{"text": "x"}', "application/vnd.bentoml+pickle", 415),
+    ],
+)
+def test_malformed_bodies_are_4xx(both, content, content_type, status):
+    response = both.post("/predict", content=content, headers={"content-type": content_type})
+    assert response.status_code == status
+
+
+def test_batch_champion_alone_answers(monkeypatch, tmp_path, batch_model):
+    save_champion_file(tmp_path / "champion.pkl", batch_model, "3")
+    with serve(monkeypatch, tmp_path, champion_path=str(tmp_path / "champion.pkl")) as client:
+        wait_ready(client)
+        body = client.post("/predict", json={"text": "what's the weather in paris"}).json()
+    assert body["source"] == "batch" and body["intent"] == "weather"
+    assert body["blend"] == {"batch_weight": 1.0, "speed_weight": 0.0}
+    assert body["models"]["speed_snapshot_offsets"] is None
+    assert len(body["top_k"]) == len(BATCH_INTENTS)
+
+
+def test_speed_snapshot_alone_answers_while_mlflow_is_down(monkeypatch, tmp_path, speed_model):
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 9})
+    with serve(monkeypatch, tmp_path) as client:
+        wait_ready(client)
+        body = client.post("/predict", json={"text": "play a song by queen"}).json()
+    assert body["source"] == "speed" and body["intent"] == SPEED_ONLY_INTENT
+    assert body["models"]["batch_version"] is None
+    assert body["models"]["speed_snapshot_offsets"] == {"0": 9}
+
+
+def test_no_model_is_503_with_a_reason_and_not_ready(monkeypatch, tmp_path):
+    with serve(monkeypatch, tmp_path) as client:
+        time.sleep(0.2)  # a few reload rounds that find nothing
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200
+        response = client.post("/predict", json={"text": "set an alarm"})
+        batch = client.post("/predict_batch", json={"texts": ["set an alarm"]})
+    assert response.status_code == 503 and "no model is loaded" in response.json()["error"]
+    assert batch.status_code == 503
+
+
+def test_a_stale_snapshot_is_not_used(monkeypatch, tmp_path, batch_model, speed_model):
+    save_champion_file(tmp_path / "champion.pkl", batch_model, "3")
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 9}, age_s=120)
+    champion = str(tmp_path / "champion.pkl")
+    with serve(monkeypatch, tmp_path, champion_path=champion, max_snapshot_age_s="60") as client:
+        wait_ready(client)
+        body = client.post("/predict", json={"text": "play a song by queen"}).json()
+    assert body["source"] == "batch" and body["intent"] != SPEED_ONLY_INTENT
+
+
+def test_a_stale_snapshot_alone_is_503(monkeypatch, tmp_path, speed_model):
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 9}, age_s=120)
+    with serve(monkeypatch, tmp_path, max_snapshot_age_s="60") as client:
+        time.sleep(0.2)
+        assert client.get("/readyz").status_code == 503
+        assert client.post("/predict", json={"text": "a song"}).status_code == 503
+
+
+def test_new_models_are_picked_up_without_a_restart(both, tmp_path, batch_model, speed_model):
+    save_champion_file(tmp_path / "champion.pkl", batch_model, "8", {0: 500})
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 510, 1: 99})
+
+    def models():
+        return both.post("/predict", json={"text": "set an alarm"}).json()["models"]
+
+    wait_for(lambda: models()["batch_version"] == "8")
+    wait_for(lambda: models()["speed_snapshot_offsets"] == {"0": 510, "1": 99})
+    assert models()["batch_cutoff_offsets"] == {"0": 500}
+
+
+def test_a_corrupt_champion_file_keeps_the_models_in_use(both, tmp_path):
+    (tmp_path / "champion.pkl").write_bytes(b"not a pickle")
+    time.sleep(0.3)
+    body = both.post("/predict", json={"text": "set an alarm"}).json()
+    assert body["models"]["batch_version"] == "7" and body["source"] == "blend"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+request_bodies = (
+    json_values
+    | st.fixed_dictionaries({"text": json_values})
+    | st.fixed_dictionaries({"text": st.text(max_size=1100)})
+    | st.fixed_dictionaries({"texts": st.lists(st.text(max_size=50) | json_values, max_size=70)})
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(tmp_path_factory, batch_model, speed_model):
+    tmp_path = tmp_path_factory.mktemp("fuzz")
+    save_champion_file(tmp_path / "champion.pkl", batch_model, "1")
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 1})
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        champion = str(tmp_path / "champion.pkl")
+        with serve(monkeypatch, tmp_path, champion_path=champion) as client:
+            wait_ready(client)
+            yield client
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=request_bodies, path=st.sampled_from(["/predict", "/predict_batch"]))
+def test_generated_bodies_never_get_a_5xx(fuzz_client, body, path):
+    response = fuzz_client.post(path, content=json.dumps(body).encode())
+    assert response.status_code < 500, response.text
+
+
+@settings(max_examples=100, deadline=None)
+@given(content=st.binary(max_size=200))
+def test_generated_bytes_never_get_a_5xx(fuzz_client, content):
+    response = fuzz_client.post("/predict", content=content)
+    assert response.status_code < 500, response.text
+
+
+def test_openapi_spec_lists_both_endpoints(fuzz_client):
+    paths = fuzz_client.get("/docs.json").json()["paths"]
+    assert {"/predict", "/predict_batch"} <= set(paths)
+
+
+def test_coalescer_runs_concurrent_requests_in_one_call():
+    calls: list[list[str]] = []
+
+    def upper(texts: list[str]) -> list[str]:
+        calls.append(texts)
+        time.sleep(0.05)
+        return [t.upper() for t in texts]
+
+    async def scenario():
+        coalescer = Coalescer(upper, max_texts=3)
+        first = asyncio.ensure_future(coalescer(["a"]))
+        await asyncio.sleep(0.01)  # the first call is computing: the next ones queue up
+        rest = await asyncio.gather(
+            coalescer(["b", "c"]), coalescer(["d"]), coalescer(["e"]), coalescer(["f"] * 4)
+        )
+        return [await first, *rest]
+
+    assert asyncio.run(scenario()) == [["A"], ["B", "C"], ["D"], ["E"], ["F"] * 4]
+    # An idle coalescer runs a request at once; queued ones go together, up to max_texts
+    # (a single request over it goes whole).
+    assert calls == [["a"], ["b", "c", "d"], ["e"], ["f"] * 4]
+
+
+def test_coalescer_raises_the_error_in_every_request_of_the_call():
+    def fail(texts: list[str]) -> list[str]:
+        raise ValueError("broken model")
+
+    async def scenario():
+        coalescer = Coalescer(fail, max_texts=10)
+        return await asyncio.gather(coalescer(["a"]), coalescer(["b"]), return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(scenario())] == ["broken model", "broken model"]
+
+
+def test_gauges_report_the_models_in_use(tmp_path, batch_model, speed_model):
+    save_champion_file(tmp_path / "champion.pkl", batch_model, "12")
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 1}, age_s=30)
+    registry = CollectorRegistry()
+    gauges = ModelGauges(registry)
+    state = ModelState(
+        FileChampion(tmp_path / "champion.pkl"),
+        LocalSnapshotStore(tmp_path / "snapshots"),
+        on_poll=gauges.publish,
+    )
+    assert state.refresh()
+    assert registry.get_sample_value("lambda_ml_batch_model_version") == 12
+    assert registry.get_sample_value("lambda_ml_speed_snapshot_sequence") == 1
+    assert 29 < registry.get_sample_value("lambda_ml_speed_snapshot_age_seconds") < 60
+    assert not state.refresh()  # nothing new: nothing reloaded
