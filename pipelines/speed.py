@@ -186,13 +186,19 @@ class SpeedLayer:
             self._pending_ts.append(item.event.ts.timestamp())
 
     def _watch_drift(self, error: float) -> None:
+        """Signal drift only when the error rate rises: a falling one is the model learning."""
+        before = self.detector.estimation
         self.detector.update(error)
-        if self.detector.drift_detected:
+        if self.detector.drift_detected and self.detector.estimation > before:
             self.state.drift_detections += 1
-            log.warning("drift detected after %d events", self.state.events_learnt)
+            log.warning(
+                "drift: error rate rose to %.3f after %d events",
+                self.detector.estimation,
+                self.state.events_learnt,
+            )
             raise_drift_signal(
                 self.settings.signal_dir,
-                {"events_learnt": self.state.events_learnt, "source": "speed"},
+                {"events_learnt": self.state.events_learnt, "error_rate": self.detector.estimation},
             )
 
     def snapshot(self) -> SpeedSnapshot:

@@ -2,8 +2,9 @@
 
 import contextlib
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -27,9 +28,9 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 class RunReporter:
     """Logs a long-running job's metrics to one MLflow run, a batch per call (never per event).
 
-    Logging happens on a background thread, so a slow or absent server never stalls the job;
-    a report that arrives while the previous one is still being sent is dropped, not queued.
-    The run is created on the first report, so a job can start while the server is down.
+    Logging happens on a daemon thread, so a slow or absent server neither stalls the job nor
+    keeps its process alive at exit; a report that arrives while the previous one is still
+    being sent is dropped, not queued. The run is created on the first report that gets through.
     """
 
     def __init__(self, settings: MlflowSettings, run_name: str, tags: dict[str, str]) -> None:
@@ -38,14 +39,20 @@ class RunReporter:
         self.tags = tags
         self.run_id: str | None = None
         self._client: MlflowClient | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-report")
-        self._pending: Future | None = None
+        self._outbox: queue.Queue[tuple[dict[str, float], int] | None] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._drain, name="mlflow-report", daemon=True)
+        self._thread.start()
 
     def __call__(self, metrics: dict[str, float], step: int) -> None:
-        if self._pending is not None and not self._pending.done():
-            return
-        self._pending = self._executor.submit(self._send, dict(metrics), step)
-        self._pending.add_done_callback(_log_failure)
+        with contextlib.suppress(queue.Full):
+            self._outbox.put_nowait((dict(metrics), step))
+
+    def _drain(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            try:
+                self._send(*item)
+            except Exception as exc:  # metrics are for people; the job goes on without them
+                log.warning("could not log metrics to MLflow: %s", exc)
 
     def _send(self, metrics: dict[str, float], step: int) -> None:
         if self._client is None:
@@ -62,17 +69,12 @@ class RunReporter:
             self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
         )
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Wait briefly for the last report, then mark the run finished."""
-        if self._pending is not None:
-            with contextlib.suppress(Exception):
-                self._pending.result(timeout=timeout_s)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._client is not None and self.run_id is not None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued (waiting at most `timeout_s` in all), then mark the run finished."""
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(queue.Full):
+            self._outbox.put(None, timeout=timeout_s)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._client is not None and self.run_id is not None and not self._thread.is_alive():
             with contextlib.suppress(Exception):
                 self._client.set_terminated(self.run_id)
-
-
-def _log_failure(future: Future) -> None:
-    if future.exception() is not None:
-        log.warning("could not log metrics to MLflow: %s", future.exception())

@@ -1,0 +1,109 @@
+"""The speed layer on the real broker: learns a replay, survives kill -9 exactly, dead-letters."""
+
+import contextlib
+import io
+import random
+from threading import Event
+
+import pytest
+from rich.console import Console
+
+from models.snapshot import LocalSnapshotStore
+from pipelines.jobs import run_speed
+from pipelines.produce import ReplayOptions, run_produce
+from pipelines.speed import SpeedSettings
+from streams.dataset import CLINC150_DATA, load_dataset
+from streams.producer import make_producer
+from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 40_000
+
+
+@pytest.fixture(scope="module")
+def stream(kafka):
+    """One single-partition replay (a total order, so two runs see the same sequence), with
+    unlabelled events and a few malformed messages mixed in."""
+    settings = kafka.settings.model_copy(
+        update={"topic": kafka.new_topic(partitions=1), "dlq_topic": kafka.new_topic()}
+    )
+    run_produce(
+        settings,
+        ReplayOptions(limit=EVENTS // 2, unlabelled_fraction=0.1),
+        Console(file=io.StringIO()),
+    )
+    raw = make_producer(settings)
+    for value in (b"not json", b'{"text": 1}', b"\xff"):
+        raw.send(settings.topic, value=value)
+    raw.close()
+    run_produce(
+        settings,
+        ReplayOptions(limit=EVENTS // 2, unlabelled_fraction=0.1, run_id="second", seed=9),
+        Console(file=io.StringIO()),
+    )
+    return settings
+
+
+def labelled_count(settings) -> int:
+    from streams.schema import InvalidEvent, parse_event
+    from tests.integration.kafka_reading import read_all
+
+    count = 0
+    for record in read_all(settings.bootstrap, settings.topic, EVENTS + 3):
+        with contextlib.suppress(InvalidEvent):
+            count += parse_event(record.value).intent is not None
+    return count
+
+
+def probe_texts() -> list[str]:
+    examples = load_dataset(CLINC150_DATA, frozenset({"test"})).examples
+    return [e.text for e in random.Random(0).sample(examples, 300)]
+
+
+def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(stream, tmp_path):
+    reference_settings = SpeedSettings(
+        snapshot_dir=tmp_path / "reference", signal_dir=tmp_path / "signals", group_id="reference"
+    )
+    layer = run_speed(stream, reference_settings, None, Event(), idle_exit_s=3)
+    labelled = labelled_count(stream)
+    assert layer.state.events_learnt == labelled
+    assert layer.reader.dead_lettered == 3
+    assert layer.state.speed.accuracy > 0.6
+    reference = LocalSnapshotStore(reference_settings.snapshot_dir).latest()
+
+    snapshots = tmp_path / "interrupted"
+    env = cli_env(
+        KAFKA_BOOTSTRAP_SERVERS=stream.bootstrap,
+        KAFKA_TOPIC=stream.topic,
+        KAFKA_DLQ_TOPIC=stream.dlq_topic,
+        SPEED_SNAPSHOT_DIR=snapshots,
+        SPEED_SNAPSHOT_EVERY_EVENTS=2000,
+        SPEED_SIGNAL_DIR=tmp_path / "signals",
+        SPEED_GROUP_ID="interrupted",
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
+    )
+    store = LocalSnapshotStore(snapshots)
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(4):
+        before = store.latest_sequence() or 0
+        kills += kill_mid_work(
+            ["speed", "--idle-exit", "3"],
+            env,
+            working=lambda before=before: (store.latest_sequence() or 0) > before,
+            rng=rng,
+            max_delay_s=0.5,
+        )
+    assert kills >= 2, "the speed layer finished before it could be killed"
+    run_to_end(["speed", "--idle-exit", "3"], env)
+    restarted = store.latest()
+
+    assert restarted.events_learnt == labelled
+    assert restarted.offsets == reference.offsets
+    texts = probe_texts()
+    for text in texts:
+        assert restarted.model.predict_proba_one(
+            {"text": text}
+        ) == reference.model.predict_proba_one({"text": text})
