@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 
 from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.produce import ReplayOptions, run_produce
+from pipelines.serve_cli import serve
 from pipelines.services_cli import kafka_app, mlflow_app
 from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA
@@ -26,6 +27,7 @@ app = typer.Typer(
 console = Console()
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(mlflow_app, name="mlflow")
+app.command()(serve)
 
 
 @app.callback()
