@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from pipelines.bench_cli import bench_app
 from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.produce import ReplayOptions, run_produce
 from pipelines.serve_cli import serve
@@ -28,6 +29,7 @@ console = Console()
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(mlflow_app, name="mlflow")
 app.command()(serve)
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

@@ -201,25 +201,28 @@ class SpeedLayer:
                 {"events_learnt": self.state.events_learnt, "error_rate": self.detector.estimation},
             )
 
-    def snapshot(self) -> SpeedSnapshot:
-        """Make progress durable: dead letters first, then the snapshot, then the commit."""
-        self.reader.flush_dead_letters()
-        offsets = dict(self.reader.positions)
-        snapshot = SpeedSnapshot(
+    def snapshot_of_state(self) -> SpeedSnapshot:
+        """The current state as a snapshot, positioned after the last event handed out."""
+        return SpeedSnapshot(
             model=self.state.model,
             blender=self.state.blender,
-            offsets=offsets,
+            offsets=dict(self.reader.positions),
             events_learnt=self.state.events_learnt,
             metrics=self.state.metrics(),
             base_version=self.state.base_version,
             base_offsets=self.state.base_offsets,
         )
+
+    def snapshot(self) -> SpeedSnapshot:
+        """Make progress durable: dead letters first, then the snapshot, then the commit."""
+        self.reader.flush_dead_letters()
+        snapshot = self.snapshot_of_state()
         self.store.save(snapshot)
         now = time.time()
         self.freshness_s.extend(now - ts for ts in self._pending_ts)
         self._pending_ts.clear()
-        self.reader.commit(offsets)
-        self._saved_offsets = offsets
+        self.reader.commit(snapshot.offsets)
+        self._saved_offsets = snapshot.offsets
         self._last_snapshot_at = time.monotonic()
         self._events_at_snapshot = self.state.events_learnt
         return snapshot
