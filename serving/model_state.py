@@ -117,20 +117,26 @@ class ModelState:
     """The current `ModelSet`, kept up to date from a champion source and a snapshot store.
 
     `current` is read without a lock (a reference read is atomic); only the poller writes it.
-    `on_poll` is called with the current set after every round, to publish gauges.
+    A newly loaded model replaces the one in use only if `probe` (a prediction with the new
+    set) succeeds, so a snapshot or champion that loads but cannot predict, for instance one
+    pickled by an incompatible version of the code, never reaches a request; it is not loaded
+    again either. `on_poll` is called with the current set after every round, to publish gauges.
     """
 
     def __init__(
         self,
         champions: ChampionSource | None,
         snapshots: SnapshotStore | None,
+        probe: Callable[[ModelSet], object] | None = None,
         on_poll: Callable[[ModelSet], None] | None = None,
     ) -> None:
         self.champions = champions
         self.snapshots = snapshots
+        self.probe = probe
         self.on_poll = on_poll
         self.current = ModelSet()
         self._snapshot_sequence: int | None = None
+        self._rejected_champion: ChampionInfo | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -152,7 +158,8 @@ class ModelState:
         if snapshot.events_learnt == 0:
             log.info("speed snapshot %s has learnt nothing yet; not used", snapshot.sequence)
             return False
-        self.current = replace(self.current, snapshot=snapshot)
+        if not self._swap(replace(self.current, snapshot=snapshot)):
+            return False
         log.info("speed snapshot %s in use (offsets %s)", snapshot.sequence, snapshot.offsets)
         return True
 
@@ -163,7 +170,9 @@ class ModelState:
         in_use = self.current.champion
         try:
             info = self.champions.current()
-            if info is None or (in_use is not None and in_use.info == info):
+            if info is None or info == self._rejected_champion:
+                return False
+            if in_use is not None and in_use.info == info:
                 return False
             if in_use is not None and (in_use.info.name, in_use.info.version) == (
                 info.name,
@@ -175,8 +184,21 @@ class ModelState:
         except Exception:
             log.exception("loading the batch champion failed; keeping the models in use")
             return False
-        self.current = replace(self.current, champion=champion)
+        if not self._swap(replace(self.current, champion=champion)):
+            self._rejected_champion = info
+            return False
         log.info("batch champion %s version %s in use", info.name, info.version)
+        return True
+
+    def _swap(self, candidate: ModelSet) -> bool:
+        """Make `candidate` current if it passes the probe."""
+        if self.probe is not None:
+            try:
+                self.probe(candidate)
+            except Exception:
+                log.exception("new models fail a probe prediction; keeping the models in use")
+                return False
+        self.current = candidate
         return True
 
     def refresh(self) -> bool:

@@ -1,13 +1,13 @@
-"""Running a server as a child process: `lambda-ml serve`, the benchmark and the live tests.
+"""Running a server as a child process, for the benchmark and the live tests.
 
-`bentoml serve` forks an arbiter and its workers; the child starts a new session so that
-stopping it stops the whole group it made, and nothing else.
+`bentoml serve` starts an arbiter that starts the workers; stopping the server stops that whole
+tree of processes, and nothing else. The child gets a session of its own, so a Ctrl-C in the
+terminal reaches only the parent, which then stops the server in order.
 """
 
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import psutil
 
 SERVICE_NAME = "IntentClassifier"
 SERVICE_TARGET = f"serving.service:{SERVICE_NAME}"
@@ -107,27 +108,30 @@ class ServerProcess:
         assert self.process is not None, "start() first"
         return self.process.wait()
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL if it has not exited in time."""
+    def processes(self) -> list[psutil.Process]:
+        """The server and every process it started (BentoML's workers run in sessions of
+        their own, so its process group does not hold them all)."""
         if self.process is None or self.process.poll() is not None:
-            return
-        group = self.process.pid  # the leader of the session it started
+            return []
         try:
-            os.killpg(group, signal.SIGTERM)
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(group, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
-        finally:
-            self._reap_group(group)
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
-    @staticmethod
-    def _reap_group(group: int) -> None:
-        """Kill what is left of the group: workers outlive an arbiter that was killed."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM to the server, which stops its workers; SIGKILL to whatever is left then."""
+        tree = self.processes()
+        if not tree:
+            return
+        assert self.process is not None
+        self.process.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
+        self.process.wait()
 
     def __enter__(self) -> "ServerProcess":
         return self.start()

@@ -8,6 +8,7 @@ process runs), `/readyz` (503 until a model can answer), `/metrics` and the Open
 """
 
 import logging
+import math
 from http import HTTPStatus
 from typing import cast
 
@@ -20,10 +21,18 @@ from pipelines.tracking import tracking_client
 from serving.batching import Coalescer
 from serving.metrics import process_gauges
 from serving.middleware import JsonBodiesOnly
-from serving.model_state import ChampionSource, FileChampion, ModelState, RegistryChampion
+from serving.model_state import (
+    ChampionSource,
+    FileChampion,
+    ModelSet,
+    ModelState,
+    RegistryChampion,
+)
 from serving.predict import NoModelError, predict
 from serving.schemas import PredictBatchRequest, Prediction, Predictions, PredictRequest
 from serving.settings import ServingSettings
+
+PROBE_TEXT = "set an alarm for seven tomorrow morning"
 
 
 def champion_source(settings: ServingSettings) -> ChampionSource:
@@ -51,6 +60,7 @@ class IntentClassifier:
         self.state = ModelState(
             champion_source(self.settings),
             LocalSnapshotStore(self.settings.snapshot_dir),
+            probe=self._probe,
             on_poll=process_gauges().publish,
         )
         self.coalescer = Coalescer(self._predict_many, self.settings.max_batch)
@@ -63,6 +73,11 @@ class IntentClassifier:
             top_k=self.settings.top_k,
             max_snapshot_age_s=self.settings.max_snapshot_age_s,
         )
+
+    @staticmethod
+    def _probe(models: ModelSet) -> None:
+        """A prediction with every model of the set, stale snapshot or not."""
+        predict(models, [PROBE_TEXT], top_k=1, max_snapshot_age_s=math.inf)
 
     @bentoml.on_shutdown
     def stop_reloading(self) -> None:

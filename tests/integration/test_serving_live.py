@@ -5,7 +5,6 @@ the speed layer writes a new snapshot: no request may fail, and the new versions
 in the answers (of both workers) within a bounded time.
 """
 
-import os
 import threading
 import time
 import uuid
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import psutil
 import pytest
 from mlflow import MlflowClient
 from river import feature_extraction, naive_bayes
@@ -178,6 +178,6 @@ def test_hot_swap_under_load_fails_no_request(mlflow_server: str, tmp_path: Path
         )
         assert "bentoml_service_request_total" in metrics
         print(f"new champion and snapshot in every answer {switch_s:.1f}s after the swap")
-        group = server.process.pid
-    with pytest.raises(ProcessLookupError):  # the server's whole process group is gone
-        os.killpg(group, 0)
+        started = server.processes()
+        assert len(started) >= 3  # the arbiter and two workers
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

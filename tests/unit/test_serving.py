@@ -268,6 +268,21 @@ def test_a_corrupt_champion_file_keeps_the_models_in_use(both, tmp_path):
     assert body["models"]["batch_version"] == "7" and body["source"] == "blend"
 
 
+class UnusableModel:
+    """Loads fine, fails to predict: like a model pickled by an incompatible version."""
+
+    def predict_proba_one(self, x):
+        raise AttributeError("'HedgeBlender' object has no attribute 'inner_loss'")
+
+
+def test_a_snapshot_that_cannot_predict_never_reaches_a_request(both, tmp_path):
+    write_snapshot(tmp_path / "snapshots", UnusableModel(), {0: 999})
+    time.sleep(0.3)
+    response = both.post("/predict", json={"text": "set an alarm"})
+    assert response.status_code == 200
+    assert response.json()["models"]["speed_snapshot_offsets"] == {"0": 130, "1": 95}
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda children: (
@@ -319,22 +334,24 @@ def test_coalescer_runs_concurrent_requests_in_one_call():
 
     def upper(texts: list[str]) -> list[str]:
         calls.append(texts)
-        time.sleep(0.05)
         return [t.upper() for t in texts]
+
+    async def late(coalescer: Coalescer, texts: list[str], turns: int) -> list[str]:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await coalescer(texts)
 
     async def scenario():
         coalescer = Coalescer(upper, max_texts=3)
-        first = asyncio.ensure_future(coalescer(["a"]))
-        await asyncio.sleep(0.01)  # the first call is computing: the next ones queue up
-        rest = await asyncio.gather(
-            coalescer(["b", "c"]), coalescer(["d"]), coalescer(["e"]), coalescer(["f"] * 4)
-        )
-        return [await first, *rest]
+        alone = await coalescer(["a"])
+        joined = await asyncio.gather(coalescer(["b"]), late(coalescer, ["c"], 2))
+        split = await asyncio.gather(coalescer(["d"]), coalescer(["e", "f"]), coalescer(["g"] * 4))
+        return [alone, *joined, *split]
 
-    assert asyncio.run(scenario()) == [["A"], ["B", "C"], ["D"], ["E"], ["F"] * 4]
-    # An idle coalescer runs a request at once; queued ones go together, up to max_texts
-    # (a single request over it goes whole).
-    assert calls == [["a"], ["b", "c", "d"], ["e"], ["f"] * 4]
+    assert asyncio.run(scenario()) == [["A"], ["B"], ["C"], ["D"], ["E", "F"], ["G"] * 4]
+    # Alone when idle; together when arriving within a few loop turns, up to max_texts (a
+    # single request over it still goes whole).
+    assert calls == [["a"], ["b", "c"], ["d", "e", "f"], ["g"] * 4]
 
 
 def test_coalescer_raises_the_error_in_every_request_of_the_call():
