@@ -1,0 +1,55 @@
+# The project image: every lambda-ml job in docker-compose.yml runs one `lambda-ml` subcommand
+# from it, and the MLflow tracking server runs mlflow/entrypoint.sh from it (MLflow is a
+# dependency). The Kafka broker is not in here: compose runs the official apache/kafka image.
+#
+#   docker build -t lambda-ml .
+#   docker run --rm lambda-ml --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BENTOML_DO_NOT_TRACK=True
+
+# The Postgres driver of the MLflow server's backend store (psycopg 3: SQLAlchemy 2.1's default
+# for postgresql:// URLs); the jobs themselves do not use it.
+ARG PSYCOPG_VERSION=3.3.9
+
+WORKDIR /build
+
+# Dependencies first, pinned by constraints.txt, in a layer that a change of code does not redo.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+    && pip install -c constraints.txt -r requirements.txt "psycopg[binary]==${PSYCOPG_VERSION}"
+
+# The project itself (the packages of pyproject's packages.find), installed, not editable; the
+# build folder goes away after.
+COPY pipelines ./pipelines
+COPY models ./models
+COPY serving ./serving
+COPY streams ./streams
+COPY bench ./bench
+RUN pip install -c constraints.txt . \
+    && rm -rf /build
+
+WORKDIR /app
+COPY datasets ./datasets
+COPY mlflow/entrypoint.sh ./mlflow/entrypoint.sh
+
+# streams/dataset.py looks for datasets/ next to the installed packages (the repository root in
+# a development checkout); point that place at the copy above so that the defaults of
+# `lambda-ml produce` (CLINC150 data.jsonl and domains.json) work in the container.
+RUN ln -s /app/datasets "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/datasets" \
+    && python -c "from streams.dataset import CLINC150_DATA, CLINC150_DOMAINS; assert CLINC150_DATA.is_file() and CLINC150_DOMAINS.is_file()"
+
+# A non-root user. The folders that compose mounts named volumes on are created here, owned by
+# that user, so that new volumes start out writable by it.
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin lambda \
+    && mkdir -p /data/master /data/snapshots /data/signals /data/locks /mlflow/artifacts /app/var \
+    && chown -R lambda:lambda /data /mlflow /app/var \
+    && chmod 0755 /app/mlflow/entrypoint.sh
+USER lambda
+
+ENTRYPOINT ["lambda-ml"]
+CMD ["--help"]
