@@ -34,11 +34,25 @@ def test_an_intent_only_the_speed_model_knows_can_win():
     blender = HedgeBlender()
     for _ in range(30):
         blender.learn(BATCH, {"alarm": 0.3, "timer": 0.3, "weather": 0.4}, "alarm")
+    assert blender.expert_weights["batch"] > blender.expert_weights["speed"]
     speed = {"alarm": 0.05, "timer": 0.05, "book_flight": 0.9}
     blended = blender.blend(BATCH, speed)
     assert max(blended, key=blended.get) == "book_flight"
     assert math.isclose(sum(blended.values()), 1.0)
     assert novel_mass(BATCH.keys(), speed) == pytest.approx(0.9)
+
+
+def test_after_a_drift_the_weights_follow_the_model_that_knows_the_new_intents():
+    blender = HedgeBlender()
+    for _ in range(100):
+        blender.learn(BATCH, {"alarm": 0.4, "timer": 0.3, "weather": 0.3}, "alarm")
+    speed = {"alarm": 0.1, "timer": 0.1, "book_flight": 0.8}
+    for _ in range(20):
+        blender.learn(BATCH, speed, "book_flight")
+    assert blender.expert_weights["batch"] < 0.01
+    assert blender.weights[1] > 0.3
+    blended = blender.blend(BATCH, {"alarm": 0.3, "timer": 0.2, "book_flight": 0.5})
+    assert max(blended, key=blended.get) == "book_flight"
 
 
 def test_one_model_alone_is_passed_through():
@@ -48,10 +62,12 @@ def test_one_model_alone_is_passed_through():
     assert blender.blend(None, None) == {}
 
 
-def test_events_outside_the_batch_model_do_not_move_the_weights():
+def test_without_both_models_nothing_is_learnt():
     blender = HedgeBlender()
-    blender.learn(BATCH, {"book_flight": 1.0}, "book_flight")
-    assert blender.learnt == 0 and blender.weights == (0.5, 0.5)
+    blender.learn(None, {"book_flight": 1.0}, "book_flight")
+    blender.learn(BATCH, None, "alarm")
+    assert blender.learnt == 0
+    assert blender.weights == pytest.approx((0.5, 0.5))
 
 
 def test_bad_parameters_are_refused():
