@@ -246,3 +246,69 @@ def schedule(
         signal_dir=SpeedSettings().signal_dir,
     )
     scheduler.run(stop_on_signals(), max_runs=max_runs)
+
+
+@app.command()
+def evaluate(
+    data: Annotated[
+        Path, typer.Option(help="JSONL file of {text, intent} objects.")
+    ] = CLINC150_DATA,
+    scenario: Annotated[ScenarioName, typer.Option(help="Drift scenario.")] = "new-domain",
+    limit: Annotated[int, typer.Option(min=100, help="Events in the replay.")] = 40_000,
+    drift_at: Annotated[float, typer.Option(min=0, max=1, help="Drift point (fraction).")] = 0.5,
+    late_domains: Annotated[
+        str, typer.Option(help="new-domain: CLINC150 domains that arrive late.")
+    ] = ",".join(DEFAULT_LATE_DOMAINS),
+    late_intents: Annotated[
+        str, typer.Option(help="new-domain: intents that arrive late (overrides --late-domains).")
+    ] = "",
+    retrain_at: Annotated[
+        str, typer.Option(help="Batch retrains, as fractions of the stream.")
+    ] = "0.125,0.625",
+    window: Annotated[int | None, typer.Option(help="Events per window (default: 1/40).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the replay.")] = 42,
+    output: Annotated[Path, typer.Option(help="Folder for the JSON, table and plot.")] = Path(
+        "reports"
+    ),
+    mlflow_log: Annotated[bool, typer.Option(help="Log the result to MLflow if it is up.")] = True,
+) -> None:
+    """Replay a scenario offline, prequentially: batch only vs speed only vs the blend."""
+    from rich.progress import Progress
+
+    from pipelines import evaluation_report
+    from pipelines.evaluate import EvaluationPlan, run_evaluation
+    from pipelines.tracking_server import is_healthy
+
+    options = ReplayOptions(
+        data=data,
+        scenario=scenario,
+        limit=limit,
+        drift_fraction=drift_at,
+        late_domains=_csv(late_domains),
+        late_intents=_csv(late_intents),
+        seed=seed,
+    )
+    try:
+        fractions = [float(f) for f in _csv(retrain_at)]
+    except ValueError:
+        raise fail(f"--retrain-at takes fractions like 0.125,0.625; got {retrain_at!r}") from None
+    plan = EvaluationPlan(
+        replay=options,
+        retrain_at=tuple(int(f * limit) for f in fractions),
+        window=window or max(50, limit // 40),
+    )
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task("evaluating", total=limit)
+            result = run_evaluation(plan, lambda n: progress.advance(task, n))
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    paths = evaluation_report.write(result, output)
+    console.print(evaluation_report.table(result))
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    tracking = MlflowSettings()
+    if mlflow_log and is_healthy(tracking.uri):
+        run_id = evaluation_report.log_to_mlflow(result, paths, tracking)
+        console.print(f"logged to MLflow run {run_id} at {tracking.uri}")
+    elif mlflow_log:
+        console.print(f"[yellow]MLflow is not up at {tracking.uri}: not logged[/yellow]")

@@ -249,6 +249,7 @@ def retrain(
             input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
             registered_model_name=tracking.registered_model,
+            serialization_format="cloudpickle",  # skops refuses the project's own estimators
         )
         version = str(logged.registered_model_version)
         mlflow.set_tag("promotion", f"{'champion' if promote else 'challenger'}: {reason}")
