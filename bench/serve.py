@@ -17,6 +17,7 @@ that drift on the machine hits every target alike. Medians go to `bench/results/
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
@@ -120,13 +123,30 @@ def make_servers(
     }
 
 
-def load(port: int, bodies_path: Path, concurrency: int, duration_s: float) -> dict:
-    """One measurement, by the load generator in its own process."""
-    command = [sys.executable, str(BENCH_DIR / "serve_load.py"), "--port", str(port)]
-    command += ["--bodies", str(bodies_path), "--concurrency", str(concurrency)]
-    command += ["--duration", str(duration_s)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout)
+def cpu_seconds(server: ServerProcess) -> float:
+    """CPU time used so far by the server's processes (arbiter and workers)."""
+    total = 0.0
+    for process in server.processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def load(server: ServerProcess, bodies_path: Path, concurrency: int, duration_s: float) -> dict:
+    """One measurement, by the load generator in its own process, with the server's CPU time
+    per request: other work on the machine steals throughput, much less CPU per request."""
+    command = [sys.executable, str(BENCH_DIR / "serve_load.py"), "--port", str(server.port)]
+    command += ["--bodies", str(bodies_path), "--concurrency", str(concurrency), "--warmup", "0"]
+    subprocess.run([*command, "--duration", "2"], check=True, capture_output=True)  # warm-up
+    before = cpu_seconds(server)
+    done = subprocess.run(
+        [*command, "--duration", str(duration_s)], check=True, capture_output=True, text=True
+    )
+    result = json.loads(done.stdout)
+    used = cpu_seconds(server) - before
+    result["server_cpu_ms"] = 1000 * used / max(1, result["requests"])
+    return result
 
 
 def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
@@ -148,6 +168,14 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
     figures["p99_ratio_vs_noop"] = round(figures["blend_p99_ms"] / figures["noop_p99_ms"], 3)
     figures["ratio_vs_fastapi"] = round(figures["blend_rps"] / figures["fastapi_rps"], 3)
     figures["blend_overhead"] = round(1 - figures["blend_rps"] / figures["batch_only_rps"], 3)
+    for name in TARGETS:
+        figures[f"{name}_server_cpu_ms"] = median(name, "server_cpu_ms")
+    figures["cpu_ratio_vs_noop"] = round(
+        figures["noop_server_cpu_ms"] / figures["blend_server_cpu_ms"], 3
+    )
+    figures["cpu_blend_overhead"] = round(
+        1 - figures["batch_only_server_cpu_ms"] / figures["blend_server_cpu_ms"], 3
+    )
     figures["errors"] = sum(run["errors"] for name in runs for run in runs[name])
     return {**figures, "config": config, "runs": runs}
 
@@ -177,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
                 server.wait_ready()
             for repeat in range(args.repeats):
                 for name in TARGETS:
-                    run = load(servers[name].port, bodies_path, args.concurrency, args.duration)
+                    run = load(servers[name], bodies_path, args.concurrency, args.duration)
                     runs[name].append(run)
                     print(f"[{repeat + 1}/{args.repeats}] {name}: {json.dumps(run)}", flush=True)
         finally:
