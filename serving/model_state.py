@@ -82,8 +82,9 @@ def save_champion_file(
 class FileChampion:
     """A champion pickled by `save_champion_file`, for serving without an MLflow server.
 
-    The file is read again whenever its modification time changes. Pickle runs code on load:
-    point it only at files this pipeline wrote.
+    The file is read again whenever its modification time changes, and a new version number in
+    it makes a new champion. Pickle runs code on load: point it only at files this pipeline
+    wrote.
     """
 
     def __init__(self, path: Path) -> None:

@@ -34,7 +34,7 @@ def _versions(models: ModelSet, snapshot: SpeedSnapshot | None) -> ModelVersions
     )
 
 
-def predict(
+def predict_texts(
     models: ModelSet, texts: list[str], *, top_k: int, max_snapshot_age_s: float
 ) -> list[Prediction]:
     """One prediction per text, from whichever models are loaded (see `Prediction.source`).

@@ -3,8 +3,11 @@
 Run it with `bentoml serve serving.service:IntentClassifier` (or `lambda-ml serve`). Settings
 come from `SERVING_*` (and `MLFLOW_*` for the registry) when a worker starts; the BentoML
 defaults below (workers, access log off) can be overridden with `BENTOML_CONFIG_OVERRIDES`.
+Concurrent requests of a worker are scored together (`serving.batching`); bodies are JSON only.
 Besides the prediction endpoints, BentoML provides `/livez` and `/healthz` (200 while the
-process runs), `/readyz` (503 until a model can answer), `/metrics` and the OpenAPI spec.
+process runs), `/readyz` (503 until a model can answer), `/metrics` and the OpenAPI spec
+(`/docs.json`). Invalid input is a 400 naming the field (BentoML's validation status), too many
+texts a 413, a body that is not JSON a 415, and no usable model a 503 that says so.
 """
 
 import gc
@@ -29,7 +32,7 @@ from serving.model_state import (
     ModelState,
     RegistryChampion,
 )
-from serving.predict import NoModelError, predict
+from serving.predict import NoModelError, predict_texts
 from serving.schemas import PredictBatchRequest, Prediction, Predictions, PredictRequest
 from serving.settings import ServingSettings
 
@@ -82,7 +85,7 @@ class IntentClassifier:
         self.state.start(self.settings.poll_s)
 
     def _predict_many(self, texts: list[str]) -> list[Prediction]:
-        return predict(
+        return predict_texts(
             self.state.current,
             texts,
             top_k=self.settings.top_k,
@@ -92,7 +95,7 @@ class IntentClassifier:
     @staticmethod
     def _probe(models: ModelSet) -> None:
         """A prediction with every model of the set, stale snapshot or not."""
-        predict(models, [PROBE_TEXT], top_k=1, max_snapshot_age_s=math.inf)
+        predict_texts(models, [PROBE_TEXT], top_k=1, max_snapshot_age_s=math.inf)
 
     @bentoml.on_shutdown
     def stop_reloading(self) -> None:

@@ -7,6 +7,7 @@ reload, and the coalescer and the gauges on their own.
 
 import asyncio
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from starlette.testclient import TestClient
 
 from models.blend import HedgeBlender
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from pipelines.serve_cli import serve as serve_command
 from serving.batching import Coalescer
 from serving.metrics import ModelGauges
 from serving.model_state import FileChampion, ModelState, save_champion_file
@@ -380,3 +382,24 @@ def test_gauges_report_the_models_in_use(tmp_path, batch_model, speed_model):
     assert registry.get_sample_value("lambda_ml_speed_snapshot_sequence") == 1
     assert 29 < registry.get_sample_value("lambda_ml_speed_snapshot_age_seconds") < 60
     assert not state.refresh()  # nothing new: nothing reloaded
+
+
+def test_serve_command_runs_bentoml_with_the_options(monkeypatch):
+    monkeypatch.setattr(os, "environ", {**os.environ, "SERVING_PORT": "3100"})  # it sets some
+    execs = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(argv))
+    serve_command(port=None, host=None, workers=3, reload_interval=1.5, keep_access_log=True)
+    (argv,) = execs
+    assert argv[1:] == [
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:IntentClassifier",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "3100",
+    ]
+    assert os.environ["SERVING_POLL_S"] == "1.5"
+    overrides = json.loads(os.environ["BENTOML_CONFIG_OVERRIDES"])["services"][SERVICE_NAME]
+    assert overrides["workers"] == 3 and overrides["logging"]["access"]["enabled"] is True
