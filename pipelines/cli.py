@@ -205,6 +205,7 @@ def retrain(
             MlflowSettings(),
             KafkaSettings().topic,
             label_shuffle_seed=shuffle_labels,
+            on_stage=lambda stage: console.print(f"[dim]retrain: {stage}[/dim]"),
         )
     except NoData as exc:
         raise fail(str(exc)) from None
@@ -222,7 +223,9 @@ def schedule(
     cron: Annotated[
         str | None, typer.Option(help="Cron expression (UTC), instead of --interval.")
     ] = None,
-    max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs.")] = None,
+    max_runs: Annotated[
+        int | None, typer.Option(help="Stop after this many successful runs.")
+    ] = None,
 ) -> None:
     """Retrain on an interval or a cron expression, and early when the speed layer signals drift."""
     from pipelines.jobs import stop_on_signals

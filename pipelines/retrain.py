@@ -10,6 +10,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version as installed_version
 from pathlib import Path
@@ -184,11 +185,13 @@ def retrain(
     topic: str,
     model_params: dict | None = None,
     label_shuffle_seed: int | None = None,
+    on_stage: Callable[[str], None] = lambda stage: None,
 ) -> RetrainResult:
     """One batch run, tracked and registered; raises on failure with the champion untouched.
 
     `label_shuffle_seed` shuffles the training labels: a deliberately broken model, used to show
-    that the promotion gate holds.
+    that the promotion gate holds. `on_stage` hears "read", "fit", "evaluate" and "log" as each
+    stage begins (progress for people, and a place for tests to break things).
     """
     import mlflow
     import mlflow.sklearn
@@ -196,6 +199,7 @@ def retrain(
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    on_stage("read")
     cutoff = archived_positions(batch.master_dir)
     split = read_history_split(batch.master_dir, cutoff, batch.holdout_fraction)
     if int(split.weights.sum()) < batch.min_train_events:
@@ -206,11 +210,13 @@ def retrain(
         intents = list(np.random.default_rng(label_shuffle_seed).permutation(np.asarray(intents)))
     seconds["read"] = time.perf_counter() - started
 
+    on_stage("fit")
     mark = time.perf_counter()
     model = build_batch_model(**(model_params or {}))
     fit_on_counts(model, split.texts, intents, split.weights)
     seconds["fit"] = time.perf_counter() - mark
 
+    on_stage("evaluate")
     mark = time.perf_counter()
     scores, predicted = score_holdout(model, split.holdout_texts, split.holdout_intents)
     client = tracking_client(tracking)
@@ -223,6 +229,7 @@ def retrain(
     promote, reason = _decide(scores, champion_scores, batch.min_accuracy)
     seconds["evaluate"] = time.perf_counter() - mark
 
+    on_stage("log")
     mark = time.perf_counter()
     mlflow.set_tracking_uri(tracking.uri)
     mlflow.set_registry_uri(tracking.uri)

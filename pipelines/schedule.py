@@ -124,7 +124,9 @@ class Scheduler:
         return record
 
     def run(self, stop: Event, max_runs: int | None = None, poll_s: float = 1.0) -> None:
+        """Tick until `stop` is set or `max_runs` runs have succeeded."""
         while not stop.is_set():
-            if self.tick(time.time()) and max_runs is not None and len(self.history) >= max_runs:
+            self.tick(time.time())
+            if max_runs is not None and sum(r.ok for r in self.history) >= max_runs:
                 return
             stop.wait(poll_s)
