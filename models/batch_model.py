@@ -301,12 +301,12 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
 
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self)
-        return self.estimator_.predict(X)
+        return self.estimator_.predict(_single_column(X))
 
     @available_if(_inner_has("predict_proba"))
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
-        return self.estimator_.predict_proba(X)
+        return self.estimator_.predict_proba(_single_column(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -314,6 +314,13 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         tags.input_tags = replace(inner.input_tags, sparse=False)
         tags.classifier_tags.poor_score = inner.classifier_tags.poor_score
         return tags
+
+
+def _single_column(X):
+    """A one-column DataFrame (how MLflow's pyfunc flavour passes texts) as its column."""
+    if hasattr(X, "columns") and len(X.columns) == 1:
+        return X.iloc[:, 0].to_numpy()
+    return X
 
 
 def _check_weights(sample_weight, n_samples: int) -> np.ndarray:

@@ -7,6 +7,7 @@ alias `champion` moves only if the new version beats the current champion on tha
 """
 
 import hashlib
+import inspect
 import logging
 import tempfile
 import time
@@ -239,7 +240,7 @@ def retrain(
         mlflow.set_tags({f"lineage.{k}": v for k, v in split.lineage.items()} | {"topic": topic})
         mlflow.log_params(
             {"holdout_fraction": batch.holdout_fraction, "label_shuffle_seed": label_shuffle_seed}
-            | {f"model.{k}": v for k, v in model.get_params(deep=False).items() if _loggable(v)}
+            | {f"model.{k}": v for k, v in _factory_params(model_params).items()}
         )
         mlflow.log_metrics(scores.as_metrics("holdout_"))
         if champion_scores and champion:
@@ -275,5 +276,7 @@ def retrain(
     )
 
 
-def _loggable(value) -> bool:
-    return isinstance(value, str | int | float | bool | type(None) | tuple)
+def _factory_params(overrides: dict | None) -> dict:
+    """The batch model's factory arguments as used: its defaults, then the overrides."""
+    defaults = inspect.signature(build_batch_model).parameters.items()
+    return {name: parameter.default for name, parameter in defaults} | (overrides or {})
