@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/lambda-ml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-unit lint bench clean services-up services-down
+.PHONY: setup system-deps demo test test-unit lint bench clean services-up services-down
 
 setup: $(STAMP)
 
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Chromium for tests/e2e/test_mlflow_ui.py (apt-get, as root; a no-op once installed).
+system-deps:
+	scripts/install-system-deps.sh
 
 services-up: setup
 	$(CLI) kafka up
@@ -28,7 +32,7 @@ demo: setup
 
 # Integration tests start the real Kafka broker and MLflow server through session fixtures
 # and stop them at the end; nothing is left running.
-test: setup
+test: setup system-deps
 	$(CLI) kafka fetch
 	$(PY) -m pytest tests
 

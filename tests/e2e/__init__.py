@@ -1,0 +1,1 @@
+"""End-to-end checks through the user-facing surfaces, driven as a person would see them."""
