@@ -143,7 +143,6 @@ class HashedTextNB(base.Classifier):
         self._row_of_bucket = np.zeros(n_features, dtype=np.int32)
         self._n_rows = 1
         self._counts = np.zeros((1024, 8), dtype=np.float32)  # (rows, classes), spare capacity
-        self._doc_freq = np.zeros(1024)  # events in which each row's bucket occurred
         self._class_mass = np.zeros(8)  # total feature weight learnt per class
         self._class_events = np.zeros(8)  # events learnt per class
         self._init_transient()
@@ -185,7 +184,6 @@ class HashedTextNB(base.Classifier):
         buckets, values, mass = features
         rows = self._rows_for(buckets)
         self._counts[rows, label] += 1.0 if values is None else values
-        self._doc_freq[rows] += 1.0
         self._class_mass[label] += mass
         self._class_events[label] += 1.0
         self._n_learnt += 1
@@ -255,16 +253,18 @@ class HashedTextNB(base.Classifier):
     ) -> np.ndarray:
         """log P(class) + sum_f w_f log P(f | class), up to a constant shared by all classes."""
         n_classes = len(self._labels)
-        rows = self._row_of_bucket[buckets]
+        counts = self._counts[self._row_of_bucket[buckets], :n_classes]
         if self.idf and mass:
-            idf = math.log(self._n_learnt + 1.0) + 1.0 - np.log1p(self._doc_freq[rows])
+            # A text feature adds 1 to one class per event, so its row sums to its document
+            # frequency; a numeric feature's row sums to its learnt weight, which stands in.
+            idf = math.log(self._n_learnt + 1.0) + 1.0 - np.log1p(counts.sum(axis=1))
             weights = idf if values is None else values * idf
             weights *= mass / weights.sum()
         else:
-            weights = np.ones(len(rows)) if values is None else values
+            weights = np.ones(len(counts)) if values is None else values
         # log(count + alpha) = log(alpha) + log1p(count / alpha), and the first term is the same
         # for every class, so the unseen buckets' all-zero row contributes nothing.
-        log_counts = np.log1p(self._counts[rows, :n_classes] * np.float32(1.0 / self.alpha))
+        log_counts = np.log1p(counts * np.float32(1.0 / self.alpha))
         jll = weights @ log_counts
         jll -= mass * np.log(self._class_mass[:n_classes] + self.alpha * (self._n_rows - 1))
         jll += np.log(self._class_events[:n_classes])
@@ -297,7 +297,6 @@ class HashedTextNB(base.Classifier):
         if needed > self._counts.shape[0]:
             capacity = min(max(needed, self._counts.shape[0] * 2), self.n_features + 1)
             self._counts = _grow(self._counts, capacity, self._counts.shape[1])
-            self._doc_freq = _grow(self._doc_freq, capacity)
         fresh = np.arange(self._n_rows, needed, dtype=np.int32)
         self._row_of_bucket[buckets[new]] = fresh
         rows[new] = fresh
@@ -312,7 +311,6 @@ class HashedTextNB(base.Classifier):
         buckets = np.flatnonzero(self._row_of_bucket)
         state["_row_of_bucket"] = buckets[np.argsort(self._row_of_bucket[buckets])].astype(np.int32)
         state["_counts"] = sparse.csr_array(self._counts[:n_rows, :n_classes])
-        state["_doc_freq"] = self._doc_freq[:n_rows].copy()
         state["_class_mass"] = self._class_mass[:n_classes].copy()
         state["_class_events"] = self._class_events[:n_classes].copy()
         return state
