@@ -125,9 +125,13 @@ class Archiver:
         self.reader.commit(self._flushed)
         self._last_flush = time.monotonic()
 
-    def run(self, stop: Event, idle_exit_s: float | None = None) -> None:
-        """Archive until `stop` is set or the stream has been idle for `idle_exit_s`."""
+    def run(
+        self, stop: Event, idle_exit_s: float | None = None, max_messages: int | None = None
+    ) -> None:
+        """Archive until `stop` is set, the stream has been idle for `idle_exit_s`, or the
+        reader has passed `max_messages` messages; always ends with a flush."""
         idle_since = time.monotonic()
+        started_at = sum(self.reader.positions.values())
         while not stop.is_set():
             consumed = self.reader.poll(timeout_ms=200)
             for c in consumed:
@@ -139,4 +143,7 @@ class Archiver:
             due = time.monotonic() - self._last_flush >= self.settings.flush_every_s
             if self._pending() >= self.settings.flush_every_events or due:
                 self.flush()
+            passed = sum(self.reader.positions.values()) - started_at
+            if max_messages is not None and passed >= max_messages:
+                break
         self.flush()

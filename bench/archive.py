@@ -1,0 +1,70 @@
+"""Archiver benchmark: events per second from the topic into the Parquet master dataset.
+
+A replay of CLINC150 (repeated to `events`) is produced once onto a fresh 4-partition topic;
+each run archives all of it into an empty folder, from consuming to the last fsynced file.
+Median of `repeats` runs; writes `bench/results/archive.json`.
+
+    lambda-ml bench archive [--repeats 3]
+"""
+
+import io
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from pipelines.jobs import event_reader
+from pipelines.produce import ReplayOptions, run_produce
+from streams import broker
+from streams.archiver import Archiver, ArchiveSettings
+from streams.config import KafkaSettings
+from streams.master_dataset import history
+
+RESULTS = Path(__file__).resolve().parent / "results" / "archive.json"
+
+
+def archive_once(kafka: KafkaSettings, root: Path, events: int) -> float:
+    """Seconds to archive `events` from the start of the topic."""
+    with event_reader(kafka, f"bench-archive-{time.time_ns()}", "bench") as reader:
+        archiver = Archiver(reader, root, ArchiveSettings())
+        started = time.perf_counter()
+        archiver.run(threading.Event(), max_messages=events)
+        return time.perf_counter() - started
+
+
+def main(repeats: int = 3, events: int = 200_000) -> dict:
+    kafka = KafkaSettings()
+    broker.up(kafka)
+    topic = f"bench-archive-{time.time_ns()}"
+    broker.ensure_topics(kafka.bootstrap, {topic: 4, f"{topic}.dlq": 1})
+    stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
+    produced = run_produce(
+        stream, ReplayOptions(limit=events, span_days=7), Console(file=io.StringIO())
+    )
+    seconds = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(repeats):
+            root = Path(scratch) / f"run-{repeat}"
+            seconds.append(archive_once(stream, root, events))
+            assert history(root).count_rows() == events
+    median = statistics.median(seconds)
+    figures = {
+        "events": events,
+        "events_per_s": round(events / median, 1),
+        "seconds_median": round(median, 2),
+        "produce_events_per_s": round(produced.events_per_s, 1),
+        "repeats": repeats,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    for key, value in figures.items():
+        print(f"{key:28} {value}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
