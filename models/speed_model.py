@@ -257,11 +257,8 @@ class HashedTextNB(base.Classifier):
         if self.idf and mass:
             # A text feature adds 1 to one class per event, so its row sums to its document
             # frequency; a numeric feature's row sums to its learnt weight, which stands in.
-            idf = (
-                math.log(self._n_learnt + 1.0)
-                + 1.0
-                - np.log1p(counts.sum(axis=1, dtype=np.float64))
-            )
+            doc_freq = counts.sum(axis=1, dtype=np.float64)
+            idf = math.log(self._n_learnt + 1.0) + 1.0 - np.log1p(doc_freq)
             weights = idf if values is None else values * idf
             weights *= mass / weights.sum()
         else:
