@@ -315,3 +315,20 @@ def evaluate(
         console.print(f"logged to MLflow run {run_id} at {tracking.uri}")
     elif mlflow_log:
         console.print(f"[yellow]MLflow is not up at {tracking.uri}: not logged[/yellow]")
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(min=1000, help="Queries to replay.")] = 24_000,
+    rate: Annotated[float, typer.Option(min=1, help="Queries per second.")] = 400.0,
+    retrain_every: Annotated[float, typer.Option(min=5, help="Seconds between retrains.")] = 30.0,
+    keep_running: Annotated[bool, typer.Option(help="Leave the jobs running at the end.")] = False,
+) -> None:
+    """Everything end to end: Kafka, MLflow, speed, archive, scheduled retrains, serving."""
+    from pipelines.demo import DemoPlan, run_demo
+
+    plan = DemoPlan(events=events, rate=rate, retrain_every_s=retrain_every)
+    try:
+        run_demo(plan, console, keep_running=keep_running)
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        raise fail(str(exc) or "interrupted") from None

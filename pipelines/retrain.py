@@ -57,6 +57,7 @@ class HistorySplit:
     weights: np.ndarray
     holdout_texts: list[str]
     holdout_intents: list[str]
+    holdout_weights: np.ndarray
     lineage: dict[str, str]
 
 
@@ -122,33 +123,33 @@ def read_history_split(
     dropped = _row_ids(keys)[repeated]
     keys = keys.filter(pa.array(~repeated))
     threshold = _holdout_threshold(keys, holdout_fraction)
-    holdout_texts: list[str] = []
-    holdout_intents: list[str] = []
+    holdout_parts: list[pa.Table] = []
 
     def train_batches():
         columns = ["text", "intent", *KEY_COLUMNS[1:]]
         for batch in dataset.to_batches(columns=columns, filter=labelled):
             keep = ~np.isin(_row_ids(batch), dropped)
             holdout = _is_holdout(batch, threshold)
-            chosen = batch.filter(pa.array(holdout & keep))
-            holdout_texts.extend(chosen["text"].to_pylist())
-            holdout_intents.extend(chosen["intent"].to_pylist())
+            holdout_parts.append(pa.Table.from_batches([batch.filter(pa.array(holdout & keep))]))
             yield batch.select(["text", "intent"]).filter(pa.array(~holdout & keep))
 
     texts, intents, weights = count_examples(train_batches())
+    holdout_texts, holdout_intents, holdout_weights = count_examples(holdout_parts)
     ts = keys["ts"]
     lineage = {
         "rows": str(keys.num_rows),
         "duplicates_dropped": str(len(dropped)),
         "train_rows": str(int(weights.sum())),
-        "holdout_rows": str(len(holdout_texts)),
+        "holdout_rows": str(int(holdout_weights.sum())),
         "distinct_train_texts": str(len(texts)),
         "ts_min": pc.min(ts).as_py().isoformat(),
         "ts_max": pc.max(ts).as_py().isoformat(),
         "cutoff_offsets": encode_offsets(cutoff),
         "content_hash": _content_hash(dataset.files, cutoff),
     }
-    return HistorySplit(texts, intents, weights, holdout_texts, holdout_intents, lineage)
+    return HistorySplit(
+        texts, intents, weights, holdout_texts, holdout_intents, holdout_weights, lineage
+    )
 
 
 PIP_REQUIREMENTS = [
@@ -219,14 +220,11 @@ def retrain(
 
     on_stage("evaluate")
     mark = time.perf_counter()
-    scores, predicted = score_holdout(model, split.holdout_texts, split.holdout_intents)
+    holdout = (split.holdout_texts, split.holdout_intents, split.holdout_weights)
+    scores, predicted = score_holdout(model, *holdout)
     client = tracking_client(tracking)
     champion = _current_champion(client, tracking.registered_model)
-    champion_scores = (
-        score_holdout(champion.estimator, split.holdout_texts, split.holdout_intents)[0]
-        if champion
-        else None
-    )
+    champion_scores = score_holdout(champion.estimator, *holdout)[0] if champion else None
     promote, reason = _decide(scores, champion_scores, batch.min_accuracy)
     seconds["evaluate"] = time.perf_counter() - mark
 
@@ -247,7 +245,7 @@ def retrain(
             mlflow.log_metrics(champion_scores.as_metrics("champion_holdout_"))
             mlflow.set_tag("compared_with_version", champion.info.version)
         with tempfile.TemporaryDirectory() as folder:
-            for path in write_report_artifacts(Path(folder), split.holdout_intents, predicted):
+            for path in write_report_artifacts(Path(folder), *holdout[1:], predicted):
                 mlflow.log_artifact(str(path), artifact_path="report")
         example = split.holdout_texts[:3] or split.texts[:3]
         logged = mlflow.sklearn.log_model(
