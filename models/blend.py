@@ -21,8 +21,10 @@ in every window (`lambda-ml evaluate`). Everything is prequential: predict, then
 
 import math
 from collections.abc import Mapping, Set
+from typing import Any
 
-Probabilities = Mapping[str, float]
+# Intent -> probability; keys are any hashable label, as in River.
+Probabilities = Mapping[Any, float]
 
 LOSS_CAP = -math.log(1e-4)
 EXPERTS = ("batch", "speed", "novelty")
@@ -117,12 +119,12 @@ class HedgeBlender:
         self.learnt += 1
 
 
-def novel_mass(known: Set[str], speed: Probabilities) -> float:
+def novel_mass(known: Set[Any], speed: Probabilities) -> float:
     """The speed model's probability that the intent is one the batch model does not know."""
     return min(1.0, sum(p for intent, p in speed.items() if intent not in known))
 
 
-def _renormalised_known(known: Set[str], speed: Probabilities, novel: float) -> dict[str, float]:
+def _renormalised_known(known: Set[Any], speed: Probabilities, novel: float) -> dict[Any, float]:
     rest = 1.0 - novel
     if rest <= 1e-12:
         return {}

@@ -9,14 +9,15 @@ champion's cut-off (Kappa-style reprocessing) and the layer goes on live.
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
+from typing import Any
 
 import numpy as np
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from river import drift
+from river import base, drift
 
 from models.blend import HedgeBlender
 from models.metrics import WindowScore
@@ -48,7 +49,7 @@ class SpeedSettings(BaseSettings):
 class SpeedState:
     """What a snapshot captures, plus the scores that go with it."""
 
-    model: object
+    model: base.Classifier
     blender: HedgeBlender
     events_learnt: int = 0
     unlabelled_seen: int = 0
@@ -165,7 +166,7 @@ class SpeedLayer:
         )
         batch_iter = iter(batch_probs)
         for item in consumed:
-            x = {"text": item.event.text}
+            x: dict[Hashable, Any] = {"text": item.event.text}
             speed_probs = state.model.predict_proba_one(x)
             intent = item.event.intent
             if intent is None:
