@@ -42,7 +42,8 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    for noisy in ("kafka", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _csv(value: str) -> tuple[str, ...]:

@@ -110,9 +110,14 @@ def demo_environment(
     }
 
 
+def _offsets_text(offsets: dict[str, int] | None) -> str:
+    """Partition offsets as `p0:123 p1:98`, or `-` when there is no snapshot."""
+    return " ".join(f"p{p}:{o}" for p, o in sorted(offsets.items())) if offsets else "-"
+
+
 def _answers_table(url: str) -> Table:
     table = Table(title="Blended answers from the BentoML service")
-    for column in ("query", "intent", "p", "source", "batch version", "speed snapshot"):
+    for column in ("query", "intent", "p", "source", "batch version", "speed snapshot offsets"):
         table.add_column(column)
     with httpx.Client(timeout=10) as client:
         for text in SAMPLE_QUERIES:
@@ -124,7 +129,7 @@ def _answers_table(url: str) -> Table:
                 f"{body['confidence']:.2f}",
                 body["source"],
                 str(models.get("batch_version") or "-"),
-                str(models.get("speed_snapshot_offsets") or "-"),
+                _offsets_text(models.get("speed_snapshot_offsets")),
             )
     return table
 
