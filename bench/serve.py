@@ -1,8 +1,9 @@
 """Serving benchmark: the blend service against three references, on loopback, as ratios.
 
-It trains its own models on CLINC150 (no MLflow server needed): a batch champion (TF-IDF word
-1-2 + char_wb 2-4 grams, logistic regression) saved for `SERVING_CHAMPION_PATH`, and a speed
-snapshot (the speed layer's model and a blender learnt on the validation split). Then it serves
+It trains its own models on CLINC150 `train` (no MLflow server needed): a batch champion from
+the batch layer's factory (TF-IDF word 1-2 + char_wb 2-4 grams, calibrated LinearSVC + naive
+Bayes) saved for `SERVING_CHAMPION_PATH`, and a speed snapshot (the speed layer's model, and a
+blender learnt on the validation split). Then it serves
 
 - blend: `IntentClassifier` with both models,
 - batch_only: the same service without a snapshot (what the blend costs),
@@ -13,7 +14,7 @@ all at once on free ports, and loads each in turn with single-query `/predict` r
 fixed concurrency from a separate process (`serve_load.py`), interleaving the repetitions so
 that drift on the machine hits every target alike. Medians go to `bench/results/serve.json`.
 
-    .venv/bin/python bench/serve.py [--workers 2] [--duration 10] [--repeats 3]
+    .venv/bin/python bench/serve.py [--workers 1] [--duration 10] [--repeats 3]
 """
 
 import argparse
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from models.batch_model import build_batch_model
 from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
@@ -49,26 +51,13 @@ RESULTS = BENCH_DIR / "results" / "serve.json"
 TARGETS = ("noop", "fastapi", "batch_only", "blend")
 
 
-def build_batch_model(texts: list[str], intents: list[str]):
-    """The realistic champion of the design notes, with probabilities."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
-
-    features = make_union(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=2),
-    )
-    return make_pipeline(features, LogisticRegression(C=10, max_iter=300)).fit(texts, intents)
-
-
 def make_models(workdir: Path) -> tuple[Path, Path, list[dict]]:
     """Train and save both models; return the champion file, snapshot folder, request bodies."""
     examples = [e for e in load_dataset(CLINC150_DATA).examples if e.intent != "oos"]
     split = {name: [e for e in examples if e.split == name] for name in ("train", "val", "test")}
     train_texts = [e.text for e in split["train"]]
     started = time.perf_counter()
-    estimator = build_batch_model(train_texts, [e.intent for e in split["train"]])
+    estimator = build_batch_model().fit(train_texts, [e.intent for e in split["train"]])
     print(f"batch model trained in {time.perf_counter() - started:.1f}s", flush=True)
     champion_path = workdir / "champion.pkl"
     save_champion_file(champion_path, estimator, version="1", cutoff_offsets={0: len(train_texts)})
@@ -182,7 +171,7 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Serving benchmark (see the module docstring).")
-    parser.add_argument("--workers", type=int, default=2, help="BentoML workers per service")
+    parser.add_argument("--workers", type=int, default=1, help="BentoML workers per service")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3)

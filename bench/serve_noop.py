@@ -22,7 +22,7 @@ _ANSWER = Prediction.model_validate(
 )
 
 
-@bentoml.service(workers=2, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
 class Noop:
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
     async def predict(self, text: str) -> Prediction:

@@ -20,7 +20,7 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default: SERVING_HOST, 127.0.0.1).")
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="BentoML worker processes.")] = 1,
     reload_interval: Annotated[
         float | None,
         typer.Option(

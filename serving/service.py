@@ -66,9 +66,14 @@ def _error(status: HTTPStatus, message: str, field: str | None = None) -> JSONRe
     return JSONResponse({"error": message, "detail": detail}, status_code=status)
 
 
-@bentoml.service(workers=2, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
 class IntentClassifier:
-    """Intent classification: the batch champion blended with the speed layer's snapshot."""
+    """Intent classification: the batch champion blended with the speed layer's snapshot.
+
+    One worker by default: on this project's two-core machine a second one served no more
+    (BentoML's workers share one listening socket, and long-lived client connections pile up on
+    one of them), while one worker leaves a core to the load's clients and the other jobs.
+    """
 
     def __init__(self) -> None:
         # BentoML's server log shows warnings only, but which models came in is worth seeing.
