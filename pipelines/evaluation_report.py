@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pipelines.config import MlflowSettings
 from pipelines.evaluate import EvaluationResult
+from pipelines.tracking import fluent_mlflow
 
 JSON_NAME, TABLE_NAME, PLOT_NAME = "evaluation.json", "evaluation.md", "evaluation.png"
 
@@ -93,8 +94,14 @@ def log_to_mlflow(result: EvaluationResult, paths: list[Path], settings: MlflowS
     """One MLflow run holding the summary figures and the three files; returns its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.uri)
-    mlflow.set_experiment(settings.experiment)
+    with fluent_mlflow(settings.uri):
+        mlflow.set_experiment(settings.experiment)
+        return _log_run(result, paths)
+
+
+def _log_run(result: EvaluationResult, paths: list[Path]) -> str:
+    import mlflow
+
     with mlflow.start_run(run_name="evaluation") as run:
         mlflow.log_params({k: str(v)[:500] for k, v in result.scenario.items()})
         mlflow.log_metrics({k: float(v) for k, v in result.summary.items()})

@@ -36,7 +36,7 @@ from models.registry import (
 )
 from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
-from pipelines.tracking import experiment_id, tracking_client
+from pipelines.tracking import experiment_id, fluent_mlflow, tracking_client
 from streams.master_dataset import archived_positions, history
 
 log = logging.getLogger(__name__)
@@ -230,11 +230,12 @@ def retrain(
 
     on_stage("log")
     mark = time.perf_counter()
-    mlflow.set_tracking_uri(tracking.uri)
-    mlflow.set_registry_uri(tracking.uri)
-    with mlflow.start_run(
-        experiment_id=experiment_id(client, tracking.experiment), run_name="batch-retrain"
-    ) as run:
+    with (
+        fluent_mlflow(tracking.uri),
+        mlflow.start_run(
+            experiment_id=experiment_id(client, tracking.experiment), run_name="batch-retrain"
+        ) as run,
+    ):
         mlflow.set_tags({f"lineage.{k}": v for k, v in split.lineage.items()} | {"topic": topic})
         mlflow.log_params(
             {"holdout_fraction": batch.holdout_fraction, "label_shuffle_seed": label_shuffle_seed}

@@ -104,8 +104,7 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(master, tmp
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     root, _ = master
     (port,) = free_ports(1)
-    # tracking_uri given explicitly: mlflow.set_tracking_uri (run by earlier retrains in this
-    # process) leaves MLFLOW_TRACKING_URI in the environment, which settings would read.
+    # Always a server of this test's own (it is stopped mid-run), whatever the environment says.
     server = MlflowSettings(tracking_uri="", home=tmp_path / "mlflow", port=port)
     tracking = settings_for(server.uri)
     batch = BatchSettings(master_dir=root)

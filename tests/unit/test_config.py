@@ -1,5 +1,7 @@
 """Settings come from the environment with the documented prefixes and defaults."""
 
+import os
+
 import pytest
 
 from pipelines.config import MlflowSettings
@@ -35,3 +37,14 @@ def test_settings_are_frozen_and_typed(monkeypatch):
     monkeypatch.delenv("KAFKA_PORT")
     with pytest.raises(ValueError):
         KafkaSettings().port = 1  # type: ignore[misc]
+
+
+def test_a_fluent_mlflow_block_leaves_the_environment_as_it_was(monkeypatch):
+    from pipelines.tracking import fluent_mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://registry.example:5000")
+    with fluent_mlflow("http://127.0.0.1:5999"):
+        assert MlflowSettings().uri == "http://127.0.0.1:5999"
+    assert MlflowSettings().uses_local_server
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "http://registry.example:5000"
