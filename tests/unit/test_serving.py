@@ -6,6 +6,7 @@ reload, and the coalescer and the gauges on their own.
 """
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -85,8 +86,13 @@ def serve(monkeypatch, tmp_path: Path, **env: str):
     monkeypatch.setenv("BENTOML_CONFIG_OVERRIDES", overrides)
     for key, value in env.items():
         monkeypatch.setenv(f"SERVING_{key.upper()}", value)
-    with TestClient(IntentClassifier.to_asgi(), raise_server_exceptions=False) as client:
-        yield client
+    thresholds = gc.get_threshold()
+    try:
+        with TestClient(IntentClassifier.to_asgi(), raise_server_exceptions=False) as client:
+            yield client
+    finally:  # the service tunes the collector for a server process, not for pytest's
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def wait_for(predicate, timeout_s: float = 10.0):
