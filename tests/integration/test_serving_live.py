@@ -23,6 +23,7 @@ from sklearn.pipeline import make_pipeline
 from models.blend import HedgeBlender
 from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from pipelines.tracking import fluent_mlflow
 from serving.process import (
     SERVICE_NAME,
     SERVICE_TARGET,
@@ -57,13 +58,8 @@ def fit_batch(rows):
 
 def register(tracking_uri: str, name: str, model, cutoff: dict[int, int]) -> str:
     """Log and register `model`, tag its cut-off, then move the `champion` alias to it."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with fluent_mlflow(tracking_uri), mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.set_model_version_tag(name, version, CUTOFF_TAG, encode_offsets(cutoff))
