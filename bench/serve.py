@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -169,7 +170,8 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
     return {**figures, "config": config, "runs": runs}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: Sequence[str] = ()) -> dict:
+    """Run the benchmark; `argv` are the command-line options (none: the defaults)."""
     parser = argparse.ArgumentParser(description="Serving benchmark (see the module docstring).")
     parser.add_argument("--workers", type=int, default=1, help="BentoML workers per service")
     parser.add_argument("--concurrency", type=int, default=16)
@@ -211,4 +213,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
