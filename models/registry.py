@@ -5,6 +5,9 @@ at; the speed layer re-bases on those offsets and serving reports them with ever
 """
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
@@ -18,12 +21,14 @@ TOPIC_TAG = "cutoff_topic"
 
 @dataclass(frozen=True)
 class ChampionInfo:
-    """Which version is champion and where its training data ends in the stream."""
+    """Which version is champion, where its training data ends in the stream, and which
+    tracking server holds it."""
 
     name: str
     version: str
     run_id: str
     cutoff_offsets: dict[int, int]
+    tracking_uri: str = ""  # empty for a champion read from a file (benchmarks, tests)
 
     @property
     def model_uri(self) -> str:
@@ -55,6 +60,7 @@ def fetch_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
         version=str(version.version),
         run_id=version.run_id or "",
         cutoff_offsets=decode_offsets(version.tags.get(CUTOFF_TAG)),
+        tracking_uri=client.tracking_uri,
     )
 
 
@@ -85,4 +91,31 @@ def load_champion(info: ChampionInfo) -> ChampionModel:
     from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
 
     MLFLOW_ALLOW_PICKLE_DESERIALIZATION.set("true")
-    return ChampionModel(info, mlflow.sklearn.load_model(info.model_uri))
+    with fluent_mlflow(info.tracking_uri):
+        return ChampionModel(info, mlflow.sklearn.load_model(info.model_uri))
+
+
+@contextmanager
+def fluent_mlflow(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (`start_run`, `log_model`) at `uri` for the block only.
+
+    MLflow keeps that address in process-wide state and copies it into MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI; left there, settings read later in the same process would silently
+    follow it. What was there before is put back on the way out.
+    """
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
+from models.registry import fluent_mlflow
 from pipelines.config import MlflowSettings
 from pipelines.evaluate import EvaluationResult
-from pipelines.tracking import fluent_mlflow
 
 JSON_NAME, TABLE_NAME, PLOT_NAME = "evaluation.json", "evaluation.md", "evaluation.png"
 

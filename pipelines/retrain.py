@@ -32,11 +32,12 @@ from models.registry import (
     ChampionModel,
     encode_offsets,
     fetch_champion,
+    fluent_mlflow,
     load_champion,
 )
 from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
-from pipelines.tracking import experiment_id, fluent_mlflow, tracking_client
+from pipelines.tracking import experiment_id, tracking_client
 from streams.master_dataset import archived_positions, history
 
 log = logging.getLogger(__name__)

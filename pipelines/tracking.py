@@ -2,11 +2,9 @@
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
@@ -19,32 +17,6 @@ log = logging.getLogger(__name__)
 def tracking_client(settings: MlflowSettings) -> MlflowClient:
     """A client for the tracking server and the registry at `settings.uri`."""
     return MlflowClient(tracking_uri=settings.uri, registry_uri=settings.uri)
-
-
-@contextlib.contextmanager
-def fluent_mlflow(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (`start_run`, `log_model`) at `uri` for the block only.
-
-    MLflow keeps that address in process-wide state and copies it into MLFLOW_TRACKING_URI and
-    MLFLOW_REGISTRY_URI; left there, settings read later in the same process would silently
-    follow it. What was there before is put back on the way out.
-    """
-    import mlflow
-
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {name: os.environ.get(name) for name in names}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

@@ -21,9 +21,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from models.blend import HedgeBlender
-from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets
+from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets, fluent_mlflow
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
-from pipelines.tracking import fluent_mlflow
 from serving.process import (
     SERVICE_NAME,
     SERVICE_TARGET,

@@ -40,7 +40,7 @@ def test_settings_are_frozen_and_typed(monkeypatch):
 
 
 def test_a_fluent_mlflow_block_leaves_the_environment_as_it_was(monkeypatch):
-    from pipelines.tracking import fluent_mlflow
+    from models.registry import fluent_mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://registry.example:5000")
