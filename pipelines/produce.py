@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from streams.broker import topic_partitions
 from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
 from streams.producer import ProduceStats, Timeline, event_messages, make_producer, publish
@@ -85,6 +86,12 @@ def run_produce(settings: KafkaSettings, options: ReplayOptions, console: Consol
     """Replay with a progress bar; bad input lines are reported and skipped, never fatal."""
     length, messages, bad_lines = replay_messages(options)
     report_bad_lines(console, options.data, bad_lines)
+    missing = {settings.topic, settings.dlq_topic} - set(topic_partitions(settings.bootstrap))
+    if missing:
+        raise ValueError(
+            f"topics {sorted(missing)} do not exist on {settings.bootstrap}: "
+            "`lambda-ml kafka up` creates them"
+        )
     producer = make_producer(settings)
     columns = (
         TextColumn("producing"),

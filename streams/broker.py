@@ -94,16 +94,14 @@ def fetch(settings: KafkaSettings) -> Path:
 def up(settings: KafkaSettings, timeout: float = 90.0) -> bool:
     """Start the local broker and create the pipeline's topics; True if this call started it.
 
-    Already running, or an external cluster configured: nothing is started (the external
-    cluster is only checked, and its missing topics created).
+    Already running, or an external cluster configured: nothing is started, but missing
+    topics are still created (a new KAFKA_TOPIC needs only another `up`).
     """
     topics = {settings.topic: settings.partitions, settings.dlq_topic: 1}
-    if not settings.uses_local_broker:
+    if not settings.uses_local_broker or _process(settings).is_running():
         ensure_topics(settings.bootstrap, topics)
         return False
     process = _process(settings)
-    if process.is_running():
-        return False
     libs = fetch(settings)
     java = _require_tools(maven=False)
     busy = [port for port in (settings.port, settings.controller_port) if not port_is_free(port)]
