@@ -8,7 +8,6 @@ Median of `repeats` runs; writes `bench/results/archive.json`.
 """
 
 import io
-import json
 import statistics
 import tempfile
 import threading
@@ -17,14 +16,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench import save_figures
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, run_produce
 from streams import broker
 from streams.archiver import Archiver, ArchiveSettings
 from streams.config import KafkaSettings
 from streams.master_dataset import history
-
-RESULTS = Path(__file__).resolve().parent / "results" / "archive.json"
 
 
 def archive_once(kafka: KafkaSettings, root: Path, events: int) -> float:
@@ -59,11 +57,7 @@ def main(repeats: int = 3, events: int = 200_000) -> dict:
         "produce_events_per_s": round(produced.events_per_s, 1),
         "repeats": repeats,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    for key, value in figures.items():
-        print(f"{key:28} {value}")
-    return figures
+    return save_figures("archive", figures)
 
 
 if __name__ == "__main__":

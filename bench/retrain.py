@@ -26,13 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import save_figures
 from models.batch_model import build_batch_model
 from pipelines import tracking_server
 from pipelines.config import MlflowSettings
 from streams.dataset import CLINC150_DATA, load_dataset
 from streams.master_dataset import SCHEMA, FlushFile
 
-RESULTS = Path(__file__).resolve().parent / "results" / "retrain.json"
 PARTITIONS = 4
 
 
@@ -141,11 +141,7 @@ def main(repeats: int = 3) -> dict:
         "repeats": repeats,
         "bench_cpu_seconds": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime, 1),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    for key, value in figures.items():
-        print(f"{key:28} {value}")
-    return figures
+    return save_figures("retrain", figures)
 
 
 if __name__ == "__main__":

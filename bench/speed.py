@@ -10,7 +10,6 @@ Throughput figures are medians of `repeats` runs; writes `bench/results/speed.js
 """
 
 import io
-import json
 import statistics
 import tempfile
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from bench import save_figures
 from models.snapshot import LocalSnapshotStore
 from models.speed_model import naive_river_model
 from pipelines.jobs import event_reader
@@ -28,8 +28,6 @@ from pipelines.speed import SpeedLayer, SpeedSettings
 from streams import broker
 from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA, load_dataset
-
-RESULTS = Path(__file__).resolve().parent / "results" / "speed.json"
 
 
 def _fresh_topic(kafka: KafkaSettings, name: str, partitions: int) -> KafkaSettings:
@@ -118,11 +116,7 @@ def main(repeats: int = 3) -> dict[str, float]:
         "snapshot_write_ms": round(statistics.median(snapshot_ms), 1),
         "repeats": repeats,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
-    for key, value in figures.items():
-        print(f"{key:28} {value}")
-    return figures
+    return save_figures("speed", figures)
 
 
 if __name__ == "__main__":

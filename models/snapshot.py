@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from models.blend import HedgeBlender
+from streams.durable import fsync_directory
 
 _NAME = re.compile(r"^snapshot-(\d{12})\.pkl$")
 
@@ -50,14 +51,6 @@ class SnapshotStore(Protocol):
     def latest_sequence(self) -> int | None: ...
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalSnapshotStore:
     """Snapshots as numbered pickle files in one folder; the highest number is the newest.
 
@@ -92,7 +85,7 @@ class LocalSnapshotStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         for old in self._sequences()[: -self.keep]:
             self._path(old).unlink(missing_ok=True)
         return str(target)

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from bench import RESULTS_DIR
+
 bench_app = typer.Typer(help="Benchmarks: figures printed and saved under bench/results/.")
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 Repeats = Annotated[int, typer.Option(min=1, help="Repetitions; figures are medians.")]
 
 
@@ -55,7 +56,7 @@ def write_summary() -> Path:
     """One markdown table per benchmark, from the JSON files as they are."""
     lines = ["# Benchmark results", ""]
     for name in ("speed", "retrain", "archive", "serve"):
-        path = RESULTS / f"{name}.json"
+        path = RESULTS_DIR / f"{name}.json"
         if not path.exists():
             lines += [f"## {name}", "", "not run", ""]
             continue
@@ -67,6 +68,6 @@ def write_summary() -> Path:
             if not isinstance(value, dict | list)
         ]
         lines.append("")
-    summary = RESULTS / "summary.md"
+    summary = RESULTS_DIR / "summary.md"
     summary.write_text("\n".join(lines))
     return summary

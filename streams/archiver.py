@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.consumer import Consumed, EventReader
+from streams.durable import fsync_directory
 from streams.master_dataset import SCHEMA, FlushFile, scan
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,6 @@ class ArchiveSettings(BaseSettings):
     group_id: str = "lambda-ml-archiver"
     flush_every_events: int = 50_000
     flush_every_s: float = 5.0
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _table(events: list[Consumed]) -> pa.Table:
@@ -81,7 +74,7 @@ def write_flush(root: Path, partition: int, first: int, last: int, events: list[
     for temporary, target in staged:
         os.replace(temporary, target)
     for folder in {target.parent for _, target in staged} | {root}:
-        _fsync_directory(folder)
+        fsync_directory(folder)
     return len(events)
 
 
