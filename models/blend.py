@@ -20,8 +20,10 @@ in every window (`lambda-ml evaluate`). Everything is prequential: predict, then
 """
 
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
+
+import numpy as np
 
 # Intent -> probability; keys are any hashable label, as in River.
 Probabilities = Mapping[Any, float]
@@ -101,6 +103,68 @@ class HedgeBlender:
             for intent, p in expert.items():
                 blended[intent] = blended.get(intent, 0.0) + weight * p
         return blended
+
+    def blend_many(
+        self,
+        batch_classes: Sequence[Any],
+        batch_matrix: np.ndarray | None,
+        speed_classes: Sequence[Any],
+        speed_matrix: np.ndarray | None,
+    ) -> tuple[list[Any], np.ndarray]:
+        """`blend` over the rows of two probability matrices at once.
+
+        Row i of the result, over the returned classes (the batch classes, then the speed-only
+        ones), equals `blend` of row i of each side as dicts. A side that is None or has no
+        classes counts as absent, as an empty dict does in `blend`.
+        """
+        batch_absent = batch_matrix is None or not len(batch_classes)
+        speed_absent = speed_matrix is None or not len(speed_classes)
+        if batch_absent:
+            if speed_absent:
+                n = 0 if batch_matrix is None else len(batch_matrix)
+                n = n if speed_matrix is None else len(speed_matrix)
+                return [], np.zeros((n, 0))
+            return list(speed_classes), np.array(speed_matrix, dtype=np.float64)
+        if speed_absent:
+            return list(batch_classes), np.array(batch_matrix, dtype=np.float64)
+        batch = np.asarray(batch_matrix, dtype=np.float64)
+        speed = np.asarray(speed_matrix, dtype=np.float64)
+        n, n_batch = batch.shape
+        index = {intent: i for i, intent in enumerate(batch_classes)}
+        classes = list(batch_classes)
+        speed_cols = []
+        for intent in speed_classes:
+            column = index.get(intent)
+            if column is None:
+                column = index[intent] = len(classes)
+                classes.append(intent)
+            speed_cols.append(column)
+        speed_cols_arr = np.array(speed_cols, dtype=np.intp)
+        known = speed_cols_arr < n_batch
+        # Sequential sums, as Python's `sum` in `novel_mass` (numpy's `sum` is pairwise).
+        novel_part = speed[:, ~known]
+        novel = (
+            np.minimum(1.0, np.cumsum(novel_part, axis=1)[:, -1])
+            if novel_part.shape[1]
+            else np.zeros(n)
+        )
+        rest = 1.0 - novel
+        speed_u = np.zeros((n, len(classes)))
+        speed_u[:, speed_cols_arr] = speed
+        known_speed = np.zeros((n, n_batch))
+        usable = rest > 1e-12
+        known_speed[usable] = speed_u[usable, :n_batch] / rest[usable, None]
+        inner_batch, inner_speed = _softmin(self.inner_loss, self.learning_rate)
+        novelty = speed_u.copy()
+        novelty[:, :n_batch] = (1.0 - novel)[:, None] * (
+            inner_batch * batch + inner_speed * known_speed
+        )
+        w_batch, w_speed, w_novelty = _softmin(self.expert_loss, self.learning_rate)
+        blended = np.zeros((n, len(classes)))
+        blended[:, :n_batch] = w_batch * batch
+        blended += w_speed * speed_u
+        blended += w_novelty * novelty
+        return classes, blended
 
     def learn(self, batch: Probabilities | None, speed: Probabilities | None, intent: str) -> None:
         """Update the weights with each expert's log loss on a labelled event."""

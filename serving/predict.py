@@ -1,8 +1,10 @@
 """The predict path: batch and speed probabilities for a list of texts, blended, top-k.
 
 It is kept lean because it runs for every request: the batch champion scores all texts in one
-vectorised `predict_proba` call, the speed model scores each text, and the blender aligns both
-over the union of their intents, so an intent that only the speed model knows can win.
+vectorised `predict_proba` call, the speed model (`HashedTextNB.predict_proba_matrix`) too, and
+the blender aligns both matrices over the union of their intents in one `blend_many` call, so an
+intent that only the speed model knows can win. A speed model without `predict_proba_matrix` (a
+plain River model) takes the per-text path through `blend`, with the same answers.
 scikit-learn's input and parameter checks are skipped: they cost more than the model on one
 text, and the champion and its input (validated strings) are this pipeline's own.
 """
@@ -10,6 +12,7 @@ text, and the champion and its input (validated strings) are this pipeline's own
 import heapq
 from operator import itemgetter
 
+import numpy as np
 import sklearn
 
 from models.snapshot import SpeedSnapshot
@@ -58,20 +61,56 @@ def predict_texts(
         source, blend = "speed", _SPEED_ONLY
     versions = _versions(models, snapshot)
 
+    speed_model = snapshot.model if snapshot is not None else None
+    if speed_model is not None and not hasattr(speed_model, "predict_proba_matrix"):
+        return _predict_dicts(champion, snapshot, texts, top_k, blend, source, versions)
+    batch_classes: list = []
+    batch_matrix = None
+    if champion is not None:
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            batch_matrix = champion.estimator.predict_proba(texts) if texts else None
+        batch_classes = champion.classes
+    if snapshot is None:
+        classes, matrix = batch_classes, batch_matrix
+    else:
+        speed_classes, speed_matrix = speed_model.predict_proba_matrix([{"text": t} for t in texts])
+        classes, matrix = snapshot.blender.blend_many(
+            batch_classes, batch_matrix, speed_classes, speed_matrix
+        )
+    if matrix is None or not texts:
+        return []
+    # Descending, earlier class first on ties: what `heapq.nlargest` over the dict gives.
+    order = np.argsort(-matrix, axis=1, kind="stable")[:, :top_k]
+    best_p = np.take_along_axis(matrix, order, axis=1).tolist()
+    predictions = []
+    for row, scores in zip(order.tolist(), best_p, strict=True):
+        top = [IntentScore(intent=classes[c], p=p) for c, p in zip(row, scores, strict=True)]
+        predictions.append(
+            Prediction(
+                intent=top[0].intent,
+                confidence=top[0].p,
+                top_k=top,
+                blend=blend,
+                models=versions,
+                source=source,
+            )
+        )
+    return predictions
+
+
+def _predict_dicts(champion, snapshot, texts, top_k, blend, source, versions) -> list[Prediction]:
+    """The per-text path, for a speed model without `predict_proba_matrix` (a River model)."""
     batch_probs = None
     if champion is not None:
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             batch_probs = champion.predict_proba_many(texts)
-    if snapshot is None:
-        blended = batch_probs or []
-    else:
-        blended = [
-            snapshot.blender.blend(
-                batch_probs[i] if batch_probs is not None else None,
-                snapshot.model.predict_proba_one({"text": text}),
-            )
-            for i, text in enumerate(texts)
-        ]
+    blended = [
+        snapshot.blender.blend(
+            batch_probs[i] if batch_probs is not None else None,
+            snapshot.model.predict_proba_one({"text": text}),
+        )
+        for i, text in enumerate(texts)
+    ]
     predictions = []
     for probs in blended:
         best = heapq.nlargest(top_k, probs.items(), key=itemgetter(1))

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from models.blend import HedgeBlender, novel_mass
@@ -75,3 +76,48 @@ def test_bad_parameters_are_refused():
         HedgeBlender(learning_rate=0)
     with pytest.raises(ValueError):
         HedgeBlender(decay=1.5)
+
+
+def _rows(rng, n: int, classes: list[str]):
+    matrix = rng.random((n, len(classes))) ** 3
+    matrix /= matrix.sum(axis=1, keepdims=True)
+    return matrix, [dict(zip(classes, row.tolist(), strict=True)) for row in matrix]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_blend_many_matches_blend_row_by_row(seed):
+    rng = np.random.default_rng(seed)
+    blender = HedgeBlender()
+    batch_classes = [f"b{i}" for i in range(20)] + [f"both{i}" for i in range(30)]
+    speed_classes = [f"both{i}" for i in range(29, -1, -1)] + [f"s{i}" for i in range(5)]
+    batch_m, batch_d = _rows(rng, 40, batch_classes)
+    speed_m, speed_d = _rows(rng, 40, speed_classes)
+    speed_m[0] = 0.0  # all mass on intents the batch model does not know: nothing known left
+    speed_m[0, -1] = 1.0
+    speed_d[0] = dict(zip(speed_classes, speed_m[0].tolist(), strict=True))
+    for b, s, y in zip(batch_d[:10], speed_d[:10], ["b1", "both3", "s2"] * 4, strict=False):
+        blender.learn(b, s, y)
+    classes, matrix = blender.blend_many(batch_classes, batch_m, speed_classes, speed_m)
+    assert matrix.shape == (40, len(classes)) and len(set(classes)) == 55
+    for row, b, s in zip(matrix, batch_d, speed_d, strict=True):
+        expected = blender.blend(b, s)
+        assert set(expected) == set(classes)
+        assert np.allclose(row, [expected[c] for c in classes], rtol=1e-12, atol=1e-15)
+
+
+def test_blend_many_with_a_side_missing_returns_the_other():
+    rng = np.random.default_rng(0)
+    blender = HedgeBlender()
+    batch_m, _ = _rows(rng, 3, ["a", "b"])
+    speed_m, _ = _rows(rng, 3, ["c", "a"])
+    for classes, matrix in (
+        blender.blend_many(["a", "b"], batch_m, [], None),
+        blender.blend_many(["a", "b"], batch_m, [], np.zeros((3, 0))),
+    ):
+        assert classes == ["a", "b"] and np.array_equal(matrix, batch_m)
+    for classes, matrix in (
+        blender.blend_many([], None, ["c", "a"], speed_m),
+        blender.blend_many([], np.zeros((3, 0)), ["c", "a"], speed_m),
+    ):
+        assert classes == ["c", "a"] and np.array_equal(matrix, speed_m)
+    assert blender.blend_many([], None, [], np.zeros((3, 0)))[1].shape == (3, 0)

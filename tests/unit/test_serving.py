@@ -8,6 +8,7 @@ reload, and the coalescer and the gauges on their own.
 import asyncio
 import gc
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -409,3 +410,56 @@ def test_serve_command_runs_bentoml_with_the_options(monkeypatch):
     assert os.environ["SERVING_POLL_S"] == "1.5"
     overrides = json.loads(os.environ["BENTOML_CONFIG_OVERRIDES"])["services"][SERVICE_NAME]
     assert overrides["workers"] == 3 and overrides["logging"]["access"]["enabled"] is True
+
+
+def test_the_vectorised_path_answers_like_the_per_text_path(examples, batch_model):
+    """With a `HashedTextNB` speed model, one vectorised call per batch; same answers as the
+    per-text dict path (`blend` on each text's dicts, top-k by `heapq.nlargest`)."""
+    from models.registry import ChampionInfo, ChampionModel
+    from models.speed_model import HashedTextNB
+    from serving.model_state import ModelSet
+    from serving.predict import _predict_dicts, predict_texts
+
+    speed = HashedTextNB()
+    blender = HedgeBlender()
+    champion = ChampionModel(ChampionInfo("m", "7", "r", {0: 1}), batch_model)
+    train = [e for e in examples if e.split == "train"]
+    for example in train:
+        speed.learn_one({"text": example.text}, example.intent)
+    for example in train[::7]:
+        batch = champion.predict_proba_many([example.text])[0]
+        blender.learn(batch, speed.predict_proba_one({"text": example.text}), example.intent)
+    snapshot = SpeedSnapshot(model=speed, blender=blender, offsets={0: 1}, events_learnt=1)
+    texts = [e.text for e in examples if e.split == "test"][:40] + ["", "play some jazz"]
+    for models in (
+        ModelSet(champion=champion, snapshot=snapshot),
+        ModelSet(champion=champion),
+        ModelSet(snapshot=snapshot),
+    ):
+        got = predict_texts(models, texts, top_k=3, max_snapshot_age_s=math.inf)
+        source = got[0].source
+        blend = got[0].blend
+        versions = got[0].models
+        want = (
+            _predict_dicts(models.champion, models.snapshot, texts, 3, blend, source, versions)
+            if models.snapshot is not None
+            else None
+        )
+        if want is None:  # batch only: the champion's own dicts
+            probs = champion.predict_proba_many(texts)
+            want_top = [sorted(p.items(), key=lambda kv: -kv[1])[:3] for p in probs]
+            assert [[(s.intent, s.p) for s in g.top_k] for g in got] == want_top
+            continue
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert g.intent == w.intent and g.source == w.source and g.blend == w.blend
+            assert [s.intent for s in g.top_k] == [s.intent for s in w.top_k]
+            assert g.confidence == pytest.approx(w.confidence, rel=1e-12, abs=1e-15)
+            for a, b in zip(g.top_k, w.top_k, strict=True):
+                assert a.p == pytest.approx(b.p, rel=1e-12, abs=1e-15)
+    assert (
+        predict_texts(
+            ModelSet(champion=champion, snapshot=snapshot), [], top_k=3, max_snapshot_age_s=math.inf
+        )
+        == []
+    )

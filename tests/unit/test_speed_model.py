@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from river import base, checks, compose
 
@@ -157,3 +158,25 @@ def test_a_bare_string_is_the_text_field() -> None:
 def test_negative_counts_are_rejected() -> None:
     with pytest.raises(ValueError, match="negative"):
         build_speed_model().learn_one({"clicks": -1.0}, "a")
+
+
+def test_predict_proba_matrix_matches_predict_proba_one_per_row():
+    model = HashedTextNB()
+    empty_classes, empty = model.predict_proba_matrix([{"text": "hello"}])
+    assert empty_classes == [] and empty.shape == (1, 0)
+    events = clinc_stream(3200)
+    for x, y in events[:3000]:
+        model.learn_one(x, y)
+    queries = [x for x, _ in events[3000:]] + [{"text": ""}, "set an alarm", {"text": "zzqx"}]
+    queries.append({"text": "wake me up", "clicks": 3})
+    classes, matrix = model.predict_proba_matrix(queries)
+    assert classes == model.classes and matrix.shape == (len(queries), len(classes))
+    for x, row in zip(queries, matrix, strict=True):
+        expected = model.predict_proba_one(x)
+        assert list(expected) == classes
+        assert np.allclose(row, list(expected.values()), rtol=1e-12, atol=1e-12)
+    # Scoring many leaves the model's state, and so its later predictions, unchanged.
+    again = HashedTextNB()
+    for x, y in events[:3000]:
+        again.learn_one(x, y)
+    assert again.predict_proba_one(queries[0]) == model.predict_proba_one(queries[0])
