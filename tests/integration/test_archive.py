@@ -2,6 +2,7 @@
 
 import io
 import random
+import threading
 
 import pyarrow.compute as pc
 import pytest
@@ -13,17 +14,18 @@ from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 30_000
+EVENTS = 50_000
+KILLS = 20
+RATE = 500  # events/s: the replay lasts longer than 20 kill-and-restart cycles
 
 
 def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path):
     settings = kafka.settings.model_copy(
         update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
     )
-    run_produce(
-        settings,
-        ReplayOptions(limit=EVENTS, unlabelled_fraction=0.2, span_days=3),
-        Console(file=io.StringIO()),
+    options = ReplayOptions(limit=EVENTS, rate=RATE, unlabelled_fraction=0.2, span_days=3)
+    producer = threading.Thread(
+        target=run_produce, args=(settings, options, Console(file=io.StringIO()))
     )
     master = tmp_path / "master"
     env = cli_env(
@@ -36,16 +38,24 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path):
     )
     rng = random.Random(2026)
     kills = 0
-    for _ in range(4):
-        flushed = len(_flush_files(master)) if master.exists() else 0
-        kills += kill_mid_work(
-            ["archive", "--idle-exit", "3"],
-            env,
-            working=lambda before=flushed: master.exists() and len(_flush_files(master)) > before,
-            rng=rng,
-            max_delay_s=0.4,
-        )
-    assert kills >= 2, "the archiver finished before it could be killed: make the stream longer"
+    producer.start()  # a live stream: the archiver is killed while events keep arriving
+    try:
+        for _ in range(2 * KILLS):
+            if kills == KILLS or not producer.is_alive():
+                break
+            flushed = len(_flush_files(master)) if master.exists() else 0
+            kills += kill_mid_work(
+                ["archive", "--idle-exit", "3"],
+                env,
+                working=lambda before=flushed: (
+                    master.exists() and len(_flush_files(master)) > before
+                ),
+                rng=rng,
+                max_delay_s=0.5,
+            )
+    finally:
+        producer.join()
+    assert kills == KILLS, f"only {kills} kills landed while the stream was live"
     run_to_end(["archive", "--idle-exit", "3"], env)
 
     table = history(master).to_table(columns=["query_id", "partition", "offset"])

@@ -87,7 +87,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(stre
     store = LocalSnapshotStore(snapshots)
     rng = random.Random(11)
     kills = 0
-    for _ in range(4):
+    for _ in range(10):
         before = store.latest_sequence() or 0
         kills += kill_mid_work(
             ["speed", "--idle-exit", "3"],
@@ -96,7 +96,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(stre
             rng=rng,
             max_delay_s=0.5,
         )
-    assert kills >= 2, "the speed layer finished before it could be killed"
+    assert kills >= 5, f"only {kills} kills landed mid-work: make the stream longer"
     run_to_end(["speed", "--idle-exit", "3"], env)
     restarted = store.latest()
 
