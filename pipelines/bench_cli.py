@@ -44,10 +44,18 @@ def serve(repeats: Repeats = 3) -> None:
     main(["--repeats", str(repeats)])
 
 
+@bench_app.command()
+def freshness(repeats: Repeats = 3) -> None:
+    """Time from producing a new intent's queries to the service answering it; freshness.json."""
+    from bench.freshness import main
+
+    main(repeats)
+
+
 @bench_app.command(name="all")
 def run_all(repeats: Repeats = 3) -> None:
     """Every benchmark, then bench/results/summary.md beside the JSON files."""
-    for job in (speed, retrain, archive, serve):
+    for job in (speed, retrain, archive, serve, freshness):
         job(repeats)
     write_summary()
 
@@ -55,7 +63,7 @@ def run_all(repeats: Repeats = 3) -> None:
 def write_summary() -> Path:
     """One markdown table per benchmark, from the JSON files as they are."""
     lines = ["# Benchmark results", ""]
-    for name in ("speed", "retrain", "archive", "serve"):
+    for name in ("speed", "retrain", "archive", "serve", "freshness"):
         path = RESULTS_DIR / f"{name}.json"
         if not path.exists():
             lines += [f"## {name}", "", "not run", ""]

@@ -1,0 +1,116 @@
+"""End-to-end freshness: from producing events of a brand-new intent to the service answering it.
+
+Runs the real pipeline pieces as processes (the speed layer and the BentoML server, on the
+local or configured Kafka), produces a burst of labelled queries for an intent nobody has seen,
+then asks the service a query of that intent every 50 ms until the answer is the new intent.
+The time from the end of the burst to that answer covers consuming, learning, the snapshot
+(every second here) and the service's reload poll (every second here). Median of `repeats`
+bursts, each with its own new intent; writes `bench/results/freshness.json`.
+
+    lambda-ml bench freshness [--repeats 3]
+"""
+
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from bench import save_figures
+from pipelines.demo import Jobs
+from pipelines.produce import ReplayOptions, run_produce
+from serving.process import free_port
+from streams import broker
+from streams.config import KafkaSettings
+
+WORDS = ["zorbl", "quixa", "vamble", "prindo", "tuskel", "morvan", "glimsy", "fendro"]
+
+
+def new_intent_file(folder: Path, name: str, word: str, count: int = 40) -> Path:
+    """A dataset of one never-seen intent whose queries share a word no other intent uses."""
+    path = folder / f"{name}.jsonl"
+    fillers = ["please", "can you", "i want to", "help me", "now", "today", "for me", "quickly"]
+    lines = [
+        json.dumps({"text": f"{fillers[i % 8]} {word} the {fillers[(i * 3) % 8]}", "intent": name})
+        for i in range(count)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(repeats: int = 3) -> dict:
+    kafka = KafkaSettings()
+    broker.up(kafka)
+    topic = f"bench-fresh-e2e-{time.time_ns()}"
+    broker.ensure_topics(kafka.bootstrap, {topic: 2, f"{topic}.dlq": 1})
+    stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    seconds: list[float] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        home = Path(scratch)
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+            "KAFKA_TOPIC": topic,
+            "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # no registry: speed-only answers
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "SPEED_SNAPSHOT_DIR": str(home / "snapshots"),
+            "SPEED_SIGNAL_DIR": str(home / "signals"),
+            "SPEED_SNAPSHOT_EVERY_S": "1",
+            "SERVING_SNAPSHOT_DIR": str(home / "snapshots"),
+            "SERVING_POLL_S": "1",
+            "SERVING_PORT": str(port),
+        }
+        run_produce(
+            stream, ReplayOptions(limit=3000, run_id="warm-up"), Console(file=io.StringIO())
+        )
+        jobs = Jobs(env, home / "logs")
+        jobs.start("speed", "speed")
+        jobs.start("serve", "serve", "--workers", "1")
+        try:
+            with httpx.Client(timeout=5) as client:
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:
+                    jobs.check()
+                    try:
+                        if client.get(f"{url}/readyz").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.5)
+                for repeat in range(repeats):
+                    name, word = f"brand_new_intent_{repeat}", WORDS[repeat % len(WORDS)]
+                    data = new_intent_file(home, name, word)
+                    options = ReplayOptions(data=data, run_id=f"burst-{repeat}")
+                    run_produce(stream, options, Console(file=io.StringIO()))
+                    produced_at = time.monotonic()
+                    while time.monotonic() - produced_at < 60:
+                        body = client.post(f"{url}/predict", json={"text": f"{word} it"}).json()
+                        if body.get("intent") == name:
+                            seconds.append(time.monotonic() - produced_at)
+                            break
+                        time.sleep(0.05)
+                    else:
+                        raise RuntimeError(f"{name} was not served within 60 s")
+        finally:
+            jobs.stop()
+    return save_figures(
+        "freshness",
+        {
+            "end_to_end_freshness_s": round(statistics.median(seconds), 2),
+            "runs_s": [round(s, 2) for s in seconds],
+            "snapshot_every_s": 1,
+            "serving_poll_s": 1,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
