@@ -70,7 +70,7 @@ def predict_texts(
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             batch_matrix = champion.estimator.predict_proba(texts) if texts else None
         batch_classes = champion.classes
-    if snapshot is None:
+    if snapshot is None or speed_model is None:
         classes, matrix = batch_classes, batch_matrix
     else:
         speed_classes, speed_matrix = speed_model.predict_proba_matrix([{"text": t} for t in texts])
