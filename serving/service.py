@@ -87,6 +87,12 @@ class IntentClassifier:
         )
         self.coalescer = Coalescer(self._predict_many, self.settings.max_batch)
         tune_gc()
+        # Load once before taking requests: workers share one socket, so a worker still
+        # loading would answer 503 while /readyz, served by another worker, says ready.
+        try:
+            self.state.refresh()
+        except Exception:  # the poller retries; an empty start is answered with a clear 503
+            logging.getLogger(__name__).exception("first model load failed")
         self.state.start(self.settings.poll_s)
 
     def _predict_many(self, texts: list[str]) -> list[Prediction]:
