@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from models.batch_model import (
-    DistinctRowsClassifier,
     build_batch_model,
     count_examples_from_pairs,
     fit_on_counts,
 )
 from models.blend import HedgeBlender
 from models.metrics import WindowScore
+from models.registry import ChampionInfo, ChampionModel
 from models.speed_model import build_speed_model
 from pipelines.produce import ReplayOptions, scenario_for
 from streams.dataset import load_dataset
@@ -100,24 +100,25 @@ class _Views:
     """The batch model, speed model and blender as the system holds them at one moment."""
 
     def __init__(self) -> None:
-        self.batch: DistinctRowsClassifier | None = None
+        self.batch: ChampionModel | None = None
         self.version = 0
         self.speed = build_speed_model()
         self.blender = HedgeBlender()
 
     def retrain(self, history: list[tuple[str, str]]) -> None:
         texts, intents, weights = count_examples_from_pairs(history)
-        self.batch = fit_on_counts(build_batch_model(), texts, intents, weights)
         self.version += 1
+        info = ChampionInfo("evaluation", str(self.version), run_id="", cutoff_offsets={})
+        self.batch = ChampionModel(
+            info, fit_on_counts(build_batch_model(), texts, intents, weights)
+        )
         self.speed = build_speed_model()  # re-base: the batch model now covers all before
         self.blender = HedgeBlender()
 
-    def batch_probabilities(self, texts: list[str]) -> list[dict[str, float] | None]:
+    def batch_probabilities(self, texts: list[str]) -> list[dict[str, float]] | list[None]:
         if self.batch is None:
             return [None] * len(texts)
-        classes = [str(c) for c in self.batch.classes_]
-        rows = self.batch.predict_proba(texts)
-        return [dict(zip(classes, row.tolist(), strict=True)) for row in rows]
+        return self.batch.predict_proba_many(texts)
 
 
 def run_evaluation(
