@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/lambda-ml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-unit lint bench clean services-up services-down
+.PHONY: setup system-deps demo test test-unit reliability lint bench clean services-up services-down
 
 setup: $(STAMP)
 
@@ -35,6 +35,12 @@ demo: setup
 test: setup system-deps
 	$(CLI) kafka fetch
 	$(PY) -m pytest tests
+
+# Only the fault-injection and bad-input tests; their figures go to reports/reliability.{json,md}
+# (`make test` runs them too and writes the same report).
+reliability: setup system-deps
+	$(CLI) kafka fetch
+	$(PY) -m pytest -m reliability tests
 
 test-unit: setup
 	$(PY) -m pytest tests/unit

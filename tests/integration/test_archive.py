@@ -12,14 +12,14 @@ from pipelines.produce import ReplayOptions, run_produce
 from streams.master_dataset import _flush_files, history
 from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 EVENTS = 50_000
 KILLS = 20
 RATE = 400  # events/s: the live replay (125 s) outlasts 20 kill-and-restart cycles with room
 
 
-def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path):
+def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path, reliability):
     settings = kafka.settings.model_copy(
         update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
     )
@@ -55,11 +55,16 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path):
             )
     finally:
         producer.join()
+    scenario = f"archiver kill -9 during a live {EVENTS:,}-event replay"
+    reliability(scenario, "kills landed mid-stream", kills, f"= {KILLS}")
     assert kills == KILLS, f"only {kills} kills landed while the stream was live"
     run_to_end(["archive", "--idle-exit", "3"], env)
 
     table = history(master).to_table(columns=["query_id", "partition", "offset"])
+    distinct = pc.count_distinct(table["query_id"]).as_py()
+    reliability(scenario, "events lost", EVENTS - distinct, "= 0")
+    reliability(scenario, "events duplicated", table.num_rows - distinct, "= 0")
     assert table.num_rows == EVENTS
-    assert pc.count_distinct(table["query_id"]).as_py() == EVENTS
+    assert distinct == EVENTS
     pairs = set(zip(table["partition"].to_pylist(), table["offset"].to_pylist(), strict=True))
     assert len(pairs) == EVENTS

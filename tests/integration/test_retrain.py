@@ -100,7 +100,10 @@ def test_a_worse_model_is_not_promoted(mlflow_server, master):
     assert "does not beat the champion" in client.get_run(broken.run_id).data.tags["promotion"]
 
 
-def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(master, tmp_path, monkeypatch):
+@pytest.mark.reliability
+def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
+    master, tmp_path, monkeypatch, reliability
+):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     root, _ = master
     (port,) = free_ports(1)
@@ -122,8 +125,15 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(master, tmp
 
         tracking_server.up(server)
         client = MlflowClient(server.uri)
-        assert fetch_champion(client, tracking.registered_model).version == first.version
+        champion_after = fetch_champion(client, tracking.registered_model).version
         again = retrain(batch, tracking, "queries")
+        scenario = "MLflow down during a retrain (between fit and evaluate)"
+        reliability(scenario, "error raised by the failed run", type(failure.value).__name__)
+        reliability(
+            scenario, "champion kept through the failure", champion_after == first.version, "True"
+        )
+        reliability(scenario, "version registered by the next run", again.version, "2")
+        assert champion_after == first.version
         assert again.version == "2"
         assert fetch_champion(client, tracking.registered_model).version in {"1", "2"}
     finally:

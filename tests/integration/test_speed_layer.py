@@ -61,7 +61,10 @@ def probe_texts() -> list[str]:
     return [e.text for e in random.Random(0).sample(examples, 300)]
 
 
-def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(stream, tmp_path):
+@pytest.mark.reliability
+def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
+    stream, tmp_path, reliability
+):
     reference_settings = SpeedSettings(
         snapshot_dir=tmp_path / "reference", signal_dir=tmp_path / "signals", group_id="reference"
     )
@@ -96,14 +99,27 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(stre
             rng=rng,
             max_delay_s=0.5,
         )
+    scenario = "speed worker kill -9 at random points"
+    reliability(scenario, "kills landed mid-work", kills, ">= 5 of 10")
     assert kills >= 5, f"only {kills} kills landed mid-work: make the stream longer"
     run_to_end(["speed", "--idle-exit", "3"], env)
     restarted = store.latest()
+    texts = probe_texts()
+    differing = sum(
+        restarted.model.predict_proba_one({"text": t})
+        != reference.model.predict_proba_one({"text": t})
+        for t in texts
+    )
+    reliability(scenario, "labelled events", labelled)
+    reliability(scenario, "events learnt after restarts", restarted.events_learnt, "= labelled")
+    reliability(
+        scenario,
+        "snapshot offsets equal to an uninterrupted run",
+        restarted.offsets == reference.offsets,
+        "True",
+    )
+    reliability(scenario, f"probe predictions differing (of {len(texts)})", differing, "= 0")
 
     assert restarted.events_learnt == labelled
     assert restarted.offsets == reference.offsets
-    texts = probe_texts()
-    for text in texts:
-        assert restarted.model.predict_proba_one(
-            {"text": text}
-        ) == reference.model.predict_proba_one({"text": text})
+    assert differing == 0

@@ -1,0 +1,134 @@
+"""A live serving stack for tests: champions registered in MLflow, speed snapshots on disk,
+the real BentoML server, and a client that keeps it busy."""
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from river import feature_extraction, naive_bayes
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from models.blend import HedgeBlender
+from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets, fluent_mlflow
+from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from serving.process import (
+    SERVICE_NAME,
+    SERVICE_TARGET,
+    ServerProcess,
+    bentoml_argv,
+    bentoml_overrides,
+    free_port,
+)
+from streams.dataset import CLINC150_DATA, Example, load_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+INTENTS = ("alarm", "weather", "timer", "translate")
+SWITCH_BOUND_S = 60.0
+
+
+def training_rows() -> list[Example]:
+    """CLINC150 training examples of four intents: enough for a model in a second."""
+    return [
+        e
+        for e in load_dataset(CLINC150_DATA).examples
+        if e.split == "train" and e.intent in INTENTS
+    ]
+
+
+def serving_process(
+    tracking_uri: str,
+    registered_model: str,
+    snapshots: Path,
+    log_dir: Path,
+    workers: int = 2,
+    poll_s: float = 0.5,
+    **env: str,
+) -> ServerProcess:
+    """`bentoml serve` of the project's service on a free port, polling often for new models."""
+    port = free_port()
+    return ServerProcess(
+        bentoml_argv(SERVICE_TARGET, port),
+        port,
+        env={
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MLFLOW_REGISTERED_MODEL": registered_model,
+            "SERVING_SNAPSHOT_DIR": str(snapshots),
+            "SERVING_POLL_S": str(poll_s),
+            "BENTOML_CONFIG_OVERRIDES": bentoml_overrides(SERVICE_NAME, workers=workers),
+            **env,
+        },
+        cwd=ROOT,
+        log_path=log_dir / "server.log",
+    )
+
+
+def fit_batch(rows):
+    return make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500)).fit(
+        [e.text for e in rows], [e.intent for e in rows]
+    )
+
+
+def register(tracking_uri: str, name: str, model, cutoff: dict[int, int]) -> str:
+    """Log and register `model`, tag its cut-off, then move the `champion` alias to it."""
+    with fluent_mlflow(tracking_uri), mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_model_version_tag(name, version, CUTOFF_TAG, encode_offsets(cutoff))
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return version
+
+
+def write_snapshot(directory: Path, rows, offsets: dict[int, int]) -> None:
+    model = feature_extraction.BagOfWords(on="text") | naive_bayes.MultinomialNB()
+    for example in rows:
+        model.learn_one({"text": example.text}, example.intent)
+    LocalSnapshotStore(directory).save(
+        SpeedSnapshot(model=model, blender=HedgeBlender(), offsets=offsets, events_learnt=len(rows))
+    )
+
+
+def wait_until(condition, timeout_s: float = SWITCH_BOUND_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not true after {timeout_s:g}s")
+        time.sleep(0.2)
+
+
+class Traffic(threading.Thread):
+    """Sends `/predict` requests back to back and keeps what each answer said."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.answers: list[tuple[str, dict]] = []
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        texts = ["wake me at 7", "is it going to snow", "set a timer", "say hi in french"]
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            i = 0
+            while not self.halt.is_set():
+                try:
+                    response = client.post("/predict", json={"text": texts[i % len(texts)]})
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                else:
+                    if response.status_code == 200:
+                        body = response.json()
+                        self.answers.append((body["source"], body["models"]))
+                    else:
+                        self.failures.append(f"{response.status_code} {response.text}")
+                i += 1
+
+    def latest(self, count: int) -> list[dict]:
+        """The models of the last `count` answers (fewer while there are not so many)."""
+        return [models for _, models in self.answers[-count:]]

@@ -1,0 +1,108 @@
+"""The figures the reliability tests measure, kept as `reports/reliability.{json,md}`.
+
+A test records each figure with the goal it is held to; the report marks it with the outcome of
+the test that measured it, so a figure is never shown as met by a test that failed. Figures are
+merged into the existing report by (scenario, figure), so running one test refreshes its rows
+and keeps the others with the time they were measured.
+"""
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPORT_DIR = Path(__file__).resolve().parents[1] / "reports"
+
+
+@dataclass
+class Figure:
+    scenario: str
+    figure: str
+    value: float | int | str
+    goal: str
+    test: str
+    measured_at: str
+    outcome: str = "running"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.scenario, self.figure
+
+
+class ReliabilityReport:
+    """Collects figures during a session; `write` merges them into the saved report."""
+
+    def __init__(self, directory: Path = REPORT_DIR) -> None:
+        self.directory = directory
+        self.figures: list[Figure] = []
+
+    def record(
+        self, test: str, scenario: str, figure: str, value: float | int | str, goal: str = ""
+    ) -> None:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.figures = [f for f in self.figures if f.key != (scenario, figure)]
+        self.figures.append(Figure(scenario, figure, value, goal, test, now))
+
+    def settle(self, test: str, outcome: str) -> None:
+        """Mark the figures of `test` with how it ended (passed or failed)."""
+        for f in self.figures:
+            if f.test == test and (f.outcome == "running" or outcome == "failed"):
+                f.outcome = outcome
+
+    def write(self) -> Path | None:
+        if not self.figures:
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / "reliability.json"
+        fresh = {f.key for f in self.figures}
+        kept = [f for f in _load(path) if f.key not in fresh]
+        figures = sorted(kept + self.figures, key=lambda f: f.key)
+        body = {"commit": _commit(), "figures": [asdict(f) for f in figures]}
+        path.write_text(json.dumps(body, indent=2) + "\n")
+        (self.directory / "reliability.md").write_text(markdown_table(figures))
+        return path
+
+
+def markdown_table(figures: list[Figure]) -> str:
+    lines = [
+        "| scenario | figure | value | goal | test outcome | measured |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        value = _format(f.value)
+        lines.append(
+            f"| {f.scenario} | {f.figure} | {value} | {f.goal} | {f.outcome} | {f.measured_at} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _format(value: float | int | str) -> str:
+    if isinstance(value, (bool, str)):
+        return str(value)
+    if isinstance(value, float) and abs(value) < 100:
+        return f"{value:.3g}"
+    return f"{value:,.0f}"
+
+
+def _load(path: Path) -> list[Figure]:
+    if not path.exists():
+        return []
+    try:
+        return [Figure(**row) for row in json.loads(path.read_text())["figures"]]
+    except (ValueError, KeyError, TypeError):
+        return []  # an unreadable old report is replaced, not fatal
+
+
+def _commit() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPORT_DIR.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return done.stdout.strip()
