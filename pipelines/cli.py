@@ -13,11 +13,12 @@ from rich.logging import RichHandler
 
 from pipelines.bench_cli import bench_app
 from pipelines.config import BatchSettings, MlflowSettings
-from pipelines.produce import ReplayOptions, run_produce
+from pipelines.produce import ReplayOptions, run_produce, run_publish_file
 from pipelines.serve_cli import serve
 from pipelines.services_cli import kafka_app, mlflow_app
 from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA
+from streams.producer import ProduceStats
 from streams.scenarios import DEFAULT_LATE_DOMAINS, ScenarioName
 
 app = typer.Typer(
@@ -117,6 +118,31 @@ def produce(
         stats = run_produce(settings, options, console)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
+    report_produced(stats, settings)
+
+
+@app.command()
+def publish(
+    events: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="File of raw events, one JSON per line."),
+    ],
+    rate: Annotated[
+        float, typer.Option(min=0, help="Events per second; 0 = as fast as possible.")
+    ] = 0.0,
+) -> None:
+    """Publish a file of raw events as they are (say, dead letters after a fix): valid lines go
+    to the `queries` topic, the others to the dead-letter topic with their reason."""
+    settings = KafkaSettings()
+    try:
+        stats = run_publish_file(settings, events, rate, console)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    report_produced(stats, settings)
+
+
+def report_produced(stats: ProduceStats, settings: KafkaSettings) -> None:
+    """One line of counts; exit 1 if any send was not acknowledged."""
     console.print(
         f"sent {stats.sent} events to {settings.topic} in {stats.seconds:.1f}s "
         f"({stats.events_per_s:,.0f}/s); {stats.failed} failed, "

@@ -1,4 +1,5 @@
-"""The `produce` job: replay a dataset onto the `queries` topic as a stream of user queries."""
+"""The `produce` and `publish` jobs: a dataset replayed, or a file of raw events, onto the
+`queries` topic as a stream of user queries."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,6 +87,31 @@ def run_produce(settings: KafkaSettings, options: ReplayOptions, console: Consol
     """Replay with a progress bar; bad input lines are reported and skipped, never fatal."""
     length, messages, bad_lines = replay_messages(options)
     report_bad_lines(console, options.data, bad_lines)
+    return _publish_with_progress(settings, length, messages, options.rate, console)
+
+
+def raw_event_lines(path: Path) -> list[bytes]:
+    """The lines of a file of raw events, as bytes: nothing is decoded or checked here, so a
+    bad line reaches the dead-letter topic exactly as it was (a final newline ends the last
+    line and does not start an empty one)."""
+    lines = path.read_bytes().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line.removesuffix(b"\r") for line in lines]
+
+
+def run_publish_file(
+    settings: KafkaSettings, path: Path, rate: float, console: Console
+) -> ProduceStats:
+    """Publish a file of events as they are: valid lines to the topic, the others to the
+    dead-letter topic with their reason."""
+    lines = raw_event_lines(path)
+    return _publish_with_progress(settings, len(lines), iter(lines), rate, console)
+
+
+def _publish_with_progress(
+    settings: KafkaSettings, length: int, messages: Iterator[bytes], rate: float, console: Console
+) -> ProduceStats:
     missing = {settings.topic, settings.dlq_topic} - set(topic_partitions(settings.bootstrap))
     if missing:
         raise ValueError(
@@ -103,13 +129,8 @@ def run_produce(settings: KafkaSettings, options: ReplayOptions, console: Consol
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("produce", total=length, rate="")
-            stats = publish(
-                producer,
-                settings,
-                messages,
-                rate=options.rate,
-                on_sent=lambda: progress.advance(task),
+            return publish(
+                producer, settings, messages, rate=rate, on_sent=lambda: progress.advance(task)
             )
     finally:
         producer.close()
-    return stats

@@ -1,4 +1,9 @@
-"""The dead-letter topic: where a message that cannot be used goes, with why, byte for byte."""
+"""The dead-letter topic: where a message that cannot be used goes, with why, byte for byte.
+
+A message too big to be an event (up to the broker's 1 MB limit) keeps only its first
+`MAX_DEAD_LETTER_BYTES` there, marked by a header with its full size: enough to see what it was,
+and the dead-letter topic never refuses a record (which would stall the stage that sends it).
+"""
 
 from dataclasses import dataclass
 
@@ -7,6 +12,8 @@ from kafka import KafkaProducer
 REASON_HEADER = "dlq.reason"
 STAGE_HEADER = "dlq.stage"
 SOURCE_HEADER = "dlq.source"
+ORIGINAL_BYTES_HEADER = "dlq.original_bytes"
+MAX_DEAD_LETTER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -30,15 +37,20 @@ def send_to_dead_letters(
     key: bytes | None = None,
     source: Source | None = None,
 ):
-    """Publish the original bytes unchanged; the reason, stage and source travel as headers.
+    """Publish the original bytes (cut to `MAX_DEAD_LETTER_BYTES`); the reason, stage, source
+    and, when cut, the original size travel as headers.
 
     Returns the send future: a caller that must not lose the record waits on it (or flushes)
     before it commits the offset of the message it rejected.
     """
+    value = raw or b""
     headers = [(REASON_HEADER, reason.encode()), (STAGE_HEADER, stage.encode())]
     if source is not None:
         headers.append((SOURCE_HEADER, str(source).encode()))
-    return producer.send(topic, value=raw or b"", key=key, headers=headers)
+    if len(value) > MAX_DEAD_LETTER_BYTES:
+        headers.append((ORIGINAL_BYTES_HEADER, str(len(value)).encode()))
+        value = value[:MAX_DEAD_LETTER_BYTES]
+    return producer.send(topic, value=value, key=key, headers=headers)
 
 
 def dead_letter_reason(headers: list[tuple[str, bytes]]) -> dict[str, str]:

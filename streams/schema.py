@@ -88,8 +88,8 @@ def parse_event(raw: bytes) -> QueryEvent:
     ...
     streams.schema.InvalidEvent: text: String should have at least 1 character
     """
-    if raw is None:
-        raise InvalidEvent("empty message (no value)")
+    if not raw:
+        raise InvalidEvent("empty message")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidEvent(f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES} limit")
     try:

@@ -1,0 +1,166 @@
+"""10,000 fuzzed events through `publish`, the speed layer and the archiver on the real broker.
+
+Every invalid event must reach the dead-letter topic once per stage that reads it, with a reason
+naming its fault; every valid one must be published, learnt (when labelled) and archived; and
+the long-running jobs must still be running when the stream is done.
+"""
+
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from models.snapshot import LocalSnapshotStore
+from streams.dead_letters import MAX_DEAD_LETTER_BYTES, ORIGINAL_BYTES_HEADER, dead_letter_reason
+from streams.master_dataset import archived_positions, history
+from streams.producer import make_producer
+from tests.fuzz_events import FuzzEvent, fuzz_corpus
+from tests.integration.cli_processes import CLI, cli_env, run_to_end
+from tests.integration.kafka_reading import read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+SCENARIO = "10,000 fuzzed events"
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[FuzzEvent]:
+    return fuzz_corpus()
+
+
+def stages_of(dead: list) -> Counter:
+    return Counter(dead_letter_reason(r.headers)["dlq.stage"] for r in dead)
+
+
+def unexplained(dead: list, corpus: list[FuzzEvent], stage: str) -> list[str]:
+    """Dead letters of `stage` whose bytes are not an invalid event of the corpus, or whose
+    reason does not name that event's fault, or that were cut without saying so."""
+    reasons: dict[bytes, set[str]] = {}
+    for event in corpus:
+        if not event.valid:
+            reasons.setdefault(event.raw[:MAX_DEAD_LETTER_BYTES], set()).add(event.reason)
+    wrong = []
+    for record in dead:
+        headers = dead_letter_reason(record.headers)
+        if headers["dlq.stage"] != stage:
+            continue
+        expected = reasons.get(record.value)
+        if expected is None or not any(phrase in headers["dlq.reason"] for phrase in expected):
+            wrong.append(f"{record.value[:80]!r}: {headers['dlq.reason']}")
+        if len(record.value) == MAX_DEAD_LETTER_BYTES and ORIGINAL_BYTES_HEADER not in headers:
+            wrong.append(f"{record.value[:80]!r}: cut without {ORIGINAL_BYTES_HEADER}")
+    return wrong
+
+
+def test_publish_dead_letters_every_invalid_event_and_sends_every_valid_one(
+    kafka, corpus, tmp_path, reliability
+):
+    settings = kafka.settings.model_copy(
+        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
+    )
+    events_file = tmp_path / "fuzzed.jsonl"
+    events_file.write_bytes(b"".join(e.raw + b"\n" for e in corpus))
+    env = cli_env(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
+        KAFKA_TOPIC=settings.topic,
+        KAFKA_DLQ_TOPIC=settings.dlq_topic,
+    )
+    run_to_end(["publish", str(events_file)], env)
+
+    valid = [e for e in corpus if e.valid]
+    invalid = [e for e in corpus if not e.valid]
+    published = read_all(settings.bootstrap, settings.topic, len(valid))
+    dead = read_all(settings.bootstrap, settings.dlq_topic, len(invalid))
+    wrong = unexplained(dead, corpus, "produce")
+    reliability(SCENARIO, "publish: invalid events", len(invalid))
+    reliability(SCENARIO, "publish: dead letters", len(dead), f"= {len(invalid):,}")
+    reliability(SCENARIO, "publish: dead letters without the right reason", len(wrong), "= 0")
+    reliability(SCENARIO, "publish: valid events published", len(published), f"= {len(valid):,}")
+    assert wrong == []
+    assert len(dead) == len(invalid)
+    assert Counter(r.value for r in published) == Counter(e.raw for e in valid)
+
+
+def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_exiting(
+    kafka, corpus, tmp_path, reliability
+):
+    settings = kafka.settings.model_copy(
+        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
+    )
+    raw_producer = make_producer(settings)  # a foreign producer: nothing checked on the way in
+    for event in corpus:
+        raw_producer.send(settings.topic, value=event.raw)
+    raw_producer.close()
+    ends = {p: 0 for p in range(3)}
+    for record in read_all(settings.bootstrap, settings.topic, len(corpus)):
+        ends[record.partition] = max(ends[record.partition], record.offset + 1)
+
+    snapshots, master = tmp_path / "snapshots", tmp_path / "master"
+    env = cli_env(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
+        KAFKA_TOPIC=settings.topic,
+        KAFKA_DLQ_TOPIC=settings.dlq_topic,
+        SPEED_SNAPSHOT_DIR=snapshots,
+        SPEED_SNAPSHOT_EVERY_S=0.5,
+        SPEED_SIGNAL_DIR=tmp_path / "signals",
+        BATCH_MASTER_DIR=master,
+        ARCHIVE_FLUSH_EVERY_S=0.5,
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
+    )
+    store = LocalSnapshotStore(snapshots)
+    jobs = {
+        name: subprocess.Popen(
+            CLI + [name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for name in ("speed", "archive")
+    }
+    try:
+        deadline = time.monotonic() + 180
+        while not (
+            (snapshot := store.latest()) is not None
+            and snapshot.offsets == ends
+            and master.exists()
+            and archived_positions(master) == ends
+        ):
+            exited = {name: job.poll() for name, job in jobs.items() if job.poll() is not None}
+            assert not exited, f"jobs exited mid-stream: {exited}"
+            assert time.monotonic() < deadline, "the jobs did not get through the stream"
+            time.sleep(0.5)
+        still_running = [name for name, job in jobs.items() if job.poll() is None]
+    finally:
+        for job in jobs.values():
+            job.send_signal(signal.SIGTERM)
+        codes = {name: job.wait(30) for name, job in jobs.items()}
+        logs = {name: job.stderr.read().decode()[-2000:] for name, job in jobs.items()}
+
+    valid = [e for e in corpus if e.valid]
+    invalid = [e for e in corpus if not e.valid]
+    dead = read_all(settings.bootstrap, settings.dlq_topic, 2 * len(invalid))
+    per_stage = stages_of(dead)
+    archived = history(master).to_table(columns=["query_id", "intent"])
+    snapshot = store.latest()
+    learnt_intents = set(snapshot.model.classes)
+    bodies = [json.loads(e.raw) for e in valid]
+    unknown = {
+        b["intent"] for e, b in zip(valid, bodies, strict=True) if e.kind == "unknown intent"
+    }
+    for stage in ("speed", "archive"):
+        wrong = unexplained(dead, corpus, stage)
+        reliability(SCENARIO, f"{stage}: dead letters", per_stage[stage], f"= {len(invalid):,}")
+        reliability(SCENARIO, f"{stage}: dead letters without the right reason", len(wrong), "= 0")
+        assert wrong == []
+        assert per_stage[stage] == len(invalid)
+    labelled = sum(e.labelled for e in valid)
+    reliability(SCENARIO, "speed: events learnt", snapshot.events_learnt, f"= {labelled:,} labelled")
+    reliability(SCENARIO, "archive: events archived", archived.num_rows, f"= {len(valid):,} valid")
+    reliability(SCENARIO, "jobs still running at the end", len(still_running), "= 2")
+    reliability(SCENARIO, "jobs' exit codes after SIGTERM", str(sorted(codes.values())), "[0, 0]")
+    assert still_running == ["speed", "archive"]
+    assert codes == {"speed": 0, "archive": 0}, logs
+    assert snapshot.events_learnt == labelled
+    assert unknown <= learnt_intents
+    assert Counter(archived["query_id"].to_pylist()) == Counter(b["query_id"] for b in bodies)
