@@ -270,7 +270,9 @@ class SpeedLayer:
             elapsed, 1e-9
         )
         self._events_at_report = self.state.events_learnt
-        metrics["lag"] = float(self.reader.lag())
+        lag = self.reader.lag()
+        if lag is not None:
+            metrics["lag"] = float(lag)
         if self.freshness_s:
             metrics["freshness_p95_s"] = float(np.percentile(self.freshness_s, 95))
         try:

@@ -26,6 +26,16 @@ class KafkaSettings(BaseSettings):
     # `home`. Tests point their throwaway homes at one shared cache.
     cache_dir: Path | None = None
     heap: str = "512m"
+    # Clients retry a lost broker with exponential backoff up to this cap (kafka-python's own
+    # cap is 30 s): a broker back from a restart is used within about this long.
+    reconnect_backoff_max_ms: int = 2000
+
+    def client_config(self) -> dict[str, object]:
+        """What every producer and consumer of the pipeline is given."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+        }
 
     @property
     def uses_local_broker(self) -> bool:

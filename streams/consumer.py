@@ -5,15 +5,19 @@ names), so readers are assigned all partitions and seek explicitly; commits to t
 group only report progress (lag) and are made after the work they cover is durable.
 """
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streams.config import KafkaSettings
-from streams.dead_letters import Source, send_to_dead_letters
+from streams.dead_letters import DeadLetters, Source
 from streams.schema import InvalidEvent, QueryEvent, parse_event
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class Consumed:
 def make_consumer(settings: KafkaSettings, group_id: str, **overrides) -> KafkaConsumer:
     """A consumer that never commits by itself and reads from the start of unknown partitions."""
     config = {
-        "bootstrap_servers": settings.bootstrap,
+        **settings.client_config(),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -57,9 +61,8 @@ class EventReader:
         start_offsets: Mapping[int, int] | None = None,
     ) -> None:
         self._consumer = consumer
-        self._dlq = dlq_producer
+        self._dead_letters = DeadLetters(dlq_producer, settings.dlq_topic, stage)
         self._settings = settings
-        self._stage = stage
         partitions = consumer.partitions_for_topic(settings.topic)
         if not partitions:
             raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
@@ -67,7 +70,7 @@ class EventReader:
         consumer.assign(self.partitions)
         self.positions: dict[int, int] = {}
         self.seek(start_offsets or {})
-        self.dead_lettered = 0
+        self._committed: dict[int, int] = {}
 
     def seek(self, offsets: Mapping[int, int]) -> None:
         """Read next from these offsets; partitions not named start at their beginning."""
@@ -86,35 +89,47 @@ class EventReader:
                 try:
                     event = parse_event(record.value)
                 except InvalidEvent as exc:
-                    send_to_dead_letters(
-                        self._dlq,
-                        self._settings.dlq_topic,
+                    self._dead_letters.send(
                         record.value,
                         exc.reason,
-                        self._stage,
                         key=record.key,
                         source=Source(tp.topic, tp.partition, record.offset),
                     )
-                    self.dead_lettered += 1
                 else:
                     valid.append(Consumed(event, tp.partition, record.offset))
                 self.positions[tp.partition] = record.offset + 1
         return valid
 
+    @property
+    def dead_lettered(self) -> int:
+        return self._dead_letters.sent
+
     def flush_dead_letters(self) -> None:
         """Block until every dead-letter record sent so far is acknowledged."""
-        self._dlq.flush()
+        self._dead_letters.flush()
 
     def commit(self, positions: Mapping[int, int]) -> None:
-        """Report durable progress to the consumer group (for lag); never the source of truth."""
-        self._consumer.commit(
-            {
-                TopicPartition(self._settings.topic, p): OffsetAndMetadata(o, "", -1)
-                for p, o in positions.items()
-            }
-        )
+        """Report durable progress to the consumer group (for lag); never the source of truth,
+        so a broker that is away only means a warning and a later commit."""
+        if dict(positions) == self._committed:
+            return
+        try:
+            self._consumer.commit(
+                {
+                    TopicPartition(self._settings.topic, p): OffsetAndMetadata(o, "", -1)
+                    for p, o in positions.items()
+                }
+            )
+        except KafkaError as exc:
+            log.warning("could not report progress to the consumer group: %s", exc)
+        else:
+            self._committed = dict(positions)
 
-    def lag(self) -> int:
-        """Events on the topic not yet read by this reader."""
-        ends = self._consumer.end_offsets(self.partitions)
+    def lag(self) -> int | None:
+        """Events on the topic not yet read by this reader; None while the broker is away."""
+        try:
+            ends = self._consumer.end_offsets(self.partitions)
+        except KafkaError as exc:
+            log.warning("could not read the topic's end offsets: %s", exc)
+            return None
         return sum(max(0, ends[tp] - self.positions[tp.partition]) for tp in self.partitions)

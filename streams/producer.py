@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from kafka import KafkaProducer
 
 from streams.config import KafkaSettings
-from streams.dead_letters import send_to_dead_letters
+from streams.dead_letters import DeadLetters
 from streams.scenarios import StreamItem
 from streams.schema import TS_FORMAT, InvalidEvent, parse_event
 
@@ -19,7 +19,7 @@ from streams.schema import TS_FORMAT, InvalidEvent, parse_event
 def make_producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     """A producer whose acknowledged writes are on the broker's disk log, in order, once."""
     config = {
-        "bootstrap_servers": settings.bootstrap,
+        **settings.client_config(),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 50,
@@ -106,6 +106,7 @@ def publish(
     Returns once every send is acknowledged (or has failed, counted in `failed`).
     """
     stats = ProduceStats()
+    dead_letters = DeadLetters(producer, settings.dlq_topic, "produce")
     pacer = _Pacer(rate)
     started = time.perf_counter()
 
@@ -117,13 +118,14 @@ def publish(
         try:
             event = parse_event(raw)
         except InvalidEvent as exc:
-            send_to_dead_letters(producer, settings.dlq_topic, raw, exc.reason, "produce")
-            stats.dead_lettered += 1
+            dead_letters.send(raw, exc.reason)
         else:
             producer.send(settings.topic, value=raw, key=event.key).add_errback(failed)
             stats.sent += 1
         on_sent()
     producer.flush()
+    dead_letters.flush()
+    stats.dead_lettered = dead_letters.sent
     stats.seconds = time.perf_counter() - started
     stats.sent -= stats.failed
     return stats

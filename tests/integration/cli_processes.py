@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from models.snapshot import LocalSnapshotStore
+from streams.master_dataset import archived_positions
+
 CLI = [str(Path(sys.executable).parent / "lambda-ml")]
 
 
@@ -50,3 +53,76 @@ def kill_mid_work(
     finally:
         process.kill()
         process.wait()
+
+
+class RunningJobs:
+    """Long-running `lambda-ml` jobs (name -> args), stopped with SIGTERM on exit.
+
+    `exited()` says which ended on their own (none may, for as long as the stream lasts);
+    after the `with` block, `codes` holds each job's exit status and `logs` its stderr tail.
+    """
+
+    def __init__(self, jobs: dict[str, list[str]], env: dict[str, str], log_dir: Path) -> None:
+        self.jobs = jobs
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.codes: dict[str, int] = {}
+        self.logs: dict[str, str] = {}
+
+    def __enter__(self) -> "RunningJobs":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name, args in self.jobs.items():
+            with (self.log_dir / f"{name}.log").open("wb") as log:
+                self.processes[name] = subprocess.Popen(
+                    CLI + args, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                )
+        return self
+
+    def exited(self) -> dict[str, int]:
+        return {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout_s: float) -> None:
+        """Poll `condition`; fail if a job exits first or the time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert not self.exited(), f"jobs exited before {what}: {self.exited()} {self.tails()}"
+            assert time.monotonic() < deadline, f"not {what} after {timeout_s:g}s {self.tails()}"
+            time.sleep(0.2)
+
+    def wait_for_exit(self, name: str, timeout_s: float) -> int:
+        """Wait for a job that ends by itself (a replay); the others must keep running."""
+        deadline = time.monotonic() + timeout_s
+        while self.processes[name].poll() is None:
+            others = {n: c for n, c in self.exited().items() if n != name}
+            assert not others, f"jobs exited before {name} ended: {others} {self.tails()}"
+            assert time.monotonic() < deadline, f"{name} still running after {timeout_s:g}s"
+            time.sleep(0.2)
+        self.codes[name] = self.processes.pop(name).returncode
+        return self.codes[name]
+
+    def tails(self) -> dict[str, str]:
+        return {n: (self.log_dir / f"{n}.log").read_text()[-1500:] for n in self.jobs}
+
+    def __exit__(self, *exc_info) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in self.processes.items():
+            try:
+                self.codes[name] = process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                self.codes[name] = process.wait()
+        self.logs = self.tails()
+
+
+def caught_up(store: LocalSnapshotStore, master: Path, ends: dict[int, int]) -> bool:
+    """The speed layer's newest snapshot and the master dataset both reach `ends`."""
+    snapshot = store.latest()
+    return (
+        snapshot is not None
+        and snapshot.offsets == ends
+        and master.exists()
+        and archived_positions(master) == ends
+    )

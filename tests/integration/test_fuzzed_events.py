@@ -6,19 +6,16 @@ the long-running jobs must still be running when the stream is done.
 """
 
 import json
-import signal
-import subprocess
-import time
 from collections import Counter
 
 import pytest
 
 from models.snapshot import LocalSnapshotStore
 from streams.dead_letters import MAX_DEAD_LETTER_BYTES, ORIGINAL_BYTES_HEADER, dead_letter_reason
-from streams.master_dataset import archived_positions, history
+from streams.master_dataset import history
 from streams.producer import make_producer
 from tests.fuzz_events import FuzzEvent, fuzz_corpus
-from tests.integration.cli_processes import CLI, cli_env, run_to_end
+from tests.integration.cli_processes import RunningJobs, caught_up, cli_env, run_to_end
 from tests.integration.kafka_reading import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -112,30 +109,9 @@ def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_ex
         MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
     )
     store = LocalSnapshotStore(snapshots)
-    jobs = {
-        name: subprocess.Popen(
-            CLI + [name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        for name in ("speed", "archive")
-    }
-    try:
-        deadline = time.monotonic() + 180
-        while not (
-            (snapshot := store.latest()) is not None
-            and snapshot.offsets == ends
-            and master.exists()
-            and archived_positions(master) == ends
-        ):
-            exited = {name: job.poll() for name, job in jobs.items() if job.poll() is not None}
-            assert not exited, f"jobs exited mid-stream: {exited}"
-            assert time.monotonic() < deadline, "the jobs did not get through the stream"
-            time.sleep(0.5)
-        still_running = [name for name, job in jobs.items() if job.poll() is None]
-    finally:
-        for job in jobs.values():
-            job.send_signal(signal.SIGTERM)
-        codes = {name: job.wait(30) for name, job in jobs.items()}
-        logs = {name: job.stderr.read().decode()[-2000:] for name, job in jobs.items()}
+    with RunningJobs({"speed": ["speed"], "archive": ["archive"]}, env, tmp_path / "logs") as jobs:
+        jobs.wait_until(lambda: caught_up(store, master, ends), "through the stream", timeout_s=180)
+        still_running = sorted(set(jobs.jobs) - set(jobs.exited()))
 
     valid = [e for e in corpus if e.valid]
     invalid = [e for e in corpus if not e.valid]
@@ -155,12 +131,16 @@ def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_ex
         assert wrong == []
         assert per_stage[stage] == len(invalid)
     labelled = sum(e.labelled for e in valid)
-    reliability(SCENARIO, "speed: events learnt", snapshot.events_learnt, f"= {labelled:,} labelled")
+    reliability(
+        SCENARIO, "speed: events learnt", snapshot.events_learnt, f"= {labelled:,} labelled"
+    )
     reliability(SCENARIO, "archive: events archived", archived.num_rows, f"= {len(valid):,} valid")
     reliability(SCENARIO, "jobs still running at the end", len(still_running), "= 2")
-    reliability(SCENARIO, "jobs' exit codes after SIGTERM", str(sorted(codes.values())), "[0, 0]")
-    assert still_running == ["speed", "archive"]
-    assert codes == {"speed": 0, "archive": 0}, logs
+    reliability(
+        SCENARIO, "jobs' exit codes after SIGTERM", str(sorted(jobs.codes.values())), "[0, 0]"
+    )
+    assert still_running == ["archive", "speed"]
+    assert jobs.codes == {"speed": 0, "archive": 0}, jobs.logs
     assert snapshot.events_learnt == labelled
     assert unknown <= learnt_intents
     assert Counter(archived["query_id"].to_pylist()) == Counter(b["query_id"] for b in bodies)

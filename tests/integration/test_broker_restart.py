@@ -1,0 +1,174 @@
+"""The broker stopped and restarted mid-stream, twice (SIGTERM, then SIGKILL), under the real
+`produce`, `speed` and `archive` jobs: every acknowledged event ends up on the topic, learnt
+and archived, and each job carries on by itself once the broker is back.
+
+The test runs a broker of its own (it is the one being stopped), on the same ports and data
+directory across restarts, as a broker restarted by an operator would be.
+"""
+
+import re
+import time
+import uuid
+
+import psutil
+import pyarrow.compute as pc
+import pytest
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition
+
+from models.snapshot import LocalSnapshotStore
+from streams import broker
+from streams.config import KafkaSettings
+from streams.master_dataset import archived_positions, history
+from streams.schema import parse_event
+from tests.integration.cli_processes import RunningJobs, caught_up, cli_env
+from tests.integration.conftest import free_ports
+from tests.integration.kafka_reading import read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+SCENARIO = "broker stopped and restarted mid-stream"
+EVENTS = 40_000
+RATE = 400  # events/s: a 100 s stream, longer than two outages and their recoveries
+PARTITIONS = 3
+OUTAGE_S = 8.0
+RECOVERY_BOUND_S = 30.0
+
+
+@pytest.fixture
+def own_broker(kafka_settings: KafkaSettings, tmp_path):
+    port, controller_port = free_ports(2)
+    settings = KafkaSettings(
+        bootstrap_servers="",
+        home=tmp_path / "kafka",
+        cache_dir=(kafka_settings.cache_dir or kafka_settings.home).resolve(),
+        port=port,
+        controller_port=controller_port,
+        partitions=PARTITIONS,
+    )
+    broker.up(settings)
+    try:
+        yield settings
+    finally:
+        broker.down(settings)
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        return {tp.partition: o for tp, o in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def progress(store: LocalSnapshotStore, master, settings: KafkaSettings) -> dict[str, int]:
+    """How far each job has got: events on the topic, learnt, archived."""
+    snapshot = store.latest()
+    return {
+        "produce": sum(end_offsets(settings.bootstrap, settings.topic).values()),
+        "speed": sum(snapshot.offsets.values()) if snapshot else 0,
+        "archive": sum(archived_positions(master).values()) if master.exists() else 0,
+    }
+
+
+def outage(settings: KafkaSettings, hard: bool) -> float:
+    """Stop the broker (SIGTERM, or SIGKILL to its process and children), wait, start it
+    again; returns how long it took to start (a broker killed recovers its logs first)."""
+    if hard:
+        pid = broker.status(settings).pid
+        assert pid is not None
+        java = psutil.Process(pid)
+        tree = [java, *java.children(recursive=True)]
+        for process in tree:
+            process.kill()
+        psutil.wait_procs(tree, timeout=10)
+    else:
+        broker.down(settings)
+    time.sleep(OUTAGE_S)
+    started = time.monotonic()
+    broker.up(settings)
+    return time.monotonic() - started
+
+
+def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
+    own_broker: KafkaSettings, tmp_path, reliability
+):
+    settings = own_broker
+    run_id = f"restart-{uuid.uuid4().hex[:8]}"
+    snapshots, master = tmp_path / "snapshots", tmp_path / "master"
+    env = cli_env(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
+        SPEED_SNAPSHOT_DIR=snapshots,
+        SPEED_SNAPSHOT_EVERY_S=0.5,
+        SPEED_SIGNAL_DIR=tmp_path / "signals",
+        BATCH_MASTER_DIR=master,
+        ARCHIVE_FLUSH_EVERY_S=0.5,
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
+    )
+    produce = ["produce", "--limit", str(EVENTS), "--rate", str(RATE), "--unlabelled", "0.1"]
+    jobs_args = {
+        "produce": [*produce, "--run-id", run_id],
+        "speed": ["speed"],
+        "archive": ["archive"],
+    }
+    store = LocalSnapshotStore(snapshots)
+    recoveries: list[dict[str, float]] = []
+    restart_s: list[float] = []
+    with RunningJobs(jobs_args, env, tmp_path / "logs") as jobs:
+        for hard in (False, True):
+            before = progress(store, master, settings)
+            jobs.wait_until(
+                lambda before=before: all(
+                    now > before[job] for job, now in progress(store, master, settings).items()
+                ),
+                "every job working",
+                timeout_s=60,
+            )
+            restart_s.append(outage(settings, hard))
+            back_at = time.monotonic()
+            at_restart = progress(store, master, settings)
+            recovered: dict[str, float] = {}
+
+            def all_moved(at_restart=at_restart, recovered=recovered, back_at=back_at) -> bool:
+                for job, now in progress(store, master, settings).items():
+                    if job not in recovered and now > at_restart[job]:
+                        recovered[job] = time.monotonic() - back_at
+                return len(recovered) == 3
+
+            jobs.wait_until(all_moved, "every job moving again", timeout_s=RECOVERY_BOUND_S)
+            recoveries.append(recovered)
+        jobs.wait_for_exit("produce", timeout_s=180)
+        ends = end_offsets(settings.bootstrap, settings.topic)
+        jobs.wait_until(lambda: caught_up(store, master, ends), "caught up", timeout_s=120)
+
+    produced = (tmp_path / "logs" / "produce.log").read_text()
+    sent, failed = map(int, re.search(r"sent (\d+) events .*?; (\d+) failed", produced).groups())
+    records = read_all(settings.bootstrap, settings.topic, sum(ends.values()))
+    events = [parse_event(r.value) for r in records]
+    on_topic = {e.query_id for e in events}
+    expected = {str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{i}")) for i in range(EVENTS)}
+    archived = history(master).to_table(columns=["query_id"])
+    labelled = sum(e.intent is not None for e in events)
+
+    for kind, recovered, start_s in zip(("SIGTERM", "SIGKILL"), recoveries, restart_s, strict=True):
+        reliability(SCENARIO, f"broker down after {kind} (s)", OUTAGE_S + start_s)
+        for job, seconds in recovered.items():
+            reliability(SCENARIO, f"{job} moving again after {kind} restart (s)", seconds, "< 30")
+    reliability(SCENARIO, "events acknowledged to the producer", sent, f"{EVENTS:,} sent")
+    reliability(SCENARIO, "sends failed", failed, "= 0")
+    reliability(
+        SCENARIO, "acknowledged events lost from the topic", len(expected - on_topic), "= 0"
+    )
+    reliability(SCENARIO, "duplicates on the topic", len(events) - len(on_topic), "= 0")
+    reliability(SCENARIO, "events archived", archived.num_rows, f"= {len(events):,} on topic")
+    reliability(SCENARIO, "events learnt", store.latest().events_learnt, f"= {labelled:,} labelled")
+    reliability(SCENARIO, "jobs' exit codes after SIGTERM", str(sorted(jobs.codes.values())))
+    assert (sent, failed) == (EVENTS, 0)
+    assert on_topic == expected
+    assert len(events) == len(on_topic)
+    assert archived.num_rows == len(events)
+    assert pc.count_distinct(archived["query_id"]).as_py() == len(on_topic)
+    assert store.latest().events_learnt == labelled
+    assert jobs.codes == {"produce": 0, "speed": 0, "archive": 0}, jobs.logs
