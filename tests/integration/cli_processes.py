@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models.snapshot import LocalSnapshotStore
+from streams.config import KafkaSettings
 from streams.master_dataset import archived_positions
 
 CLI = [str(Path(sys.executable).parent / "lambda-ml")]
@@ -19,6 +20,25 @@ def cli_env(**settings: str | Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MLFLOW_", "SPEED_"))}
     env.update({k: str(v) for k, v in settings.items()})
     return env
+
+
+def stream_jobs_env(kafka: KafkaSettings, workdir: Path, **settings: str | Path) -> dict[str, str]:
+    """The environment of `speed` and `archive` on `kafka`'s topics, keeping their state under
+    `workdir` (snapshots/, master/, signals/), snapshotting and flushing every 0.5 s, with an
+    unreachable MLflow: the stream must not need it."""
+    return cli_env(
+        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
+        KAFKA_TOPIC=kafka.topic,
+        KAFKA_DLQ_TOPIC=kafka.dlq_topic,
+        SPEED_SNAPSHOT_DIR=workdir / "snapshots",
+        SPEED_SNAPSHOT_EVERY_S=0.5,
+        SPEED_SIGNAL_DIR=workdir / "signals",
+        BATCH_MASTER_DIR=workdir / "master",
+        ARCHIVE_FLUSH_EVERY_S=0.5,
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
+        **settings,
+    )
 
 
 def run_to_end(args: list[str], env: dict[str, str], timeout_s: float = 180) -> str:

@@ -21,7 +21,7 @@ from streams import broker
 from streams.config import KafkaSettings
 from streams.master_dataset import archived_positions, history
 from streams.schema import parse_event
-from tests.integration.cli_processes import RunningJobs, caught_up, cli_env
+from tests.integration.cli_processes import RunningJobs, caught_up, stream_jobs_env
 from tests.integration.conftest import free_ports
 from tests.integration.kafka_reading import read_all
 
@@ -97,16 +97,7 @@ def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
     settings = own_broker
     run_id = f"restart-{uuid.uuid4().hex[:8]}"
     snapshots, master = tmp_path / "snapshots", tmp_path / "master"
-    env = cli_env(
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
-        SPEED_SNAPSHOT_DIR=snapshots,
-        SPEED_SNAPSHOT_EVERY_S=0.5,
-        SPEED_SIGNAL_DIR=tmp_path / "signals",
-        BATCH_MASTER_DIR=master,
-        ARCHIVE_FLUSH_EVERY_S=0.5,
-        MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
-    )
+    env = stream_jobs_env(settings, tmp_path)
     produce = ["produce", "--limit", str(EVENTS), "--rate", str(RATE), "--unlabelled", "0.1"]
     jobs_args = {
         "produce": [*produce, "--run-id", run_id],

@@ -15,7 +15,7 @@ from streams.dead_letters import MAX_DEAD_LETTER_BYTES, ORIGINAL_BYTES_HEADER, d
 from streams.master_dataset import history
 from streams.producer import make_producer
 from tests.fuzz_events import FuzzEvent, fuzz_corpus
-from tests.integration.cli_processes import RunningJobs, caught_up, cli_env, run_to_end
+from tests.integration.cli_processes import RunningJobs, caught_up, run_to_end, stream_jobs_env
 from tests.integration.kafka_reading import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -60,11 +60,7 @@ def test_publish_dead_letters_every_invalid_event_and_sends_every_valid_one(
     )
     events_file = tmp_path / "fuzzed.jsonl"
     events_file.write_bytes(b"".join(e.raw + b"\n" for e in corpus))
-    env = cli_env(
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
-        KAFKA_TOPIC=settings.topic,
-        KAFKA_DLQ_TOPIC=settings.dlq_topic,
-    )
+    env = stream_jobs_env(settings, tmp_path)
     run_to_end(["publish", str(events_file)], env)
 
     valid = [e for e in corpus if e.valid]
@@ -96,18 +92,7 @@ def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_ex
         ends[record.partition] = max(ends[record.partition], record.offset + 1)
 
     snapshots, master = tmp_path / "snapshots", tmp_path / "master"
-    env = cli_env(
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
-        KAFKA_TOPIC=settings.topic,
-        KAFKA_DLQ_TOPIC=settings.dlq_topic,
-        SPEED_SNAPSHOT_DIR=snapshots,
-        SPEED_SNAPSHOT_EVERY_S=0.5,
-        SPEED_SIGNAL_DIR=tmp_path / "signals",
-        BATCH_MASTER_DIR=master,
-        ARCHIVE_FLUSH_EVERY_S=0.5,
-        MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
-    )
+    env = stream_jobs_env(settings, tmp_path)
     store = LocalSnapshotStore(snapshots)
     with RunningJobs({"speed": ["speed"], "archive": ["archive"]}, env, tmp_path / "logs") as jobs:
         jobs.wait_until(lambda: caught_up(store, master, ends), "through the stream", timeout_s=180)
