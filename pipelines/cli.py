@@ -57,11 +57,23 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+# Options `produce` and `evaluate` share: both replay a dataset through a scenario.
+DataOption = Annotated[Path, typer.Option(help="JSONL file of {text, intent} objects.")]
+DriftAtOption = Annotated[
+    float, typer.Option(min=0, max=1, help="Drift point, as a fraction of the stream.")
+]
+LateDomainsOption = Annotated[
+    str, typer.Option(help="new-domain: CLINC150 domains that arrive late.")
+]
+LateIntentsOption = Annotated[
+    str, typer.Option(help="new-domain: intents that arrive late (overrides --late-domains).")
+]
+DEFAULT_LATE_DOMAINS_CSV = ",".join(DEFAULT_LATE_DOMAINS)
+
+
 @app.command()
 def produce(
-    data: Annotated[
-        Path, typer.Option(help="JSONL file of {text, intent} objects.")
-    ] = CLINC150_DATA,
+    data: DataOption = CLINC150_DATA,
     scenario: Annotated[
         ScenarioName, typer.Option(help="Replay order / drift scenario.")
     ] = "shuffle",
@@ -77,15 +89,9 @@ def produce(
     unlabelled: Annotated[
         float, typer.Option(min=0, max=1, help="Fraction of events without intent.")
     ] = 0.0,
-    drift_at: Annotated[
-        float, typer.Option(min=0, max=1, help="Drift point, as a fraction of the stream.")
-    ] = 0.5,
-    late_domains: Annotated[
-        str, typer.Option(help="new-domain: CLINC150 domains that arrive late.")
-    ] = ",".join(DEFAULT_LATE_DOMAINS),
-    late_intents: Annotated[
-        str, typer.Option(help="new-domain: intents that arrive late (overrides --late-domains).")
-    ] = "",
+    drift_at: DriftAtOption = 0.5,
+    late_domains: LateDomainsOption = DEFAULT_LATE_DOMAINS_CSV,
+    late_intents: LateIntentsOption = "",
     splits: Annotated[
         str, typer.Option(help="Keep only these dataset splits (comma-separated).")
     ] = "",
@@ -280,18 +286,12 @@ def schedule(
 
 @app.command()
 def evaluate(
-    data: Annotated[
-        Path, typer.Option(help="JSONL file of {text, intent} objects.")
-    ] = CLINC150_DATA,
+    data: DataOption = CLINC150_DATA,
     scenario: Annotated[ScenarioName, typer.Option(help="Drift scenario.")] = "new-domain",
     limit: Annotated[int, typer.Option(min=100, help="Events in the replay.")] = 40_000,
-    drift_at: Annotated[float, typer.Option(min=0, max=1, help="Drift point (fraction).")] = 0.5,
-    late_domains: Annotated[
-        str, typer.Option(help="new-domain: CLINC150 domains that arrive late.")
-    ] = ",".join(DEFAULT_LATE_DOMAINS),
-    late_intents: Annotated[
-        str, typer.Option(help="new-domain: intents that arrive late (overrides --late-domains).")
-    ] = "",
+    drift_at: DriftAtOption = 0.5,
+    late_domains: LateDomainsOption = DEFAULT_LATE_DOMAINS_CSV,
+    late_intents: LateIntentsOption = "",
     retrain_at: Annotated[
         str, typer.Option(help="Batch retrains, as fractions of the stream.")
     ] = "0.125,0.625",

@@ -45,6 +45,29 @@ def _expected_failures() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+def _report_up(
+    name: str, address: str, local: bool, seconds: float, started: tuple | None, external: str
+) -> None:
+    """One line on what `up` did: `started` is (pid, log file) when this call started the
+    local service; `external` is the line for a service run elsewhere."""
+    if started is not None:
+        pid, log_file = started
+        console.print(f"{name} up at {address} (pid {pid}) in {seconds:.1f}s; log: {log_file}")
+    elif local:
+        console.print(f"{name} is already running at {address}")
+    else:
+        console.print(external)
+
+
+def _report_down(name: str, address: str, local: bool, stopped: bool) -> None:
+    if stopped:
+        console.print(f"{name} stopped")
+    elif local:
+        console.print(f"{name} was not running")
+    else:
+        console.print(f"{name} at {address} is not ours to stop")
+
+
 def _quiet_kafka_client() -> None:
     """The Kafka client logs every refused connection; these commands report the outcome."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -78,28 +101,23 @@ def kafka_up() -> None:
     with _expected_failures():
         was_started = broker.up(settings)
     seconds = time.monotonic() - started
-    if was_started:
-        state = broker.status(settings)
-        console.print(
-            f"Kafka {settings.kafka_version} up at {settings.bootstrap} "
-            f"(pid {state.pid}) in {seconds:.1f}s; log: {state.log_file}"
-        )
-    elif settings.uses_local_broker:
-        console.print(f"Kafka is already running at {settings.bootstrap}")
-    else:
-        console.print(f"Using the Kafka cluster at {settings.bootstrap}; topics are in place")
+    state = broker.status(settings) if was_started else None
+    _report_up(
+        f"Kafka {settings.kafka_version}",
+        settings.bootstrap,
+        settings.uses_local_broker,
+        seconds,
+        (state.pid, state.log_file) if state else None,
+        external=f"Using the Kafka cluster at {settings.bootstrap}; topics are in place",
+    )
 
 
 @kafka_app.command("down")
 def kafka_down() -> None:
     """Stop the local broker (SIGTERM, then SIGKILL if it does not stop in time)."""
     settings = KafkaSettings()
-    if broker.down(settings):
-        console.print("Kafka stopped")
-    elif settings.uses_local_broker:
-        console.print("Kafka was not running")
-    else:
-        console.print(f"Kafka at {settings.bootstrap} is not ours to stop")
+    stopped = broker.down(settings)
+    _report_down("Kafka", settings.bootstrap, settings.uses_local_broker, stopped)
 
 
 @kafka_app.command("status")
@@ -129,28 +147,23 @@ def mlflow_up() -> None:
     with _expected_failures():
         was_started = tracking_server.up(settings)
     seconds = time.monotonic() - started
-    if was_started:
-        state = tracking_server.status(settings)
-        console.print(
-            f"MLflow up at {settings.uri} (pid {state.pid}) in {seconds:.1f}s; "
-            f"log: {state.log_file}"
-        )
-    elif settings.uses_local_server:
-        console.print(f"MLflow is already running at {settings.uri}")
-    else:
-        console.print(f"Using the MLflow server at {settings.uri}; it is healthy")
+    state = tracking_server.status(settings) if was_started else None
+    _report_up(
+        "MLflow",
+        settings.uri,
+        settings.uses_local_server,
+        seconds,
+        (state.pid, state.log_file) if state else None,
+        external=f"Using the MLflow server at {settings.uri}; it is healthy",
+    )
 
 
 @mlflow_app.command("down")
 def mlflow_down() -> None:
     """Stop the local tracking server (SIGTERM, then SIGKILL if it does not stop in time)."""
     settings = MlflowSettings()
-    if tracking_server.down(settings):
-        console.print("MLflow stopped")
-    elif settings.uses_local_server:
-        console.print("MLflow was not running")
-    else:
-        console.print(f"MLflow at {settings.uri} is not ours to stop")
+    stopped = tracking_server.down(settings)
+    _report_down("MLflow", settings.uri, settings.uses_local_server, stopped)
 
 
 @mlflow_app.command("status")
