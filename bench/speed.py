@@ -60,7 +60,7 @@ def speed_run(kafka: KafkaSettings, events: int, folder: Path) -> tuple[float, f
         started = time.perf_counter()
         layer.run(threading.Event(), max_events=events)
         seconds = time.perf_counter() - started
-    return layer.state.events_learnt / seconds, layer.state.speed.accuracy, layer
+    return layer.state.events_learnt / seconds, layer.state.scores.speed.accuracy, layer
 
 
 def freshness_run(kafka: KafkaSettings, folder: Path, rate: float, seconds: float) -> float:

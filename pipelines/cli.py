@@ -198,10 +198,10 @@ def _run_speed(idle_exit: float | None, from_offsets: dict[int, int] | None) -> 
         idle_exit,
         from_offsets,
     )
-    state = layer.state
+    scores = layer.state.scores
     console.print(
-        f"learnt {state.events_learnt} events; prequential accuracy speed "
-        f"{state.speed.accuracy:.3f}, blend {state.blend.accuracy:.3f} ({state.blend.seen} scored)"
+        f"learnt {layer.state.events_learnt} events; prequential accuracy speed "
+        f"{scores.speed.accuracy:.3f}, blend {scores.blend.accuracy:.3f}"
     )
 
 

@@ -15,7 +15,7 @@ from models.batch_model import (
     fit_on_counts,
 )
 from models.blend import HedgeBlender
-from models.metrics import WindowScore
+from models.prequential import ViewScores, prequential_step
 from models.registry import ChampionInfo, ChampionModel
 from models.speed_model import build_speed_model
 from pipelines.produce import ReplayOptions, scenario_for
@@ -143,7 +143,7 @@ def run_evaluation(
     views = _Views()
     history: list[tuple[str, str]] = []
     boundaries = sorted(set(retrains) | set(range(0, len(items), plan.window)) | {len(items)})
-    scores = {name: WindowScore(window=plan.window) for name in ("batch", "speed", "blend")}
+    scores = ViewScores.with_window(plan.window)
     window_start = 0
     for start, end in zip(boundaries, boundaries[1:], strict=False):
         if start in retrains:
@@ -151,15 +151,9 @@ def run_evaluation(
         chunk = items[start:end]
         batch_probs = views.batch_probabilities([item.example.text for item in chunk])
         for item, batch in zip(chunk, batch_probs, strict=True):
-            text, intent = item.example.text, item.example.intent
-            speed = views.speed.predict_proba_one({"text": text})
             if item.labelled:
-                scores["speed"].update(speed, intent)
-                scores["blend"].update(views.blender.blend(batch, speed), intent)
-                if batch is not None:
-                    scores["batch"].update(batch, intent)
-                    views.blender.learn(batch, speed, intent)
-                views.speed.learn_one({"text": text}, intent)
+                text, intent = item.example.text, item.example.intent
+                prequential_step(views.speed, views.blender, scores, text, intent, batch)
                 history.append((text, intent))
         advance(len(chunk))
         if end % plan.window == 0 or end == len(items):
@@ -168,13 +162,13 @@ def run_evaluation(
                     start=window_start,
                     end=end,
                     phase=_phase(window_start, scenario.drift_at, retrains),
-                    batch_accuracy=scores["batch"].accuracy if scores["batch"].seen else None,
-                    speed_accuracy=scores["speed"].accuracy,
-                    blend_accuracy=scores["blend"].accuracy,
+                    batch_accuracy=scores.batch.accuracy if scores.batch.seen else None,
+                    speed_accuracy=scores.speed.accuracy,
+                    blend_accuracy=scores.blend.accuracy,
                     batch_version=views.version,
                 )
             )
-            scores = {name: WindowScore(window=plan.window) for name in scores}
+            scores = ViewScores.with_window(plan.window)
             window_start = end
     result.summary = _summarise(result.windows)
     return result

@@ -9,18 +9,17 @@ champion's cut-off (Kappa-style reprocessing) and the layer goes on live.
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
-from typing import Any
 
 import numpy as np
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from river import base, drift
 
 from models.blend import HedgeBlender
-from models.metrics import WindowScore
+from models.prequential import ViewScores, prequential_step
 from models.registry import ChampionModel
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
@@ -55,9 +54,7 @@ class SpeedState:
     unlabelled_seen: int = 0
     base_version: str | None = None
     base_offsets: dict[int, int] = field(default_factory=dict)
-    speed: WindowScore = field(default_factory=WindowScore)
-    batch: WindowScore = field(default_factory=WindowScore)
-    blend: WindowScore = field(default_factory=WindowScore)
+    scores: ViewScores = field(default_factory=lambda: ViewScores.with_window(1000))
     drift_detections: int = 0
 
     @classmethod
@@ -67,9 +64,7 @@ class SpeedState:
             blender=HedgeBlender(),
             base_version=base_version,
             base_offsets=dict(base_offsets or {}),
-            speed=WindowScore(window),
-            batch=WindowScore(window),
-            blend=WindowScore(window),
+            scores=ViewScores.with_window(window),
         )
 
     @classmethod
@@ -85,22 +80,18 @@ class SpeedState:
         figures = {
             "events_learnt": float(self.events_learnt),
             "unlabelled_seen": float(self.unlabelled_seen),
-            "speed_accuracy": self.speed.accuracy,
-            "speed_window_accuracy": self.speed.last_window_accuracy,
-            "speed_log_loss": self.speed.log_loss,
             "batch_weight": batch_weight,
             "speed_weight": speed_weight,
             "drift_detections": float(self.drift_detections),
         }
-        if self.batch.seen:
-            figures |= {
-                "batch_accuracy": self.batch.accuracy,
-                "batch_window_accuracy": self.batch.last_window_accuracy,
-                "batch_log_loss": self.batch.log_loss,
-                "blend_accuracy": self.blend.accuracy,
-                "blend_window_accuracy": self.blend.last_window_accuracy,
-                "blend_log_loss": self.blend.log_loss,
-            }
+        views = {"speed": self.scores.speed, "batch": self.scores.batch, "blend": self.scores.blend}
+        for name, score in views.items():
+            if score.seen:  # no batch figures before the first champion
+                figures |= {
+                    f"{name}_accuracy": score.accuracy,
+                    f"{name}_window_accuracy": score.last_window_accuracy,
+                    f"{name}_log_loss": score.log_loss,
+                }
         return figures
 
 
@@ -167,20 +158,16 @@ class SpeedLayer:
         )
         batch_iter = iter(batch_probs)
         for item in consumed:
-            x: dict[Hashable, Any] = {"text": item.event.text}
-            speed_probs = state.model.predict_proba_one(x)
             intent = item.event.intent
             if intent is None:
                 state.unlabelled_seen += 1
                 continue
-            state.speed.update(speed_probs, intent)
             batch = next(batch_iter, None)
-            if batch is not None:
-                batch_right = state.batch.update(batch, intent)
-                state.blend.update(state.blender.blend(batch, speed_probs), intent)
-                state.blender.learn(batch, speed_probs, intent)
+            batch_right = prequential_step(
+                state.model, state.blender, state.scores, item.event.text, intent, batch
+            )
+            if batch_right is not None:
                 self._watch_drift(float(not batch_right))
-            state.model.learn_one(x, intent)
             state.events_learnt += 1
             self._pending_ts.append(item.event.ts.timestamp())
 

@@ -72,7 +72,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     labelled = labelled_count(stream)
     assert layer.state.events_learnt == labelled
     assert layer.reader.dead_lettered == 3
-    assert layer.state.speed.accuracy > 0.6
+    assert layer.state.scores.speed.accuracy > 0.6
     reference = LocalSnapshotStore(reference_settings.snapshot_dir).latest()
 
     snapshots = tmp_path / "interrupted"
