@@ -1,6 +1,7 @@
 """Publishing query events onto Kafka: durable (`acks=all`, idempotent) and rate-controlled."""
 
 import json
+import logging
 import random
 import time
 import uuid
@@ -9,11 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 
 from streams.config import KafkaSettings
 from streams.dead_letters import DeadLetters
 from streams.scenarios import StreamItem
 from streams.schema import TS_FORMAT, InvalidEvent, parse_event
+
+log = logging.getLogger(__name__)
 
 
 def make_producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
@@ -94,6 +98,16 @@ class _Pacer:
                 time.sleep(ahead)
 
 
+def _send_when_taken(producer: KafkaProducer, topic: str, value: bytes, key: bytes):
+    """`send`, waiting out a broker that is away: the producer gives up taking a record after
+    `max_block_ms` (no metadata, or its buffer full), and the replay then simply waits."""
+    while True:
+        try:
+            return producer.send(topic, value=value, key=key)
+        except KafkaTimeoutError as exc:
+            log.warning("the broker is not taking records (%s); waiting for it", exc)
+
+
 def publish(
     producer: KafkaProducer,
     settings: KafkaSettings,
@@ -120,7 +134,7 @@ def publish(
         except InvalidEvent as exc:
             dead_letters.send(raw, exc.reason)
         else:
-            producer.send(settings.topic, value=raw, key=event.key).add_errback(failed)
+            _send_when_taken(producer, settings.topic, raw, event.key).add_errback(failed)
             stats.sent += 1
         on_sent()
     producer.flush()

@@ -7,6 +7,7 @@ directory across restarts, as a broker restarted by an operator would be.
 """
 
 import re
+import threading
 import time
 import uuid
 
@@ -20,6 +21,7 @@ from models.snapshot import LocalSnapshotStore
 from streams import broker
 from streams.config import KafkaSettings
 from streams.master_dataset import archived_positions, history
+from streams.producer import ProduceStats, make_producer, publish
 from streams.schema import parse_event
 from tests.integration.cli_processes import RunningJobs, caught_up, stream_jobs_env
 from tests.integration.conftest import free_ports
@@ -163,3 +165,31 @@ def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
     assert pc.count_distinct(archived["query_id"]).as_py() == len(on_topic)
     assert store.latest().events_learnt == labelled
     assert jobs.codes == {"produce": 0, "speed": 0, "archive": 0}, jobs.logs
+
+
+def test_a_replay_waits_for_a_broker_that_is_away_longer_than_the_producer_blocks(
+    own_broker: KafkaSettings, reliability
+):
+    """The producer gives up taking a record after `max_block_ms` (60 s by default; 0.5 s
+    here): `publish` must wait for the broker instead of failing the replay."""
+    settings = own_broker
+    messages = [
+        f'{{"query_id":"away-{i}","ts":"2026-11-27T10:00:00Z","text":"set an alarm"}}'.encode()
+        for i in range(200)
+    ]
+    producer = make_producer(settings, max_block_ms=500)
+    broker.down(settings)
+    outcome: list[ProduceStats] = []
+    replay = threading.Thread(target=lambda: outcome.append(publish(producer, settings, messages)))
+    replay.start()
+    time.sleep(OUTAGE_S / 2)
+    broker.up(settings)
+    replay.join(60)
+    producer.close()
+    assert not replay.is_alive(), "the replay never finished"
+    records = read_all(settings.bootstrap, settings.topic, len(messages))
+    stats = outcome[0]
+    reliability(SCENARIO, "replay started with the broker away: events sent", stats.sent, "= 200")
+    reliability(SCENARIO, "replay started with the broker away: sends failed", stats.failed, "= 0")
+    assert (stats.sent, stats.failed) == (len(messages), 0)
+    assert sorted(r.value for r in records) == sorted(messages)
