@@ -13,6 +13,12 @@ class ServingSettings(BaseSettings):
     champion" instead of following the MLflow registry's `champion` alias: benchmarks and tests
     use it to serve without an MLflow server. `max_snapshot_age_s` is the freshness guard: a
     speed snapshot older than that is stale (the speed layer has stopped) and is not used.
+
+    The request limits are answered before BentoML reads a request (`serving.middleware`):
+    `max_body_bytes` leaves room for `max_batch` texts of 1,000 characters even when every
+    character is JSON-escaped (64 x 12 KB at the defaults); `body_timeout_s` must stay under the
+    service's 30 s request timeout, or a slow body is answered by BentoML's 504 instead of a 408;
+    `max_header_bytes` is what the HTTP parser (h11) takes in a header block sent in pieces.
     """
 
     model_config = SettingsConfigDict(env_prefix="SERVING_", frozen=True)
@@ -23,5 +29,8 @@ class ServingSettings(BaseSettings):
     max_snapshot_age_s: float = Field(default=900.0, gt=0)
     max_batch: int = Field(default=64, ge=1)
     top_k: int = Field(default=5, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    body_timeout_s: float = Field(default=10.0, gt=0, lt=30)
+    max_header_bytes: int = Field(default=16_384, ge=1)
     host: str = "127.0.0.1"
     port: int = 3000

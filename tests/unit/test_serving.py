@@ -29,9 +29,11 @@ from models.snapshot import LocalSnapshotStore, SpeedSnapshot
 from pipelines.serve_cli import serve as serve_command
 from serving.batching import Coalescer
 from serving.metrics import ModelGauges
+from serving.middleware import BoundedRequests
 from serving.model_state import FileChampion, ModelState, save_champion_file
 from serving.process import SERVICE_NAME, bentoml_overrides
 from serving.service import IntentClassifier
+from serving.settings import ServingSettings
 from streams.dataset import CLINC150_DATA, load_dataset
 
 BATCH_INTENTS = ("alarm", "weather", "timer", "translate")
@@ -206,6 +208,75 @@ def test_a_text_of_exactly_1000_characters_after_trimming_is_accepted(both):
 def test_malformed_bodies_are_4xx(both, content, content_type, status):
     response = both.post("/predict", content=content, headers={"content-type": content_type})
     assert response.status_code == status
+
+
+def test_an_oversized_body_is_413_naming_the_limit(both):
+    response = both.post("/predict", content=b'{"text": "' + b"a" * 2**20 + b'"}')
+    assert response.status_code == 413 and "limit of 1048576 bytes" in response.json()["error"]
+    assert both.post("/predict", json={"text": "set an alarm"}).status_code == 200
+
+
+LIMITS = ServingSettings(max_body_bytes=10, body_timeout_s=0.05, max_header_bytes=100)
+
+
+def call_bounded(messages: list[dict], headers: list[tuple[bytes, bytes]], method: str = "POST"):
+    """`BoundedRequests` around an app that reads one message and answers 200: what was sent
+    back, and what the app received. The client sends `messages`, then nothing more."""
+    sent: list[dict] = []
+    received: list[dict] = []
+
+    async def app(scope, receive, send):
+        received.append(await receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive():
+        if not messages:
+            await asyncio.sleep(3600)
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/predict", "headers": headers}
+    asyncio.run(BoundedRequests(app, LIMITS)(scope, receive, send))
+    status = sent[0]["status"] if sent else None
+    return status, (json.loads(sent[1]["body"]) if status and status != 200 else None), received
+
+
+def body(chunk: bytes, more: bool = False) -> dict:
+    return {"type": "http.request", "body": chunk, "more_body": more}
+
+
+def test_a_body_within_the_limits_reaches_the_app_in_one_message():
+    status, _, received = call_bounded([body(b"12345", more=True), body(b"67890")], [])
+    assert status == 200 and received == [body(b"1234567890")]
+
+
+@pytest.mark.parametrize(
+    ("messages", "headers", "status", "words"),
+    [
+        ([body(b"{}")], [(b"content-length", b"11")], 413, "a body of 11 bytes"),
+        ([body(b"123456", more=True), body(b"12345")], [], 413, "longer than the limit of 10"),
+        ([body(b"12345", more=True)], [], 408, "not all received within 0.05s"),
+        ([], [], 408, "not all received"),
+        ([body(b"{}")], [(b"x-padding", b"a" * 100)], 431, "over the limit of 100"),
+    ],
+)
+def test_requests_over_the_limits_are_refused_before_the_app(messages, headers, status, words):
+    got, answer, received = call_bounded(messages, headers)
+    assert (got, received) == (status, [])
+    assert words in answer["error"] and answer["detail"][0]["loc"]
+
+
+def test_a_client_gone_mid_body_gets_no_answer_and_the_app_no_call():
+    gone = {"type": "http.disconnect"}
+    assert call_bounded([body(b"12", more=True), gone], []) == (None, None, [])
+
+
+def test_requests_without_a_body_pass_through_untouched():
+    status, _, received = call_bounded([body(b"")], [], method="GET")
+    assert status == 200 and received == [body(b"")]
 
 
 def test_batch_champion_alone_answers(monkeypatch, tmp_path, batch_model):
