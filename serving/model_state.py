@@ -3,7 +3,9 @@
 A background thread polls the speed snapshot store and the batch champion every few seconds,
 loads whatever changed, and replaces the one immutable `ModelSet` by reference. A request reads
 that reference once, so it always sees a consistent pair of models, and a reload never makes it
-wait. A failed load, or MLflow being down, keeps the models already loaded.
+wait. A failed load, or MLflow being down, keeps the models already loaded: it is logged as a
+warning, with the traceback only for the first failure in a row, since an outage fails every
+poll until it ends.
 """
 
 import logging
@@ -114,6 +116,49 @@ class FileChampion:
         return self._seen[1]
 
 
+class FailureLog:
+    """Logs the failures of one recurring step: the first of a run of failures with its
+    traceback, the next ones as one line each, and the recovery once the step succeeds again."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.failures = 0
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        self.failures += 1
+        log.warning(
+            "%s failed (%s; %d in a row); keeping the models in use",
+            what,
+            _reason(exc),
+            self.failures,
+            exc_info=exc if self.failures == 1 else None,
+        )
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info("%s works again after %d failed attempts", self.step, self.failures)
+            self.failures = 0
+
+
+def _reason(exc: BaseException, limit: int = 160) -> str:
+    """One short line for `exc`, ending with the exception it arose from, if any.
+
+    MLflow's client wraps a refused connection in a long message about retries and URLs; the
+    innermost exception ("ConnectionRefusedError: [Errno 111] Connection refused") says why.
+    """
+
+    def line(error: BaseException) -> str:
+        text = (str(error).strip().splitlines() or [""])[0]
+        text = text if len(text) <= limit else text[: limit - 3] + "..."
+        return f"{type(error).__name__}: {text}"
+
+    root, seen = exc, {id(exc)}
+    while (inner := root.__cause__ or root.__context__) is not None and id(inner) not in seen:
+        root = inner
+        seen.add(id(root))
+    return line(exc) if root is exc else f"{line(exc)} <- {line(root)}"
+
+
 class ModelState:
     """The current `ModelSet`, kept up to date from a champion source and a snapshot store.
 
@@ -138,6 +183,8 @@ class ModelState:
         self.current = ModelSet()
         self._snapshot_sequence: int | None = None
         self._rejected_champion: ChampionInfo | None = None
+        self._snapshot_failures = FailureLog("loading the speed snapshot")
+        self._champion_failures = FailureLog("reading the batch champion")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -148,11 +195,13 @@ class ModelState:
         try:
             sequence = self.snapshots.latest_sequence()
             if sequence is None or sequence == self._snapshot_sequence:
+                self._snapshot_failures.succeeded()
                 return False
             snapshot = self.snapshots.latest()
-        except Exception:
-            log.exception("loading the speed snapshot failed; keeping the models in use")
+        except Exception as exc:
+            self._snapshot_failures.failed("loading the speed snapshot", exc)
             return False
+        self._snapshot_failures.succeeded()
         if snapshot is None:
             return False
         self._snapshot_sequence = snapshot.sequence
@@ -171,20 +220,28 @@ class ModelState:
         in_use = self.current.champion
         try:
             info = self.champions.current()
-            if info is None or info == self._rejected_champion:
-                return False
-            if in_use is not None and in_use.info == info:
-                return False
-            if in_use is not None and (in_use.info.name, in_use.info.version) == (
-                info.name,
-                info.version,
-            ):
-                champion = ChampionModel(info, in_use.estimator)  # only its tags changed
-            else:
-                champion = self.champions.load(info)
-        except Exception:
-            log.exception("loading the batch champion failed; keeping the models in use")
+        except Exception as exc:
+            self._champion_failures.failed("looking up the batch champion", exc)
             return False
+        if info is None or info == self._rejected_champion:
+            self._champion_failures.succeeded()
+            return False
+        if in_use is not None and in_use.info == info:
+            self._champion_failures.succeeded()
+            return False
+        if in_use is not None and (in_use.info.name, in_use.info.version) == (
+            info.name,
+            info.version,
+        ):
+            champion = ChampionModel(info, in_use.estimator)  # only its tags changed
+        else:
+            try:
+                champion = self.champions.load(info)
+            except Exception as exc:
+                what = f"loading batch champion {info.name} version {info.version}"
+                self._champion_failures.failed(what, exc)
+                return False
+        self._champion_failures.succeeded()
         if not self._swap(replace(self.current, champion=champion)):
             self._rejected_champion = info
             return False

@@ -1,8 +1,10 @@
 """A live serving stack for tests: champions registered in MLflow, speed snapshots on disk,
 the real BentoML server, and a client that keeps it busy."""
 
+import re
 import threading
 import time
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import httpx
@@ -30,6 +32,11 @@ from streams.dataset import CLINC150_DATA, Example, load_dataset
 ROOT = Path(__file__).resolve().parents[2]
 INTENTS = ("alarm", "weather", "timer", "translate")
 SWITCH_BOUND_S = 60.0
+# Given, as the batch layer gives them: MLflow would otherwise infer them by loading the model
+# in a subprocess, seconds per logged version.
+PIP_REQUIREMENTS = [f"{p}=={installed_version(p)}" for p in ("scikit-learn", "numpy", "scipy")]
+# One worker's model gauge on /metrics (multiprocess mode "liveall": labelled by pid).
+_GAUGE = re.compile(r'^(lambda_ml_[a-z_]+)\{pid="(\d+)"\} (\S+)$')
 
 
 def training_rows() -> list[Example]:
@@ -50,12 +57,19 @@ def serving_process(
     poll_s: float = 0.5,
     **env: str,
 ) -> ServerProcess:
-    """`bentoml serve` of the project's service on a free port, polling often for new models."""
+    """`bentoml serve` of the project's service on a free port, polling often for new models.
+
+    The server gets a BentoML home of its own in `log_dir`: BentoML keeps its Prometheus
+    multiprocess files in `$BENTOML_HOME/prometheus_multiproc_dir` and empties that folder when
+    a server starts, so servers sharing the default home (tests running side by side) would
+    wipe and mix each other's `/metrics`.
+    """
     port = free_port()
     return ServerProcess(
         bentoml_argv(SERVICE_TARGET, port),
         port,
         env={
+            "BENTOML_HOME": str(log_dir / "bentoml"),
             "MLFLOW_TRACKING_URI": tracking_uri,
             "MLFLOW_REGISTERED_MODEL": registered_model,
             "SERVING_SNAPSHOT_DIR": str(snapshots),
@@ -74,15 +88,27 @@ def fit_batch(rows):
     )
 
 
-def register(tracking_uri: str, name: str, model, cutoff: dict[int, int]) -> str:
-    """Log and register `model`, tag its cut-off, then move the `champion` alias to it."""
+def register(
+    tracking_uri: str, name: str, model, cutoff: dict[int, int], promote: bool = True
+) -> str:
+    """Log and register `model`, tag its cut-off, then (`promote`) move the `champion` alias
+    to it."""
     with fluent_mlflow(tracking_uri), mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=name, pip_requirements=PIP_REQUIREMENTS
+        )
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.set_model_version_tag(name, version, CUTOFF_TAG, encode_offsets(cutoff))
-    client.set_registered_model_alias(name, CHAMPION, version)
+    if promote:
+        promote_version(tracking_uri, name, version)
     return version
+
+
+def promote_version(tracking_uri: str, name: str, version: str) -> None:
+    """Move the `champion` alias to `version`."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def write_snapshot(directory: Path, rows, offsets: dict[int, int]) -> None:
@@ -102,14 +128,29 @@ def wait_until(condition, timeout_s: float = SWITCH_BOUND_S) -> None:
         time.sleep(0.2)
 
 
+def worker_gauges(url: str) -> dict[str, dict[str, float]]:
+    """Each live worker's model gauges from `/metrics`: {pid: {gauge name: value}}."""
+    workers: dict[str, dict[str, float]] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10.0).text.splitlines():
+        found = _GAUGE.match(line)
+        if found:
+            name, pid, value = found.groups()
+            workers.setdefault(pid, {})[name] = float(value)
+    return workers
+
+
 class Traffic(threading.Thread):
-    """Sends `/predict` requests back to back and keeps what each answer said."""
+    """Sends `/predict` requests back to back and keeps what each answer said.
+
+    `timings` holds (monotonic start, seconds taken) of every request, failed ones included.
+    """
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url
         self.answers: list[tuple[str, dict]] = []
         self.failures: list[str] = []
+        self.timings: list[tuple[float, float]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -117,6 +158,7 @@ class Traffic(threading.Thread):
         with httpx.Client(base_url=self.url, timeout=10.0) as client:
             i = 0
             while not self.halt.is_set():
+                started = time.monotonic()
                 try:
                     response = client.post("/predict", json={"text": texts[i % len(texts)]})
                 except httpx.HTTPError as exc:
@@ -127,6 +169,7 @@ class Traffic(threading.Thread):
                         self.answers.append((body["source"], body["models"]))
                     else:
                         self.failures.append(f"{response.status_code} {response.text}")
+                self.timings.append((started, time.monotonic() - started))
                 i += 1
 
     def latest(self, count: int) -> list[dict]:
