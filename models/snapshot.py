@@ -91,8 +91,12 @@ class LocalSnapshotStore:
         return str(target)
 
     def latest(self) -> SpeedSnapshot | None:
-        sequence = self.latest_sequence()
-        if sequence is None:
-            return None
-        with self._path(sequence).open("rb") as handle:
-            return pickle.load(handle)
+        """The newest snapshot. One a writer removed between listing and opening (it keeps only
+        `keep`) has been replaced by a newer one, so the listing is simply read again."""
+        while (sequence := self.latest_sequence()) is not None:
+            try:
+                with self._path(sequence).open("rb") as handle:
+                    return pickle.load(handle)
+            except FileNotFoundError:
+                continue
+        return None

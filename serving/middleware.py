@@ -151,12 +151,10 @@ class JsonBodiesOnly:
     """Answer 415 to a POST whose Content-Type is set and is not a JSON-compatible type.
 
     Missing, `text/plain` and `application/octet-stream` bodies are read as JSON, as BentoML does.
-    Requests that pass go through `BoundedRequests`: this is the middleware the service installs,
-    so it puts the size and time limits behind itself.
     """
 
-    def __init__(self, app: ASGIApp, settings: ServingSettings | None = None) -> None:
-        self.app = BoundedRequests(app, settings)
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

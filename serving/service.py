@@ -7,7 +7,9 @@ Concurrent requests of a worker are scored together (`serving.batching`); bodies
 Besides the prediction endpoints, BentoML provides `/livez` and `/healthz` (200 while the
 process runs), `/readyz` (503 until a model can answer), `/metrics` and the OpenAPI spec
 (`/docs.json`). Invalid input is a 400 naming the field (BentoML's validation status), too many
-texts a 413, a body that is not JSON a 415, and no usable model a 503 that says so.
+texts a 413, a body that is not JSON a 415, and no usable model a 503 that says so; before
+BentoML parses anything, a body over `SERVING_MAX_BODY_BYTES` is a 413, a body not all sent
+within `SERVING_BODY_TIMEOUT_S` a 408 and headers over `SERVING_MAX_HEADER_BYTES` a 431.
 """
 
 import gc
@@ -17,6 +19,7 @@ from http import HTTPStatus
 from typing import cast
 
 import bentoml
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from models.snapshot import LocalSnapshotStore
@@ -24,7 +27,7 @@ from pipelines.config import MlflowSettings
 from pipelines.tracking import tracking_client
 from serving.batching import Coalescer
 from serving.metrics import process_gauges
-from serving.middleware import JsonBodiesOnly
+from serving.middleware import BoundedRequests, JsonBodiesOnly
 from serving.model_state import (
     ChampionSource,
     FileChampion,
@@ -60,6 +63,13 @@ def tune_gc() -> None:
     gc.set_threshold(10_000)
 
 
+def _not_a_client_error(record: logging.LogRecord) -> bool:
+    """BentoML logs every request that fails validation as an ERROR with a traceback; that is
+    the client's mistake, already answered with a 400 naming the field and counted in the
+    request metrics, and under a fuzzer or a broken client it would bury the real errors."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+
+
 def _error(status: HTTPStatus, message: str, field: str | None = None) -> JSONResponse:
     """An error body shaped like BentoML's own validation errors (`error`, `detail[].loc`)."""
     detail = [{"loc": [field], "msg": message}] if field else []
@@ -78,6 +88,7 @@ class IntentClassifier:
     def __init__(self) -> None:
         # BentoML's server log shows warnings only, but which models came in is worth seeing.
         logging.getLogger("serving").setLevel(logging.INFO)
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
         self.settings = ServingSettings()
         self.state = ModelState(
             champion_source(self.settings),
@@ -139,4 +150,6 @@ class IntentClassifier:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
 
+# Outermost first: a body of the wrong type is refused before it is read.
 cast(bentoml.Service, IntentClassifier).add_asgi_middleware(JsonBodiesOnly)
+cast(bentoml.Service, IntentClassifier).add_asgi_middleware(BoundedRequests)

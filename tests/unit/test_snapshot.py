@@ -35,3 +35,18 @@ def test_a_half_written_temporary_file_is_never_read(tmp_path):
     (tmp_path / "snapshot-000000000002.tmp-999").write_bytes(b"\x80\x05garbage")
     assert store.latest().offsets == {0: 7}
     assert os.path.exists(tmp_path / "snapshot-000000000001.pkl")
+
+
+def test_a_snapshot_pruned_between_listing_and_opening_gives_way_to_the_newer_one(tmp_path):
+    store, writer = LocalSnapshotStore(tmp_path), LocalSnapshotStore(tmp_path, keep=1)
+    writer.save(make({0: 1}))
+    listed = store.latest_sequence
+
+    def list_then_let_a_writer_replace_it() -> int | None:
+        sequence = listed()
+        if sequence == 1:
+            writer.save(make({0: 2}))  # saves 2 and prunes 1 before the reader opens 1
+        return sequence
+
+    store.latest_sequence = list_then_let_a_writer_replace_it
+    assert store.latest().offsets == {0: 2}
