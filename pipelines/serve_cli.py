@@ -5,6 +5,7 @@ so signals such as Ctrl-C or a container stop reach the server directly).
 """
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -40,6 +41,9 @@ def serve(
     )
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     host, port = host or settings.host, port or settings.port
+    # BentoML keeps /metrics in files under $BENTOML_HOME and empties them when a server
+    # starts: two servers on one host sharing the default home wipe each other's metrics.
+    os.environ.setdefault("BENTOML_HOME", str(Path("var/bentoml") / f"port-{port}"))
     argv = bentoml_argv(SERVICE_TARGET, port, host)
     typer.echo(f"serving {SERVICE_TARGET} on http://{host}:{port} ({workers} workers)")
     os.execv(argv[0], argv)
