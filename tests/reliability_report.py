@@ -2,8 +2,8 @@
 
 A test records each figure with the goal it is held to; the report marks it with the outcome of
 the test that measured it, so a figure is never shown as met by a test that failed. Figures are
-merged into the existing report by (scenario, figure), so running one test refreshes its rows
-and keeps the others with the time they were measured.
+merged into the existing report by test: running one test replaces all of its rows (renamed
+figures do not linger) and keeps the other tests' rows with the time they were measured.
 """
 
 import json
@@ -55,25 +55,39 @@ class ReliabilityReport:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / "reliability.json"
-        fresh = {f.key for f in self.figures}
-        kept = [f for f in _load(path) if f.key not in fresh]
-        figures = sorted(kept + self.figures, key=lambda f: f.key)
-        body = {"commit": _commit(), "figures": [asdict(f) for f in figures]}
+        fresh_tests = {f.test for f in self.figures}
+        kept = [f for f in _load(path) if f.test not in fresh_tests]
+        figures = sorted(kept + self.figures, key=lambda f: f.scenario)  # stable: as recorded
+        commit = _commit()
+        body = {"commit": commit, "figures": [asdict(f) for f in figures]}
         path.write_text(json.dumps(body, indent=2) + "\n")
-        (self.directory / "reliability.md").write_text(markdown_table(figures))
+        (self.directory / "reliability.md").write_text(markdown_report(figures, commit))
         return path
 
 
-def markdown_table(figures: list[Figure]) -> str:
+def markdown_report(figures: list[Figure], commit: str) -> str:
+    """One table per scenario: figure, value, goal, and how the test that measured it ended."""
+    failed = sum(f.outcome != "passed" for f in figures)
+    tests = len({f.test for f in figures})
+    verdict = "all from passing tests" if not failed else f"{failed} from tests that did not pass"
     lines = [
-        "| scenario | figure | value | goal | test outcome | measured |",
-        "|---|---|---|---|---|---|",
+        "# Reliability figures",
+        "",
+        f"{len(figures)} figures from {tests} tests at commit {commit}: {verdict}.",
     ]
-    for f in figures:
-        value = _format(f.value)
-        lines.append(
-            f"| {f.scenario} | {f.figure} | {value} | {f.goal} | {f.outcome} | {f.measured_at} |"
-        )
+    for scenario in sorted({f.scenario for f in figures}):
+        rows = [f for f in figures if f.scenario == scenario]
+        when = sorted(f.measured_at for f in rows)
+        lines += [
+            "",
+            f"## {scenario}",
+            "",
+            f"Measured {when[0]}" + (f" to {when[-1]}" if when[-1] != when[0] else "") + ".",
+            "",
+            "| figure | value | goal | test |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {f.figure} | {_format(f.value)} | {f.goal} | {f.outcome} |" for f in rows]
     return "\n".join(lines) + "\n"
 
 
