@@ -30,7 +30,7 @@ from pipelines.serve_cli import serve as serve_command
 from serving.batching import Coalescer
 from serving.metrics import ModelGauges
 from serving.middleware import BoundedRequests
-from serving.model_state import FileChampion, ModelState, save_champion_file
+from serving.model_state import FailureLog, FileChampion, ModelState, save_champion_file
 from serving.process import SERVICE_NAME, bentoml_overrides
 from serving.service import IntentClassifier
 from serving.settings import ServingSettings
@@ -534,3 +534,24 @@ def test_the_vectorised_path_answers_like_the_per_text_path(examples, batch_mode
         )
         == []
     )
+
+
+def test_a_run_of_failed_reloads_logs_one_traceback_then_one_line_each_then_the_recovery(caplog):
+    failures = FailureLog("reading the batch champion")
+    caplog.set_level("INFO", logger="serving.model_state")
+    for _ in range(3):
+        try:
+            try:
+                raise ConnectionRefusedError(111, "Connection refused")
+            except ConnectionRefusedError as cause:
+                raise RuntimeError("API request to http://mlflow failed after 5 retries") from cause
+        except RuntimeError as exc:
+            failures.failed("reading the batch champion", exc)
+    failures.succeeded()
+    failures.succeeded()
+    records = caplog.records
+    assert [r.levelname for r in records] == ["WARNING"] * 3 + ["INFO"]
+    assert [r.exc_info is not None for r in records[:3]] == [True, False, False]
+    assert "<- ConnectionRefusedError: [Errno 111] Connection refused" in records[2].getMessage()
+    assert "3 in a row" in records[2].getMessage()
+    assert "works again after 3 failed attempts" in records[3].getMessage()
