@@ -24,7 +24,7 @@ from models.registry import ChampionModel
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
 from pipelines.signals import raise_drift_signal
-from streams.consumer import Consumed, EventReader
+from streams.consumer import MAX_POLL_RECORDS, Consumed, EventReader
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,12 @@ class SpeedLayer:
         self._events_at_snapshot = self.state.events_learnt
         return snapshot
 
+    def _records_to_snapshot(self) -> int:
+        """Poll no further than the next snapshot, so snapshots come every N events, not every
+        N rounded up to a whole poll."""
+        learnt_since = self.state.events_learnt - self._events_at_snapshot
+        return max(1, min(MAX_POLL_RECORDS, self.settings.snapshot_every_events - learnt_since))
+
     def _snapshot_due(self) -> bool:
         if self.reader.positions == self._saved_offsets:
             return False
@@ -232,7 +238,7 @@ class SpeedLayer:
         idle_since = time.monotonic()
         while not stop.is_set():
             self._check_champion()
-            consumed = self.reader.poll(timeout_ms=200)
+            consumed = self.reader.poll(timeout_ms=200, max_records=self._records_to_snapshot())
             if consumed:
                 idle_since = time.monotonic()
                 self.learn(consumed)

@@ -19,6 +19,8 @@ from streams.schema import InvalidEvent, QueryEvent, parse_event
 
 log = logging.getLogger(__name__)
 
+MAX_POLL_RECORDS = 5000
+
 
 @dataclass(frozen=True)
 class Consumed:
@@ -36,7 +38,7 @@ def make_consumer(settings: KafkaSettings, group_id: str, **overrides) -> KafkaC
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "max_poll_records": 5000,
+        "max_poll_records": MAX_POLL_RECORDS,
         "fetch_max_bytes": 16 * 1024 * 1024,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "client_id": f"lambda-ml-{group_id}",

@@ -19,6 +19,7 @@ from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
 pytestmark = pytest.mark.integration
 
 EVENTS = 40_000
+KILLS = 10
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
         KAFKA_TOPIC=stream.topic,
         KAFKA_DLQ_TOPIC=stream.dlq_topic,
         SPEED_SNAPSHOT_DIR=snapshots,
-        SPEED_SNAPSHOT_EVERY_EVENTS=2000,
+        SPEED_SNAPSHOT_EVERY_EVENTS=1000,
         SPEED_SIGNAL_DIR=tmp_path / "signals",
         SPEED_GROUP_ID="interrupted",
         MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
@@ -90,18 +91,20 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     store = LocalSnapshotStore(snapshots)
     rng = random.Random(11)
     kills = 0
-    for _ in range(10):
+    for _ in range(2 * KILLS):  # a job that ends before its kill is started again
+        if kills == KILLS:
+            break
         before = store.latest_sequence() or 0
         kills += kill_mid_work(
             ["speed", "--idle-exit", "3"],
             env,
             working=lambda before=before: (store.latest_sequence() or 0) > before,
             rng=rng,
-            max_delay_s=0.5,
+            max_delay_s=0.2,
         )
     scenario = "speed worker kill -9 at random points"
-    reliability(scenario, "kills landed mid-work", kills, ">= 5 of 10")
-    assert kills >= 5, f"only {kills} kills landed mid-work: make the stream longer"
+    reliability(scenario, "kills landed mid-work", kills, f"= {KILLS}")
+    assert kills == KILLS, f"only {kills} kills landed mid-work: make the stream longer"
     run_to_end(["speed", "--idle-exit", "3"], env)
     restarted = store.latest()
     texts = probe_texts()
