@@ -38,7 +38,7 @@ test: setup system-deps
 
 # Only the fault-injection and bad-input tests; their figures go to reports/reliability.{json,md}
 # (`make test` runs them too and writes the same report).
-reliability: setup system-deps
+reliability: setup
 	$(CLI) kafka fetch
 	$(PY) -m pytest -m reliability tests
 
