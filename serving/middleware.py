@@ -7,8 +7,9 @@
   `SERVING_MAX_BODY_BYTES` is a 413: at once when its Content-Length says so, else as soon as
   that many bytes have come.
 - Time: a client that declared a body and sent less of it held its request until BentoML's
-  30 s request timeout answered a 504, a server error for the client's fault. A body not all
-  there `SERVING_BODY_TIMEOUT_S` after the request began is a 408.
+  request timeout (`serving.settings.REQUEST_TIMEOUT_S`) answered a 504, a server error for the
+  client's fault. A body not all there `SERVING_BODY_TIMEOUT_S` after the request's headers
+  were complete is a 408.
 - Headers: a header block over `SERVING_MAX_HEADER_BYTES` is a 431. The HTTP parser itself
   refuses a larger one that arrives in pieces with a plain 400, so the limit is its 16 KiB.
 
@@ -23,6 +24,7 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.schemas import error_body
 from serving.settings import ServingSettings
 
 _READ_AS_JSON = (b"application/json", b"text/plain", b"application/octet-stream")
@@ -50,7 +52,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _refuse(send: Send, status: HTTPStatus, message: str, field: str) -> None:
-    body = json.dumps({"error": message, "detail": [{"loc": [field], "msg": message}]}).encode()
+    body = json.dumps(error_body(message, field)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -72,7 +74,8 @@ class _BodyTooLarge(Exception):
 class BoundedRequests:
     """Answer 431, 413 or 408 to a request whose headers or body are too large or too slow.
 
-    The body of a request that passes is read here, whole, and handed on in one message.
+    The body of a request that passes is read here, whole, and handed on in one message; the
+    body timeout runs from this middleware's call, once the HTTP server has all the headers.
     """
 
     def __init__(self, app: ASGIApp, settings: ServingSettings | None = None) -> None:

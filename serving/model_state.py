@@ -124,11 +124,12 @@ class FailureLog:
         self.step = step
         self.failures = 0
 
-    def failed(self, what: str, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, what: str | None = None) -> None:
+        """Log `exc`: `what` failed, the step itself unless a part of it is named."""
         self.failures += 1
         log.warning(
             "%s failed (%s; %d in a row); keeping the models in use",
-            what,
+            self.step if what is None else what,
             _reason(exc),
             self.failures,
             exc_info=exc if self.failures == 1 else None,
@@ -199,7 +200,7 @@ class ModelState:
                 return False
             snapshot = self.snapshots.latest()
         except Exception as exc:
-            self._snapshot_failures.failed("loading the speed snapshot", exc)
+            self._snapshot_failures.failed(exc)
             return False
         self._snapshot_failures.succeeded()
         if snapshot is None:
@@ -221,7 +222,7 @@ class ModelState:
         try:
             info = self.champions.current()
         except Exception as exc:
-            self._champion_failures.failed("looking up the batch champion", exc)
+            self._champion_failures.failed(exc, "looking up the batch champion")
             return False
         if info is None or info == self._rejected_champion:
             self._champion_failures.succeeded()
@@ -239,7 +240,7 @@ class ModelState:
                 champion = self.champions.load(info)
             except Exception as exc:
                 what = f"loading batch champion {info.name} version {info.version}"
-                self._champion_failures.failed(what, exc)
+                self._champion_failures.failed(exc, what)
                 return False
         self._champion_failures.succeeded()
         if not self._swap(replace(self.current, champion=champion)):

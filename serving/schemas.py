@@ -4,7 +4,7 @@ Inputs are validated here and only here (by BentoML with these models), so the p
 can trust every text it gets: 1 to 1,000 characters after trimming, like a `queries` event.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
 
@@ -62,3 +62,10 @@ class Prediction(BaseModel):
 
 class Predictions(RootModel[list[Prediction]]):
     """The answer of `/predict_batch`: one prediction per text, in order."""
+
+
+def error_body(message: str, field: str | None = None) -> dict[str, Any]:
+    """An error answer shaped like BentoML's own validation errors: `error`, and `detail` as a
+    list of `{loc, msg}` naming the field at fault (empty when no field is)."""
+    detail = [{"loc": [field], "msg": message}] if field else []
+    return {"error": message, "detail": detail}

@@ -9,9 +9,11 @@ process runs), `/readyz` (503 until a model can answer), `/metrics` and the Open
 (`/docs.json`). Invalid input is a 400 naming the field (BentoML's validation status), too many
 texts a 413, a body that is not JSON a 415, and no usable model a 503 that says so; before
 BentoML parses anything, a body over `SERVING_MAX_BODY_BYTES` is a 413, a body not all sent
-within `SERVING_BODY_TIMEOUT_S` a 408 and headers over `SERVING_MAX_HEADER_BYTES` a 431.
+within `SERVING_BODY_TIMEOUT_S` of the request's headers a 408 and headers over
+`SERVING_MAX_HEADER_BYTES` a 431.
 """
 
+import functools
 import gc
 import logging
 import math
@@ -36,8 +38,14 @@ from serving.model_state import (
     RegistryChampion,
 )
 from serving.predict import NoModelError, predict_texts
-from serving.schemas import PredictBatchRequest, Prediction, Predictions, PredictRequest
-from serving.settings import ServingSettings
+from serving.schemas import (
+    PredictBatchRequest,
+    Prediction,
+    Predictions,
+    PredictRequest,
+    error_body,
+)
+from serving.settings import REQUEST_TIMEOUT_S, ServingSettings
 
 PROBE_TEXT = "set an alarm for seven tomorrow morning"
 
@@ -63,20 +71,36 @@ def tune_gc() -> None:
     gc.set_threshold(10_000)
 
 
+@functools.cache
+def _input_models() -> frozenset[str]:
+    """The names of the models BentoML validates the endpoints' request bodies with (it wraps
+    `PredictRequest` in a `PredictRequestIODescriptor`, and so on), which are the `title` of
+    their validation errors; an error of a model the service builds itself is titled with that
+    model's own name (`Prediction`)."""
+    apis = cast(bentoml.Service, IntentClassifier).apis.values()
+    return frozenset(api.input_spec.__name__ for api in apis)
+
+
 def _not_a_client_error(record: logging.LogRecord) -> bool:
-    """BentoML logs every request that fails validation as an ERROR with a traceback; that is
-    the client's mistake, already answered with a 400 naming the field and counted in the
-    request metrics, and under a fuzzer or a broken client it would bury the real errors."""
-    return not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+    """False for the log record of a request body that failed validation.
+
+    BentoML logs every request that fails validation as an ERROR with a traceback; that is the
+    client's mistake, already answered with a 400 naming the field and counted in the request
+    metrics, and under a fuzzer or a broken client it would bury the real errors. BentoML also
+    answers 400 to a validation error raised by the service's own code (a `Prediction` it
+    failed to build): that one is a server bug and stays in the log.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(exc, ValidationError) and exc.title in _input_models())
 
 
 def _error(status: HTTPStatus, message: str, field: str | None = None) -> JSONResponse:
-    """An error body shaped like BentoML's own validation errors (`error`, `detail[].loc`)."""
-    detail = [{"loc": [field], "msg": message}] if field else []
-    return JSONResponse({"error": message, "detail": detail}, status_code=status)
+    return JSONResponse(error_body(message, field), status_code=status)
 
 
-@bentoml.service(workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(
+    workers=1, traffic={"timeout": REQUEST_TIMEOUT_S}, logging={"access": {"enabled": False}}
+)
 class IntentClassifier:
     """Intent classification: the batch champion blended with the speed layer's snapshot.
 

@@ -4,6 +4,8 @@ the real BentoML server, and a client that keeps it busy."""
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
@@ -175,3 +177,19 @@ class Traffic(threading.Thread):
     def latest(self, count: int) -> list[dict]:
         """The models of the last `count` answers (fewer while there are not so many)."""
         return [models for _, models in self.answers[-count:]]
+
+
+@contextmanager
+def running_traffic(url: str, clients: int = 1) -> Iterator[list[Traffic]]:
+    """`clients` `Traffic` threads sending to `url` for the length of the block, then stopped
+    and joined (they keep what they saw for the checks after it)."""
+    traffic = [Traffic(url) for _ in range(clients)]
+    for client in traffic:
+        client.start()
+    try:
+        yield traffic
+    finally:
+        for client in traffic:
+            client.halt.set()
+        for client in traffic:
+            client.join(15)

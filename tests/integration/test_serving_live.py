@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 from tests.integration.live_service import (
-    Traffic,
     fit_batch,
     register,
+    running_traffic,
     serving_process,
     training_rows,
     wait_until,
@@ -41,9 +41,7 @@ def test_hot_swap_under_load_fails_no_request(mlflow_server: str, tmp_path: Path
     server = serving_process(mlflow_server, name, snapshots, tmp_path)
     with server:
         server.wait_ready(timeout_s=180)
-        traffic = Traffic(server.url)
-        traffic.start()
-        try:
+        with running_traffic(server.url) as (traffic,):
             # Ready means some model answers; the champion's download may still be going on.
             wait_until(lambda: [m["batch_version"] for m in traffic.latest(20)] == [first] * 20)
             assert {source for source, _ in traffic.answers[-20:]} == {"blend"}
@@ -62,9 +60,6 @@ def test_hot_swap_under_load_fails_no_request(mlflow_server: str, tmp_path: Path
 
             wait_until(lambda: all(all_new(m) for m in traffic.latest(40)))
             switch_s = time.monotonic() - swapped_at
-        finally:
-            traffic.halt.set()
-            traffic.join(15)
 
         assert traffic.failures == []
         assert len(traffic.answers) > 100

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 from river import feature_extraction, naive_bayes
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -32,6 +33,7 @@ from serving.metrics import ModelGauges
 from serving.middleware import BoundedRequests
 from serving.model_state import FailureLog, FileChampion, ModelState, save_champion_file
 from serving.process import SERVICE_NAME, bentoml_overrides
+from serving.schemas import Prediction
 from serving.service import IntentClassifier
 from serving.settings import ServingSettings
 from streams.dataset import CLINC150_DATA, load_dataset
@@ -187,6 +189,34 @@ def test_bad_batch_requests_are_4xx_naming_the_field(both, body, field, status):
     response = both.post("/predict_batch", json=body)
     assert response.status_code == status
     assert field in [loc for error in response.json()["detail"] for loc in error["loc"]]
+
+
+def logged_validation_errors(caplog) -> list[ValidationError]:
+    return [
+        r.exc_info[1]
+        for r in caplog.records
+        if r.exc_info and isinstance(r.exc_info[1], ValidationError)
+    ]
+
+
+def test_bad_input_is_not_logged_but_a_validation_error_of_the_service_is(
+    both, monkeypatch, caplog
+):
+    """BentoML answers 400 to any ValidationError and logs it with a traceback: a bad request
+    body is the client's fault and is kept out of the log, but one raised while the service
+    builds its answer is a server bug and must stay in it."""
+    caplog.set_level("ERROR", logger="bentoml._internal.server.http_app")
+    assert both.post("/predict", json={"text": ""}).status_code == 400
+    assert both.post("/predict_batch", json={"texts": [3]}).status_code == 400
+    assert logged_validation_errors(caplog) == []
+
+    def incomplete_predictions(models, texts, **limits):
+        return [Prediction(intent="alarm") for _ in texts]  # fields missing: ValidationError
+
+    monkeypatch.setattr("serving.service.predict_texts", incomplete_predictions)
+    assert both.post("/predict", json={"text": "set an alarm"}).status_code == 400
+    assert both.post("/predict_batch", json={"texts": ["set an alarm"]}).status_code == 400
+    assert [e.title for e in logged_validation_errors(caplog)] == ["Prediction", "Prediction"]
 
 
 def test_a_text_of_exactly_1000_characters_after_trimming_is_accepted(both):
@@ -546,12 +576,15 @@ def test_a_run_of_failed_reloads_logs_one_traceback_then_one_line_each_then_the_
             except ConnectionRefusedError as cause:
                 raise RuntimeError("API request to http://mlflow failed after 5 retries") from cause
         except RuntimeError as exc:
-            failures.failed("reading the batch champion", exc)
+            failures.failed(exc)
     failures.succeeded()
     failures.succeeded()
     records = caplog.records
     assert [r.levelname for r in records] == ["WARNING"] * 3 + ["INFO"]
     assert [r.exc_info is not None for r in records[:3]] == [True, False, False]
+    # Named by the step the FailureLog was made for, as no other was given.
+    failed = [r.getMessage() for r in records[:3]]
+    assert all(m.startswith("reading the batch champion failed (") for m in failed)
     assert "<- ConnectionRefusedError: [Errno 111] Connection refused" in records[2].getMessage()
     assert "3 in a row" in records[2].getMessage()
     assert "works again after 3 failed attempts" in records[3].getMessage()
