@@ -93,10 +93,13 @@ class LocalSnapshotStore:
     def latest(self) -> SpeedSnapshot | None:
         """The newest snapshot. One a writer removed between listing and opening (it keeps only
         `keep`) has been replaced by a newer one, so the listing is simply read again."""
-        while (sequence := self.latest_sequence()) is not None:
+        for _ in range(5):  # each miss means a newer snapshot was saved meanwhile
+            sequence = self.latest_sequence()
+            if sequence is None:
+                return None
             try:
                 with self._path(sequence).open("rb") as handle:
                     return pickle.load(handle)
             except FileNotFoundError:
                 continue
-        return None
+        raise FileNotFoundError(f"no snapshot in {self.directory} could be opened")

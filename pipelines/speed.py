@@ -86,7 +86,9 @@ class SpeedState:
         }
         views = {"speed": self.scores.speed, "batch": self.scores.batch, "blend": self.scores.blend}
         for name, score in views.items():
-            if score.seen:  # no batch figures before the first champion
+            # Each view once it has scored an event: no batch figures before the first
+            # champion, and the blend, until then, is the speed model's answer.
+            if score.seen:
                 figures |= {
                     f"{name}_accuracy": score.accuracy,
                     f"{name}_window_accuracy": score.last_window_accuracy,
@@ -139,6 +141,7 @@ class SpeedLayer:
         self.detector = drift.ADWIN()  # a new champion's error starts a new history
         self.reader.seek(offsets)
         self._pending_ts.clear()
+        self._events_at_snapshot = self._events_at_report = 0  # the count starts again
 
     def _check_champion(self) -> None:
         champion = self.champion_source()

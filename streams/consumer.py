@@ -20,6 +20,9 @@ from streams.schema import InvalidEvent, QueryEvent, parse_event
 log = logging.getLogger(__name__)
 
 MAX_POLL_RECORDS = 5000
+# Progress reports (commits, lag) wait this long for the broker at most, not the client's 30 s:
+# they are informational, and the loop has events to get on with.
+REPORT_TIMEOUT_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ class EventReader:
                 {
                     TopicPartition(self._settings.topic, p): OffsetAndMetadata(o, "", -1)
                     for p, o in positions.items()
-                }
+                },
+                timeout_ms=REPORT_TIMEOUT_MS,
             )
         except KafkaError as exc:
             log.warning("could not report progress to the consumer group: %s", exc)
@@ -130,7 +134,7 @@ class EventReader:
     def lag(self) -> int | None:
         """Events on the topic not yet read by this reader; None while the broker is away."""
         try:
-            ends = self._consumer.end_offsets(self.partitions)
+            ends = self._consumer.end_offsets(self.partitions, timeout_ms=REPORT_TIMEOUT_MS)
         except KafkaError as exc:
             log.warning("could not read the topic's end offsets: %s", exc)
             return None
