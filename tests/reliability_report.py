@@ -8,6 +8,7 @@ figures do not linger) and keeps the other tests' rows with the time they were m
 
 import json
 import subprocess
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ class Figure:
     test: str
     measured_at: str
     outcome: str = "running"
+    commit: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -36,13 +38,14 @@ class ReliabilityReport:
     def __init__(self, directory: Path = REPORT_DIR) -> None:
         self.directory = directory
         self.figures: list[Figure] = []
+        self.commit = _commit()
 
     def record(
         self, test: str, scenario: str, figure: str, value: float | int | str, goal: str = ""
     ) -> None:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         self.figures = [f for f in self.figures if f.key != (scenario, figure)]
-        self.figures.append(Figure(scenario, figure, value, goal, test, now))
+        self.figures.append(Figure(scenario, figure, value, goal, test, now, commit=self.commit))
 
     def settle(self, test: str, outcome: str) -> None:
         """Mark the figures of `test` with how it ended (passed or failed)."""
@@ -58,22 +61,23 @@ class ReliabilityReport:
         fresh_tests = {f.test for f in self.figures}
         kept = [f for f in _load(path) if f.test not in fresh_tests]
         figures = sorted(kept + self.figures, key=lambda f: f.scenario)  # stable: as recorded
-        commit = _commit()
-        body = {"commit": commit, "figures": [asdict(f) for f in figures]}
+        body = {"figures": [asdict(f) for f in figures]}
         path.write_text(json.dumps(body, indent=2) + "\n")
-        (self.directory / "reliability.md").write_text(markdown_report(figures, commit))
+        (self.directory / "reliability.md").write_text(markdown_report(figures))
         return path
 
 
-def markdown_report(figures: list[Figure], commit: str) -> str:
+def markdown_report(figures: list[Figure]) -> str:
     """One table per scenario: figure, value, goal, and how the test that measured it ended."""
     failed = sum(f.outcome != "passed" for f in figures)
     tests = len({f.test for f in figures})
     verdict = "all from passing tests" if not failed else f"{failed} from tests that did not pass"
+    commits = Counter(f.commit or "unknown" for f in figures)
+    at = ", ".join(f"{c} ({n} figures)" for c, n in commits.most_common())
     lines = [
         "# Reliability figures",
         "",
-        f"{len(figures)} figures from {tests} tests at commit {commit}: {verdict}.",
+        f"{len(figures)} figures from {tests} tests, {verdict}; measured at commit {at}.",
     ]
     for scenario in sorted({f.scenario for f in figures}):
         rows = [f for f in figures if f.scenario == scenario]

@@ -16,7 +16,7 @@ from streams.master_dataset import history
 from streams.producer import make_producer
 from tests.fuzz_events import FuzzEvent, fuzz_corpus
 from tests.integration.cli_processes import RunningJobs, caught_up, run_to_end, stream_jobs_env
-from tests.integration.kafka_reading import read_all
+from tests.integration.kafka_reading import end_offsets, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -87,9 +87,7 @@ def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_ex
     for event in corpus:
         raw_producer.send(settings.topic, value=event.raw)
     raw_producer.close()
-    ends = {p: 0 for p in range(3)}
-    for record in read_all(settings.bootstrap, settings.topic, len(corpus)):
-        ends[record.partition] = max(ends[record.partition], record.offset + 1)
+    ends = end_offsets(settings.bootstrap, settings.topic)
 
     snapshots, master = tmp_path / "snapshots", tmp_path / "master"
     env = stream_jobs_env(settings, tmp_path)
