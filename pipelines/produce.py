@@ -92,8 +92,8 @@ def run_produce(settings: KafkaSettings, options: ReplayOptions, console: Consol
 
 def raw_event_lines(path: Path) -> list[bytes]:
     """The lines of a file of raw events, as bytes: nothing is decoded or checked here, so a
-    bad line reaches the dead-letter topic exactly as it was (a final newline ends the last
-    line and does not start an empty one)."""
+    bad line reaches the dead-letter topic as it was, less its line ending (`\n` or `\r\n`; a
+    final newline ends the last line and does not start an empty one)."""
     lines = path.read_bytes().split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

@@ -43,7 +43,7 @@ def serve(
     host, port = host or settings.host, port or settings.port
     # BentoML keeps /metrics in files under $BENTOML_HOME and empties them when a server
     # starts: two servers on one host sharing the default home wipe each other's metrics.
-    os.environ.setdefault("BENTOML_HOME", str(Path("var/bentoml") / f"port-{port}"))
+    os.environ.setdefault("BENTOML_HOME", str(Path("var/bentoml", f"port-{port}").resolve()))
     argv = bentoml_argv(SERVICE_TARGET, port, host)
     typer.echo(f"serving {SERVICE_TARGET} on http://{host}:{port} ({workers} workers)")
     os.execv(argv[0], argv)
