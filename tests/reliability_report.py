@@ -73,11 +73,15 @@ def markdown_report(figures: list[Figure]) -> str:
     tests = len({f.test for f in figures})
     verdict = "all from passing tests" if not failed else f"{failed} from tests that did not pass"
     commits = Counter(f.commit or "unknown" for f in figures)
-    at = ", ".join(f"{c} ({n} figures)" for c, n in commits.most_common())
+    if len(commits) == 1:
+        at = f"commit {next(iter(commits))}"
+    else:
+        counts = (f"{c} ({n} figure{'s' * (n != 1)})" for c, n in commits.most_common())
+        at = "commits " + ", ".join(counts)
     lines = [
         "# Reliability figures",
         "",
-        f"{len(figures)} figures from {tests} tests, {verdict}; measured at commit {at}.",
+        f"{len(figures)} figures from {tests} tests, {verdict}; measured at {at}.",
     ]
     for scenario in sorted({f.scenario for f in figures}):
         rows = [f for f in figures if f.scenario == scenario]

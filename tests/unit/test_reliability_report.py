@@ -26,3 +26,24 @@ def test_a_failed_test_marks_its_figures_and_a_rerun_replaces_only_its_rows(tmp_
         ("new name", "passed"),
     ]
     assert "all from passing tests" in (tmp_path / "reliability.md").read_text()
+
+
+def test_the_header_counts_figures_per_commit_only_when_they_span_several(tmp_path):
+    report = ReliabilityReport(tmp_path)
+    report.commit = "aaaaaaa"
+    report.record("t::a", "archiver", "events lost", 0)
+    report.record("t::a", "archiver", "events duplicated", 0)
+    report.settle("t::a", "passed")
+    report.commit = "bbbbbbb"
+    report.record("t::b", "broker", "sends failed", 0)
+    report.settle("t::b", "passed")
+    report.write()
+    mixed = (tmp_path / "reliability.md").read_text()
+    assert "commits aaaaaaa (2 figures), bbbbbbb (1 figure)" in mixed
+
+    rerun = ReliabilityReport(tmp_path)
+    rerun.commit = "bbbbbbb"
+    rerun.record("t::a", "archiver", "events lost", 0)
+    rerun.settle("t::a", "passed")
+    rerun.write()
+    assert "measured at commit bbbbbbb." in (tmp_path / "reliability.md").read_text()
