@@ -76,7 +76,7 @@ def markdown_report(figures: list[Figure]) -> str:
     if len(commits) == 1:
         at = f"commit {next(iter(commits))}"
     else:
-        counts = (f"{c} ({n} figure{'s' * (n != 1)})" for c, n in commits.most_common())
+        counts = (f"{c} ({n} figure{'s' if n != 1 else ''})" for c, n in commits.most_common())
         at = "commits " + ", ".join(counts)
     lines = [
         "# Reliability figures",
