@@ -1,0 +1,108 @@
+"""Which texts a model has trained on, so its scores can be split into first-seen and repeated.
+
+Query texts repeat: a model scored on a text it trained on measures memory, not understanding.
+Texts are compared after `normalise` (case and white space folded) by a stable 64-bit key, so
+the same key means the same text in every process, and a holdout split by key puts every
+repeat of a text on one side.
+"""
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["TextMemory", "in_holdout", "normalise", "text_key", "text_keys"]
+
+
+def normalise(text: str) -> str:
+    """The text as compared for repeats: lowercased, runs of white space folded to one space.
+
+    >>> normalise("  Book a  FLIGHT ")
+    'book a flight'
+    """
+    return " ".join(text.lower().split())
+
+
+def text_key(text: str) -> int:
+    """A stable unsigned 64-bit key of the normalised text (BLAKE2b, so not salted per process).
+
+    >>> text_key("Book a flight") == text_key("book  a flight")
+    True
+    """
+    digest = hashlib.blake2b(normalise(text).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def text_keys(texts: Iterable[str]) -> np.ndarray:
+    """`text_key` of each text, as a uint64 array."""
+    return np.fromiter((text_key(t) for t in texts), dtype=np.uint64)
+
+
+def in_holdout(texts: Iterable[str], fraction: float) -> np.ndarray:
+    """Whether each text falls in the holdout: the top 32 bits of its key, read as a number in
+    [0, 1), fall below `fraction`. Every repeat of a text, in any run, lands on the same side.
+
+    >>> in_holdout(["a", "a", "b"], 0.0).tolist(), in_holdout(["a", "b"], 1.0).tolist()
+    ([False, False, False], [True, True])
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the holdout fraction must lie in [0, 1]; got {fraction}")
+    position = (text_keys(texts) >> np.uint64(32)).astype(np.float64) / 2.0**32
+    return position < fraction
+
+
+class TextMemory:
+    """The set of normalised texts a model has trained on.
+
+    A frozen part (a sorted key array: 8 bytes a text, as a champion's training texts are
+    shipped) plus texts added since (as the speed model learns).
+
+    >>> memory = TextMemory.of(["set an alarm"])
+    >>> memory.add("what is the weather")
+    >>> "Set an  alarm" in memory, "what is the weather" in memory, "play jazz" in memory
+    (True, True, False)
+    >>> len(memory)
+    2
+    """
+
+    def __init__(self, keys: np.ndarray | None = None) -> None:
+        self._frozen = np.unique(np.asarray(keys, dtype=np.uint64)) if keys is not None else None
+        self._added: set[int] = set()
+
+    @classmethod
+    def of(cls, texts: Iterable[str]) -> "TextMemory":
+        return cls(text_keys(texts))
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and self.contains_key(text_key(text))
+
+    def contains_key(self, key: int) -> bool:
+        if key in self._added:
+            return True
+        frozen = self._frozen
+        if frozen is None or not len(frozen):
+            return False
+        at = int(np.searchsorted(frozen, np.uint64(key)))
+        return at < len(frozen) and int(frozen[at]) == key
+
+    def add(self, text: str) -> None:
+        self.add_key(text_key(text))
+
+    def add_key(self, key: int) -> None:
+        if not self.contains_key(key):
+            self._added.add(key)
+
+    def __len__(self) -> int:
+        return len(self._added) + (0 if self._frozen is None else len(self._frozen))
+
+    def keys(self) -> np.ndarray:
+        """Every key, sorted: what `TextMemory(keys)` rebuilds the memory from."""
+        added = np.fromiter(self._added, dtype=np.uint64, count=len(self._added))
+        frozen = self._frozen if self._frozen is not None else np.zeros(0, dtype=np.uint64)
+        return np.unique(np.concatenate([frozen, added]))
+
+    def __getstate__(self) -> dict:
+        return {"keys": self.keys()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["keys"])  # type: ignore[misc]
