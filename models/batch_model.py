@@ -10,31 +10,8 @@ The master dataset repeats texts (replays, popular queries). `count_examples` st
 batches into distinct (text, intent) pairs with counts, and `DistinctRowsClassifier` fits on
 those pairs with the counts as weights: exactly the model the repeated rows would give.
 
-How the defaults were chosen (`bench/batch_model_search.py`, figures in
-`bench/results/batch_model_search.json`): candidates fitted on CLINC150 `train` and scored on
-`val` (150 in-scope intents), then the chosen one fitted on train+val and checked once on `test`.
-
-=================================================  =======  ============
-candidate                                          val acc  val log loss
-=================================================  =======  ============
-word 1-2, LinearSVC (temperature-calibrated)       0.908    0.460
-+ char_wb 2-4                                      0.932    0.315
-+ one-letter words kept, min_df=2                  0.935    0.295
-+ naive Bayes averaged in, 3 calibration folds     0.940    0.250
-+ naive Bayes averaged in, 2 folds (the defaults)  0.939    0.248
-=================================================  =======  ============
-
-The defaults on `test`: accuracy 0.942, log loss 0.252, expected calibration error 0.015.
-
-Tried and dropped in one-off runs with the same protocol (val accuracy of a plain LinearSVC on
-the same features unless noted): char_wb 1-4, 1-5, 2-5, 3-4 or 3-5 (0.931-0.934); word 1-3
-(0.930); `char` instead of `char_wb` (0.929); C from 0.5 to 2 (no gain); Crammer-Singer SVM
-(0.936, five times slower); multinomial LogisticRegression, C 10-30 (0.927-0.932, 3-10 times
-slower: lbfgs over 150 classes); SGD with modified_huber (0.916) or log loss (0.925);
-ComplementNB (0.84) or MultinomialNB (0.913) alone; RidgeClassifier (0.884); one vectorizer for
-both n-gram kinds, normalised jointly (0.933 with naive Bayes; faster to predict); naive Bayes
-weight 0.2-0.4 and alpha 0.01-0.1 (0.938-0.940). Sigmoid calibration of the SVM had a worse log
-loss (0.361) than temperature scaling (0.292-0.302).
+The defaults were chosen on CLINC150's `val` split by `bench/batch_model_search.py`; the
+candidates and their scores are in `bench/results/batch_model_search.md`.
 """
 
 import numbers
@@ -73,13 +50,14 @@ __all__ = [
     "TemperatureCalibratedClassifier",
     "build_batch_model",
     "count_examples",
+    "vocabulary_size",
     "count_examples_from_pairs",
     "fit_on_counts",
 ]
 
 TOKEN_PATTERN = r"(?u)\b\w+\b"
 """Words of any length: scikit-learn's default pattern drops one-letter words such as "i" and
-"a"; keeping them gained 0.3 points of val accuracy."""
+"a", which carry intent in queries ("i want", "a taxi")."""
 
 # Counts held per batch are merged once they outgrow twice the merged table plus this many rows.
 _MERGE_SLACK = 100_000
@@ -164,6 +142,35 @@ def fit_on_counts(
     return model.fit(texts, intents, sample_weight=weights)
 
 
+def vocabulary_size(model: BaseEstimator) -> int:
+    """The number of n-grams the fitted text vectorisers of `model` kept (0 if it has none).
+
+    >>> texts, labels = ["book a flight", "play a song"], ["travel", "music"]  # 5 words, 4 pairs
+    >>> vocabulary_size(build_batch_model(min_df=1, char_ngram_range=None).fit(texts, labels))
+    9
+    """
+    found = [
+        len(part.vocabulary_)
+        for part in _walk(model)
+        if isinstance(part, TfidfVectorizer) and hasattr(part, "vocabulary_")
+    ]
+    return sum(found)
+
+
+def _walk(estimator) -> Iterable:
+    """`estimator` and every fitted estimator nested in it (pipelines, unions, meta-estimators)."""
+    yield estimator
+    children: list = []
+    if hasattr(estimator, "estimator_"):
+        children.append(estimator.estimator_)
+    if isinstance(estimator, Pipeline):
+        children += [step for _, step in estimator.steps]
+    if isinstance(estimator, FeatureUnion):
+        children += [part for _, part in estimator.transformer_list]
+    for child in children:
+        yield from _walk(child)
+
+
 def count_examples(
     batches: Iterable[pa.RecordBatch | pa.Table],
 ) -> tuple[list[str], list[str], np.ndarray]:
@@ -226,8 +233,8 @@ class ColumnMajorMultinomialNB(MultinomialNB):
     """`MultinomialNB` with its log probabilities stored column-major after `fit`.
 
     Scoring computes `X @ feature_log_prob_.T`; with the default row-major layout scipy copies
-    the whole (classes x features) matrix on every call: 17 ms for one text with 150 intents
-    and 25k features, against 0.2 ms here. Values and API are unchanged.
+    the whole (classes x features) matrix on every call, which dominates the cost of scoring one
+    text. Values and API are unchanged.
     """
 
     feature_log_prob_: np.ndarray

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from models.texts import TextMemory
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -49,8 +52,13 @@ def fetch_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
 
     Connection failures propagate: a caller that polls keeps what it has and tries again.
     """
+    return fetch_alias(client, name, CHAMPION)
+
+
+def fetch_alias(client: MlflowClient, name: str, alias: str) -> ChampionInfo | None:
+    """The version `alias` points at (as `fetch_champion` does for the champion), or None."""
     try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
+        version = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -64,12 +72,19 @@ def fetch_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
     )
 
 
-class ChampionModel:
-    """A loaded batch champion: its registry facts and a vectorised predict_proba over texts."""
+TRAINING_TEXTS_ARTIFACT = "lineage/training_texts.npy"
+"""Keys (`models.texts.text_key`) of the texts a version trained on, logged on its run, so the
+speed layer can tell the champion's first-seen texts from its repeats."""
 
-    def __init__(self, info: ChampionInfo, estimator) -> None:
+
+class ChampionModel:
+    """A loaded batch champion: its registry facts, a vectorised predict_proba over texts, and
+    the texts it trained on (None when its run did not record them)."""
+
+    def __init__(self, info: ChampionInfo, estimator, training_texts: TextMemory | None = None):
         self.info = info
         self.estimator = estimator
+        self.training_texts = training_texts
         self.classes: list[str] = [str(c) for c in estimator.classes_]
         self.known = frozenset(self.classes)
 
@@ -81,8 +96,9 @@ class ChampionModel:
         return [dict(zip(self.classes, row.tolist(), strict=True)) for row in matrix]
 
 
-def load_champion(info: ChampionInfo) -> ChampionModel:
-    """Download and load the champion's scikit-learn model from the registry.
+def load_champion(info: ChampionInfo, with_training_texts: bool = False) -> ChampionModel:
+    """Download and load the champion's scikit-learn model from the registry, and with
+    `with_training_texts` the keys of the texts it trained on (if its run recorded them).
 
     MLflow refuses to unpickle models unless told to: the registry is this pipeline's own, and
     the models in it are the ones its batch layer wrote, so they are trusted.
@@ -92,7 +108,21 @@ def load_champion(info: ChampionInfo) -> ChampionModel:
 
     MLFLOW_ALLOW_PICKLE_DESERIALIZATION.set("true")
     with fluent_mlflow(info.tracking_uri):
-        return ChampionModel(info, mlflow.sklearn.load_model(info.model_uri))
+        estimator = mlflow.sklearn.load_model(info.model_uri)
+        texts = _training_texts(info) if with_training_texts and info.run_id else None
+    return ChampionModel(info, estimator, texts)
+
+
+def _training_texts(info: ChampionInfo) -> TextMemory | None:
+    import mlflow.artifacts
+
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=info.run_id, artifact_path=TRAINING_TEXTS_ARTIFACT
+        )
+    except MlflowException:
+        return None  # a version registered before runs recorded their texts
+    return TextMemory(np.load(path))
 
 
 @contextmanager

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipelines.promotion import GateRules
+
 
 class MlflowSettings(BaseSettings):
     """The MLflow tracking server and registry.
@@ -31,7 +33,11 @@ class MlflowSettings(BaseSettings):
 
 
 class BatchSettings(BaseSettings):
-    """Where the history is and how a batch run splits, scores and promotes."""
+    """Where the history is and how a batch run splits, scores and promotes.
+
+    `holdout_fraction` of the distinct texts (by hash) are held out; keep it fixed, so that no
+    version ever trains on another's holdout. The `gate_*` settings are `GateRules`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
 
@@ -40,3 +46,10 @@ class BatchSettings(BaseSettings):
     min_accuracy: float = 0.5
     min_train_events: int = 100
     lock_path: Path = Path("var/locks/retrain.lock")
+    gate_alpha: float = 0.05
+    gate_max_intent_drop: float = 0.10
+    gate_min_intent_texts: int = 20
+
+    @property
+    def gate_rules(self) -> GateRules:
+        return GateRules(self.gate_alpha, self.gate_max_intent_drop, self.gate_min_intent_texts)

@@ -13,30 +13,38 @@ from models.blend import LOSS_CAP
 
 @dataclass(frozen=True)
 class HoldoutScores:
-    accuracy: float
+    """A model's scores on the text-disjoint holdout.
+
+    The holdout shares no text with training, so each distinct text's first occurrence is a
+    first-seen text; its later occurrences are repeats within the holdout. The headline
+    (`first_seen_accuracy`, `macro_f1`, `log_loss`) counts each distinct text once; `accuracy`
+    counts every event, repeats included.
+    """
+
+    first_seen_accuracy: float
     macro_f1: float
     log_loss: float
+    accuracy: float
+    repeated_accuracy: float
+    first_seen_share: float
     rows: int
+    distinct_texts: int
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}{k}": float(v) for k, v in asdict(self).items()}
-
-    def beats(self, other: "HoldoutScores") -> bool:
-        """Higher accuracy wins; at equal accuracy, lower log loss does."""
-        if not math.isclose(self.accuracy, other.accuracy, abs_tol=1e-12):
-            return self.accuracy > other.accuracy
-        return self.log_loss < other.log_loss
+        return {
+            f"{prefix}{k}": float(v) for k, v in asdict(self).items() if not math.isnan(float(v))
+        }
 
 
 def score_holdout(
     estimator, texts: list[str], intents: list[str], weights: np.ndarray
-) -> tuple[HoldoutScores, list[str]]:
-    """Accuracy, macro-F1 and log loss of `estimator` on the holdout, and its predictions.
+) -> tuple[HoldoutScores, list[str], np.ndarray]:
+    """`estimator`'s scores on the holdout, its predictions, and whether each was right.
 
     The holdout comes as distinct (text, intent) pairs with how often each occurred, so each
-    text is predicted once and scored as many times as it was asked. Intents the model never
-    saw count as wrong with the capped loss, like anywhere else in the pipeline, so models
-    trained on different label sets are compared on equal terms.
+    text is predicted once. Intents the model never saw count as wrong with the capped loss,
+    like anywhere else in the pipeline, so models trained on different label sets are compared
+    on equal terms.
     """
     proba = estimator.predict_proba(texts)
     classes = [str(c) for c in estimator.classes_]
@@ -47,40 +55,41 @@ def score_holdout(
     )
     losses = np.minimum(LOSS_CAP, -np.log(np.maximum(p_true, 1e-300)))
     truth = np.asarray(intents)
+    right = np.asarray(predicted) == truth
+    repeats = weights - 1.0
     scores = HoldoutScores(
-        accuracy=float(np.average(np.asarray(predicted) == truth, weights=weights)),
-        macro_f1=float(
-            f1_score(truth, predicted, average="macro", zero_division=0, sample_weight=weights)
-        ),
-        log_loss=float(np.average(losses, weights=weights)),
+        first_seen_accuracy=float(right.mean()),
+        macro_f1=float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        log_loss=float(losses.mean()),
+        accuracy=float(np.average(right, weights=weights)),
+        repeated_accuracy=float(np.average(right, weights=repeats)) if repeats.sum() else math.nan,
+        first_seen_share=float(len(texts) / weights.sum()),
         rows=int(weights.sum()),
+        distinct_texts=len(texts),
     )
-    return scores, predicted
+    return scores, predicted, right
 
 
-def write_report_artifacts(
-    folder: Path, intents: list[str], weights: np.ndarray, predicted: list[str]
-) -> list[Path]:
-    """A per-intent report (JSON) and a confusion-matrix plot (PNG) of the weighted holdout."""
+def write_report_artifacts(folder: Path, intents: list[str], predicted: list[str]) -> list[Path]:
+    """A per-intent report (JSON) and a confusion-matrix plot (PNG) on the holdout's distinct
+    texts, each counted once: first-seen texts, as the gate sees them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    report = classification_report(
-        intents, predicted, output_dict=True, zero_division=0, sample_weight=weights
-    )
+    report = classification_report(intents, predicted, output_dict=True, zero_division=0)
     report_path = folder / "per_intent_report.json"
     report_path.write_text(json.dumps(report, indent=1, sort_keys=True))
 
     labels = sorted(set(intents) | set(predicted))
-    matrix = confusion_matrix(intents, predicted, labels=labels, sample_weight=weights)
+    matrix = confusion_matrix(intents, predicted, labels=labels).astype(np.float64)
     matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1.0)
     size = max(6.0, len(labels) * 0.09)
     figure, axes = plt.subplots(figsize=(size, size))
     axes.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
-    axes.set_title(f"Holdout confusion matrix (row-normalised, {int(weights.sum())} events)")
+    axes.set_title(f"Holdout confusion matrix (row-normalised, {len(intents)} first-seen texts)")
     axes.set_xlabel("predicted intent")
     axes.set_ylabel("true intent")
     axes.set_xticks(range(len(labels)), labels, rotation=90, fontsize=4)

@@ -2,8 +2,11 @@
 
 The cut-off is the archived offsets at the start of the run, recorded on the run and on the
 registered version, so the speed layer knows exactly which events the new model has seen.
-The newest slice of the history (by event time) is the holdout, never a random split. The
-alias `champion` moves only if the new version beats the current champion on that holdout.
+The holdout is split by a hash of the normalised text, so no text sits on both sides and every
+version's holdout shares no text with any version's training data. The alias `champion` moves
+only if the new version passes the gate of `pipelines.promotion` against the current champion
+on that holdout; otherwise it gets `challenger`. A run with nothing archived since the cut-off
+of the champion (or the challenger) registers nothing.
 """
 
 import hashlib
@@ -12,7 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
@@ -22,21 +25,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from mlflow import MlflowClient
 
-from models.batch_model import build_batch_model, count_examples, fit_on_counts
+from models.batch_model import build_batch_model, count_examples, fit_on_counts, vocabulary_size
 from models.registry import (
     CHALLENGER,
     CHAMPION,
     CUTOFF_TAG,
     TOPIC_TAG,
+    TRAINING_TEXTS_ARTIFACT,
     ChampionInfo,
     ChampionModel,
     encode_offsets,
+    fetch_alias,
     fetch_champion,
     fluent_mlflow,
     load_champion,
 )
+from models.texts import TextMemory, in_holdout
 from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
+from pipelines.promotion import Verdict, compare, first_version
 from pipelines.tracking import experiment_id, tracking_client
 from streams.master_dataset import archived_positions, history
 
@@ -72,6 +79,7 @@ class RetrainResult:
     champion_scores: HoldoutScores | None
     lineage: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
+    verdict: Verdict | None = None
 
 
 def _content_hash(paths: list[str], cutoff: dict[int, int]) -> str:
@@ -83,24 +91,6 @@ def _content_hash(paths: list[str], cutoff: dict[int, int]) -> str:
     return digest.hexdigest()
 
 
-def _holdout_threshold(keys: pa.Table, fraction: float) -> tuple[int, int, int]:
-    """The (ts, partition, offset) key from which the newest `fraction` of events begins."""
-    ts = keys["ts"].cast(pa.int64()).to_numpy()
-    partition = keys["partition"].to_numpy()
-    offset = keys["offset"].to_numpy()
-    order = np.lexsort((offset, partition, ts))
-    start = order[min(len(order) - 1, int(len(order) * (1 - fraction)))]
-    return int(ts[start]), int(partition[start]), int(offset[start])
-
-
-def _is_holdout(batch: pa.RecordBatch, threshold: tuple[int, int, int]) -> np.ndarray:
-    ts = batch["ts"].cast(pa.int64()).to_numpy()
-    partition = batch["partition"].to_numpy()
-    offset = batch["offset"].to_numpy()
-    t, p, o = threshold
-    return (ts > t) | ((ts == t) & ((partition > p) | ((partition == p) & (offset >= o))))
-
-
 def _row_ids(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     """One int64 per row from (partition, offset): unique across the whole topic."""
     partition = table["partition"].to_numpy().astype(np.int64)
@@ -110,7 +100,8 @@ def _row_ids(table: pa.Table | pa.RecordBatch) -> np.ndarray:
 def read_history_split(
     master_dir: Path, cutoff: dict[int, int], holdout_fraction: float
 ) -> HistorySplit:
-    """Labelled, de-duplicated history up to `cutoff`, split by time, read column-pruned in batches.
+    """Labelled, de-duplicated history up to `cutoff`, counted into distinct (text, intent)
+    rows and split by text hash (`models.texts.in_holdout`), read column-pruned in batches.
 
     Duplicate query ids are the same event: only the first (lowest partition, offset) counts.
     """
@@ -122,34 +113,40 @@ def read_history_split(
     keys = keys.sort_by([("partition", "ascending"), ("offset", "ascending")])
     repeated = pd.Series(keys["query_id"].to_numpy(zero_copy_only=False)).duplicated().to_numpy()
     dropped = _row_ids(keys)[repeated]
-    keys = keys.filter(pa.array(~repeated))
-    threshold = _holdout_threshold(keys, holdout_fraction)
-    holdout_parts: list[pa.Table] = []
 
-    def train_batches():
-        columns = ["text", "intent", *KEY_COLUMNS[1:]]
-        for batch in dataset.to_batches(columns=columns, filter=labelled):
-            keep = ~np.isin(_row_ids(batch), dropped)
-            holdout = _is_holdout(batch, threshold)
-            holdout_parts.append(pa.Table.from_batches([batch.filter(pa.array(holdout & keep))]))
-            yield batch.select(["text", "intent"]).filter(pa.array(~holdout & keep))
+    def kept_batches():
+        for batch in dataset.to_batches(
+            columns=["text", "intent", *KEY_COLUMNS[2:]], filter=labelled
+        ):
+            keep = ~np.isin(_row_ids(batch), dropped) if len(dropped) else None
+            rows = batch.select(["text", "intent"])
+            yield rows if keep is None else rows.filter(pa.array(keep))
 
-    texts, intents, weights = count_examples(train_batches())
-    holdout_texts, holdout_intents, holdout_weights = count_examples(holdout_parts)
+    texts, intents, weights = count_examples(kept_batches())
+    holdout = in_holdout(texts, holdout_fraction)
+    train, held = np.flatnonzero(~holdout), np.flatnonzero(holdout)
     ts = keys["ts"]
     lineage = {
-        "rows": str(keys.num_rows),
+        "rows": str(keys.num_rows - len(dropped)),
         "duplicates_dropped": str(len(dropped)),
-        "train_rows": str(int(weights.sum())),
-        "holdout_rows": str(int(holdout_weights.sum())),
-        "distinct_train_texts": str(len(texts)),
+        "train_rows": str(int(weights[train].sum())),
+        "holdout_rows": str(int(weights[held].sum())),
+        "distinct_train_texts": str(len(train)),
+        "distinct_holdout_texts": str(len(held)),
+        "holdout_split": f"text hash, fraction {holdout_fraction}",
         "ts_min": pc.min(ts).as_py().isoformat(),
         "ts_max": pc.max(ts).as_py().isoformat(),
         "cutoff_offsets": encode_offsets(cutoff),
         "content_hash": _content_hash(dataset.files, cutoff),
     }
     return HistorySplit(
-        texts, intents, weights, holdout_texts, holdout_intents, holdout_weights, lineage
+        [texts[i] for i in train],
+        [intents[i] for i in train],
+        weights[train],
+        [texts[i] for i in held],
+        [intents[i] for i in held],
+        weights[held],
+        lineage,
     )
 
 
@@ -160,26 +157,42 @@ PIP_REQUIREMENTS = [
 ]
 
 
-def _decide(
-    scores: HoldoutScores, champion_scores: HoldoutScores | None, min_accuracy: float
-) -> tuple[bool, str]:
-    """Promote or not, and why, in words that go on the run."""
-    if champion_scores is None:
-        verdict = scores.accuracy >= min_accuracy
-        relation = ">=" if verdict else "<"
-        return verdict, f"first version: accuracy {scores.accuracy:.4f} {relation} {min_accuracy}"
-    comparison = (
-        f"accuracy {scores.accuracy:.4f} vs {champion_scores.accuracy:.4f}, "
-        f"log loss {scores.log_loss:.4f} vs {champion_scores.log_loss:.4f}"
-    )
-    if scores.beats(champion_scores):
-        return True, f"beats the champion on the same holdout: {comparison}"
-    return False, f"does not beat the champion on the same holdout: {comparison}"
+def _gate(
+    split: HistorySplit,
+    scores: HoldoutScores,
+    right: np.ndarray,
+    champion: ChampionModel | None,
+    batch: BatchSettings,
+) -> tuple[Verdict, HoldoutScores | None]:
+    """The gate's verdict on this run's model, and the champion's scores on the same holdout.
+
+    Holdout texts the champion trained on (possible only if the holdout fraction changed since
+    it was trained) are left out of the paired comparison, so it is first-seen for both.
+    """
+    if champion is None:
+        return first_version(scores.first_seen_accuracy, batch.min_accuracy), None
+    holdout = (split.holdout_texts, split.holdout_intents, split.holdout_weights)
+    champion_scores, _, champion_right = score_holdout(champion.estimator, *holdout)
+    fresh = np.ones(len(split.holdout_texts), dtype=bool)
+    if champion.training_texts is not None:
+        fresh = np.array([t not in champion.training_texts for t in split.holdout_texts], bool)
+    intents = [i for i, keep in zip(split.holdout_intents, fresh, strict=True) if keep]
+    verdict = compare(right[fresh], champion_right[fresh], intents, batch.gate_rules)
+    return verdict, champion_scores
 
 
-def _current_champion(client: MlflowClient, name: str) -> ChampionModel | None:
-    info: ChampionInfo | None = fetch_champion(client, name)
-    return load_champion(info) if info else None
+class NothingNew(RuntimeError):
+    """Nothing has been archived since the cut-off of a registered version: a run would only
+    register the same model again."""
+
+
+def _nothing_new_since(client: MlflowClient, name: str, cutoff: dict[int, int]) -> str | None:
+    """Which registered version (champion or challenger) already covers exactly `cutoff`."""
+    for alias in (CHAMPION, CHALLENGER):
+        info = fetch_alias(client, name, alias)
+        if info is not None and info.cutoff_offsets == cutoff:
+            return f"{alias} version {info.version}"
+    return None
 
 
 def retrain(
@@ -190,20 +203,22 @@ def retrain(
     label_shuffle_seed: int | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
 ) -> RetrainResult:
-    """One batch run, tracked and registered; raises on failure with the champion untouched.
+    """One batch run, tracked and registered; raises on failure with the champion untouched,
+    and `NothingNew` (registering nothing) when the history has not grown since the cut-off of
+    the champion or the challenger.
 
     `label_shuffle_seed` shuffles the training labels: a deliberately broken model, used to show
     that the promotion gate holds. `on_stage` hears "read", "fit", "evaluate" and "log" as each
     stage begins (progress for people, and a place for tests to break things).
     """
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     on_stage("read")
+    client = tracking_client(tracking)
     cutoff = archived_positions(batch.master_dir)
+    covered = _nothing_new_since(client, tracking.registered_model, cutoff)
+    if covered is not None:
+        raise NothingNew(f"nothing archived since the cut-off of {covered}: nothing registered")
     split = read_history_split(batch.master_dir, cutoff, batch.holdout_fraction)
     if int(split.weights.sum()) < batch.min_train_events:
         found = int(split.weights.sum())
@@ -218,19 +233,73 @@ def retrain(
     model = build_batch_model(**(model_params or {}))
     fit_on_counts(model, split.texts, intents, split.weights)
     seconds["fit"] = time.perf_counter() - mark
+    split = replace(split, lineage=split.lineage | {"vocabulary_size": str(vocabulary_size(model))})
 
     on_stage("evaluate")
     mark = time.perf_counter()
     holdout = (split.holdout_texts, split.holdout_intents, split.holdout_weights)
-    scores, predicted = score_holdout(model, *holdout)
-    client = tracking_client(tracking)
+    scores, predicted, right = score_holdout(model, *holdout)
     champion = _current_champion(client, tracking.registered_model)
-    champion_scores = score_holdout(champion.estimator, *holdout)[0] if champion else None
-    promote, reason = _decide(scores, champion_scores, batch.min_accuracy)
+    verdict, champion_scores = _gate(split, scores, right, champion, batch)
     seconds["evaluate"] = time.perf_counter() - mark
 
     on_stage("log")
     mark = time.perf_counter()
+    run_id, version = _log_run(
+        client,
+        tracking,
+        batch,
+        split,
+        model,
+        (predicted, scores, champion_scores, champion),
+        verdict,
+        topic,
+        model_params,
+        label_shuffle_seed,
+    )
+    _tag_version(client, tracking.registered_model, version, cutoff, topic, split, scores)
+    alias = CHAMPION if verdict.promote else CHALLENGER
+    client.set_registered_model_alias(tracking.registered_model, alias, version)
+    seconds["mlflow"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
+    log.info("version %s (%s): %s", version, alias, verdict.reason)
+    return RetrainResult(
+        run_id,
+        version,
+        verdict.promote,
+        verdict.reason,
+        scores,
+        champion_scores,
+        split.lineage,
+        seconds,
+        verdict,
+    )
+
+
+def _current_champion(client: MlflowClient, name: str) -> ChampionModel | None:
+    info: ChampionInfo | None = fetch_champion(client, name)
+    return load_champion(info, with_training_texts=True) if info else None
+
+
+def _log_run(
+    client: MlflowClient,
+    tracking: MlflowSettings,
+    batch: BatchSettings,
+    split: HistorySplit,
+    model,
+    evaluation: tuple,
+    verdict: Verdict,
+    topic: str,
+    model_params: dict | None,
+    label_shuffle_seed: int | None,
+) -> tuple[str, str]:
+    """One MLflow run with lineage, parameters, scores, the gate's figures, the report
+    artifacts, the training texts' keys and the registered model; returns (run id, version)."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    predicted, scores, champion_scores, champion = evaluation
     with (
         fluent_mlflow(tracking.uri),
         mlflow.start_run(
@@ -238,17 +307,22 @@ def retrain(
         ) as run,
     ):
         mlflow.set_tags({f"lineage.{k}": v for k, v in split.lineage.items()} | {"topic": topic})
+        rules = batch.gate_rules
         mlflow.log_params(
             {"holdout_fraction": batch.holdout_fraction, "label_shuffle_seed": label_shuffle_seed}
+            | {f"gate.{k}": v for k, v in asdict(rules).items()}
             | {f"model.{k}": v for k, v in _factory_params(model_params).items()}
         )
-        mlflow.log_metrics(scores.as_metrics("holdout_"))
+        mlflow.log_metrics(scores.as_metrics("holdout_") | verdict.as_metrics())
         if champion_scores and champion:
             mlflow.log_metrics(champion_scores.as_metrics("champion_holdout_"))
             mlflow.set_tag("compared_with_version", champion.info.version)
         with tempfile.TemporaryDirectory() as folder:
-            for path in write_report_artifacts(Path(folder), *holdout[1:], predicted):
+            for path in write_report_artifacts(Path(folder), split.holdout_intents, predicted):
                 mlflow.log_artifact(str(path), artifact_path="report")
+            keys = Path(folder) / Path(TRAINING_TEXTS_ARTIFACT).name
+            np.save(keys, TextMemory.of(split.texts).keys())
+            mlflow.log_artifact(str(keys), artifact_path=str(Path(TRAINING_TEXTS_ARTIFACT).parent))
         example = split.holdout_texts[:3] or split.texts[:3]
         logged = mlflow.sklearn.log_model(
             model,
@@ -259,21 +333,26 @@ def retrain(
             registered_model_name=tracking.registered_model,
             serialization_format="cloudpickle",  # skops refuses the project's own estimators
         )
-        version = str(logged.registered_model_version)
-        mlflow.set_tag("promotion", f"{'champion' if promote else 'challenger'}: {reason}")
-        run_id = run.info.run_id
-    name = tracking.registered_model
+        outcome = "champion" if verdict.promote else "challenger"
+        mlflow.set_tag("promotion", f"{outcome}: {verdict.reason}")
+        return run.info.run_id, str(logged.registered_model_version)
+
+
+def _tag_version(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    cutoff: dict[int, int],
+    topic: str,
+    split: HistorySplit,
+    scores: HoldoutScores,
+) -> None:
+    """The facts the speed layer and serving read off a version without opening its run."""
     client.set_model_version_tag(name, version, CUTOFF_TAG, encode_offsets(cutoff))
     client.set_model_version_tag(name, version, TOPIC_TAG, topic)
     client.set_model_version_tag(name, version, "content_hash", split.lineage["content_hash"])
-    client.set_model_version_tag(name, version, "holdout_accuracy", f"{scores.accuracy:.4f}")
-    client.set_registered_model_alias(name, CHAMPION if promote else CHALLENGER, version)
-    seconds["mlflow"] = time.perf_counter() - mark
-    seconds["total"] = time.perf_counter() - started
-    log.info("version %s: %s", version, reason)
-    return RetrainResult(
-        run_id, version, promote, reason, scores, champion_scores, split.lineage, seconds
-    )
+    accuracy = f"{scores.first_seen_accuracy:.4f}"
+    client.set_model_version_tag(name, version, "holdout_first_seen_accuracy", accuracy)
 
 
 def _factory_params(overrides: dict | None) -> dict:

@@ -49,6 +49,7 @@ class RunRecord:
     ok: bool
     reason: str  # "schedule", "drift" or "retry"
     error: str = ""
+    skipped: str = ""  # why the job had nothing to do, when it said so
 
 
 def run_locked(job: Callable[[], object], lock_path: Path) -> bool:
@@ -67,7 +68,11 @@ def run_locked(job: Callable[[], object], lock_path: Path) -> bool:
 
 
 class Scheduler:
-    """Calls `job` when due; a failure is retried after `backoff_s`, doubling to `max_backoff_s`."""
+    """Calls `job` when due; a failure is retried after `backoff_s`, doubling to `max_backoff_s`.
+
+    An exception of a type in `skip_errors` means the job had nothing to do (say, nothing new
+    to train on): the run is logged as skipped, with the reason, and is not retried early.
+    """
 
     def __init__(
         self,
@@ -78,8 +83,10 @@ class Scheduler:
         backoff_s: float = 5.0,
         max_backoff_s: float = 300.0,
         run_at_start: bool = True,
+        skip_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         self.job = job
+        self.skip_errors = skip_errors
         self.cadence = cadence
         self.lock_path = lock_path
         self.signal_dir = signal_dir
@@ -109,12 +116,17 @@ class Scheduler:
         try:
             if not run_locked(self.job, self.lock_path):
                 record.ok, record.error = False, "another run holds the lock"
+        except self.skip_errors as exc:
+            record.skipped = str(exc)
         except Exception as exc:  # a failed run must not end the scheduler
             record.ok, record.error = False, f"{type(exc).__name__}: {exc}"
         if record.ok:
             self._failures = 0
             self._next_at = self.cadence.next_after(now)
-            log.info("retrain (%s) finished", reason)
+            if record.skipped:
+                log.info("retrain (%s) skipped: %s", reason, record.skipped)
+            else:
+                log.info("retrain (%s) finished", reason)
         else:
             self._failures += 1
             delay = min(self.max_backoff_s, self.backoff_s * 2 ** (self._failures - 1))

@@ -22,6 +22,26 @@ def test_cadence_interval_and_cron():
         Cadence(cron="every tuesday")
 
 
+class NothingToDo(Exception):
+    pass
+
+
+def test_a_job_with_nothing_to_do_is_skipped_not_retried(tmp_path, caplog):
+    def job():
+        raise NothingToDo("nothing archived since the cut-off of champion version 3")
+
+    scheduler = Scheduler(
+        job, Cadence(interval_s=600), tmp_path / "lock", backoff_s=10, skip_errors=(NothingToDo,)
+    )
+    t0 = time.time()
+    with caplog.at_level("INFO"):
+        record = scheduler.tick(t0)
+    assert record and record.ok and "champion version 3" in record.skipped
+    assert "skipped: nothing archived" in caplog.text
+    assert scheduler.tick(t0 + 10) is None  # no early retry: the next run is on the cadence
+    assert scheduler.tick(t0 + 600) is not None
+
+
 def test_failed_runs_back_off_then_recover(tmp_path):
     outcomes = iter([RuntimeError("mlflow down"), RuntimeError("still down"), None])
 
