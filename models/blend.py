@@ -13,10 +13,10 @@ The blend is the Hedge mixture of the three: each expert's weight decays with it
 exponentially-weighted log loss, so the blend follows whichever view is doing best now (batch
 before a drift, the speed side after it, the new batch model after a retrain). The memory is
 short on purpose (decay 0.9, about ten events) and the learning rate low (0.3), so the weights
-move fast but stay mixed: on CLINC150 `new-domain` a long memory (decay 0.995, rate 1) kept
-trusting the old champion for hundreds of events after the drift and fell 2.7 accuracy points
-below the speed model in that window; these defaults stay within 0.1 points of the better model
-in every window (`lambda-ml evaluate`). Everything is prequential: predict, then learn.
+move fast but stay mixed: a long memory keeps trusting the old champion for hundreds of events
+after a drift, while the speed model already knows the new intents (`lambda-ml evaluate`
+measures how far the blend trails the better model in any window). Everything is prequential:
+predict, then learn.
 """
 
 import math

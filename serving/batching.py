@@ -6,7 +6,7 @@ body is itself a list; this coalescer serves `{text}` requests as well, with no 
 
 The model runs on the event loop itself, not in a worker thread: each worker process has one
 core's worth of Python, and a model thread competing with the loop for the GIL costs far more
-CPU per request (measured: about 1 ms) than it saves. Before a call, the coalescer lets the
+CPU per request than it saves. Before a call, the coalescer lets the
 loop turn a few times, so that requests whose bytes have already arrived are parsed and join;
 requests that arrive during a call go together in the next one. An idle server answers at
 once (a few loop turns are microseconds); a busy one makes bigger calls.

@@ -61,11 +61,11 @@ def champion_source(settings: ServingSettings) -> ChampionSource:
 def tune_gc() -> None:
     """Keep the garbage collector off the request path.
 
-    A worker holds about 240,000 long-lived objects from its imports, and every full collection
-    walked them all: tens of milliseconds, the p99 of the service. Freezing them puts them out
+    A worker holds hundreds of thousands of long-lived objects from its imports, and every full
+    collection walked them all, which set the p99 of the service. Freezing them puts them out
     of the collector's reach, and a higher first threshold makes collections rarer while each
-    request allocates hundreds of short-lived containers (measured at concurrency 16: p99 from
-    about 270 ms to about 45 ms, and 20% less CPU per request).
+    request allocates hundreds of short-lived containers (`lambda-ml bench serve` measures the
+    p99 it buys).
     """
     gc.freeze()
     gc.set_threshold(10_000)

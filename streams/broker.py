@@ -31,8 +31,8 @@ from streams.local_process import LocalProcess, ServiceError, port_is_free
 
 _RESOURCES = Path(__file__).parent / "kafka"
 _HOST = "127.0.0.1"
-# Measured on a 2-core machine: the C1-only JIT and the serial GC cut the time to a ready broker
-# by about 40%, and throughput is unchanged because Python clients are the bottleneck.
+# The C1-only JIT and the serial GC make the broker ready sooner on a small machine, and
+# throughput is unchanged because Python clients are the bottleneck.
 _JVM_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 _INSTALL_HINT = {"java": "openjdk-17-jre-headless", "mvn": "maven"}
 
@@ -318,7 +318,7 @@ def _format_storage(java: str, libs: Path, config: Path) -> None:
 
 
 def _class_archive(settings: KafkaSettings, java: str) -> Path:
-    """The shared AppCDS archive of the broker's classes: it makes the JVM ready ~40% sooner.
+    """The shared AppCDS archive of the broker's classes: it makes the JVM ready sooner.
 
     Keyed by the Kafka and Java versions, as no other JVM build or classpath can use it.
     """
