@@ -1,18 +1,27 @@
-"""Serving benchmark: the blend service against three references, on loopback, as ratios.
+"""Serving benchmark: the blend service against four references, on loopback, as ratios.
 
 It trains its own models on CLINC150 `train` (no MLflow server needed): a batch champion from
 the batch layer's factory (TF-IDF word 1-2 + char_wb 2-4 grams, calibrated LinearSVC + naive
 Bayes) saved for `SERVING_CHAMPION_PATH`, and a speed snapshot (the speed layer's model, and a
 blender learnt on the validation split). Then it serves
 
+- noop: a BentoML service configured like the service (workers, config, GC and logging set-up)
+  that answers a constant: the framework's floor,
+- fastapi: FastAPI as users write it, an `async def` handler scoring its one text with the
+  batch champion, on one uvicorn worker,
+- fastapi_coalesced: the same app with the service's request coalescing,
+- batch_only: `IntentClassifier` without a snapshot (what the blend costs),
 - blend: `IntentClassifier` with both models,
-- batch_only: the same service without a snapshot (what the blend costs),
-- noop: a BentoML service with the same workers and config that answers a constant,
-- fastapi: a plain FastAPI app on one uvicorn worker, serving the batch model alone,
 
-all at once on free ports, and loads each in turn with single-query `/predict` requests at a
-fixed concurrency from a separate process (`serve_load.py`), interleaving the repetitions so
-that drift on the machine hits every target alike. Medians go to `bench/results/serve.json`.
+every reference configured like the service (see `serve_noop.py` and `serve_fastapi.py`), all
+at once on free ports. Each is loaded in turn with single-query `/predict` requests at a fixed
+concurrency from a separate process (`serve_load.py`), interleaving the repetitions so that
+drift on the machine hits every target alike. Each measurement records requests per second,
+p50/p99 latency, the server's CPU time per request and the load generator's own CPU time (to
+show it was not the limit). The figures are medians over the repetitions, with the blend's
+ratios to the no-op (per repetition too, with their spread) and whether they meet the goals
+(at least `RPS_GOAL` of the no-op's throughput, at most `P99_GOAL` times its p99); they go,
+stamped with their provenance, to `bench/results/serve.json` (or `--output`).
 
     .venv/bin/python bench/serve.py [--workers 1] [--duration 10] [--repeats 3]
 """
@@ -30,6 +39,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import provenance, save_figures
 from models.batch_model import build_batch_model
 from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
@@ -49,7 +59,11 @@ from streams.dataset import CLINC150_DATA, load_dataset
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "serve.json"
-TARGETS = ("noop", "fastapi", "batch_only", "blend")
+TARGETS = ("noop", "fastapi", "fastapi_coalesced", "batch_only", "blend")
+# The blend's goals against the no-op: at least this share of its throughput ...
+RPS_GOAL = 0.8
+# ... and at most this multiple of its p99 latency.
+P99_GOAL = 1.5
 
 
 def make_models(workdir: Path) -> tuple[Path, Path, list[dict]]:
@@ -97,19 +111,23 @@ def make_servers(
             bentoml_argv(target, port), port, env, ROOT, workdir / "logs" / f"{name}.log"
         )
 
-    fastapi_port = free_port()
+    def fastapi(name: str, target: str) -> ServerProcess:
+        port = free_port()
+        return ServerProcess(
+            [sys.executable, "-m", "uvicorn", target, "--no-access-log"]
+            + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            port,
+            {"SERVING_CHAMPION_PATH": str(champion_path)},
+            ROOT,
+            workdir / "logs" / f"{name}.log",
+        )
+
     return {
         "blend": bentoml("blend", SERVICE_TARGET, SERVICE_NAME, snapshot_dir),
         "batch_only": bentoml("batch_only", SERVICE_TARGET, SERVICE_NAME, workdir / "none"),
         "noop": bentoml("noop", "bench.serve_noop:Noop", "Noop", workdir / "none"),
-        "fastapi": ServerProcess(
-            [sys.executable, "-m", "uvicorn", "bench.serve_fastapi:app", "--no-access-log"]
-            + ["--host", "127.0.0.1", "--port", str(fastapi_port), "--workers", "1"],
-            fastapi_port,
-            {"SERVING_CHAMPION_PATH": str(champion_path)},
-            ROOT,
-            workdir / "logs" / "fastapi.log",
-        ),
+        "fastapi": fastapi("fastapi", "bench.serve_fastapi:app"),
+        "fastapi_coalesced": fastapi("fastapi_coalesced", "bench.serve_fastapi:coalesced_app"),
     }
 
 
@@ -143,20 +161,31 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
     def median(name: str, key: str) -> float:
         return round(statistics.median(run[key] for run in runs[name]), 2)
 
-    figures = {
-        "blend_rps": median("blend", "rps"),
-        "blend_p50_ms": median("blend", "p50_ms"),
-        "blend_p99_ms": median("blend", "p99_ms"),
-        "batch_only_rps": median("batch_only", "rps"),
-        "batch_only_p99_ms": median("batch_only", "p99_ms"),
-        "noop_rps": median("noop", "rps"),
-        "noop_p99_ms": median("noop", "p99_ms"),
-        "fastapi_rps": median("fastapi", "rps"),
-        "fastapi_p99_ms": median("fastapi", "p99_ms"),
-    }
+    def ratios(key: str, versus: str) -> list[float]:
+        """The blend's `key` over `versus`'s, repetition by repetition."""
+        pairs = zip(runs["blend"], runs[versus], strict=True)
+        return [round(blend[key] / other[key], 3) for blend, other in pairs]
+
+    figures: dict = {}
+    for name in ("blend", "batch_only", "noop", "fastapi", "fastapi_coalesced"):
+        figures[f"{name}_rps"] = median(name, "rps")
+        if name == "blend":
+            figures["blend_p50_ms"] = median(name, "p50_ms")
+        figures[f"{name}_p99_ms"] = median(name, "p99_ms")
     figures["ratio_vs_noop"] = round(figures["blend_rps"] / figures["noop_rps"], 3)
     figures["p99_ratio_vs_noop"] = round(figures["blend_p99_ms"] / figures["noop_p99_ms"], 3)
+    per_run = {
+        "ratio_vs_noop": ratios("rps", "noop"),
+        "p99_ratio_vs_noop": ratios("p99_ms", "noop"),
+    }
+    for key, values in per_run.items():
+        figures[f"{key}_min"], figures[f"{key}_max"] = min(values), max(values)
+    figures["goal_met_rps_vs_noop"] = figures["blend_rps"] >= RPS_GOAL * figures["noop_rps"]
+    figures["goal_met_p99_vs_noop"] = figures["blend_p99_ms"] <= P99_GOAL * figures["noop_p99_ms"]
     figures["ratio_vs_fastapi"] = round(figures["blend_rps"] / figures["fastapi_rps"], 3)
+    figures["ratio_vs_fastapi_coalesced"] = round(
+        figures["blend_rps"] / figures["fastapi_coalesced_rps"], 3
+    )
     figures["blend_overhead"] = round(1 - figures["blend_rps"] / figures["batch_only_rps"], 3)
     for name in TARGETS:
         figures[f"{name}_server_cpu_ms"] = median(name, "server_cpu_ms")
@@ -166,8 +195,16 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
     figures["cpu_blend_overhead"] = round(
         1 - figures["batch_only_server_cpu_ms"] / figures["blend_server_cpu_ms"], 3
     )
+    for name in TARGETS:  # the load generator's own CPU: it should be far from one core
+        figures[f"{name}_load_cpu_ms"] = round(
+            statistics.median(run["load_cpu_ms_per_request"] for run in runs[name]), 3
+        )
+        figures[f"{name}_load_cpu_share"] = round(
+            statistics.median(run["load_cpu_share"] for run in runs[name]), 3
+        )
     figures["errors"] = sum(run["errors"] for name in runs for run in runs[name])
-    return {**figures, "config": config, "runs": runs}
+    figures["goals"] = {"rps_vs_noop_at_least": RPS_GOAL, "p99_vs_noop_at_most": P99_GOAL}
+    return {**figures, "per_run_ratios": per_run, "config": config, "runs": runs}
 
 
 def main(argv: Sequence[str] = ()) -> dict:
@@ -204,12 +241,16 @@ def main(argv: Sequence[str] = ()) -> dict:
                 server.stop()
 
     report = summarise(runs, config)
+    if args.output.resolve() == RESULTS:
+        return save_figures("serve", report, config)
+    # `save_figures` writes only under bench/results/: the same stamped file, elsewhere.
+    stamped = {**report, "provenance": provenance(config)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.write_text(json.dumps(stamped, indent=2) + "\n")
     for key, value in report.items():
-        if key not in ("runs", "config"):
-            print(f"{key}: {value}")
-    return report
+        if not isinstance(value, dict | list):
+            print(f"{key:40} {value}")
+    return stamped
 
 
 if __name__ == "__main__":

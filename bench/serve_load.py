@@ -2,8 +2,11 @@
 
 `concurrency` keep-alive connections each send a POST, wait for the whole answer and send the
 next, for `duration_s` after a warm-up. It speaks just enough HTTP (Content-Length and chunked
-bodies) to stay cheap: one asyncio process drives thousands of requests per second, so the
-server, not the generator, is what is measured. Prints one JSON object:
+bodies) to stay cheap, so that the server, not the generator, is what is measured; to show that
+it is, it also reports its own CPU time (user + system) over the measured phase, in all
+(`load_cpu_s`), per request (`load_cpu_ms_per_request`) and as a share of one core
+(`load_cpu_share`: near 1 means the generator, not the server, was the limit). Prints one JSON
+object with those, the request and error counts, requests per second and p50/p99 latencies:
 
     python bench/serve_load.py --port 3000 --path /predict --bodies bodies.json
 """
@@ -55,6 +58,13 @@ async def _connection(
         writer.close()
 
 
+async def _cpu_at(when: float, out: dict) -> None:
+    """Record this process's CPU seconds once the measured phase starts."""
+    await asyncio.sleep(max(0.0, when - time.perf_counter()))
+    out["cpu_start"] = time.process_time()
+    out["wall_start"] = time.perf_counter()
+
+
 async def run(
     port: int, path: str, bodies: list[bytes], concurrency: int, duration_s: float, warmup_s: float
 ) -> dict:
@@ -70,8 +80,12 @@ async def run(
     phases = {"start": start, "end": start + duration_s}
     out: dict = {"latencies": [], "errors": 0}
     await asyncio.gather(
-        *(_connection(port, requests, c, concurrency, phases, out) for c in range(concurrency))
+        _cpu_at(start, out),
+        *(_connection(port, requests, c, concurrency, phases, out) for c in range(concurrency)),
     )
+    # Until the last request started in the measured phase has its answer.
+    cpu_s = time.process_time() - out["cpu_start"]
+    wall_s = time.perf_counter() - out["wall_start"]
     latencies = sorted(out["latencies"])
     count = len(latencies)
     return {
@@ -80,6 +94,9 @@ async def run(
         "rps": count / duration_s,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
         "p99_ms": 1000 * latencies[min(count - 1, int(0.99 * count))] if latencies else None,
+        "load_cpu_s": cpu_s,
+        "load_cpu_ms_per_request": 1000 * cpu_s / max(1, count),
+        "load_cpu_share": cpu_s / wall_s if wall_s > 0 else None,
     }
 
 

@@ -1,9 +1,20 @@
-"""The benchmark's floor: a BentoML service configured like `IntentClassifier`, with the same
-request model, that answers a constant. What it costs is BentoML's own overhead."""
+"""The benchmark's floor: a BentoML service configured like `IntentClassifier` that answers a
+constant, so what it costs is BentoML's own request path.
+
+Configured like the service: the same BentoML settings (one worker, request timeout, access log
+off; the benchmark overrides workers and metrics for both alike), the same request and response
+models, and the same start-up tuning, applied through the service's own code: its garbage
+collector settings (`serving.service.tune_gc`) and the log filter that drops BentoML's tracebacks
+for invalid request bodies. What it leaves out is everything a prediction costs: the model
+call, building the `Prediction`, request coalescing, and the service's ASGI middleware (the
+request limits of `serving.middleware`).
+"""
 
 import bentoml
 
 from serving.schemas import Prediction, PredictRequest
+from serving.service import configure_logging, tune_gc
+from serving.settings import REQUEST_TIMEOUT_S
 
 _ANSWER = Prediction.model_validate(
     {
@@ -22,8 +33,14 @@ _ANSWER = Prediction.model_validate(
 )
 
 
-@bentoml.service(workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(
+    workers=1, traffic={"timeout": REQUEST_TIMEOUT_S}, logging={"access": {"enabled": False}}
+)
 class Noop:
+    def __init__(self) -> None:
+        configure_logging()
+        tune_gc()
+
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
     async def predict(self, text: str) -> Prediction:
         return _ANSWER

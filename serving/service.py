@@ -58,6 +58,13 @@ def champion_source(settings: ServingSettings) -> ChampionSource:
     return RegistryChampion(tracking_client(mlflow), mlflow.registered_model)
 
 
+def configure_logging() -> None:
+    """BentoML's server log shows warnings only, but which models came in is worth seeing; and
+    a client's invalid body is the client's fault, not a traceback in the server's log."""
+    logging.getLogger("serving").setLevel(logging.INFO)
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
+
+
 def tune_gc() -> None:
     """Keep the garbage collector off the request path.
 
@@ -110,9 +117,7 @@ class IntentClassifier:
     """
 
     def __init__(self) -> None:
-        # BentoML's server log shows warnings only, but which models came in is worth seeing.
-        logging.getLogger("serving").setLevel(logging.INFO)
-        logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
+        configure_logging()
         self.settings = ServingSettings()
         self.state = ModelState(
             champion_source(self.settings),
