@@ -13,6 +13,7 @@ from streams.broker import topic_partitions
 from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
 from streams.producer import ProduceStats, Timeline, event_messages, make_producer, publish
+from streams.query_log import QueryLog
 from streams.scenarios import (
     DEFAULT_LATE_DOMAINS,
     Scenario,
@@ -24,7 +25,12 @@ from streams.scenarios import (
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    """What to replay and how; the CLI's `produce` options, one to one."""
+    """What to replay and how; the CLI's `produce` options, one to one.
+
+    `tail_fraction` set shapes the replay like a query log (see `streams.query_log.QueryLog`):
+    that share of events are generated variants, the rest a Zipf head of the dataset's rows
+    skewed by `head_exponent`. None replays the dataset's rows as they are.
+    """
 
     data: Path = CLINC150_DATA
     scenario: ScenarioName = "shuffle"
@@ -39,6 +45,8 @@ class ReplayOptions:
     run_id: str = "replay"
     span_days: float = 0.0
     splits: frozenset[str] | None = field(default=None)
+    tail_fraction: float | None = None
+    head_exponent: float = 1.1
 
 
 def late_intents_for(options: ReplayOptions) -> frozenset[str]:
@@ -57,6 +65,11 @@ def scenario_for(options: ReplayOptions, dataset_size: int) -> Scenario:
         drift_at=int(length * options.drift_fraction),
         late_intents=late_intents_for(options) if options.scenario == "new-domain" else frozenset(),
         unlabelled_fraction=options.unlabelled_fraction,
+        query_log=(
+            QueryLog(options.tail_fraction, options.head_exponent)
+            if options.tail_fraction is not None
+            else None
+        ),
     )
 
 

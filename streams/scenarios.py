@@ -5,11 +5,12 @@ and the tests replay exactly the same stream.
 """
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from streams.dataset import Example
+from streams.query_log import QueryLog, apply_query_log
 
 ScenarioName = Literal["shuffle", "new-domain", "popularity-shift"]
 SCENARIOS: tuple[ScenarioName, ...] = ("shuffle", "new-domain", "popularity-shift")
@@ -23,6 +24,8 @@ class Scenario:
     `drift_at` is the index of the first event after the drift point. `late_intents` (for
     `new-domain`) never appear before it. `zipf_exponent` (for `popularity-shift`) sets how
     skewed intent frequencies are; the ranking of intents is reshuffled at the drift point.
+    `query_log`, when set, keeps that order of intents but reshapes the texts like a query log:
+    a Zipf head of popular rows and a tail of generated variants (see `streams.query_log`).
     """
 
     name: ScenarioName = "shuffle"
@@ -32,6 +35,7 @@ class Scenario:
     late_intents: frozenset[str] = field(default_factory=frozenset)
     unlabelled_fraction: float = 0.0
     zipf_exponent: float = 1.1
+    query_log: QueryLog | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCENARIOS:
@@ -46,10 +50,12 @@ class Scenario:
 
 @dataclass(frozen=True)
 class StreamItem:
-    """One event to emit: the example and whether its label is revealed to the pipeline."""
+    """One event to emit: the example, whether its label is revealed to the pipeline, and
+    whether its text was generated (a query-log variant) rather than taken from the dataset."""
 
     example: Example
     labelled: bool
+    synthetic: bool = False
 
 
 class _Deck:
@@ -125,8 +131,16 @@ def replay(examples: Sequence[Example], scenario: Scenario) -> Iterator[StreamIt
         raise ValueError(f"late intents not in the dataset: {sorted(unknown)}")
     rng = random.Random(scenario.seed)
     labels_rng = random.Random(scenario.seed + 1)
-    for example in _ORDERS[scenario.name](examples, scenario, rng):
-        yield StreamItem(example, labels_rng.random() >= scenario.unlabelled_fraction)
+    items: Iterable[StreamItem] = (
+        StreamItem(example, labels_rng.random() >= scenario.unlabelled_fraction)
+        for example in _ORDERS[scenario.name](examples, scenario, rng)
+    )
+    if scenario.query_log is not None:
+        # Its own rng, so the order of intents and the labels are those of the plain replay.
+        items = apply_query_log(
+            items, examples, scenario.query_log, random.Random(scenario.seed + 2)
+        )
+    yield from items
 
 
 def late_intents_of_domains(domains: dict[str, list[str]], chosen: Sequence[str]) -> frozenset[str]:
