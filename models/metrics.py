@@ -49,3 +49,76 @@ class WindowScore:
         if self.history:
             return self.history[-1]
         return self.window_correct / self.window_seen if self.window_seen else 0.0
+
+
+@dataclass
+class SplitScore:
+    """Prequential scores of one view over all events, and apart on first-seen and repeated
+    texts, so memory is never mistaken for understanding.
+
+    `first_seen` holds events whose text the view's model(s) never trained on, `repeated` the
+    others, and `novel` events whose text no model of the system trained on (the same events
+    for every view, so views can be compared on them).
+
+    >>> score = SplitScore(window=10)
+    >>> _ = score.update({"a": 0.9, "b": 0.1}, "a", seen=True, seen_by_any=True)
+    >>> _ = score.update({"a": 0.9, "b": 0.1}, "b", seen=False, seen_by_any=False)
+    >>> score.accuracy, score.first_seen.accuracy, score.repeated.accuracy, score.first_seen_share
+    (0.5, 0.0, 1.0, 0.5)
+    """
+
+    window: int = 1000
+    all: WindowScore = field(init=False)
+    first_seen: WindowScore = field(init=False)
+    repeated: WindowScore = field(init=False)
+    novel: WindowScore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.all = WindowScore(self.window)
+        self.first_seen = WindowScore(self.window)
+        self.repeated = WindowScore(self.window)
+        self.novel = WindowScore(self.window)
+
+    def update(
+        self, probabilities: Probabilities, intent: str, *, seen: bool, seen_by_any: bool
+    ) -> bool:
+        """Score one prediction in each group it belongs to; returns whether it was right."""
+        right = self.all.update(probabilities, intent)
+        (self.repeated if seen else self.first_seen).update(probabilities, intent)
+        if not seen_by_any:
+            self.novel.update(probabilities, intent)
+        return right
+
+    @property
+    def seen(self) -> int:
+        return self.all.seen
+
+    @property
+    def accuracy(self) -> float:
+        return self.all.accuracy
+
+    @property
+    def log_loss(self) -> float:
+        return self.all.log_loss
+
+    @property
+    def last_window_accuracy(self) -> float:
+        return self.all.last_window_accuracy
+
+    @property
+    def first_seen_share(self) -> float:
+        return self.first_seen.seen / self.all.seen if self.all.seen else 0.0
+
+    def figures(self, prefix: str) -> dict[str, float]:
+        """Accuracy overall, first-seen and repeated, with the first-seen share, as metrics."""
+        figures = {
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}window_accuracy": self.last_window_accuracy,
+            f"{prefix}log_loss": self.log_loss,
+            f"{prefix}first_seen_share": self.first_seen_share,
+        }
+        for name in ("first_seen", "repeated", "novel"):
+            group: WindowScore = getattr(self, name)
+            if group.seen:
+                figures[f"{prefix}{name}_accuracy"] = group.accuracy
+        return figures

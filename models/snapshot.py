@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from models.blend import HedgeBlender
+from models.texts import TextMemory
 from streams.durable import fsync_directory
 
 _NAME = re.compile(r"^snapshot-(\d{12})\.pkl$")
@@ -25,7 +26,8 @@ class SpeedSnapshot:
 
     `offsets` holds the next offset to read in each partition of the topic: every event before
     it is reflected in `model`, none after. `base_version` is the batch champion version whose
-    cut-off the model was re-based on (None before the first champion).
+    cut-off the model was re-based on (None before the first champion). `learnt_texts` are the
+    texts `model` learnt, so a restarted worker still tells first-seen texts from repeats.
     """
 
     model: Any
@@ -37,6 +39,11 @@ class SpeedSnapshot:
     base_offsets: dict[int, int] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     sequence: int = 0
+    learnt_texts: TextMemory = field(default_factory=TextMemory)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A snapshot written before the speed layer tracked its texts has none.
+        self.__dict__.update({"learnt_texts": TextMemory()} | state)
 
     @property
     def age_s(self) -> float:

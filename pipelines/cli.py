@@ -51,6 +51,10 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+# Exit code of a retrain that had nothing new to train on (Airflow's BashOperator: skipped).
+SKIPPED_EXIT_CODE = 99
+
+
 def fail(message: str) -> typer.Exit:
     """Print an expected failure as one red line and return the exit to raise."""
     console.print(f"[red]error:[/red] {message}")
@@ -98,6 +102,20 @@ def produce(
     span_days: Annotated[
         float, typer.Option(min=0, help="Spread timestamps over the past N days (0 = wall clock).")
     ] = 0.0,
+    tail: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Query-log shape: this share of events are generated variants seen about once "
+            "(synthetic); the rest a Zipf head of the dataset's rows. Default: the rows as they "
+            "are.",
+        ),
+    ] = None,
+    head_exponent: Annotated[
+        float,
+        typer.Option(help="With --tail: skew of the head; row of rank r has weight 1/r**this."),
+    ] = 1.1,
     seed: Annotated[int, typer.Option(help="Seed of the shuffle, scenario and users.")] = 42,
     run_id: Annotated[
         str, typer.Option(help="Namespace of the query ids; a new one gives new ids.")
@@ -118,6 +136,8 @@ def produce(
         run_id=run_id,
         span_days=span_days,
         splits=frozenset(_csv(splits)) or None,
+        tail_fraction=tail,
+        head_exponent=head_exponent,
     )
     settings = KafkaSettings()
     try:
@@ -229,7 +249,7 @@ def retrain(
     ] = None,
 ) -> None:
     """One batch run: history -> train -> evaluate -> MLflow run -> registry -> promotion gate."""
-    from pipelines.retrain import NoData
+    from pipelines.retrain import NoData, NothingNew
     from pipelines.retrain import retrain as run_retrain
 
     try:
@@ -242,11 +262,15 @@ def retrain(
         )
     except NoData as exc:
         raise fail(str(exc)) from None
+    except NothingNew as exc:
+        console.print(f"[yellow]skipped:[/yellow] {exc}")
+        raise typer.Exit(SKIPPED_EXIT_CODE) from None
     verdict = "[green]champion[/green]" if result.promoted else "[yellow]challenger[/yellow]"
+    scores = result.scores
     console.print(
-        f"version {result.version} ({verdict}): holdout accuracy {result.scores.accuracy:.4f}, "
-        f"macro-F1 {result.scores.macro_f1:.4f}; {result.reason}; "
-        f"{result.seconds['total']:.1f}s"
+        f"version {result.version} ({verdict}): first-seen holdout accuracy "
+        f"{scores.first_seen_accuracy:.4f} on {scores.distinct_texts} texts, macro-F1 "
+        f"{scores.macro_f1:.4f}; {result.reason}; {result.seconds['total']:.1f}s"
     )
 
 
@@ -262,6 +286,7 @@ def schedule(
 ) -> None:
     """Retrain on an interval or a cron expression, and early when the speed layer signals drift."""
     from pipelines.jobs import stop_on_signals
+    from pipelines.retrain import NothingNew
     from pipelines.retrain import retrain as run_retrain
     from pipelines.schedule import Cadence, Scheduler
     from pipelines.speed import SpeedSettings
@@ -280,6 +305,7 @@ def schedule(
         cadence,
         batch.lock_path,
         signal_dir=SpeedSettings().signal_dir,
+        skip_errors=(NothingNew,),
     )
     scheduler.run(stop_on_signals(), max_runs=max_runs)
 
@@ -297,6 +323,24 @@ def evaluate(
     ] = "0.125,0.625",
     window: Annotated[int | None, typer.Option(help="Events per window (default: 1/40).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the replay.")] = 42,
+    tail: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Query-log shape: this share of events are generated variants seen about "
+            "once (synthetic); the rest a Zipf head of the rows. Default: the rows as they are.",
+        ),
+    ] = None,
+    probe: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=0.5,
+            help="Share of the dataset's distinct texts held out as probes: each enters the "
+            "stream once and no model ever trains on it.",
+        ),
+    ] = 0.05,
     output: Annotated[Path, typer.Option(help="Folder for the JSON, table and plot.")] = Path(
         "reports"
     ),
@@ -317,6 +361,7 @@ def evaluate(
         late_domains=_csv(late_domains),
         late_intents=_csv(late_intents),
         seed=seed,
+        tail_fraction=tail,
     )
     try:
         fractions = [float(f) for f in _csv(retrain_at)]
@@ -326,6 +371,7 @@ def evaluate(
         replay=options,
         retrain_at=tuple(int(f * limit) for f in fractions),
         window=window or max(50, limit // 40),
+        probe_fraction=probe,
     )
     try:
         with Progress(console=console) as progress:

@@ -4,9 +4,16 @@ One process replays a scenario through the same model code the services run: the
 is retrained on the whole history at scheduled points, the speed model re-bases on each new
 batch model's cut-off and learns online after it, and the blender learns its weights from both.
 Every labelled event is predicted by all three before anything learns from it.
+
+Query texts repeat, so every score is kept apart for texts a model has trained on (repeated)
+and texts it has not (first-seen); `novel` events are those no model has trained on, the same
+events for all three views, and the headline figures are on them. A probe set (rows that
+enter the stream once each and never reach any model's training data) gives a second yardstick
+that no repeat can flatter.
 """
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from models.batch_model import (
@@ -15,32 +22,55 @@ from models.batch_model import (
     fit_on_counts,
 )
 from models.blend import HedgeBlender
+from models.metrics import SplitScore
 from models.prequential import ViewScores, prequential_step
 from models.registry import ChampionInfo, ChampionModel
 from models.speed_model import build_speed_model
+from models.texts import TextMemory, normalise
 from pipelines.produce import ReplayOptions, scenario_for
-from streams.dataset import load_dataset
+from streams.dataset import Example, load_dataset
 from streams.scenarios import Scenario, StreamItem, replay
+
+VIEWS = ("batch", "speed", "blend")
+GROUPS = ("all", "first_seen", "repeated", "novel")
+PHASES = ("before drift", "after drift", "after retrain")
+# A window's novel accuracy enters the worst-window figure only over this many novel events:
+# fewer is noise, not a measurement.
+MIN_NOVEL_PER_WINDOW = 100
 
 
 @dataclass(frozen=True)
 class EvaluationPlan:
-    """What to replay, when the batch layer retrains, and how events are grouped into windows."""
+    """What to replay, when the batch layer retrains, how events are grouped into windows, and
+    which share of the dataset's distinct texts is held out as probes."""
 
     replay: ReplayOptions
     retrain_at: tuple[int, ...]
     window: int = 1000
+    probe_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probe_fraction < 1.0:
+            raise ValueError(f"the probe fraction must lie in [0, 1); got {self.probe_fraction}")
 
 
 @dataclass(frozen=True)
 class Window:
+    """One window's counts: `counts[view][group]` is [events, correct]; `probes[view]` the same
+    over the probe events in the window."""
+
     start: int
     end: int
     phase: str
-    batch_accuracy: float | None
-    speed_accuracy: float
-    blend_accuracy: float
     batch_version: int
+    labelled: int
+    synthetic: int
+    counts: dict[str, dict[str, list[int]]]
+    probes: dict[str, list[int]]
+
+    def accuracy(self, view: str, group: str = "all") -> float | None:
+        events, correct = self.counts[view][group]
+        return correct / events if events else None
 
 
 @dataclass
@@ -53,11 +83,11 @@ class EvaluationResult:
 
     def as_json(self) -> dict:
         return {
+            **self.summary,
             "scenario": self.scenario,
             "drift_at": self.drift_at,
             "retrain_at": self.retrain_at,
             "windows": [asdict(w) for w in self.windows],
-            **self.summary,
         }
 
 
@@ -69,50 +99,104 @@ def _phase(start: int, drift_at: int, retrains: list[int]) -> str:
     return "after drift"
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+def _ratio(events: int, correct: int) -> float | None:
+    return correct / events if events else None
+
+
+def _points(value: float | None) -> float:
+    return round(100 * value, 2) if value is not None else float("nan")
+
+
+def _pooled(windows: Sequence[Window], view: str, group: str) -> float | None:
+    events = sum(w.counts[view][group][0] for w in windows)
+    return _ratio(events, sum(w.counts[view][group][1] for w in windows))
+
+
+def _gain_vs_batch(windows: Sequence[Window], group: str) -> float:
+    """Blend minus batch accuracy after the drift, before the next retrain, pooled over the
+    events of that phase that have a batch answer."""
+    post = [w for w in windows if w.phase == "after drift" and w.counts["batch"]["all"][0]]
+    blend, batch = _pooled(post, "blend", group), _pooled(post, "batch", group)
+    return _points(None if blend is None or batch is None else blend - batch)
+
+
+def _worst_gap(windows: Sequence[Window], group: str, min_events: int) -> float:
+    """The largest shortfall of the blend below the better of batch and speed, over windows
+    with at least `min_events` events of `group` (before the first batch model, the better
+    view is the speed model alone)."""
+    gaps = []
+    for w in windows:
+        if w.counts["blend"][group][0] < min_events:
+            continue
+        best = max(
+            a for a in (w.accuracy("batch", group), w.accuracy("speed", group)) if a is not None
+        )
+        gaps.append(best - (w.accuracy("blend", group) or 0.0))
+    return _points(max(gaps)) if gaps else float("nan")
 
 
 def _summarise(windows: list[Window]) -> dict[str, float]:
-    """The two figures the blend is judged by, plus each view's accuracy per phase.
-
-    A window before the first batch model has no batch accuracy; there the better view is the
-    speed model alone.
-    """
-    post = [w for w in windows if w.phase == "after drift" and w.batch_accuracy is not None]
-    gains = [w.blend_accuracy - (w.batch_accuracy or 0.0) for w in post]
-    gaps = [max(w.batch_accuracy or 0.0, w.speed_accuracy) - w.blend_accuracy for w in windows]
-    summary = {
-        "post_drift_gain_vs_batch_points": round(100 * _mean(gains), 2),
-        "worst_window_gap_vs_best_points": round(100 * max(gaps), 2) if gaps else float("nan"),
+    """The headline figures on novel texts first, then the same on all texts, then each view's
+    accuracy per phase and group with the shares that say how much each group weighs."""
+    labelled = sum(w.labelled for w in windows)
+    novel = sum(w.counts["blend"]["novel"][0] for w in windows)
+    summary: dict[str, float] = {
+        "first_seen_post_drift_gain_vs_batch_points": _gain_vs_batch(windows, "novel"),
+        "first_seen_worst_window_gap_vs_best_points": _worst_gap(
+            windows, "novel", MIN_NOVEL_PER_WINDOW
+        ),
+        "first_seen_share": round(novel / labelled, 4) if labelled else float("nan"),
+        "synthetic_share": round(sum(w.synthetic for w in windows) / labelled, 4)
+        if labelled
+        else float("nan"),
+        "post_drift_gain_vs_batch_points": _gain_vs_batch(windows, "all"),
+        "worst_window_gap_vs_best_points": _worst_gap(windows, "all", 1),
+        "labelled_events": labelled,
+        "min_novel_events_per_window": MIN_NOVEL_PER_WINDOW,
     }
-    for phase in ("before drift", "after drift", "after retrain"):
+    for phase in PHASES:
         chosen = [w for w in windows if w.phase == phase]
         key = phase.replace(" ", "_")
-        batch = [w.batch_accuracy for w in chosen if w.batch_accuracy is not None]
-        summary[f"{key}_batch_accuracy"] = round(_mean(batch), 4)
-        summary[f"{key}_speed_accuracy"] = round(_mean([w.speed_accuracy for w in chosen]), 4)
-        summary[f"{key}_blend_accuracy"] = round(_mean([w.blend_accuracy for w in chosen]), 4)
+        for view in VIEWS:
+            for group in GROUPS:
+                value = _pooled(chosen, view, group)
+                summary[f"{key}_{view}_{group}_accuracy"] = (
+                    round(value, 4) if value is not None else float("nan")
+                )
+            events = sum(w.counts[view]["all"][0] for w in chosen)
+            first_seen = sum(w.counts[view]["first_seen"][0] for w in chosen)
+            summary[f"{key}_{view}_first_seen_share"] = (
+                round(first_seen / events, 4) if events else float("nan")
+            )
+            probe_events = sum(w.probes[view][0] for w in chosen)
+            probe_correct = sum(w.probes[view][1] for w in chosen)
+            probe = _ratio(probe_events, probe_correct)
+            summary[f"{key}_{view}_probe_accuracy"] = (
+                round(probe, 4) if probe is not None else float("nan")
+            )
+        summary[f"{key}_probe_events"] = sum(w.probes["blend"][0] for w in chosen)
     return summary
 
 
 class _Views:
-    """The batch model, speed model and blender as the system holds them at one moment."""
+    """The batch model, speed model and blender as the system holds them at one moment, with
+    the texts each has trained on."""
 
     def __init__(self) -> None:
         self.batch: ChampionModel | None = None
         self.version = 0
         self.speed = build_speed_model()
+        self.speed_texts = TextMemory()
         self.blender = HedgeBlender()
 
     def retrain(self, history: list[tuple[str, str]]) -> None:
         texts, intents, weights = count_examples_from_pairs(history)
         self.version += 1
         info = ChampionInfo("evaluation", str(self.version), run_id="", cutoff_offsets={})
-        self.batch = ChampionModel(
-            info, fit_on_counts(build_batch_model(), texts, intents, weights)
-        )
+        model = fit_on_counts(build_batch_model(), texts, intents, weights)
+        self.batch = ChampionModel(info, model, TextMemory.of(texts))
         self.speed = build_speed_model()  # re-base: the batch model now covers all before
+        self.speed_texts = TextMemory()
         self.blender = HedgeBlender()
 
     def batch_probabilities(self, texts: list[str]) -> list[dict[str, float]] | list[None]:
@@ -121,14 +205,64 @@ class _Views:
         return self.batch.predict_proba_many(texts)
 
 
+@dataclass(frozen=True)
+class _Event:
+    item: StreamItem
+    probe: bool = False
+
+
+def _split_probes(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """(rows to replay, probe rows): `fraction` of the distinct normalised texts, chosen with
+    `seed`, held out whole, so no repeat of a probe text is in the stream."""
+    if fraction <= 0:
+        return examples, []
+    texts = sorted({normalise(e.text) for e in examples})
+    chosen = set(random.Random(seed).sample(texts, int(len(texts) * fraction)))
+    probes, kept, used = [], [], set()
+    for example in examples:
+        text = normalise(example.text)
+        if text not in chosen:
+            kept.append(example)
+        elif text not in used:  # each probe text enters the stream once
+            used.add(text)
+            probes.append(example)
+    return kept, probes
+
+
+def _with_probes(
+    items: list[StreamItem], probes: list[Example], scenario: Scenario, seed: int
+) -> list[_Event]:
+    """The stream with each probe inserted once at a random place; a probe of a late intent
+    only after the drift point, as the scenario would have it."""
+    rng = random.Random(seed + 3)
+    events = [_Event(item) for item in items]
+    slots = []
+    for example in probes:
+        earliest = scenario.drift_at if example.intent in scenario.late_intents else 0
+        slots.append((rng.randint(earliest, len(items)), example))
+    for position, example in sorted(slots, key=lambda slot: slot[0], reverse=True):
+        events.insert(position, _Event(StreamItem(example, labelled=True), probe=True))
+    return events
+
+
+def _counts(scores: ViewScores) -> dict[str, dict[str, list[int]]]:
+    def of(score: SplitScore) -> dict[str, list[int]]:
+        return {g: [getattr(score, g).seen, getattr(score, g).correct] for g in GROUPS}
+
+    return {view: of(getattr(scores, view)) for view in VIEWS}
+
+
 def run_evaluation(
     plan: EvaluationPlan, advance: Callable[[int], None] = lambda n: None
 ) -> EvaluationResult:
     """Replay `plan` prequentially; `advance(n)` is called as events are processed."""
     dataset = load_dataset(plan.replay.data, plan.replay.splits)
-    scenario: Scenario = scenario_for(plan.replay, len(dataset.examples))
-    items: list[StreamItem] = list(replay(dataset.examples, scenario))
-    retrains = sorted(r for r in plan.retrain_at if 0 < r < len(items))
+    replayed, probes = _split_probes(dataset.examples, plan.probe_fraction, plan.replay.seed)
+    scenario: Scenario = scenario_for(plan.replay, len(replayed))
+    events = _with_probes(list(replay(replayed, scenario)), probes, scenario, plan.replay.seed)
+    retrains = sorted(r for r in plan.retrain_at if 0 < r < len(events))
     result = EvaluationResult(
         scenario={
             "name": scenario.name,
@@ -136,39 +270,58 @@ def run_evaluation(
             "seed": scenario.seed,
             "late_intents": sorted(scenario.late_intents),
             "data": str(plan.replay.data),
+            "tail_fraction": plan.replay.tail_fraction,
+            "probe_fraction": plan.probe_fraction,
+            "probes": len(probes),
+            "window": plan.window,
         },
         drift_at=scenario.drift_at,
         retrain_at=retrains,
     )
     views = _Views()
     history: list[tuple[str, str]] = []
-    boundaries = sorted(set(retrains) | set(range(0, len(items), plan.window)) | {len(items)})
-    scores = ViewScores.with_window(plan.window)
-    window_start = 0
+    boundaries = sorted(set(retrains) | set(range(0, len(events), plan.window)) | {len(events)})
+    scores, probe_scores = ViewScores.with_window(plan.window), ViewScores.with_window(plan.window)
+    window_start, synthetic = 0, 0
     for start, end in zip(boundaries, boundaries[1:], strict=False):
         if start in retrains:
             views.retrain(history)
-        chunk = items[start:end]
-        batch_probs = views.batch_probabilities([item.example.text for item in chunk])
-        for item, batch in zip(chunk, batch_probs, strict=True):
-            if item.labelled:
-                text, intent = item.example.text, item.example.intent
-                prequential_step(views.speed, views.blender, scores, text, intent, batch)
+        chunk = events[start:end]
+        batch_probs = views.batch_probabilities([event.item.example.text for event in chunk])
+        for event, batch in zip(chunk, batch_probs, strict=True):
+            if not event.item.labelled:
+                continue
+            text, intent = event.item.example.text, event.item.example.intent
+            prequential_step(
+                views.speed,
+                views.blender,
+                probe_scores if event.probe else scores,
+                text,
+                intent,
+                batch,
+                speed_texts=views.speed_texts,
+                batch_texts=views.batch.training_texts if views.batch else None,
+                learn=not event.probe,
+            )
+            if not event.probe:
                 history.append((text, intent))
+                synthetic += event.item.synthetic
         advance(len(chunk))
-        if end % plan.window == 0 or end == len(items):
+        if end % plan.window == 0 or end == len(events):
             result.windows.append(
                 Window(
                     start=window_start,
                     end=end,
                     phase=_phase(window_start, scenario.drift_at, retrains),
-                    batch_accuracy=scores.batch.accuracy if scores.batch.seen else None,
-                    speed_accuracy=scores.speed.accuracy,
-                    blend_accuracy=scores.blend.accuracy,
                     batch_version=views.version,
+                    labelled=scores.blend.seen,
+                    synthetic=synthetic,
+                    counts=_counts(scores),
+                    probes={v: _counts(probe_scores)[v]["all"] for v in VIEWS},
                 )
             )
             scores = ViewScores.with_window(plan.window)
-            window_start = end
+            probe_scores = ViewScores.with_window(plan.window)
+            window_start, synthetic = end, 0
     result.summary = _summarise(result.windows)
     return result

@@ -60,7 +60,7 @@ class ChampionPoller:
     def poll_once(self) -> ChampionModel | None:
         info = fetch_champion(tracking_client(self.settings), self.settings.registered_model)
         if info is not None and (self._loaded is None or self._loaded.info.version != info.version):
-            self._loaded = load_champion(info)
+            self._loaded = load_champion(info, with_training_texts=True)
             log.info("loaded champion version %s", info.version)
         return self._loaded
 

@@ -23,6 +23,7 @@ from models.prequential import ViewScores, prequential_step
 from models.registry import ChampionModel
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
+from models.texts import TextMemory
 from pipelines.signals import raise_drift_signal
 from streams.consumer import MAX_POLL_RECORDS, Consumed, EventReader
 
@@ -56,6 +57,7 @@ class SpeedState:
     base_offsets: dict[int, int] = field(default_factory=dict)
     scores: ViewScores = field(default_factory=lambda: ViewScores.with_window(1000))
     drift_detections: int = 0
+    learnt_texts: TextMemory = field(default_factory=TextMemory)
 
     @classmethod
     def fresh(cls, window: int, base_version=None, base_offsets=None) -> "SpeedState":
@@ -73,6 +75,7 @@ class SpeedState:
         state.model = snapshot.model
         state.blender = snapshot.blender
         state.events_learnt = snapshot.events_learnt
+        state.learnt_texts = snapshot.learnt_texts
         return state
 
     def metrics(self) -> dict[str, float]:
@@ -84,17 +87,7 @@ class SpeedState:
             "speed_weight": speed_weight,
             "drift_detections": float(self.drift_detections),
         }
-        views = {"speed": self.scores.speed, "batch": self.scores.batch, "blend": self.scores.blend}
-        for name, score in views.items():
-            # Each view once it has scored an event: no batch figures before the first
-            # champion, and the blend, until then, is the speed model's answer.
-            if score.seen:
-                figures |= {
-                    f"{name}_accuracy": score.accuracy,
-                    f"{name}_window_accuracy": score.last_window_accuracy,
-                    f"{name}_log_loss": score.log_loss,
-                }
-        return figures
+        return figures | self.scores.figures()
 
 
 class SpeedLayer:
@@ -167,7 +160,14 @@ class SpeedLayer:
                 continue
             batch = next(batch_iter, None)
             batch_right = prequential_step(
-                state.model, state.blender, state.scores, item.event.text, intent, batch
+                state.model,
+                state.blender,
+                state.scores,
+                item.event.text,
+                intent,
+                batch,
+                speed_texts=state.learnt_texts,
+                batch_texts=champion.training_texts if champion else None,
             )
             if batch_right is not None:
                 self._watch_drift(float(not batch_right))
@@ -201,6 +201,7 @@ class SpeedLayer:
             metrics=self.state.metrics(),
             base_version=self.state.base_version,
             base_offsets=self.state.base_offsets,
+            learnt_texts=self.state.learnt_texts,
         )
 
     def snapshot(self) -> SpeedSnapshot:

@@ -5,16 +5,28 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
-from models.registry import CHALLENGER, CHAMPION, CUTOFF_TAG, decode_offsets, fetch_champion
+from models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    CUTOFF_TAG,
+    decode_offsets,
+    fetch_alias,
+    fetch_champion,
+    load_champion,
+)
 from pipelines import tracking_server
+from pipelines.cli import SKIPPED_EXIT_CODE, app
 from pipelines.config import BatchSettings, MlflowSettings
-from pipelines.retrain import retrain
+from pipelines.retrain import NothingNew, read_history_split, retrain
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
+from streams.master_dataset import archived_positions
 from streams.schema import QueryEvent
 from tests.integration.cli_processes import CLI, cli_env
 from tests.integration.conftest import free_ports
@@ -24,32 +36,49 @@ pytestmark = pytest.mark.integration
 INTENTS = 25
 
 
-@pytest.fixture(scope="module")
-def master(tmp_path_factory):
-    """A master dataset of CLINC150 rows of 25 intents over two partitions and three days."""
+def clinc_rows(intents: int = INTENTS, per_intent: int | None = None, seed: int = 1) -> list:
+    """CLINC150 rows of the first `intents` in-scope intents (`per_intent` of each), shuffled."""
     examples = load_dataset(CLINC150_DATA).examples
-    chosen = sorted({e.intent for e in examples if e.intent != "oos"})[:INTENTS]
-    rows = [e for e in examples if e.intent in chosen]
-    random.Random(1).shuffle(rows)
-    root = tmp_path_factory.mktemp("master")
+    chosen = sorted({e.intent for e in examples if e.intent != "oos"})[:intents]
+    by_intent = {intent: [e for e in examples if e.intent == intent] for intent in chosen}
+    rows = [e for intent in chosen for e in by_intent[intent][:per_intent]]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def archive(root, rows, start_offsets: dict[int, int] | None = None) -> dict[int, int]:
+    """Archive `rows` over two partitions after `start_offsets`, one flush per partition, as
+    the archiver would; returns the next offset of each partition."""
+    offsets = dict(start_offsets or {0: 0, 1: 0})
     start = datetime(2026, 11, 1, tzinfo=UTC)
     for partition in (0, 1):
         part = rows[partition::2]
+        if not part:
+            continue
+        first = offsets[partition]
         consumed = [
             Consumed(
                 QueryEvent(
-                    query_id=f"{partition}-{offset}",
-                    ts=start + timedelta(minutes=offset),
+                    query_id=f"{partition}-{first + n}",
+                    ts=start + timedelta(minutes=first + n),
                     text=example.text,
                     intent=example.intent,
                 ),
                 partition,
-                offset,
+                first + n,
             )
-            for offset, example in enumerate(part)
+            for n, example in enumerate(part)
         ]
-        write_flush(root, partition, 0, len(part) - 1, consumed)
-    return root, {0: (len(rows) + 1) // 2, 1: len(rows) // 2}
+        write_flush(root, partition, first, first + len(part) - 1, consumed)
+        offsets[partition] = first + len(part)
+    return offsets
+
+
+@pytest.fixture(scope="module")
+def master(tmp_path_factory):
+    """A master dataset of CLINC150 rows of 25 intents over two partitions."""
+    root = tmp_path_factory.mktemp("master")
+    return root, archive(root, clinc_rows())
 
 
 def settings_for(uri: str) -> MlflowSettings:
@@ -62,7 +91,7 @@ def test_a_retrain_registers_a_champion_with_its_lineage(mlflow_server, master):
     tracking = settings_for(mlflow_server)
     result = retrain(BatchSettings(master_dir=root), tracking, "queries")
     assert result.promoted and result.version == "1"
-    assert result.scores.accuracy > 0.85
+    assert result.scores.first_seen_accuracy > 0.85
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(result.run_id)
@@ -75,7 +104,13 @@ def test_a_retrain_registers_a_champion_with_its_lineage(mlflow_server, master):
     assert (
         tags["lineage.ts_min"].startswith("2026-11-01") and len(tags["lineage.content_hash"]) == 64
     )
-    assert {"holdout_accuracy", "holdout_macro_f1", "holdout_log_loss"} <= set(metrics)
+    assert {
+        "holdout_first_seen_accuracy",
+        "holdout_accuracy",
+        "holdout_macro_f1",
+        "holdout_log_loss",
+        "holdout_first_seen_share",
+    } <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "report")}
     assert artifacts == {"report/per_intent_report.json", "report/confusion_matrix.png"}
 
@@ -85,19 +120,107 @@ def test_a_retrain_registers_a_champion_with_its_lineage(mlflow_server, master):
     champion = fetch_champion(client, tracking.registered_model)
     assert champion and champion.version == "1" and champion.cutoff_offsets == cutoff
 
+    # The holdout shares no text with training, and the champion says which texts it learnt.
+    loaded = load_champion(champion, with_training_texts=True)
+    assert loaded.training_texts is not None
+    assert len(loaded.training_texts) == int(tags["lineage.distinct_train_texts"])
+    split = read_history_split(root, cutoff, BatchSettings().holdout_fraction)
+    assert split.holdout_texts and not any(t in loaded.training_texts for t in split.holdout_texts)
+    assert all(t in loaded.training_texts for t in split.texts)
 
-def test_a_worse_model_is_not_promoted(mlflow_server, master):
-    root, _ = master
+
+def test_a_worse_model_is_not_promoted(mlflow_server, tmp_path):
+    rows = clinc_rows()
+    offsets = archive(tmp_path, rows)
     tracking = settings_for(mlflow_server)
-    batch = BatchSettings(master_dir=root)
+    batch = BatchSettings(master_dir=tmp_path)
     assert retrain(batch, tracking, "queries").promoted
+    archive(tmp_path, rows[:50], offsets)  # something new, so the next run is not skipped
     broken = retrain(batch, tracking, "queries", label_shuffle_seed=7)
     assert not broken.promoted
-    assert broken.scores.accuracy < broken.champion_scores.accuracy
+    assert broken.scores.first_seen_accuracy < broken.champion_scores.first_seen_accuracy
     client = MlflowClient(mlflow_server)
     assert client.get_model_version_by_alias(tracking.registered_model, CHAMPION).version == "1"
     assert client.get_model_version_by_alias(tracking.registered_model, CHALLENGER).version == "2"
-    assert "does not beat the champion" in client.get_run(broken.run_id).data.tags["promotion"]
+    assert "not significantly better" in client.get_run(broken.run_id).data.tags["promotion"]
+
+
+# A model that memorises: every word n-gram kept, no character n-grams, almost no regularisation.
+MEMORISER = {
+    "word_ngram_range": (1, 3),
+    "char_ngram_range": None,
+    "min_df": 1,
+    "C": 1e4,
+    "nb_weight": 0.0,
+}
+
+
+def test_a_memorising_challenger_on_a_repeat_heavy_history_is_refused(mlflow_server, tmp_path):
+    """Popular texts repeat many times. A memoriser fits them perfectly, and on a holdout that
+    shared texts with training it would look better; on first-seen texts it is not."""
+    rows = clinc_rows()
+    popular = rows[: len(rows) // 5]
+    history = rows + popular * 10
+    random.Random(2).shuffle(history)
+    offsets = archive(tmp_path, history)
+    tracking = settings_for(mlflow_server)
+    batch = BatchSettings(master_dir=tmp_path)
+    champion = retrain(batch, tracking, "queries")
+    assert champion.promoted
+    archive(tmp_path, popular * 2, offsets)  # more of the same repeats
+    memoriser = retrain(batch, tracking, "queries", model_params=MEMORISER)
+    assert not memoriser.promoted, memoriser.reason
+    client = MlflowClient(mlflow_server)
+    assert client.get_model_version_by_alias(tracking.registered_model, CHAMPION).version == "1"
+    # It does memorise: every training text right, on a history two thirds repeats.
+    split = read_history_split(tmp_path, archived_positions(tmp_path), batch.holdout_fraction)
+    model = load_champion(fetch_alias(client, tracking.registered_model, CHALLENGER)).estimator
+    assert (model.predict(split.texts) == np.asarray(split.intents)).mean() == 1.0
+    assert split.weights.sum() > 2 * len(split.texts)
+    verdict = memoriser.verdict
+    assert (
+        verdict is not None
+        and verdict.p_value >= batch.gate_alpha
+        or verdict.losses >= verdict.wins
+    )
+
+
+def test_a_model_trained_on_more_data_is_promoted(mlflow_server, tmp_path):
+    rows = clinc_rows()
+    few = clinc_rows(per_intent=8)
+    offsets = archive(tmp_path, few)
+    tracking = settings_for(mlflow_server)
+    batch = BatchSettings(master_dir=tmp_path, min_train_events=50)
+    first = retrain(batch, tracking, "queries")
+    assert first.promoted
+    archive(tmp_path, rows, offsets)
+    more = retrain(batch, tracking, "queries")
+    assert more.promoted, more.reason
+    assert more.verdict is not None and more.verdict.p_value < batch.gate_alpha
+    assert more.scores.first_seen_accuracy > more.champion_scores.first_seen_accuracy
+    client = MlflowClient(mlflow_server)
+    assert client.get_model_version_by_alias(tracking.registered_model, CHAMPION).version == "2"
+
+
+def test_a_retrain_with_nothing_new_registers_nothing(mlflow_server, master):
+    root, cutoff = master
+    tracking = settings_for(mlflow_server)
+    batch = BatchSettings(master_dir=root)
+    assert retrain(batch, tracking, "queries").version == "1"
+    with pytest.raises(NothingNew, match="champion version 1"):
+        retrain(batch, tracking, "queries")
+    env = {
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MLFLOW_EXPERIMENT": tracking.experiment,
+        "MLFLOW_REGISTERED_MODEL": tracking.registered_model,
+        "BATCH_MASTER_DIR": str(root),
+    }
+    result = CliRunner().invoke(app, ["retrain"], env=env)
+    assert result.exit_code == SKIPPED_EXIT_CODE, result.output
+    assert "nothing registered" in " ".join(result.output.split())
+    client = MlflowClient(mlflow_server)
+    versions = client.search_model_versions(f"name = '{tracking.registered_model}'")
+    assert [v.version for v in versions] == ["1"]
 
 
 @pytest.mark.reliability
@@ -105,7 +228,9 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
     master, tmp_path, monkeypatch, reliability
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    root, _ = master
+    rows = clinc_rows()
+    root = tmp_path / "master"
+    offsets = archive(root, rows)
     (port,) = free_ports(1)
     # Always a server of this test's own (it is stopped mid-run), whatever the environment says.
     server = MlflowSettings(tracking_uri="", home=tmp_path / "mlflow", port=port)
@@ -114,6 +239,7 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
     assert tracking_server.up(server)
     try:
         first = retrain(batch, tracking, "queries")
+        archive(root, rows[:50], offsets)  # new events, so the next runs have work to do
 
         def stop_server_after_fit(stage: str) -> None:
             if stage == "evaluate":
@@ -141,6 +267,8 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
 
 
 def test_two_schedulers_never_run_at_the_same_time(mlflow_server, master, tmp_path):
+    """One scheduler holds the lock and registers a version; the other is refused the lock,
+    retries after its backoff, and then skips: nothing is new since that version's cut-off."""
     root, _ = master
     tracking = settings_for(mlflow_server)
     env = cli_env(
@@ -162,10 +290,9 @@ def test_two_schedulers_never_run_at_the_same_time(mlflow_server, master, tmp_pa
     assert [s.returncode for s in schedulers] == [0, 0], outputs
     flattened = [" ".join(out.split()) for out in outputs]  # the log wraps long lines
     assert any("another run holds the lock" in out for out in flattened), outputs
+    assert any("skipped: nothing archived since the cut-off" in out for out in flattened), outputs
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name(tracking.experiment)
     runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'batch-retrain'")
-    assert len(runs) == 2
-    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
-    assert spans[0][1] <= spans[1][0], f"runs overlapped: {spans}"
+    assert len(runs) == 1

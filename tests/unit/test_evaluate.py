@@ -5,7 +5,10 @@ import random
 
 from typer.testing import CliRunner
 
+from models.texts import normalise
 from pipelines.cli import app
+from pipelines.evaluate import _split_probes
+from streams.dataset import Example
 
 WORDS = {
     "order_pizza": ["pizza", "pepperoni", "crust", "slice", "margherita"],
@@ -57,13 +60,36 @@ def test_evaluate_on_a_users_dataset_with_late_intents(tmp_path):
         "after drift",
         "after retrain",
     }
-    assert all(w["batch_accuracy"] is None for w in report["windows"] if w["end"] <= 240)
+    windows = report["windows"]
+    assert all(w["counts"]["batch"]["all"][0] == 0 for w in windows if w["end"] <= 240)
     # The batch model cannot know the late intents until it is retrained after the drift;
-    # the blend can, through the speed model: it must gain there, and never trail much.
+    # the blend can, through the speed model: it must gain there, and never trail much, on
+    # all texts and on the texts neither model has trained on.
     assert report["post_drift_gain_vs_batch_points"] > 10
     assert report["worst_window_gap_vs_best_points"] < 2
+    assert report["first_seen_post_drift_gain_vs_batch_points"] > 10
+    # Every event is first-seen or repeated for each view, and novel ones are first-seen to all.
+    for w in windows:
+        for view, groups in w["counts"].items():
+            assert groups["first_seen"][0] + groups["repeated"][0] == groups["all"][0], view
+            assert groups["novel"][0] <= groups["first_seen"][0], view
+    # This dataset's texts repeat (two fillers and two words of five), so repeats dominate.
+    assert 0 < report["first_seen_share"] < 0.5
+    # Probes: each entered once, scored by every view once a model exists, learnt by none.
+    probes = report["scenario"]["probes"]
+    assert probes > 0
+    assert sum(w["probes"]["speed"][0] for w in windows) == probes
     assert (output / "evaluation.png").stat().st_size > 10_000
     assert "| events | phase |" in (output / "evaluation.md").read_text()
+
+
+def test_probe_texts_are_held_out_whole_and_enter_once():
+    rows = [Example(f"text {i % 40}", f"intent{i % 4}") for i in range(400)]
+    kept, probes = _split_probes(rows, 0.25, seed=1)
+    probe_texts = [normalise(e.text) for e in probes]
+    assert len(probe_texts) == len(set(probe_texts)) == 10
+    assert not set(probe_texts) & {normalise(e.text) for e in kept}
+    assert len(kept) == 300
 
 
 def test_evaluate_names_what_is_wrong(tmp_path):
