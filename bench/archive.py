@@ -36,7 +36,15 @@ def archive_once(kafka: KafkaSettings, root: Path, events: int) -> float:
 
 def main(repeats: int = 3, events: int = 200_000) -> dict:
     kafka = KafkaSettings()
-    broker.up(kafka)
+    started_broker = broker.up(kafka)  # True only if this call started the local broker
+    try:
+        return _measure(kafka, repeats, events)
+    finally:
+        if started_broker:
+            broker.down(kafka)
+
+
+def _measure(kafka: KafkaSettings, repeats: int, events: int) -> dict:
     topic = f"bench-archive-{time.time_ns()}"
     broker.ensure_topics(kafka.bootstrap, {topic: 4, f"{topic}.dlq": 1})
     stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
@@ -57,7 +65,7 @@ def main(repeats: int = 3, events: int = 200_000) -> dict:
         "produce_events_per_s": round(produced.events_per_s, 1),
         "repeats": repeats,
     }
-    return save_figures("archive", figures)
+    return save_figures("archive", figures, {"repeats": repeats, "events": events, "partitions": 4})
 
 
 if __name__ == "__main__":
