@@ -75,7 +75,13 @@ def make_models(workdir: Path) -> tuple[Path, Path, list[dict]]:
     estimator = build_batch_model().fit(train_texts, [e.intent for e in split["train"]])
     print(f"batch model trained in {time.perf_counter() - started:.1f}s", flush=True)
     champion_path = workdir / "champion.pkl"
-    save_champion_file(champion_path, estimator, version="1", cutoff_offsets={0: len(train_texts)})
+    save_champion_file(
+        champion_path,
+        estimator,
+        version="1",
+        cutoff_offsets={0: len(train_texts)},
+        training_texts=train_texts,
+    )
 
     speed = build_speed_model()
     for example in split["train"]:

@@ -10,7 +10,8 @@ they arrive. Three experts answer each query:
   inner mixture of the two.
 
 The blend is the Hedge mixture of the three: each expert's weight decays with its recent,
-exponentially-weighted log loss, so the blend follows whichever view is doing best now (batch
+exponentially-weighted log loss (learnt apart for texts the batch model trained on and texts
+it has not), so the blend follows whichever view is doing best now (batch
 before a drift, the speed side after it, the new batch model after a retrain). The memory is
 short on purpose (decay 0.9, about ten events) and the learning rate low (0.3), so the weights
 move fast but stay mixed: a long memory keeps trusting the old champion for hundreds of events
@@ -19,6 +20,7 @@ measures how far the blend trails the better model in any window). Everything is
 predict, then learn.
 """
 
+import copy
 import math
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
@@ -43,15 +45,37 @@ def _softmin(losses: list[float], learning_rate: float) -> list[float]:
     return [s / total for s in scores]
 
 
+class _Hedge:
+    """One set of Hedge weights: discounted log losses of the three experts, and of the inner
+    mixture's two sides."""
+
+    def __init__(self) -> None:
+        self.expert_loss = [0.0, 0.0, 0.0]
+        self.inner_loss = [0.0, 0.0]
+        self.learnt = 0
+
+    def experts(self, learning_rate: float) -> list[float]:
+        return _softmin(self.expert_loss, learning_rate)
+
+    def inner(self, learning_rate: float) -> list[float]:
+        return _softmin(self.inner_loss, learning_rate)
+
+
 class HedgeBlender:
     """Hedge weights over the batch, speed and novelty experts, from discounted log loss.
+
+    Two sets of weights are learnt: one for texts the batch model trained on, one for texts it
+    has not (`batch_seen`). A champion all but never errs on a text it has trained on, and most
+    events are such repeats; weights learnt over all events together would trust it on new
+    texts as much as on its repeats. Properties without `batch_seen` describe the weights for
+    new texts.
 
     >>> blender = HedgeBlender()
     >>> batch, speed = {"a": 0.9, "b": 0.1}, {"a": 0.2, "b": 0.7, "c": 0.1}
     >>> for _ in range(50):
     ...     blender.learn(batch, speed, "a")
-    >>> round(blender.weights[0], 2)
-    0.99
+    >>> round(blender.weights[0], 2), blender.weights_for(batch_seen=True)
+    (0.99, (0.5, 0.5))
     >>> p = blender.blend(batch, speed)
     >>> max(p, key=p.get), round(sum(p.values()), 6)
     ('a', 1.0)
@@ -62,25 +86,51 @@ class HedgeBlender:
             raise ValueError("learning_rate must be > 0 and decay in (0, 1]")
         self.learning_rate = learning_rate
         self.decay = decay
-        self.expert_loss = [0.0, 0.0, 0.0]
-        self.inner_loss = [0.0, 0.0]
-        self.learnt = 0
+        self.new_texts = _Hedge()
+        self.seen_texts = _Hedge()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A blender pickled before the two sets: its one set serves both."""
+        if "new_texts" not in state:
+            hedge = _Hedge()
+            hedge.expert_loss, hedge.inner_loss = state.pop("expert_loss"), state.pop("inner_loss")
+            hedge.learnt = state.pop("learnt")
+            state["new_texts"] = hedge
+            state["seen_texts"] = copy.deepcopy(hedge)
+            state["seen_texts"].learnt = 0  # the events were learnt once
+        self.__dict__.update(state)
+
+    def _hedge(self, batch_seen: bool) -> _Hedge:
+        return self.seen_texts if batch_seen else self.new_texts
+
+    @property
+    def learnt(self) -> int:
+        return self.new_texts.learnt + self.seen_texts.learnt
 
     @property
     def expert_weights(self) -> dict[str, float]:
-        return dict(zip(EXPERTS, _softmin(self.expert_loss, self.learning_rate), strict=True))
+        """The three experts' weights for texts the batch model has not trained on."""
+        weights = self.new_texts.experts(self.learning_rate)
+        return dict(zip(EXPERTS, weights, strict=True))
 
     @property
     def weights(self) -> tuple[float, float]:
+        """`weights_for` texts the batch model has not trained on."""
+        return self.weights_for(batch_seen=False)
+
+    def weights_for(self, batch_seen: bool) -> tuple[float, float]:
         """(batch_weight, speed_weight): how much of the blend each model carries, summing to 1."""
-        batch, speed, novelty = _softmin(self.expert_loss, self.learning_rate)
-        inner_batch, inner_speed = _softmin(self.inner_loss, self.learning_rate)
+        hedge = self._hedge(batch_seen)
+        batch, speed, novelty = hedge.experts(self.learning_rate)
+        inner_batch, inner_speed = hedge.inner(self.learning_rate)
         return batch + novelty * inner_batch, speed + novelty * inner_speed
 
-    def _novelty(self, batch: Probabilities, speed: Probabilities) -> dict[str, float]:
+    def _novelty(
+        self, batch: Probabilities, speed: Probabilities, hedge: _Hedge
+    ) -> dict[str, float]:
         novel = novel_mass(batch.keys(), speed)
         known_speed = _renormalised_known(batch.keys(), speed, novel)
-        inner_batch, inner_speed = _softmin(self.inner_loss, self.learning_rate)
+        inner_batch, inner_speed = hedge.inner(self.learning_rate)
         mixed = {
             intent: (1.0 - novel) * (inner_batch * p + inner_speed * known_speed.get(intent, 0.0))
             for intent, p in batch.items()
@@ -90,19 +140,41 @@ class HedgeBlender:
                 mixed[intent] = p
         return mixed
 
-    def blend(self, batch: Probabilities | None, speed: Probabilities | None) -> dict[str, float]:
+    def blend(
+        self,
+        batch: Probabilities | None,
+        speed: Probabilities | None,
+        batch_seen: bool = False,
+    ) -> dict[str, float]:
         """The blended distribution over the union of both models' intents."""
         if not batch:
             return dict(speed or {})
         if not speed:
             return dict(batch)
-        experts = (batch, speed, self._novelty(batch, speed))
-        weights = _softmin(self.expert_loss, self.learning_rate)
+        hedge = self._hedge(batch_seen)
+        experts = (batch, speed, self._novelty(batch, speed, hedge))
+        weights = hedge.experts(self.learning_rate)
         blended: dict[str, float] = {}
         for weight, expert in zip(weights, experts, strict=True):
             for intent, p in expert.items():
                 blended[intent] = blended.get(intent, 0.0) + weight * p
         return blended
+
+    def _row_weights(self, batch_seen: np.ndarray | None, n: int) -> tuple[np.ndarray, ...]:
+        """Per row (as columns of shape (n, 1)): the three expert weights and the inner two,
+        from the set each row's `batch_seen` picks."""
+        new = [
+            *self.new_texts.experts(self.learning_rate),
+            *self.new_texts.inner(self.learning_rate),
+        ]
+        if batch_seen is None or not np.any(batch_seen):
+            return tuple(np.full((n, 1), w) for w in new)
+        seen = [
+            *self.seen_texts.experts(self.learning_rate),
+            *self.seen_texts.inner(self.learning_rate),
+        ]
+        mask = np.asarray(batch_seen, dtype=bool)[:, None]
+        return tuple(np.where(mask, s, w) for s, w in zip(seen, new, strict=True))
 
     def blend_many(
         self,
@@ -110,12 +182,14 @@ class HedgeBlender:
         batch_matrix: np.ndarray | None,
         speed_classes: Sequence[Any],
         speed_matrix: np.ndarray | None,
+        batch_seen: np.ndarray | None = None,
     ) -> tuple[list[Any], np.ndarray]:
         """`blend` over the rows of two probability matrices at once.
 
         Row i of the result, over the returned classes (the batch classes, then the speed-only
-        ones), equals `blend` of row i of each side as dicts. A side that is None or has no
-        classes counts as absent, as an empty dict does in `blend`.
+        ones), equals `blend` of row i of each side as dicts, with `batch_seen[i]` (all False
+        when None). A side that is None or has no classes counts as absent, as an empty dict
+        does in `blend`.
         """
         batch_absent = batch_matrix is None or not len(batch_classes)
         speed_absent = speed_matrix is None or not len(speed_classes)
@@ -154,33 +228,40 @@ class HedgeBlender:
         known_speed = np.zeros((n, n_batch))
         usable = rest > 1e-12
         known_speed[usable] = speed_u[usable, :n_batch] / rest[usable, None]
-        inner_batch, inner_speed = _softmin(self.inner_loss, self.learning_rate)
+        w_batch, w_speed, w_novelty, inner_batch, inner_speed = self._row_weights(batch_seen, n)
         novelty = speed_u.copy()
         novelty[:, :n_batch] = (1.0 - novel)[:, None] * (
             inner_batch * batch + inner_speed * known_speed
         )
-        w_batch, w_speed, w_novelty = _softmin(self.expert_loss, self.learning_rate)
         blended = np.zeros((n, len(classes)))
         blended[:, :n_batch] = w_batch * batch
         blended += w_speed * speed_u
         blended += w_novelty * novelty
         return classes, blended
 
-    def learn(self, batch: Probabilities | None, speed: Probabilities | None, intent: str) -> None:
-        """Update the weights with each expert's log loss on a labelled event."""
+    def learn(
+        self,
+        batch: Probabilities | None,
+        speed: Probabilities | None,
+        intent: str,
+        batch_seen: bool = False,
+    ) -> None:
+        """Update the weights for texts like this one (`batch_seen` or not) with each expert's
+        log loss on a labelled event."""
         if not batch or not speed:
             return
-        experts = (batch, speed, self._novelty(batch, speed))
+        hedge = self._hedge(batch_seen)
+        experts = (batch, speed, self._novelty(batch, speed, hedge))
         for i, expert in enumerate(experts):
-            self.expert_loss[i] = self.decay * self.expert_loss[i] + _log_loss(
+            hedge.expert_loss[i] = self.decay * hedge.expert_loss[i] + _log_loss(
                 expert.get(intent, 0.0)
             )
         if intent in batch:
             novel = novel_mass(batch.keys(), speed)
             known_speed = _renormalised_known(batch.keys(), speed, novel)
             for i, p in enumerate((batch[intent], known_speed.get(intent, 0.0))):
-                self.inner_loss[i] = self.decay * self.inner_loss[i] + _log_loss(p)
-        self.learnt += 1
+                hedge.inner_loss[i] = self.decay * hedge.inner_loss[i] + _log_loss(p)
+        hedge.learnt += 1
 
 
 def novel_mass(known: Set[Any], speed: Probabilities) -> float:

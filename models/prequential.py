@@ -62,13 +62,13 @@ def prequential_step(
     seen_by_any = speed_seen or batch_seen
     speed = speed_model.predict_proba_one(x)
     scores.speed.update(speed, intent, seen=speed_seen, seen_by_any=seen_by_any)
-    blended = blender.blend(batch, speed)
+    blended = blender.blend(batch, speed, batch_seen)
     scores.blend.update(blended, intent, seen=seen_by_any, seen_by_any=seen_by_any)
     batch_right = None
     if batch is not None:
         batch_right = scores.batch.update(batch, intent, seen=batch_seen, seen_by_any=seen_by_any)
         if learn:
-            blender.learn(batch, speed, intent)
+            blender.learn(batch, speed, intent, batch_seen)
     if learn:
         speed_model.learn_one(x, intent)
         speed_texts.add_key(key)

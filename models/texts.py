@@ -85,6 +85,10 @@ class TextMemory:
         at = int(np.searchsorted(frozen, np.uint64(key)))
         return at < len(frozen) and int(frozen[at]) == key
 
+    def contains_many(self, texts: Iterable[str]) -> np.ndarray:
+        """`text in self` for each text, as a boolean array."""
+        return np.fromiter((self.contains_key(text_key(t)) for t in texts), dtype=bool)
+
     def add(self, text: str) -> None:
         self.add_key(text_key(text))
 

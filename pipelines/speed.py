@@ -85,6 +85,7 @@ class SpeedState:
             "unlabelled_seen": float(self.unlabelled_seen),
             "batch_weight": batch_weight,
             "speed_weight": speed_weight,
+            "batch_weight_on_batch_trained_texts": self.blender.weights_for(batch_seen=True)[0],
             "drift_detections": float(self.drift_detections),
         }
         return figures | self.scores.figures()

@@ -12,13 +12,14 @@ import logging
 import os
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from models.registry import ChampionInfo, ChampionModel, fetch_champion, load_champion
 from models.snapshot import SnapshotStore, SpeedSnapshot
+from models.texts import TextMemory
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,27 @@ class RegistryChampion:
         return fetch_champion(self.client, self.name)
 
     def load(self, info: ChampionInfo) -> ChampionModel:
-        return load_champion(info)
+        return load_champion(info, with_training_texts=True)
 
 
 def save_champion_file(
-    path: Path, estimator, version: str, cutoff_offsets: dict[int, int] | None = None
+    path: Path,
+    estimator,
+    version: str,
+    cutoff_offsets: dict[int, int] | None = None,
+    training_texts: Iterable[str] | None = None,
 ) -> None:
-    """Pickle a fitted pipeline with its version and cut-off for `FileChampion`, atomically
-    (temporary file, then rename) so that a polling server never reads half a file."""
+    """Pickle a fitted pipeline with its version, cut-off and (optionally) the texts it trained
+    on for `FileChampion`, atomically (temporary file, then rename) so that a polling server
+    never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    record = {"estimator": estimator, "version": version, "cutoff_offsets": cutoff_offsets or {}}
+    record = {
+        "estimator": estimator,
+        "version": version,
+        "cutoff_offsets": cutoff_offsets or {},
+        "training_texts": None if training_texts is None else TextMemory.of(training_texts),
+    }
     with temporary.open("wb") as handle:
         pickle.dump(record, handle, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(temporary, path)
@@ -112,7 +123,8 @@ class FileChampion:
                 run_id="",
                 cutoff_offsets=dict(record["cutoff_offsets"]),
             )
-            self._seen = (mtime, ChampionModel(info, record["estimator"]))
+            champion = ChampionModel(info, record["estimator"], record.get("training_texts"))
+            self._seen = (mtime, champion)
         return self._seen[1]
 
 

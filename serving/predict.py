@@ -52,18 +52,22 @@ def predict_texts(
             f"{max_snapshot_age_s:g}s"
         )
     source: Source
+    seen = _batch_seen(models, texts)
     if champion is not None and snapshot is not None:
-        source, weights = "blend", snapshot.blender.weights
-        blend = BlendWeights(batch_weight=weights[0], speed_weight=weights[1])
-    elif champion is not None:
-        source, blend = "batch", _BATCH_ONLY
+        source = "blend"
+        by_seen = {}
+        for flag in (False, True):
+            batch_weight, speed_weight = snapshot.blender.weights_for(batch_seen=flag)
+            by_seen[flag] = BlendWeights(batch_weight=batch_weight, speed_weight=speed_weight)
+        blends = [by_seen[bool(flag)] for flag in seen]
     else:
-        source, blend = "speed", _SPEED_ONLY
+        source = "batch" if champion is not None else "speed"
+        blends = [_BATCH_ONLY if champion is not None else _SPEED_ONLY] * len(texts)
     versions = _versions(models, snapshot)
 
     speed_model = snapshot.model if snapshot is not None else None
     if speed_model is not None and not hasattr(speed_model, "predict_proba_matrix"):
-        return _predict_dicts(champion, snapshot, texts, top_k, blend, source, versions)
+        return _predict_dicts(champion, snapshot, texts, seen, top_k, blends, source, versions)
     batch_classes: list = []
     batch_matrix = None
     if champion is not None:
@@ -75,7 +79,7 @@ def predict_texts(
     else:
         speed_classes, speed_matrix = speed_model.predict_proba_matrix([{"text": t} for t in texts])
         classes, matrix = snapshot.blender.blend_many(
-            batch_classes, batch_matrix, speed_classes, speed_matrix
+            batch_classes, batch_matrix, speed_classes, speed_matrix, seen
         )
     if matrix is None or not texts:
         return []
@@ -83,7 +87,7 @@ def predict_texts(
     order = np.argsort(-matrix, axis=1, kind="stable")[:, :top_k]
     best_p = np.take_along_axis(matrix, order, axis=1).tolist()
     predictions = []
-    for row, scores in zip(order.tolist(), best_p, strict=True):
+    for row, scores, blend in zip(order.tolist(), best_p, blends, strict=True):
         top = [IntentScore(intent=classes[c], p=p) for c, p in zip(row, scores, strict=True)]
         predictions.append(
             Prediction(
@@ -98,7 +102,18 @@ def predict_texts(
     return predictions
 
 
-def _predict_dicts(champion, snapshot, texts, top_k, blend, source, versions) -> list[Prediction]:
+def _batch_seen(models: ModelSet, texts: list[str]) -> np.ndarray:
+    """Whether the champion trained on each text: the blender weighs its answer differently
+    then (all False when the champion did not record its texts)."""
+    champion = models.champion
+    if champion is None or champion.training_texts is None:
+        return np.zeros(len(texts), dtype=bool)
+    return champion.training_texts.contains_many(texts)
+
+
+def _predict_dicts(
+    champion, snapshot, texts, seen, top_k, blends, source, versions
+) -> list[Prediction]:
     """The per-text path, for a speed model without `predict_proba_matrix` (a River model)."""
     batch_probs = None
     if champion is not None:
@@ -108,11 +123,12 @@ def _predict_dicts(champion, snapshot, texts, top_k, blend, source, versions) ->
         snapshot.blender.blend(
             batch_probs[i] if batch_probs is not None else None,
             snapshot.model.predict_proba_one({"text": text}),
+            bool(seen[i]),
         )
         for i, text in enumerate(texts)
     ]
     predictions = []
-    for probs in blended:
+    for probs, blend in zip(blended, blends, strict=True):
         best = heapq.nlargest(top_k, probs.items(), key=itemgetter(1))
         predictions.append(
             Prediction(

@@ -121,3 +121,40 @@ def test_blend_many_with_a_side_missing_returns_the_other():
     ):
         assert classes == ["c", "a"] and np.array_equal(matrix, speed_m)
     assert blender.blend_many([], None, [], np.zeros((3, 0)))[1].shape == (3, 0)
+
+
+def test_weights_for_texts_the_batch_model_trained_on_are_learnt_apart():
+    """Repeats the champion trained on teach nothing about how far to trust it on new texts."""
+    blender = HedgeBlender()
+    speed = {"alarm": 0.1, "timer": 0.8, "weather": 0.1}
+    for _ in range(40):
+        blender.learn(BATCH, speed, "alarm", batch_seen=True)  # batch right on its repeats
+        blender.learn(BATCH, speed, "timer", batch_seen=False)  # speed right on new texts
+    seen_batch, _ = blender.weights_for(batch_seen=True)
+    new_batch, _ = blender.weights_for(batch_seen=False)
+    assert seen_batch > 0.9 and new_batch < 0.1
+    assert blender.weights == blender.weights_for(batch_seen=False)
+    assert max(blender.blend(BATCH, speed, batch_seen=True).items(), key=lambda kv: kv[1])[0] == (
+        "alarm"
+    )
+    assert max(blender.blend(BATCH, speed).items(), key=lambda kv: kv[1])[0] == "timer"
+    assert blender.learnt == 80
+
+
+def test_a_blender_pickled_with_one_set_of_weights_serves_both():
+    import pickle
+
+    blender = HedgeBlender()
+    for _ in range(10):
+        blender.learn(BATCH, {"alarm": 0.1, "timer": 0.9}, "timer")
+    old = {
+        "learning_rate": blender.learning_rate,
+        "decay": blender.decay,
+        "expert_loss": list(blender.new_texts.expert_loss),
+        "inner_loss": list(blender.new_texts.inner_loss),
+        "learnt": blender.new_texts.learnt,
+    }
+    restored = HedgeBlender.__new__(HedgeBlender)
+    restored.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert restored.weights_for(batch_seen=True) == restored.weights == blender.weights
+    assert restored.learnt == 10

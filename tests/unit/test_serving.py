@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -515,23 +516,29 @@ def test_serve_command_runs_bentoml_with_the_options(monkeypatch):
 
 def test_the_vectorised_path_answers_like_the_per_text_path(examples, batch_model):
     """With a `HashedTextNB` speed model, one vectorised call per batch; same answers as the
-    per-text dict path (`blend` on each text's dicts, top-k by `heapq.nlargest`)."""
+    per-text dict path (`blend` on each text's dicts, top-k by `heapq.nlargest`), for texts the
+    champion trained on (the blender's weights for those) and texts it did not."""
     from models.registry import ChampionInfo, ChampionModel
     from models.speed_model import HashedTextNB
+    from models.texts import TextMemory
     from serving.model_state import ModelSet
     from serving.predict import _predict_dicts, predict_texts
 
     speed = HashedTextNB()
     blender = HedgeBlender()
-    champion = ChampionModel(ChampionInfo("m", "7", "r", {0: 1}), batch_model)
     train = [e for e in examples if e.split == "train"]
+    trained_on = TextMemory.of(e.text for e in train[::2])
+    champion = ChampionModel(ChampionInfo("m", "7", "r", {0: 1}), batch_model, trained_on)
     for example in train:
         speed.learn_one({"text": example.text}, example.intent)
     for example in train[::7]:
         batch = champion.predict_proba_many([example.text])[0]
-        blender.learn(batch, speed.predict_proba_one({"text": example.text}), example.intent)
+        speed_p = speed.predict_proba_one({"text": example.text})
+        blender.learn(batch, speed_p, example.intent, example.text in trained_on)
+    assert blender.weights_for(batch_seen=True) != blender.weights_for(batch_seen=False)
     snapshot = SpeedSnapshot(model=speed, blender=blender, offsets={0: 1}, events_learnt=1)
     texts = [e.text for e in examples if e.split == "test"][:40] + ["", "play some jazz"]
+    texts += [e.text for e in train[:10]]  # half of them trained on
     for models in (
         ModelSet(champion=champion, snapshot=snapshot),
         ModelSet(champion=champion),
@@ -539,10 +546,18 @@ def test_the_vectorised_path_answers_like_the_per_text_path(examples, batch_mode
     ):
         got = predict_texts(models, texts, top_k=3, max_snapshot_age_s=math.inf)
         source = got[0].source
-        blend = got[0].blend
         versions = got[0].models
+        seen = trained_on.contains_many(texts) if models.champion else np.zeros(len(texts), bool)
+        if models.champion and models.snapshot:
+            weights = {flag: blender.weights_for(batch_seen=flag) for flag in (False, True)}
+            assert [(g.blend.batch_weight, g.blend.speed_weight) for g in got] == [
+                weights[bool(flag)] for flag in seen
+            ]
+        blends = [g.blend for g in got]
         want = (
-            _predict_dicts(models.champion, models.snapshot, texts, 3, blend, source, versions)
+            _predict_dicts(
+                models.champion, models.snapshot, texts, seen, 3, blends, source, versions
+            )
             if models.snapshot is not None
             else None
         )
