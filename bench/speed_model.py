@@ -25,7 +25,8 @@ from typing import Any
 
 from river import base, compose
 
-from models.speed_model import build_speed_model, naive_river_model
+from bench.river_baseline import river_baseline
+from models.speed_model import build_speed_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "datasets" / "clinc150" / "data.jsonl"
@@ -139,7 +140,7 @@ def run(dataset: Path, seed: int, repeats: int, naive_events: int | None) -> dic
         ours.append(prequential(model, events))
         snapshot = pickle_figures(model)
         ours_prefix.append(prequential(build_speed_model(), prefix))
-        naive.append(prequential(naive_river_model(), prefix))
+        naive.append(prequential(river_baseline(alpha=1.0), prefix))  # River's default
         decode_rates.append(decode_and_learn_rates(lines))
 
     speed, baseline = _median_run(ours_prefix), _median_run(naive)

@@ -1,9 +1,10 @@
-"""The speed layer's online intent classifier, and the naive River baseline it replaces.
+"""The speed layer's online intent classifier.
 
-A River `BagOfWords | MultinomialNB` loop slows down as intents accumulate (about 500 events/s
-with 150 of them) because it scores every class in pure Python. `HashedTextNB` keeps the same
-estimator API but hashes word n-grams into a fixed space, stores per-class counts in a dense
-float32 matrix, and scores all classes with a single gather and matrix-vector product.
+A River `BagOfWords | MultinomialNB` loop slows down as intents accumulate, because it scores
+every class in pure Python. `HashedTextNB` keeps the same estimator API but hashes word n-grams
+into a fixed space, stores per-class counts in a dense float32 matrix, and scores all classes
+with a single gather and matrix-vector product. The River loop it is measured against lives in
+`bench/river_baseline.py`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from river import base, compose, feature_extraction, naive_bayes
+from river import base
 from scipy import sparse
 
-__all__ = ["TOKEN_PATTERN", "HashedTextNB", "Query", "build_speed_model", "naive_river_model"]
+__all__ = ["TOKEN_PATTERN", "HashedTextNB", "Query", "build_speed_model"]
 
 TOKEN_PATTERN = r"(?u)\b\w[\w\-]+\b"
 """River's `BagOfWords` default: words of two or more characters, hyphens allowed."""
@@ -34,22 +35,6 @@ Query = Mapping[Any, Any] | str
 """A River feature dict, or the text alone."""
 # Sorted buckets, their values (None when all are 1, as for text alone), and the values' sum.
 Features = tuple[np.ndarray, np.ndarray | None, float]
-
-
-def naive_river_model() -> compose.Pipeline:
-    """Build the baseline the speed model is measured against.
-
-    It tokenises exactly like `HashedTextNB`'s defaults (`TOKEN_PATTERN`, lowercased, accents
-    kept) but counts unigrams only, with Laplace smoothing: the plain River recipe.
-
-    >>> model = naive_river_model()
-    >>> model.learn_one({"text": "book a flight to Paris"}, "book_flight")
-    >>> model.predict_one({"text": "a flight please"})
-    'book_flight'
-    """
-    return feature_extraction.BagOfWords(
-        on="text", lowercase=True, strip_accents=False, tokenizer_pattern=TOKEN_PATTERN
-    ) | naive_bayes.MultinomialNB(alpha=1.0)
 
 
 class HashedTextNB(base.Classifier):

@@ -14,18 +14,29 @@ Repeats = Annotated[int, typer.Option(min=1, help="Repetitions; figures are medi
 
 @bench_app.command()
 def speed(repeats: Repeats = 3) -> None:
-    """Naive River loop vs the speed layer, end to end from Kafka; writes speed.json."""
+    """The speed layer with a champion vs a tuned River loop, end to end from Kafka; speed.json."""
     from bench.speed import main
 
     main(repeats)
 
 
 @bench_app.command()
-def retrain(repeats: Repeats = 3) -> None:
-    """CLINC150 test accuracy, and retrain time and memory on 1M and 2M events; retrain.json."""
+def retrain(
+    repeats: Repeats = 1,
+    sizes: Annotated[str, typer.Option(help="History sizes in events.")] = "1000000,2000000",
+    distinct: Annotated[
+        str, typer.Option(help="Shares of distinct texts in the history.")
+    ] = "0.02,0.1,0.3",
+) -> None:
+    """CLINC150 test accuracy, and whole retrains against a bare fit of the same rows, by
+    history size and share of distinct texts; writes retrain.json."""
     from bench.retrain import main
 
-    main(repeats)
+    main(repeats, _numbers(sizes, int), _numbers(distinct, float))
+
+
+def _numbers(value: str, kind: type) -> tuple:
+    return tuple(kind(part) for part in value.split(",") if part.strip())
 
 
 @bench_app.command()

@@ -60,9 +60,15 @@ class SpeedState:
     learnt_texts: TextMemory = field(default_factory=TextMemory)
 
     @classmethod
-    def fresh(cls, window: int, base_version=None, base_offsets=None) -> "SpeedState":
+    def fresh(
+        cls,
+        window: int,
+        base_version=None,
+        base_offsets=None,
+        build_model: Callable[[], base.Classifier] = build_speed_model,
+    ) -> "SpeedState":
         return cls(
-            model=build_speed_model(),
+            model=build_model(),
             blender=HedgeBlender(),
             base_version=base_version,
             base_offsets=dict(base_offsets or {}),
@@ -95,7 +101,8 @@ class SpeedLayer:
     """The prequential loop over an `EventReader`, with snapshots and champion re-basing.
 
     `champion_source` returns the current champion (loaded), or None; it is called on every
-    poll, so it must be cheap (see `pipelines.jobs.ChampionPoller`).
+    poll, so it must be cheap (see `pipelines.jobs.ChampionPoller`). `build_model` makes the
+    fresh speed model of a start or a re-base.
     """
 
     def __init__(
@@ -105,7 +112,9 @@ class SpeedLayer:
         settings: SpeedSettings,
         champion_source: Callable[[], ChampionModel | None] = lambda: None,
         report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+        build_model: Callable[[], base.Classifier] = build_speed_model,
     ) -> None:
+        self.build_model = build_model
         self.reader = reader
         self.store = store
         self.settings = settings
@@ -117,7 +126,7 @@ class SpeedLayer:
         self._pending_ts: list[float] = []
         snapshot = store.latest()
         if snapshot is None:
-            self.state = SpeedState.fresh(settings.window)
+            self.state = SpeedState.fresh(settings.window, build_model=build_model)
         else:
             self.state = SpeedState.from_snapshot(snapshot, settings.window)
             reader.seek(snapshot.offsets)
@@ -131,7 +140,9 @@ class SpeedLayer:
     def rebase(self, offsets: dict[int, int], base_version: str | None) -> None:
         """Start a fresh model from `offsets` and replay forward from there."""
         log.info("re-basing on version %s from offsets %s", base_version, offsets)
-        self.state = SpeedState.fresh(self.settings.window, base_version, offsets)
+        self.state = SpeedState.fresh(
+            self.settings.window, base_version, offsets, build_model=self.build_model
+        )
         self.detector = drift.ADWIN()  # a new champion's error starts a new history
         self.reader.seek(offsets)
         self._pending_ts.clear()
