@@ -1,24 +1,30 @@
-"""Batch-layer benchmark: CLINC150 accuracy, and whole retrains on 1M and 2M archived events.
+"""Batch-layer benchmark: CLINC150 accuracy, and whole retrains against a bare fit of the same rows.
 
 - `clinc150_test_accuracy`: the batch model fitted on CLINC150 train+val, scored on the 4,500
-  in-scope test rows (150 intents).
-- `seconds_1m`, `seconds_2m`: one `retrain` each, reading the master dataset (in-scope train+val
-  rows replayed until there are 1M / 2M events over 30 days of timestamps), fitting,
-  evaluating on the time holdout, and logging and registering in a real MLflow server. Each
-  runs in a fresh process, so `peak_rss_gib_1m` is that process's peak resident memory.
+  in-scope test rows (150 intents): texts the model never saw, first-seen by construction.
+- The scale matrix: master datasets of 1M and 2M events shaped like a query log
+  (`streams.query_log`: a Zipf head of the dataset's train+val rows and a tail of generated,
+  synthetic variants), with the tail set so that 2%, 10% and 30% of the events are distinct
+  texts. For each, a champion is registered first (trained on the dataset's rows), then one
+  `retrain` runs in a fresh process: read, fit, evaluate against that champion on the
+  text-disjoint holdout, log and register in MLflow. Its peak resident memory is that
+  process's. In the same run, a bare scikit-learn fit of the same model on the same distinct
+  training rows, already in memory, runs in another fresh process: the baseline the retrain's
+  time is divided by.
 
-Medians of `repeats` runs; writes `bench/results/retrain.json`.
+Everything is tracked in an MLflow server of the benchmark's own (a temporary store, removed at
+the end), so the user's registry never sees the benchmark's models. Writes
+`bench/results/retrain.json`.
 
-    lambda-ml bench retrain [--repeats 3]
+    lambda-ml bench retrain [--repeats 1] [--sizes 1000000,2000000] [--distinct 0.02,0.1,0.3]
 """
 
 import json
-import resource
+import pickle
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,32 +35,53 @@ import pyarrow.parquet as pq
 from bench import save_figures
 from models.batch_model import build_batch_model
 from pipelines import tracking_server
-from pipelines.config import MlflowSettings
-from streams.dataset import CLINC150_DATA, load_dataset
-from streams.master_dataset import SCHEMA, FlushFile
+from pipelines.config import BatchSettings, MlflowSettings
+from pipelines.retrain import read_history_split
+from serving.process import free_port
+from streams.dataset import CLINC150_DATA, Example, load_dataset
+from streams.master_dataset import SCHEMA, FlushFile, archived_positions
+from streams.query_log import QueryLog
+from streams.scenarios import Scenario, replay
 
 PARTITIONS = 4
+SIZES = (1_000_000, 2_000_000)
+DISTINCT = (0.02, 0.10, 0.30)
+
+
+def in_scope(splits: tuple[str, ...]) -> list[Example]:
+    return [
+        e for e in load_dataset(CLINC150_DATA).examples if e.intent != "oos" and e.split in splits
+    ]
 
 
 def clinc150_accuracy() -> float:
-    examples = [e for e in load_dataset(CLINC150_DATA).examples if e.intent != "oos"]
-    train = [e for e in examples if e.split in ("train", "val")]
-    test = [e for e in examples if e.split == "test"]
+    train, test = in_scope(("train", "val")), in_scope(("test",))
     model = build_batch_model().fit([e.text for e in train], [e.intent for e in train])
     predicted = model.predict([e.text for e in test])
     return float(np.mean(predicted == np.array([e.intent for e in test])))
 
 
-def write_master(root: Path, events: int, seed: int = 0) -> None:
-    """`events` archived events: CLINC150 in-scope train+val rows drawn at random, in the
-    archiver's own layout (one flush per partition and day)."""
-    examples = [
-        e for e in load_dataset(CLINC150_DATA).examples if e.intent != "oos" and e.split != "test"
-    ]
-    texts = pa.array([e.text for e in examples])
-    intents = pa.array([e.intent for e in examples])
+def tail_for(distinct: float, events: int, head_rows: int) -> float:
+    """The query log's tail share that makes about `distinct` of `events` distinct texts: the
+    head contributes at most its `head_rows` texts, each variant in the tail about one."""
+    return min(1.0, max(0.0, distinct - head_rows / events))
+
+
+def write_master(
+    root: Path, examples: list[Example], events: int, tail: float | None, seed: int
+) -> dict:
+    """`events` archived events of a query-log replay of `examples` (with `tail=None`, the rows
+    in shuffled passes), in the archiver's layout (one flush per partition and day over 30
+    days); returns what the stream holds."""
+    log = None if tail is None else QueryLog(tail)
+    scenario = Scenario("shuffle", length=events, seed=seed, query_log=log)
+    texts, intents, synthetic = [], [], 0
+    for item in replay(examples, scenario):
+        texts.append(item.example.text)
+        intents.append(item.example.intent)
+        synthetic += item.synthetic
+    text_array, intent_array = pa.array(texts), pa.array(intents)
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(examples), events)
     start = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1_000_000)
     ts = np.sort(start + rng.integers(0, 30 * 86_400 * 1_000_000, events))
     partition = np.arange(events) % PARTITIONS
@@ -65,12 +92,13 @@ def write_master(root: Path, events: int, seed: int = 0) -> None:
         for day in np.unique(days):
             chosen = days == day
             first, last = int(offsets[chosen][0]), int(offsets[chosen][-1])
+            picks = pa.array(rows[chosen])
             table = pa.table(
                 {
                     "query_id": pa.array([f"b{p}-{o}" for o in offsets[chosen]]),
                     "ts": pa.array(ts[rows][chosen], pa.timestamp("us", tz="UTC")),
-                    "text": texts.take(picks[rows][chosen]),
-                    "intent": intents.take(picks[rows][chosen]),
+                    "text": text_array.take(picks),
+                    "intent": intent_array.take(picks),
                     "user_id": pa.nulls(int(chosen.sum()), pa.string()),
                     "locale": pa.nulls(int(chosen.sum()), pa.string()),
                     "partition": pa.array(np.full(chosen.sum(), p), pa.int32()),
@@ -82,66 +110,173 @@ def write_master(root: Path, events: int, seed: int = 0) -> None:
             folder = root / f"date={day_text:%Y-%m-%d}"
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, folder / FlushFile.name(p, first, last, 1, 1))
+    return {
+        "events": events,
+        "distinct_texts": len(set(texts)),
+        "distinct_fraction": round(len(set(texts)) / events, 4),
+        "synthetic_share": round(synthetic / events, 4),
+        "tail_fraction": None if tail is None else round(tail, 4),
+    }
 
 
-RUN_ONE = """
+def write_champion_master(root: Path, examples: list[Example]) -> None:
+    """The dataset's rows once each: the history the registered champion is trained on."""
+    write_master(root, examples, len(examples), None, seed=1)
+
+
+# Each timed step runs in a fresh process, so its peak RSS is its own.
+RUN_RETRAIN = """
 import json, resource, sys, time
 from pathlib import Path
 from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.retrain import retrain
+master, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 started = time.perf_counter()
-result = retrain(BatchSettings(master_dir=Path(sys.argv[1]), lock_path=Path(sys.argv[1]) / "lock"),
-                 MlflowSettings(tracking_uri=sys.argv[2], registered_model=sys.argv[3],
-                                experiment=sys.argv[3]), "queries")
+tracking = MlflowSettings(tracking_uri=uri, registered_model=name, experiment=name)
+result = retrain(BatchSettings(master_dir=master, lock_path=master / "lock"), tracking, "queries")
 print(json.dumps({"seconds": time.perf_counter() - started, "stages": result.seconds,
-                  "accuracy": result.scores.accuracy,
+                  "promoted": result.promoted, "reason": result.reason,
+                  "first_seen_accuracy": result.scores.first_seen_accuracy,
+                  "champion_first_seen_accuracy": result.champion_scores.first_seen_accuracy
+                      if result.champion_scores else None,
+                  "lineage": result.lineage,
+                  "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+BARE_FIT = """
+import json, pickle, resource, sys, time
+from sklearn.base import clone
+from models.batch_model import build_batch_model
+with open(sys.argv[1], "rb") as handle:
+    texts, intents, weights = pickle.load(handle)
+pipeline = clone(build_batch_model().estimator)
+final = pipeline.steps[-1][0]
+started = time.perf_counter()
+pipeline.fit(texts, intents, **{f"{final}__sample_weight": weights / weights.mean()})
+print(json.dumps({"seconds": time.perf_counter() - started,
                   "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
 
-def timed_retrain(master: Path, uri: str, name: str) -> dict:
+def _child(script: str, *args: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, str(master), uri, name],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=False
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark step failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(repeats: int = 3) -> dict:
-    accuracy = clinc150_accuracy()
-    print(f"clinc150_test_accuracy       {accuracy:.4f}")
-    tracking = MlflowSettings()
-    started_server = tracking_server.up(tracking)
-    runs: dict[int, list[dict]] = {1_000_000: [], 2_000_000: []}
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            for events in runs:
-                master = Path(scratch) / f"master-{events}"
-                write_master(master, events)
-                for repeat in range(repeats):
-                    name = f"bench-retrain-{events}-{time.time_ns()}"
-                    runs[events].append(timed_retrain(master, tracking.uri, name))
-                    print(
-                        f"{events:>9} events, run {repeat + 1}: {runs[events][-1]['seconds']:.1f}s"
-                    )
-    finally:
-        if started_server:
-            tracking_server.down(tracking)
-    one, two = (statistics.median(r["seconds"] for r in runs[n]) for n in runs)
-    figures = {
-        "clinc150_test_accuracy": round(accuracy, 4),
-        "seconds_1m": round(one, 1),
-        "seconds_2m": round(two, 1),
-        "ratio_2m_to_1m": round(two / one, 2),
-        "peak_rss_gib_1m": round(statistics.median(r["peak_rss_gib"] for r in runs[1_000_000]), 2),
-        "stages_1m": runs[1_000_000][0]["stages"],
-        "holdout_accuracy_1m": round(runs[1_000_000][0]["accuracy"], 4),
-        "repeats": repeats,
-        "bench_cpu_seconds": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime, 1),
+def measure(
+    scratch: Path, uri: str, examples: list[Example], events: int, distinct: float, run: int
+) -> dict:
+    """One configuration: a registered champion, one timed retrain, one timed bare fit."""
+    name = f"bench-{events}-{int(distinct * 100)}pct-{run}"
+    master = scratch / name
+    stream = write_master(master, examples, events, tail_for(distinct, events, len(examples)), run)
+    champion_master = scratch / f"{name}-champion"
+    write_champion_master(champion_master, examples)
+    _child(RUN_RETRAIN, str(champion_master), uri, name)  # the champion, untimed
+    timed = _child(RUN_RETRAIN, str(master), uri, name)
+    split = read_history_split(master, archived_positions(master), BatchSettings().holdout_fraction)
+    rows = scratch / f"{name}.pkl"
+    with rows.open("wb") as handle:
+        pickle.dump((split.texts, split.intents, split.weights), handle)
+    bare = _child(BARE_FIT, str(rows))
+    rows.unlink()
+    return {
+        **stream,
+        "retrain_seconds": round(timed["seconds"], 2),
+        "stages": {k: round(v, 2) for k, v in timed["stages"].items()},
+        "bare_fit_seconds": round(bare["seconds"], 2),
+        "ratio_vs_bare": round(timed["seconds"] / bare["seconds"], 3),
+        "peak_rss_gib": round(timed["peak_rss_gib"], 2),
+        "bare_fit_peak_rss_gib": round(bare["peak_rss_gib"], 2),
+        "distinct_train_texts": int(timed["lineage"]["distinct_train_texts"]),
+        "distinct_holdout_texts": int(timed["lineage"]["distinct_holdout_texts"]),
+        "vocabulary_size": int(timed["lineage"]["vocabulary_size"]),
+        "first_seen_holdout_accuracy": round(timed["first_seen_accuracy"], 4),
+        "champion_first_seen_holdout_accuracy": timed["champion_first_seen_accuracy"],
+        "promoted": timed["promoted"],
+        "gate": timed["reason"],
     }
-    return save_figures("retrain", figures)
+
+
+def _key(events: int, distinct: float) -> str:
+    return f"{events // 1_000_000}m_{round(distinct * 100)}pct"
+
+
+def main(
+    repeats: int = 1, sizes: tuple[int, ...] = SIZES, distinct: tuple[float, ...] = DISTINCT
+) -> dict:
+    accuracy = clinc150_accuracy()
+    print(f"clinc150_test_accuracy {accuracy:.4f}", flush=True)
+    examples = in_scope(("train", "val"))
+    runs: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-retrain-") as folder:
+        scratch = Path(folder)
+        tracking = MlflowSettings(tracking_uri="", home=scratch / "mlflow", port=free_port())
+        if not tracking_server.up(tracking):
+            raise RuntimeError("the benchmark's own MLflow server did not start")
+        try:
+            for run in range(repeats):
+                for events in sizes:
+                    for fraction in distinct:
+                        figures = measure(scratch, tracking.uri, examples, events, fraction, run)
+                        runs.setdefault(_key(events, fraction), []).append(figures)
+                        print(f"{_key(events, fraction)} run {run + 1}: {figures}", flush=True)
+        finally:
+            tracking_server.down(tracking)
+    return save_figures(
+        "retrain",
+        summarise(accuracy, runs),
+        {"repeats": repeats, "sizes": list(sizes), "distinct": list(distinct)},
+    )
+
+
+def summarise(accuracy: float, runs: dict[str, list[dict]]) -> dict:
+    """The required figures at 1M/2M and 30%, then every configuration's medians and runs."""
+
+    def median(key: str, figure: str) -> float | None:
+        if key not in runs:
+            return None
+        return round(statistics.median(r[figure] for r in runs[key]), 3)
+
+    one, two = median("1m_30pct", "retrain_seconds"), median("2m_30pct", "retrain_seconds")
+    figures: dict = {
+        "clinc150_test_accuracy": round(accuracy, 4),
+        "seconds_1m_30pct": one,
+        "bare_fit_seconds_1m_30pct": median("1m_30pct", "bare_fit_seconds"),
+        "ratio_vs_bare_1m_30pct": median("1m_30pct", "ratio_vs_bare"),
+        "seconds_2m_30pct": two,
+        "ratio_2m_to_1m_30pct": round(two / one, 3) if one and two else None,
+        "peak_rss_gib_1m_30pct": median("1m_30pct", "peak_rss_gib"),
+    }
+    figures["goal_met"] = {
+        "clinc150_test_accuracy >= 0.94": accuracy >= 0.94,
+        "ratio_vs_bare_1m_30pct <= 1.3": (figures["ratio_vs_bare_1m_30pct"] or 99) <= 1.3,
+        "peak_rss_gib_1m_30pct <= 4": (figures["peak_rss_gib_1m_30pct"] or 99) <= 4,
+        "ratio_2m_to_1m_30pct <= 2.2": (figures["ratio_2m_to_1m_30pct"] or 99) <= 2.2,
+    }
+    figures["configurations"] = {
+        key: {
+            figure: median(key, figure)
+            for figure in (
+                "retrain_seconds",
+                "bare_fit_seconds",
+                "ratio_vs_bare",
+                "peak_rss_gib",
+                "distinct_fraction",
+                "synthetic_share",
+                "distinct_train_texts",
+                "vocabulary_size",
+                "first_seen_holdout_accuracy",
+            )
+        }
+        for key in runs
+    }
+    figures["runs"] = runs
+    return figures
 
 
 if __name__ == "__main__":
