@@ -6,36 +6,41 @@ they arrive. Three experts answer each query:
 - `batch`: the champion alone (an intent it never saw gets probability 0),
 - `speed`: the speed model alone,
 - `novelty`: the speed model says how likely the query is to be an intent the batch model has
-  never seen (`novel_mass`); the rest of the mass is shared over the intents both know by an
+  never seen (its novel mass); the rest of the mass is shared over the intents both know by an
   inner mixture of the two.
 
 The blend is the Hedge mixture of the three: each expert's weight decays with its recent,
 exponentially-weighted log loss (learnt apart for texts the batch model trained on and texts
-it has not), so the blend follows whichever view is doing best now (batch
-before a drift, the speed side after it, the new batch model after a retrain). The memory is
-short on purpose (decay 0.9, about ten events) and the learning rate low (0.3), so the weights
-move fast but stay mixed: a long memory keeps trusting the old champion for hundreds of events
-after a drift, while the speed model already knows the new intents (`lambda-ml evaluate`
-measures how far the blend trails the better model in any window). Everything is prequential:
-predict, then learn.
+it has not), so the blend follows whichever view is doing best now (batch before a drift, the
+speed side after it, the new batch model after a retrain). The memory is short on purpose
+(decay 0.9, about ten events) and the learning rate low (0.3), so the weights move fast but
+stay mixed: a long memory keeps trusting the old champion for hundreds of events after a
+drift, while the speed model already knows the new intents (`lambda-ml evaluate` measures how
+far the blend trails the better model in any window). Everything is prequential: predict,
+then learn.
+
+There is one numeric path: rows of probabilities over two class lists (`blend_many`, and
+`step` for one event of a prequential loop); the dict API (`blend`, `learn`) is a thin call
+into it.
 """
 
 import copy
 import math
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from models.losses import capped_log_loss
+
 # Intent -> probability; keys are any hashable label, as in River.
 Probabilities = Mapping[Any, float]
 
-LOSS_CAP = -math.log(1e-4)
 EXPERTS = ("batch", "speed", "novelty")
-
-
-def _log_loss(p: float) -> float:
-    return min(LOSS_CAP, -math.log(max(p, 1e-300)))
+# Alignments of class lists kept per blender: a champion and a speed model give one, which
+# changes only when a model learns a new intent or is replaced.
+_ALIGNMENTS_KEPT = 8
 
 
 def _softmin(losses: list[float], learning_rate: float) -> list[float]:
@@ -43,6 +48,37 @@ def _softmin(losses: list[float], learning_rate: float) -> list[float]:
     scores = [math.exp(-learning_rate * (loss - best)) for loss in losses]
     total = sum(scores)
     return [s / total for s in scores]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How the batch and speed class lists line up: the blend's classes (the batch classes,
+    then the speed-only ones), the blend column of each speed class, and the positions of the
+    speed classes the batch model does not know."""
+
+    classes: list[Any]
+    speed_columns: np.ndarray
+    novel_positions: np.ndarray
+    index: dict[Any, int]
+    speed_index: dict[Any, int]
+    n_batch: int
+
+    @classmethod
+    def of(cls, batch_classes: Sequence[Any], speed_classes: Sequence[Any]) -> "Alignment":
+        index = {intent: i for i, intent in enumerate(batch_classes)}
+        n_batch = len(index)
+        classes = list(batch_classes)
+        columns = []
+        for intent in speed_classes:
+            column = index.get(intent)
+            if column is None:
+                column = index[intent] = len(classes)
+                classes.append(intent)
+            columns.append(column)
+        speed_columns = np.array(columns, dtype=np.intp)
+        speed_index = {intent: i for i, intent in enumerate(speed_classes)}
+        novel_positions = np.flatnonzero(speed_columns >= n_batch)
+        return cls(classes, speed_columns, novel_positions, index, speed_index, n_batch)
 
 
 class _Hedge:
@@ -88,9 +124,15 @@ class HedgeBlender:
         self.decay = decay
         self.new_texts = _Hedge()
         self.seen_texts = _Hedge()
+        self._alignments: dict[tuple, Alignment] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_alignments"]  # rebuilt on use
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A blender pickled before the two sets: its one set serves both."""
+        """Restore; a blender pickled before the two sets had one, which now serves both."""
         if "new_texts" not in state:
             hedge = _Hedge()
             hedge.expert_loss, hedge.inner_loss = state.pop("expert_loss"), state.pop("inner_loss")
@@ -99,6 +141,7 @@ class HedgeBlender:
             state["seen_texts"] = copy.deepcopy(hedge)
             state["seen_texts"].learnt = 0  # the events were learnt once
         self.__dict__.update(state)
+        self._alignments = {}
 
     def _hedge(self, batch_seen: bool) -> _Hedge:
         return self.seen_texts if batch_seen else self.new_texts
@@ -125,56 +168,52 @@ class HedgeBlender:
         inner_batch, inner_speed = hedge.inner(self.learning_rate)
         return batch + novelty * inner_batch, speed + novelty * inner_speed
 
-    def _novelty(
-        self, batch: Probabilities, speed: Probabilities, hedge: _Hedge
-    ) -> dict[str, float]:
-        novel = novel_mass(batch.keys(), speed)
-        known_speed = _renormalised_known(batch.keys(), speed, novel)
-        inner_batch, inner_speed = hedge.inner(self.learning_rate)
-        mixed = {
-            intent: (1.0 - novel) * (inner_batch * p + inner_speed * known_speed.get(intent, 0.0))
-            for intent, p in batch.items()
-        }
-        for intent, p in speed.items():
-            if intent not in batch:
-                mixed[intent] = p
-        return mixed
+    def alignment(self, batch_classes: Sequence[Any], speed_classes: Sequence[Any]) -> Alignment:
+        """The `Alignment` of two class lists, kept for the next call with the same lists."""
+        key = (tuple(batch_classes), tuple(speed_classes))
+        found = self._alignments.get(key)
+        if found is None:
+            if len(self._alignments) >= _ALIGNMENTS_KEPT:
+                self._alignments.clear()
+            found = self._alignments[key] = Alignment.of(batch_classes, speed_classes)
+        return found
 
-    def blend(
-        self,
-        batch: Probabilities | None,
-        speed: Probabilities | None,
-        batch_seen: bool = False,
-    ) -> dict[str, float]:
-        """The blended distribution over the union of both models' intents."""
-        if not batch:
-            return dict(speed or {})
-        if not speed:
-            return dict(batch)
-        hedge = self._hedge(batch_seen)
-        experts = (batch, speed, self._novelty(batch, speed, hedge))
-        weights = hedge.experts(self.learning_rate)
-        blended: dict[str, float] = {}
-        for weight, expert in zip(weights, experts, strict=True):
-            for intent, p in expert.items():
-                blended[intent] = blended.get(intent, 0.0) + weight * p
-        return blended
+    def _row_weights(self, batch_seen: np.ndarray | None, n: int) -> tuple[Any, ...]:
+        """The three expert weights and the inner two: numbers when every row uses the same
+        set, else columns of shape (n, 1) from the set each row's `batch_seen` picks."""
+        rate = self.learning_rate
 
-    def _row_weights(self, batch_seen: np.ndarray | None, n: int) -> tuple[np.ndarray, ...]:
-        """Per row (as columns of shape (n, 1)): the three expert weights and the inner two,
-        from the set each row's `batch_seen` picks."""
-        new = [
-            *self.new_texts.experts(self.learning_rate),
-            *self.new_texts.inner(self.learning_rate),
-        ]
+        def of(hedge: _Hedge) -> list[float]:
+            return [*hedge.experts(rate), *hedge.inner(rate)]
+
         if batch_seen is None or not np.any(batch_seen):
-            return tuple(np.full((n, 1), w) for w in new)
-        seen = [
-            *self.seen_texts.experts(self.learning_rate),
-            *self.seen_texts.inner(self.learning_rate),
-        ]
+            return tuple(of(self.new_texts))
+        if np.all(batch_seen):
+            return tuple(of(self.seen_texts))
         mask = np.asarray(batch_seen, dtype=bool)[:, None]
-        return tuple(np.where(mask, s, w) for s, w in zip(seen, new, strict=True))
+        pairs = zip(of(self.seen_texts), of(self.new_texts), strict=True)
+        return tuple(np.where(mask, seen, new) for seen, new in pairs)
+
+    def _combine(
+        self, alignment: Alignment, batch: np.ndarray, speed: np.ndarray, batch_seen
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The blend of each row over the blend's classes, with the speed rows on those classes
+        and the novelty expert on the batch classes (a learning step reads its losses there;
+        on the speed-only classes the novelty expert is the speed model)."""
+        n, n_batch = len(batch), alignment.n_batch
+        novel = np.minimum(1.0, speed[:, alignment.novel_positions].sum(axis=1))
+        rest = (1.0 - novel)[:, None]
+        speed_all = np.zeros((n, len(alignment.classes)))
+        speed_all[:, alignment.speed_columns] = speed
+        known_speed = np.zeros((n, n_batch))
+        np.divide(speed_all[:, :n_batch], rest, out=known_speed, where=rest > 1e-12)
+        w_batch, w_speed, w_novelty, inner_batch, inner_speed = self._row_weights(batch_seen, n)
+        novelty = rest * (inner_batch * batch + inner_speed * known_speed)
+        blended = (w_speed + w_novelty) * speed_all
+        blended[:, :n_batch] = (
+            w_batch * batch + w_speed * speed_all[:, :n_batch] + w_novelty * novelty
+        )
+        return blended, speed_all, np.concatenate([novelty, known_speed], axis=1)
 
     def blend_many(
         self,
@@ -184,13 +223,10 @@ class HedgeBlender:
         speed_matrix: np.ndarray | None,
         batch_seen: np.ndarray | None = None,
     ) -> tuple[list[Any], np.ndarray]:
-        """`blend` over the rows of two probability matrices at once.
-
-        Row i of the result, over the returned classes (the batch classes, then the speed-only
-        ones), equals `blend` of row i of each side as dicts, with `batch_seen[i]` (all False
-        when None). A side that is None or has no classes counts as absent, as an empty dict
-        does in `blend`.
-        """
+        """The blend of each row of two probability matrices, over the returned classes (the
+        batch classes, then the speed-only ones); row i uses the weights `batch_seen[i]` picks
+        (all False when None). A side that is None or has no classes is absent, and the other
+        side's rows are the answer."""
         batch_absent = batch_matrix is None or not len(batch_classes)
         speed_absent = speed_matrix is None or not len(speed_classes)
         if batch_absent:
@@ -201,76 +237,91 @@ class HedgeBlender:
             return list(speed_classes), np.array(speed_matrix, dtype=np.float64)
         if speed_absent:
             return list(batch_classes), np.array(batch_matrix, dtype=np.float64)
+        alignment = self.alignment(batch_classes, speed_classes)
         batch = np.asarray(batch_matrix, dtype=np.float64)
         speed = np.asarray(speed_matrix, dtype=np.float64)
-        n, n_batch = batch.shape
-        index = {intent: i for i, intent in enumerate(batch_classes)}
-        classes = list(batch_classes)
-        speed_cols = []
-        for intent in speed_classes:
-            column = index.get(intent)
-            if column is None:
-                column = index[intent] = len(classes)
-                classes.append(intent)
-            speed_cols.append(column)
-        speed_cols_arr = np.array(speed_cols, dtype=np.intp)
-        known = speed_cols_arr < n_batch
-        # Sequential sums, as Python's `sum` in `novel_mass` (numpy's `sum` is pairwise).
-        novel_part = speed[:, ~known]
-        novel = (
-            np.minimum(1.0, np.cumsum(novel_part, axis=1)[:, -1])
-            if novel_part.shape[1]
-            else np.zeros(n)
-        )
-        rest = 1.0 - novel
-        speed_u = np.zeros((n, len(classes)))
-        speed_u[:, speed_cols_arr] = speed
-        known_speed = np.zeros((n, n_batch))
-        usable = rest > 1e-12
-        known_speed[usable] = speed_u[usable, :n_batch] / rest[usable, None]
-        w_batch, w_speed, w_novelty, inner_batch, inner_speed = self._row_weights(batch_seen, n)
-        novelty = speed_u.copy()
-        novelty[:, :n_batch] = (1.0 - novel)[:, None] * (
-            inner_batch * batch + inner_speed * known_speed
-        )
-        blended = np.zeros((n, len(classes)))
-        blended[:, :n_batch] = w_batch * batch
-        blended += w_speed * speed_u
-        blended += w_novelty * novelty
-        return classes, blended
+        return alignment.classes, self._combine(alignment, batch, speed, batch_seen)[0]
+
+    def step(
+        self,
+        batch_classes: Sequence[Any],
+        batch_row: np.ndarray | None,
+        speed_classes: Sequence[Any],
+        speed_row: np.ndarray | None,
+        intent: Any,
+        batch_seen: bool = False,
+        learn: bool = True,
+    ) -> tuple[list[Any], np.ndarray]:
+        """One event of a prequential loop: the blend of one row of each side (as `blend_many`),
+        then, with `learn`, each expert's log loss on `intent` added to the weights of texts
+        like this one. Nothing is learnt unless both sides answered."""
+        seen = np.array([batch_seen])
+        batch = None if batch_row is None else np.asarray(batch_row, dtype=np.float64)[None, :]
+        speed = None if speed_row is None else np.asarray(speed_row, dtype=np.float64)[None, :]
+        if batch is None or speed is None or not len(batch_classes) or not len(speed_classes):
+            classes, blended = self.blend_many(batch_classes, batch, speed_classes, speed, seen)
+            return classes, blended[0] if len(blended) else np.zeros(len(classes))
+        alignment = self.alignment(batch_classes, speed_classes)
+        blended, speed_all, batch_side = self._combine(alignment, batch, speed, seen)
+        if learn:
+            self._learn(alignment, batch[0], speed_all[0], batch_side[0], intent, batch_seen)
+        return alignment.classes, blended[0]
+
+    def _learn(
+        self,
+        alignment: Alignment,
+        batch: np.ndarray,
+        speed_all: np.ndarray,
+        batch_side: np.ndarray,
+        intent: Any,
+        batch_seen: bool,
+    ) -> None:
+        """Add each expert's log loss on `intent` (and the inner mixture's, for an intent the
+        batch model knows) to the weights of texts like this one."""
+        hedge = self._hedge(batch_seen)
+        column = alignment.index.get(intent)
+        n_batch = alignment.n_batch
+        if column is None:
+            expert_p = (0.0, 0.0, 0.0)
+        elif column < n_batch:
+            novelty, known_speed = batch_side[column], batch_side[n_batch + column]
+            expert_p = (float(batch[column]), float(speed_all[column]), float(novelty))
+            for i, p in enumerate((float(batch[column]), float(known_speed))):
+                hedge.inner_loss[i] = self.decay * hedge.inner_loss[i] + capped_log_loss(p)
+        else:
+            expert_p = (0.0, float(speed_all[column]), float(speed_all[column]))
+        for i, p in enumerate(expert_p):
+            hedge.expert_loss[i] = self.decay * hedge.expert_loss[i] + capped_log_loss(p)
+        hedge.learnt += 1
+
+    def blend(
+        self,
+        batch: Probabilities | None,
+        speed: Probabilities | None,
+        batch_seen: bool = False,
+    ) -> dict[Any, float]:
+        """The blended distribution over the union of both models' intents, as a dict."""
+        rows = _rows(batch, speed)
+        classes, row = self.step(*rows, intent=None, batch_seen=batch_seen, learn=False)
+        return dict(zip(classes, row.tolist(), strict=True))
 
     def learn(
         self,
         batch: Probabilities | None,
         speed: Probabilities | None,
-        intent: str,
+        intent: Any,
         batch_seen: bool = False,
     ) -> None:
         """Update the weights for texts like this one (`batch_seen` or not) with each expert's
         log loss on a labelled event."""
-        if not batch or not speed:
-            return
-        hedge = self._hedge(batch_seen)
-        experts = (batch, speed, self._novelty(batch, speed, hedge))
-        for i, expert in enumerate(experts):
-            hedge.expert_loss[i] = self.decay * hedge.expert_loss[i] + _log_loss(
-                expert.get(intent, 0.0)
-            )
-        if intent in batch:
-            novel = novel_mass(batch.keys(), speed)
-            known_speed = _renormalised_known(batch.keys(), speed, novel)
-            for i, p in enumerate((batch[intent], known_speed.get(intent, 0.0))):
-                hedge.inner_loss[i] = self.decay * hedge.inner_loss[i] + _log_loss(p)
-        hedge.learnt += 1
+        self.step(*_rows(batch, speed), intent=intent, batch_seen=batch_seen)
 
 
-def novel_mass(known: Set[Any], speed: Probabilities) -> float:
-    """The speed model's probability that the intent is one the batch model does not know."""
-    return min(1.0, sum(p for intent, p in speed.items() if intent not in known))
-
-
-def _renormalised_known(known: Set[Any], speed: Probabilities, novel: float) -> dict[Any, float]:
-    rest = 1.0 - novel
-    if rest <= 1e-12:
-        return {}
-    return {intent: p / rest for intent, p in speed.items() if intent in known}
+def _rows(
+    batch: Probabilities | None, speed: Probabilities | None
+) -> tuple[list, np.ndarray | None, list, np.ndarray | None]:
+    """Dicts as (classes, row) pairs for `HedgeBlender.step`; an empty dict is an absent side."""
+    batch_classes, speed_classes = list(batch or {}), list(speed or {})
+    batch_row = np.fromiter(batch.values(), float, len(batch)) if batch else None
+    speed_row = np.fromiter(speed.values(), float, len(speed)) if speed else None
+    return batch_classes, batch_row, speed_classes, speed_row

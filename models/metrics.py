@@ -3,10 +3,31 @@
 Kept lean on purpose: the speed layer updates three of these per event.
 """
 
-import math
 from dataclasses import dataclass, field
 
-from models.blend import LOSS_CAP, Probabilities
+import numpy as np
+
+from models.blend import Probabilities
+from models.losses import capped_log_loss
+
+
+def outcome(probabilities: Probabilities, intent: object) -> tuple[bool, float]:
+    """Whether the top intent of `probabilities` is `intent`, and the probability it gave it.
+
+    >>> outcome({"a": 0.7, "b": 0.3}, "b"), outcome({}, "a")
+    ((False, 0.3), (False, 0.0))
+    """
+    if not probabilities:
+        return False, 0.0
+    right = max(probabilities, key=probabilities.__getitem__) == intent
+    return right, probabilities.get(intent, 0.0)
+
+
+def row_outcome(row: np.ndarray, column: int | None) -> tuple[bool, float]:
+    """`outcome` for probabilities as a row, the true intent at `column` (None: unknown)."""
+    if column is None or not len(row):
+        return False, 0.0
+    return int(np.argmax(row)) == column, float(row[column])
 
 
 @dataclass
@@ -23,9 +44,14 @@ class WindowScore:
 
     def update(self, probabilities: Probabilities, intent: str) -> bool:
         """Score one prediction; returns whether its top intent was right."""
-        right = bool(probabilities) and max(probabilities, key=probabilities.__getitem__) == intent
-        p = probabilities.get(intent, 0.0) if probabilities else 0.0
-        self.loss += min(LOSS_CAP, -math.log(p)) if p > 0 else LOSS_CAP
+        right, p = outcome(probabilities, intent)
+        self.record(right, p)
+        return right
+
+    def record(self, right: bool, p: float) -> None:
+        """Score one prediction by whether its top intent was right and the probability it
+        gave the true intent."""
+        self.loss += capped_log_loss(p)
         self.seen += 1
         self.correct += right
         self.window_seen += 1
@@ -33,7 +59,6 @@ class WindowScore:
         if self.window_seen == self.window:
             self.history.append(self.window_correct / self.window)
             self.window_seen = self.window_correct = 0
-        return right
 
     @property
     def accuracy(self) -> float:
@@ -83,11 +108,16 @@ class SplitScore:
         self, probabilities: Probabilities, intent: str, *, seen: bool, seen_by_any: bool
     ) -> bool:
         """Score one prediction in each group it belongs to; returns whether it was right."""
-        right = self.all.update(probabilities, intent)
-        (self.repeated if seen else self.first_seen).update(probabilities, intent)
-        if not seen_by_any:
-            self.novel.update(probabilities, intent)
+        right, p = outcome(probabilities, intent)
+        self.record(right, p, seen=seen, seen_by_any=seen_by_any)
         return right
+
+    def record(self, right: bool, p: float, *, seen: bool, seen_by_any: bool) -> None:
+        """`WindowScore.record` in each group the prediction belongs to."""
+        self.all.record(right, p)
+        (self.repeated if seen else self.first_seen).record(right, p)
+        if not seen_by_any:
+            self.novel.record(right, p)
 
     @property
     def seen(self) -> int:

@@ -6,11 +6,14 @@ on an event no model has learnt yet. Scores are split by whether each model had 
 event's text before (`models.texts`): a repeat measures memory, a first-seen text understanding.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from models.blend import HedgeBlender, Probabilities
-from models.metrics import SplitScore
+import numpy as np
+
+from models.blend import HedgeBlender
+from models.metrics import SplitScore, row_outcome
 from models.texts import TextMemory, text_key
 
 
@@ -37,38 +40,64 @@ class ViewScores:
         return figures
 
 
+BatchAnswer = tuple[Sequence[Any], np.ndarray]
+"""The champion's classes, and its probabilities for one event in that order."""
+
+
+def speed_probabilities(model: Any, x: dict) -> tuple[Sequence[Any], np.ndarray]:
+    """The speed model's classes and probabilities for `x` as an array: through its
+    `predict_proba_array` when it has one, else through River's `predict_proba_one`."""
+    fast = getattr(model, "predict_proba_array", None)
+    if fast is not None:
+        return fast(x)
+    probabilities = model.predict_proba_one(x)
+    return list(probabilities), np.fromiter(probabilities.values(), float, len(probabilities))
+
+
 def prequential_step(
     speed_model: Any,
     blender: HedgeBlender,
     scores: ViewScores,
     text: str,
     intent: str,
-    batch: Probabilities | None,
+    batch: BatchAnswer | None,
     speed_texts: TextMemory,
     batch_texts: TextMemory | None,
     learn: bool = True,
 ) -> bool | None:
     """Score then learn one labelled event; returns whether the champion was right, or None.
 
-    `batch` is the champion's probabilities for it (None before there is a champion);
-    `batch_texts` the texts the champion trained on, `speed_texts` those the speed model
-    learnt (the text is added to it here). `learn=False` only scores: a probe event, which
-    no model may train on.
+    `batch` is the champion's answer for it (None before there is a champion); `batch_texts`
+    the texts the champion trained on, `speed_texts` those the speed model learnt (the text is
+    added to it here). `learn=False` only scores: a probe event, which no model may train on.
     """
     x = {"text": text}
     key = text_key(text)
     speed_seen = speed_texts.contains_key(key)
     batch_seen = batch is not None and batch_texts is not None and batch_texts.contains_key(key)
     seen_by_any = speed_seen or batch_seen
-    speed = speed_model.predict_proba_one(x)
-    scores.speed.update(speed, intent, seen=speed_seen, seen_by_any=seen_by_any)
-    blended = blender.blend(batch, speed, batch_seen)
-    scores.blend.update(blended, intent, seen=seen_by_any, seen_by_any=seen_by_any)
+    speed_classes, speed_row = speed_probabilities(speed_model, x)
+    batch_classes, batch_row = batch if batch is not None else ((), None)
+    alignment = blender.alignment(batch_classes, speed_classes)
+    speed_right, speed_p = row_outcome(speed_row, alignment.speed_index.get(intent))
+    scores.speed.record(speed_right, speed_p, seen=speed_seen, seen_by_any=seen_by_any)
+    _, blended = blender.step(
+        batch_classes,
+        batch_row,
+        speed_classes,
+        speed_row,
+        intent,
+        batch_seen,
+        learn=learn and batch is not None,
+    )
+    blend_right, blend_p = row_outcome(blended, alignment.index.get(intent))
+    scores.blend.record(blend_right, blend_p, seen=seen_by_any, seen_by_any=seen_by_any)
     batch_right = None
-    if batch is not None:
-        batch_right = scores.batch.update(batch, intent, seen=batch_seen, seen_by_any=seen_by_any)
-        if learn:
-            blender.learn(batch, speed, intent, batch_seen)
+    if batch_row is not None:
+        column = alignment.index.get(intent)
+        known = column if column is not None and column < alignment.n_batch else None
+        batch_right, batch_p = row_outcome(batch_row, known)
+        scores.batch.record(batch_right, batch_p, seen=batch_seen, seen_by_any=seen_by_any)
     if learn:
         speed_model.learn_one(x, intent)
         speed_texts.add_key(key)

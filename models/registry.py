@@ -88,11 +88,15 @@ class ChampionModel:
         self.classes: list[str] = [str(c) for c in estimator.classes_]
         self.known = frozenset(self.classes)
 
-    def predict_proba_many(self, texts: list[str]) -> list[dict[str, float]]:
-        """One probability dict per text; one vectorised call, however many texts."""
+    def predict_proba_matrix(self, texts: list[str]) -> np.ndarray:
+        """(texts, classes) probabilities in the order of `classes`; one vectorised call."""
         if not texts:
-            return []
-        matrix = self.estimator.predict_proba(texts)
+            return np.zeros((0, len(self.classes)))
+        return self.estimator.predict_proba(texts)
+
+    def predict_proba_many(self, texts: list[str]) -> list[dict[str, float]]:
+        """One probability dict per text (`predict_proba_matrix`'s rows)."""
+        matrix = self.predict_proba_matrix(texts)
         return [dict(zip(self.classes, row.tolist(), strict=True)) for row in matrix]
 
 

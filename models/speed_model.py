@@ -180,6 +180,15 @@ class HashedTextNB(base.Classifier):
         proba = self._score(x)[2]
         return dict(zip(self._labels, proba.tolist(), strict=True))
 
+    def predict_proba_array(self, x: Query) -> tuple[tuple[base.typing.ClfTarget, ...], np.ndarray]:
+        """Classes and `predict_proba_one(x)`'s values as an array (read-only), without the dict.
+
+        Memoised like `predict_proba_one`, so a `learn_one(x, y)` right after reuses the work.
+        """
+        if not self._labels:
+            return (), np.zeros(0)
+        return tuple(self._labels), self._score(x)[2]
+
     def predict_proba_matrix(
         self, xs: list[Query]
     ) -> tuple[list[base.typing.ClfTarget], np.ndarray]:

@@ -23,7 +23,7 @@ from models.batch_model import (
 )
 from models.blend import HedgeBlender
 from models.metrics import SplitScore
-from models.prequential import ViewScores, prequential_step
+from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionInfo, ChampionModel
 from models.speed_model import build_speed_model
 from models.texts import TextMemory, normalise
@@ -199,10 +199,11 @@ class _Views:
         self.speed_texts = TextMemory()
         self.blender = HedgeBlender()
 
-    def batch_probabilities(self, texts: list[str]) -> list[dict[str, float]] | list[None]:
+    def batch_answers(self, texts: list[str]) -> list[BatchAnswer | None]:
         if self.batch is None:
             return [None] * len(texts)
-        return self.batch.predict_proba_many(texts)
+        classes = self.batch.classes
+        return [(classes, row) for row in self.batch.predict_proba_matrix(texts)]
 
 
 @dataclass(frozen=True)
@@ -287,8 +288,8 @@ def run_evaluation(
         if start in retrains:
             views.retrain(history)
         chunk = events[start:end]
-        batch_probs = views.batch_probabilities([event.item.example.text for event in chunk])
-        for event, batch in zip(chunk, batch_probs, strict=True):
+        answers = views.batch_answers([event.item.example.text for event in chunk])
+        for event, batch in zip(chunk, answers, strict=True):
             if not event.item.labelled:
                 continue
             text, intent = event.item.example.text, event.item.example.intent

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
-from models.blend import LOSS_CAP
+from models.losses import capped_log_losses
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def score_holdout(
     p_true = np.array(
         [proba[row, index[y]] if y in index else 0.0 for row, y in enumerate(intents)]
     )
-    losses = np.minimum(LOSS_CAP, -np.log(np.maximum(p_true, 1e-300)))
+    losses = capped_log_losses(p_true)
     truth = np.asarray(intents)
     right = np.asarray(predicted) == truth
     repeats = weights - 1.0

@@ -161,16 +161,15 @@ class SpeedLayer:
         state = self.state
         champion = self.champion
         labelled = [c for c in consumed if c.event.intent is not None]
-        batch_probs = (
-            champion.predict_proba_many([c.event.text for c in labelled]) if champion else []
-        )
-        batch_iter = iter(batch_probs)
+        texts = [c.event.text for c in labelled]
+        batch_rows = iter(champion.predict_proba_matrix(texts) if champion else ())
         for item in consumed:
             intent = item.event.intent
             if intent is None:
                 state.unlabelled_seen += 1
                 continue
-            batch = next(batch_iter, None)
+            row = next(batch_rows, None)
+            batch = (champion.classes, row) if champion is not None and row is not None else None
             batch_right = prequential_step(
                 state.model,
                 state.blender,

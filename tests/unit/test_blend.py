@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from models.blend import HedgeBlender, novel_mass
+from models.blend import HedgeBlender
 
 BATCH = {"alarm": 0.7, "timer": 0.2, "weather": 0.1}
 
@@ -40,7 +40,6 @@ def test_an_intent_only_the_speed_model_knows_can_win():
     blended = blender.blend(BATCH, speed)
     assert max(blended, key=blended.get) == "book_flight"
     assert math.isclose(sum(blended.values()), 1.0)
-    assert novel_mass(BATCH.keys(), speed) == pytest.approx(0.9)
 
 
 def test_after_a_drift_the_weights_follow_the_model_that_knows_the_new_intents():
