@@ -5,33 +5,10 @@ figure quoted in the README or docs can be traced to the run that produced it.
 """
 
 import json
-import os
-import platform
-import subprocess
-from datetime import UTC, datetime
-from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from pipelines.provenance import PROJECT_ROOT, provenance
 
-
-def provenance(settings: dict) -> dict:
-    """The stamp every result file carries: commit (with `+dirty` for uncommitted changes),
-    UTC date, the machine's size and the benchmark's own settings."""
-    root = RESULTS_DIR.parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
-        commit += "+dirty"
-    return {
-        "commit": commit,
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "settings": settings,
-    }
+RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 
 
 def save_figures(name: str, figures: dict, settings: dict | None = None) -> dict:

@@ -3,7 +3,9 @@
 Settings are read from the environment here, at the edge, and passed down to the jobs.
 """
 
+import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -379,7 +381,8 @@ def evaluate(
             result = run_evaluation(plan, lambda n: progress.advance(task, n))
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
-    paths = evaluation_report.write(result, output)
+    settings = {"command": "lambda-ml evaluate", "plan": asdict(plan)}
+    paths = evaluation_report.write(result, output, json.loads(json.dumps(settings, default=str)))
     console.print(evaluation_report.table(result))
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     tracking = MlflowSettings()

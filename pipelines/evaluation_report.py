@@ -7,6 +7,7 @@ from pathlib import Path
 from models.registry import fluent_mlflow
 from pipelines.config import MlflowSettings
 from pipelines.evaluate import VIEWS, EvaluationResult
+from pipelines.provenance import provenance
 
 JSON_NAME, TABLE_NAME, PLOT_NAME = "evaluation.json", "evaluation.md", "evaluation.png"
 
@@ -95,11 +96,13 @@ def plot(result: EvaluationResult, path: Path) -> None:
     plt.close(figure)
 
 
-def write(result: EvaluationResult, folder: Path) -> list[Path]:
-    """Write the JSON, the table and the plot into `folder`; returns their paths."""
+def write(result: EvaluationResult, folder: Path, settings: dict) -> list[Path]:
+    """Write the JSON (stamped with its provenance and the `settings` it ran with), the table
+    and the plot into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / JSON_NAME, folder / TABLE_NAME, folder / PLOT_NAME]
-    paths[0].write_text(json.dumps(result.as_json(), indent=2) + "\n")
+    stamped = result.as_json() | {"provenance": provenance(settings)}
+    paths[0].write_text(json.dumps(stamped, indent=2) + "\n")
     paths[1].write_text(table(result))
     plot(result, paths[2])
     return paths

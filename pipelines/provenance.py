@@ -1,0 +1,34 @@
+"""Where a figure comes from: the commit, date, machine and settings of the run that measured
+it, stamped on every result file so a figure quoted in the docs can be traced to its run."""
+
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def provenance(settings: dict) -> dict:
+    """The stamp: commit (with `+dirty` when tracked files have uncommitted changes, or
+    "unknown" outside a checkout), UTC date, the machine's size and the run's `settings`."""
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    return {
+        "commit": commit,
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "settings": settings,
+    }
