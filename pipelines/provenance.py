@@ -20,14 +20,26 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+# Result files and docs change while benchmarks run; they are not the code that measured.
+_RESULT_PATHS = ("bench/results/", "docs/", "README.md")
+
+
 def provenance(settings: dict) -> dict:
-    """The stamp: commit (with `+dirty` when tracked files have uncommitted changes, or
-    "unknown" outside a checkout), UTC date, the machine's size and the run's `settings`."""
+    """The stamp: commit (with `+dirty` and the files when tracked code has uncommitted
+    changes; "unknown" outside a checkout), UTC date, the machine's size and `settings`."""
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+    changed = [
+        line[3:]
+        for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+        if not line[3:].startswith(_RESULT_PATHS)
+    ]
+    stamp: dict = {}
+    if commit != "unknown" and changed:
         commit += "+dirty"
+        stamp["uncommitted_files"] = changed
     return {
         "commit": commit,
+        **stamp,
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "settings": settings,
