@@ -28,11 +28,9 @@ def provenance(settings: dict) -> dict:
     """The stamp: commit (with `+dirty` and the files when tracked code has uncommitted
     changes; "unknown" outside a checkout), UTC date, the machine's size and `settings`."""
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    changed = [
-        line[3:]
-        for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
-        if not line[3:].startswith(_RESULT_PATHS)
-    ]
+    status = _git("status", "--porcelain", "--untracked-files=no").splitlines()
+    paths = [line.split(maxsplit=1)[-1] for line in status]
+    changed = [path for path in paths if not path.startswith(_RESULT_PATHS)]
     stamp: dict = {}
     if commit != "unknown" and changed:
         commit += "+dirty"
