@@ -33,7 +33,7 @@ from streams.scenarios import Scenario, StreamItem, replay
 
 VIEWS = ("batch", "speed", "blend")
 GROUPS = ("all", "first_seen", "repeated", "novel")
-PHASES = ("before drift", "after drift", "after retrain")
+PHASES = ("no batch model yet", "before drift", "after drift", "after retrain")
 # A window's novel accuracy enters the worst-window figure only over this many novel events:
 # fewer is noise, not a measurement.
 MIN_NOVEL_PER_WINDOW = 100
@@ -92,6 +92,8 @@ class EvaluationResult:
 
 
 def _phase(start: int, drift_at: int, retrains: list[int]) -> str:
+    if not retrains or start < retrains[0]:
+        return "no batch model yet"
     if start < drift_at:
         return "before drift"
     if any(drift_at < r <= start for r in retrains):
