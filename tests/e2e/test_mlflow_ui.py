@@ -357,7 +357,7 @@ def test_the_ui_shows_the_experiment_its_runs_and_the_champion(chromium: str, tr
     assert len(version_rows) == 1, model.excerpt()
     row = version_rows[0]
     assert f"@ {CHAMPION}" in row, row  # the alias tag, on the version's row
-    assert f"holdout_accuracy : {result.scores.accuracy:.4f}" in row, row
+    assert f"holdout_first_seen_accuracy : {result.scores.first_seen_accuracy:.4f}" in row, row
     assert CHAMPION in model.titles, model.excerpt()
 
     for page in (runs, model):
