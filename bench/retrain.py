@@ -14,7 +14,8 @@
 
 Everything is tracked in an MLflow server of the benchmark's own (a temporary store, removed at
 the end), so the user's registry never sees the benchmark's models. Writes
-`bench/results/retrain.json`.
+`bench/results/retrain.json`; a run of some configurations replaces only those, and every
+configuration keeps the stamp of the run that measured it.
 
     lambda-ml bench retrain [--repeats 1] [--sizes 1000000,2000000] [--distinct 0.02,0.1,0.3]
 """
@@ -32,10 +33,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench import save_figures
+from bench import RESULTS_DIR, save_figures
 from models.batch_model import build_batch_model
 from pipelines import tracking_server
 from pipelines.config import BatchSettings, MlflowSettings
+from pipelines.provenance import provenance
 from pipelines.retrain import read_history_split
 from serving.process import free_port
 from streams.dataset import CLINC150_DATA, Example, load_dataset
@@ -227,15 +229,30 @@ def main(
                 for events in sizes:
                     for fraction in distinct:
                         figures = measure(scratch, tracking.uri, examples, events, fraction, run)
+                        figures["provenance"] = provenance({"events": events, "distinct": fraction})
                         runs.setdefault(_key(events, fraction), []).append(figures)
                         print(f"{_key(events, fraction)} run {run + 1}: {figures}", flush=True)
         finally:
             tracking_server.down(tracking)
     return save_figures(
         "retrain",
-        summarise(accuracy, runs),
+        summarise(accuracy, _kept_runs(runs) | runs),
         {"repeats": repeats, "sizes": list(sizes), "distinct": list(distinct)},
     )
+
+
+def _kept_runs(measured: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The configurations of the existing result file that this run did not measure, each
+    with the stamp of the run that did: a run of some configurations replaces only those."""
+    path = RESULTS_DIR / "retrain.json"
+    if not path.exists():
+        return {}
+    previous = json.loads(path.read_text())
+    kept = {key: runs for key, runs in previous.get("runs", {}).items() if key not in measured}
+    for runs in kept.values():
+        for run in runs:
+            run.setdefault("provenance", previous.get("provenance"))
+    return kept
 
 
 def summarise(accuracy: float, runs: dict[str, list[dict]]) -> dict:
