@@ -9,6 +9,7 @@ champion's cut-off (Kappa-style reprocessing) and the layer goes on live.
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class SpeedSettings(BaseSettings):
-    """How often the speed layer snapshots, reports and looks for a new champion."""
+    """How often the speed layer snapshots, reports and looks for a new champion;
+    `freshness_window` is how many of the latest events its freshness percentiles cover."""
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
 
@@ -43,6 +45,7 @@ class SpeedSettings(BaseSettings):
     champion_poll_s: float = 10.0
     metrics_every_s: float = 10.0
     signal_dir: Path = Path("var/signals")
+    freshness_window: int = 10_000
 
 
 @dataclass
@@ -122,7 +125,8 @@ class SpeedLayer:
         self.report = report
         self.champion: ChampionModel | None = None
         self.detector = drift.ADWIN()
-        self.freshness_s: list[float] = []
+        # Freshness of the most recent events only: kept for ever it grew by every event.
+        self.freshness_s: deque[float] = deque(maxlen=settings.freshness_window)
         self._pending_ts: list[float] = []
         snapshot = store.latest()
         if snapshot is None:
