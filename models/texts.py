@@ -38,16 +38,18 @@ def text_keys(texts: Iterable[str]) -> np.ndarray:
     return np.fromiter((text_key(t) for t in texts), dtype=np.uint64)
 
 
-def in_holdout(texts: Iterable[str], fraction: float) -> np.ndarray:
-    """Whether each text falls in the holdout: the top 32 bits of its key, read as a number in
-    [0, 1), fall below `fraction`. Every repeat of a text, in any run, lands on the same side.
+def in_holdout(keys: np.ndarray, fraction: float) -> np.ndarray:
+    """Whether each text, by its key (`text_keys`), falls in the holdout: the top 32 bits of
+    the key, read as a number in [0, 1), fall below `fraction`. Every repeat of a text, in any
+    run, lands on the same side.
 
-    >>> in_holdout(["a", "a", "b"], 0.0).tolist(), in_holdout(["a", "b"], 1.0).tolist()
-    ([False, False, False], [True, True])
+    >>> keys = text_keys(["a", "a", "b"])
+    >>> in_holdout(keys, 0.0).tolist(), in_holdout(keys, 1.0).tolist()
+    ([False, False, False], [True, True, True])
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"the holdout fraction must lie in [0, 1]; got {fraction}")
-    position = (text_keys(texts) >> np.uint64(32)).astype(np.float64) / 2.0**32
+    position = (np.asarray(keys, dtype=np.uint64) >> np.uint64(32)).astype(np.float64) / 2.0**32
     return position < fraction
 
 
@@ -66,7 +68,7 @@ class TextMemory:
     """
 
     def __init__(self, keys: np.ndarray | None = None) -> None:
-        self._frozen = np.unique(np.asarray(keys, dtype=np.uint64)) if keys is not None else None
+        self._frozen = np.unique(np.asarray(keys if keys is not None else [], dtype=np.uint64))
         self._added: set[int] = set()
 
     @classmethod
@@ -79,15 +81,19 @@ class TextMemory:
     def contains_key(self, key: int) -> bool:
         if key in self._added:
             return True
-        frozen = self._frozen
-        if frozen is None or not len(frozen):
-            return False
-        at = int(np.searchsorted(frozen, np.uint64(key)))
-        return at < len(frozen) and int(frozen[at]) == key
+        at = int(np.searchsorted(self._frozen, np.uint64(key)))
+        return at < len(self._frozen) and int(self._frozen[at]) == key
 
     def contains_many(self, texts: Iterable[str]) -> np.ndarray:
         """`text in self` for each text, as a boolean array."""
-        return np.fromiter((self.contains_key(text_key(t)) for t in texts), dtype=bool)
+        return self.contains_keys(text_keys(texts))
+
+    def contains_keys(self, keys: np.ndarray) -> np.ndarray:
+        """`contains_key` for each of `keys`, as a boolean array."""
+        found = np.isin(keys, self._frozen)
+        if self._added:
+            found |= np.fromiter((int(key) in self._added for key in keys), bool, len(keys))
+        return found
 
     def add(self, text: str) -> None:
         self.add_key(text_key(text))
@@ -97,13 +103,12 @@ class TextMemory:
             self._added.add(key)
 
     def __len__(self) -> int:
-        return len(self._added) + (0 if self._frozen is None else len(self._frozen))
+        return len(self._added) + len(self._frozen)
 
     def keys(self) -> np.ndarray:
         """Every key, sorted: what `TextMemory(keys)` rebuilds the memory from."""
         added = np.fromiter(self._added, dtype=np.uint64, count=len(self._added))
-        frozen = self._frozen if self._frozen is not None else np.zeros(0, dtype=np.uint64)
-        return np.unique(np.concatenate([frozen, added]))
+        return np.unique(np.concatenate([self._frozen, added]))
 
     def __getstate__(self) -> dict:
         return {"keys": self.keys()}

@@ -40,7 +40,7 @@ from models.registry import (
     fluent_mlflow,
     load_champion,
 )
-from models.texts import TextMemory, in_holdout
+from models.texts import in_holdout, text_keys
 from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
 from pipelines.promotion import Verdict, compare, first_version
@@ -67,6 +67,8 @@ class HistorySplit:
     holdout_intents: list[str]
     holdout_weights: np.ndarray
     lineage: dict[str, str]
+    keys: np.ndarray  # `models.texts.text_key` of each training text
+    holdout_keys: np.ndarray
 
 
 @dataclass
@@ -80,6 +82,16 @@ class RetrainResult:
     lineage: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
     verdict: Verdict | None = None
+
+
+@dataclass(frozen=True)
+class HoldoutEvaluation:
+    """This run's model and the champion on the holdout, as the run records them."""
+
+    predicted: list[str]
+    scores: HoldoutScores
+    champion_scores: HoldoutScores | None
+    champion_version: str | None
 
 
 def _content_hash(paths: list[str], cutoff: dict[int, int]) -> str:
@@ -107,12 +119,12 @@ def read_history_split(
     """
     dataset = history(master_dir, cutoff)
     labelled = pc.field("intent").is_valid()
-    keys = dataset.to_table(columns=KEY_COLUMNS, filter=labelled)
-    if keys.num_rows == 0:
+    events = dataset.to_table(columns=KEY_COLUMNS, filter=labelled)
+    if events.num_rows == 0:
         raise NoData(f"no labelled events archived in {master_dir} up to {cutoff}")
-    keys = keys.sort_by([("partition", "ascending"), ("offset", "ascending")])
-    repeated = pd.Series(keys["query_id"].to_numpy(zero_copy_only=False)).duplicated().to_numpy()
-    dropped = _row_ids(keys)[repeated]
+    events = events.sort_by([("partition", "ascending"), ("offset", "ascending")])
+    repeated = pd.Series(events["query_id"].to_numpy(zero_copy_only=False)).duplicated()
+    dropped = _row_ids(events)[repeated.to_numpy()]
 
     def kept_batches():
         for batch in dataset.to_batches(
@@ -123,11 +135,12 @@ def read_history_split(
             yield rows if keep is None else rows.filter(pa.array(keep))
 
     texts, intents, weights = count_examples(kept_batches())
-    holdout = in_holdout(texts, holdout_fraction)
+    keys = text_keys(texts)
+    holdout = in_holdout(keys, holdout_fraction)
     train, held = np.flatnonzero(~holdout), np.flatnonzero(holdout)
-    ts = keys["ts"]
+    ts = events["ts"]
     lineage = {
-        "rows": str(keys.num_rows - len(dropped)),
+        "rows": str(events.num_rows - len(dropped)),
         "duplicates_dropped": str(len(dropped)),
         "train_rows": str(int(weights[train].sum())),
         "holdout_rows": str(int(weights[held].sum())),
@@ -147,6 +160,8 @@ def read_history_split(
         [intents[i] for i in held],
         weights[held],
         lineage,
+        keys[train],
+        keys[held],
     )
 
 
@@ -175,7 +190,7 @@ def _gate(
     champion_scores, _, champion_right = score_holdout(champion.estimator, *holdout)
     fresh = np.ones(len(split.holdout_texts), dtype=bool)
     if champion.training_texts is not None:
-        fresh = np.array([t not in champion.training_texts for t in split.holdout_texts], bool)
+        fresh = ~champion.training_texts.contains_keys(split.holdout_keys)
     intents = [i for i, keep in zip(split.holdout_intents, fresh, strict=True) if keep]
     verdict = compare(right[fresh], champion_right[fresh], intents, batch.gate_rules)
     return verdict, champion_scores
@@ -251,7 +266,9 @@ def retrain(
         batch,
         split,
         model,
-        (predicted, scores, champion_scores, champion),
+        HoldoutEvaluation(
+            predicted, scores, champion_scores, champion.info.version if champion else None
+        ),
         verdict,
         topic,
         model_params,
@@ -287,7 +304,7 @@ def _log_run(
     batch: BatchSettings,
     split: HistorySplit,
     model,
-    evaluation: tuple,
+    evaluation: HoldoutEvaluation,
     verdict: Verdict,
     topic: str,
     model_params: dict | None,
@@ -299,7 +316,6 @@ def _log_run(
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    predicted, scores, champion_scores, champion = evaluation
     with (
         fluent_mlflow(tracking.uri),
         mlflow.start_run(
@@ -313,16 +329,20 @@ def _log_run(
             | {f"gate.{k}": v for k, v in asdict(rules).items()}
             | {f"model.{k}": v for k, v in _factory_params(model_params).items()}
         )
-        mlflow.log_metrics(scores.as_metrics("holdout_") | verdict.as_metrics())
-        if champion_scores and champion:
-            mlflow.log_metrics(champion_scores.as_metrics("champion_holdout_"))
-            mlflow.set_tag("compared_with_version", champion.info.version)
+        mlflow.log_metrics(evaluation.scores.as_metrics("holdout_") | verdict.as_metrics())
+        if evaluation.champion_scores and evaluation.champion_version:
+            mlflow.log_metrics(evaluation.champion_scores.as_metrics("champion_holdout_"))
+            mlflow.set_tag("compared_with_version", evaluation.champion_version)
         with tempfile.TemporaryDirectory() as folder:
-            for path in write_report_artifacts(Path(folder), split.holdout_intents, predicted):
+            reports = write_report_artifacts(
+                Path(folder), split.holdout_intents, evaluation.predicted
+            )
+            for path in reports:
                 mlflow.log_artifact(str(path), artifact_path="report")
-            keys = Path(folder) / Path(TRAINING_TEXTS_ARTIFACT).name
-            np.save(keys, TextMemory.of(split.texts).keys())
-            mlflow.log_artifact(str(keys), artifact_path=str(Path(TRAINING_TEXTS_ARTIFACT).parent))
+            keys_path = Path(folder) / Path(TRAINING_TEXTS_ARTIFACT).name
+            np.save(keys_path, np.unique(split.keys))
+            artifact_folder = str(Path(TRAINING_TEXTS_ARTIFACT).parent)
+            mlflow.log_artifact(str(keys_path), artifact_path=artifact_folder)
         example = split.holdout_texts[:3] or split.texts[:3]
         logged = mlflow.sklearn.log_model(
             model,
