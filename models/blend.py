@@ -196,10 +196,11 @@ class HedgeBlender:
 
     def _combine(
         self, alignment: Alignment, batch: np.ndarray, speed: np.ndarray, batch_seen
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The blend of each row over the blend's classes, with the speed rows on those classes
-        and the novelty expert on the batch classes (a learning step reads its losses there;
-        on the speed-only classes the novelty expert is the speed model)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The blend of each row over the blend's classes, with what a learning step reads its
+        losses from: the speed rows on those classes, and on the batch classes the novelty
+        expert and the speed model renormalised to them (on the speed-only classes the novelty
+        expert is the speed model)."""
         n, n_batch = len(batch), alignment.n_batch
         novel = np.minimum(1.0, speed[:, alignment.novel_positions].sum(axis=1))
         rest = (1.0 - novel)[:, None]
@@ -213,7 +214,7 @@ class HedgeBlender:
         blended[:, :n_batch] = (
             w_batch * batch + w_speed * speed_all[:, :n_batch] + w_novelty * novelty
         )
-        return blended, speed_all, np.concatenate([novelty, known_speed], axis=1)
+        return blended, speed_all, novelty, known_speed
 
     def blend_many(
         self,
@@ -251,28 +252,31 @@ class HedgeBlender:
         intent: Any,
         batch_seen: bool = False,
         learn: bool = True,
-    ) -> tuple[list[Any], np.ndarray]:
-        """One event of a prequential loop: the blend of one row of each side (as `blend_many`),
-        then, with `learn`, each expert's log loss on `intent` added to the weights of texts
-        like this one. Nothing is learnt unless both sides answered."""
+    ) -> tuple[Alignment, np.ndarray]:
+        """One event of a prequential loop: the blend of one row of each side (as `blend_many`)
+        over `alignment.classes`, then, with `learn`, each expert's log loss on `intent` added
+        to the weights of texts like this one. Nothing is learnt unless both sides answered.
+        The alignment comes back too, so a caller scoring the event looks its columns up there."""
+        alignment = self.alignment(batch_classes, speed_classes)
         seen = np.array([batch_seen])
         batch = None if batch_row is None else np.asarray(batch_row, dtype=np.float64)[None, :]
         speed = None if speed_row is None else np.asarray(speed_row, dtype=np.float64)[None, :]
         if batch is None or speed is None or not len(batch_classes) or not len(speed_classes):
-            classes, blended = self.blend_many(batch_classes, batch, speed_classes, speed, seen)
-            return classes, blended[0] if len(blended) else np.zeros(len(classes))
-        alignment = self.alignment(batch_classes, speed_classes)
-        blended, speed_all, batch_side = self._combine(alignment, batch, speed, seen)
+            _, blended = self.blend_many(batch_classes, batch, speed_classes, speed, seen)
+            return alignment, blended[0] if len(blended) else np.zeros(len(alignment.classes))
+        blended, speed_all, novelty, known_speed = self._combine(alignment, batch, speed, seen)
         if learn:
-            self._learn(alignment, batch[0], speed_all[0], batch_side[0], intent, batch_seen)
-        return alignment.classes, blended[0]
+            rows = (batch[0], speed_all[0], novelty[0], known_speed[0])
+            self._learn(alignment, *rows, intent, batch_seen)
+        return alignment, blended[0]
 
     def _learn(
         self,
         alignment: Alignment,
         batch: np.ndarray,
         speed_all: np.ndarray,
-        batch_side: np.ndarray,
+        novelty: np.ndarray,
+        known_speed: np.ndarray,
         intent: Any,
         batch_seen: bool,
     ) -> None:
@@ -284,9 +288,8 @@ class HedgeBlender:
         if column is None:
             expert_p = (0.0, 0.0, 0.0)
         elif column < n_batch:
-            novelty, known_speed = batch_side[column], batch_side[n_batch + column]
-            expert_p = (float(batch[column]), float(speed_all[column]), float(novelty))
-            for i, p in enumerate((float(batch[column]), float(known_speed))):
+            expert_p = (float(batch[column]), float(speed_all[column]), float(novelty[column]))
+            for i, p in enumerate((float(batch[column]), float(known_speed[column]))):
                 hedge.inner_loss[i] = self.decay * hedge.inner_loss[i] + capped_log_loss(p)
         else:
             expert_p = (0.0, float(speed_all[column]), float(speed_all[column]))
@@ -302,8 +305,8 @@ class HedgeBlender:
     ) -> dict[Any, float]:
         """The blended distribution over the union of both models' intents, as a dict."""
         rows = _rows(batch, speed)
-        classes, row = self.step(*rows, intent=None, batch_seen=batch_seen, learn=False)
-        return dict(zip(classes, row.tolist(), strict=True))
+        alignment, row = self.step(*rows, intent=None, batch_seen=batch_seen, learn=False)
+        return dict(zip(alignment.classes, row.tolist(), strict=True))
 
     def learn(
         self,

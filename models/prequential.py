@@ -78,10 +78,7 @@ def prequential_step(
     seen_by_any = speed_seen or batch_seen
     speed_classes, speed_row = speed_probabilities(speed_model, x)
     batch_classes, batch_row = batch if batch is not None else ((), None)
-    alignment = blender.alignment(batch_classes, speed_classes)
-    speed_right, speed_p = row_outcome(speed_row, alignment.speed_index.get(intent))
-    scores.speed.record(speed_right, speed_p, seen=speed_seen, seen_by_any=seen_by_any)
-    _, blended = blender.step(
+    alignment, blended = blender.step(
         batch_classes,
         batch_row,
         speed_classes,
@@ -90,6 +87,8 @@ def prequential_step(
         batch_seen,
         learn=learn and batch is not None,
     )
+    speed_right, speed_p = row_outcome(speed_row, alignment.speed_index.get(intent))
+    scores.speed.record(speed_right, speed_p, seen=speed_seen, seen_by_any=seen_by_any)
     blend_right, blend_p = row_outcome(blended, alignment.index.get(intent))
     scores.blend.record(blend_right, blend_p, seen=seen_by_any, seen_by_any=seen_by_any)
     batch_right = None
