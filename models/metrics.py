@@ -42,12 +42,6 @@ class WindowScore:
     window_seen: int = 0
     history: list[float] = field(default_factory=list)
 
-    def update(self, probabilities: Probabilities, intent: str) -> bool:
-        """Score one prediction; returns whether its top intent was right."""
-        right, p = outcome(probabilities, intent)
-        self.record(right, p)
-        return right
-
     def record(self, right: bool, p: float) -> None:
         """Score one prediction by whether its top intent was right and the probability it
         gave the true intent."""
