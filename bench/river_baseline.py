@@ -18,7 +18,7 @@ from models.metrics import SplitScore
 from models.speed_model import TOKEN_PATTERN
 from models.texts import TextMemory, text_key
 
-__all__ = ["ALPHA_GRID", "prequential_scores", "river_baseline", "tune_alpha"]
+__all__ = ["ALPHA_GRID", "prequential_scores", "river_baseline", "score_then_learn", "tune_alpha"]
 
 ALPHA_GRID: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 """The smoothing values both models are tuned over: River's default and three orders of magnitude
@@ -53,13 +53,21 @@ def prequential_scores(model: Any, events: Iterable[LabelledText]) -> SplitScore
     score = SplitScore()
     learnt = TextMemory()
     for text, intent in events:
-        x = {"text": text}
-        key = text_key(text)
-        seen = learnt.contains_key(key)
-        score.update(model.predict_proba_one(x), intent, seen=seen, seen_by_any=seen)
-        model.learn_one(x, intent)
-        learnt.add_key(key)
+        score_then_learn(model, score, learnt, text, intent)
     return score
+
+
+def score_then_learn(
+    model: Any, score: SplitScore, learnt: TextMemory, text: str, intent: str
+) -> None:
+    """One prequential step of a plain River model: predict and score `text` (split by whether
+    `learnt` holds it), then learn it and remember it in `learnt`."""
+    x = {"text": text}
+    key = text_key(text)
+    seen = learnt.contains_key(key)
+    score.update(model.predict_proba_one(x), intent, seen=seen, seen_by_any=seen)
+    model.learn_one(x, intent)
+    learnt.add_key(key)
 
 
 def tune_alpha(

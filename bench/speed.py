@@ -45,13 +45,19 @@ from kafka.errors import KafkaError
 from rich.console import Console
 
 from bench import save_figures
-from bench.river_baseline import ALPHA_GRID, LabelledText, river_baseline, tune_alpha
+from bench.river_baseline import (
+    ALPHA_GRID,
+    LabelledText,
+    river_baseline,
+    score_then_learn,
+    tune_alpha,
+)
 from models.batch_model import build_batch_model, count_examples_from_pairs, fit_on_counts
 from models.metrics import SplitScore, WindowScore
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import LocalSnapshotStore
 from models.speed_model import build_speed_model
-from models.texts import TextMemory, text_key
+from models.texts import TextMemory
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, replay_messages, run_produce
 from pipelines.speed import SpeedLayer, SpeedSettings
@@ -166,12 +172,7 @@ def river_run(kafka: KafkaSettings, events: int, alpha: float) -> Run:
                 intent = item.event.intent
                 if intent is None:
                     continue
-                x = {"text": item.event.text}
-                key = text_key(item.event.text)
-                seen = learnt.contains_key(key)
-                scores.update(model.predict_proba_one(x), intent, seen=seen, seen_by_any=seen)
-                model.learn_one(x, intent)
-                learnt.add_key(key)
+                score_then_learn(model, scores, learnt, item.event.text, intent)
                 done += 1
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return Run(done, seconds, cpu_seconds, scores)
