@@ -101,8 +101,13 @@ def _phase(start: int, drift_at: int, retrains: list[int]) -> str:
     return "after drift"
 
 
-def _ratio(events: int, correct: int) -> float | None:
-    return correct / events if events else None
+def _ratio(whole: int, part: int) -> float | None:
+    """part / whole, or None for an empty whole."""
+    return part / whole if whole else None
+
+
+def _rounded(value: float | None) -> float:
+    return round(value, 4) if value is not None else float("nan")
 
 
 def _points(value: float | None) -> float:
@@ -147,10 +152,8 @@ def _summarise(windows: list[Window]) -> dict[str, float]:
         "first_seen_worst_window_gap_vs_best_points": _worst_gap(
             windows, "novel", MIN_NOVEL_PER_WINDOW
         ),
-        "first_seen_share": round(novel / labelled, 4) if labelled else float("nan"),
-        "synthetic_share": round(sum(w.synthetic for w in windows) / labelled, 4)
-        if labelled
-        else float("nan"),
+        "first_seen_share": _rounded(_ratio(labelled, novel)),
+        "synthetic_share": _rounded(_ratio(labelled, sum(w.synthetic for w in windows))),
         "post_drift_gain_vs_batch_points": _gain_vs_batch(windows, "all"),
         "worst_window_gap_vs_best_points": _worst_gap(windows, "all", 1),
         "labelled_events": labelled,
@@ -161,21 +164,13 @@ def _summarise(windows: list[Window]) -> dict[str, float]:
         key = phase.replace(" ", "_")
         for view in VIEWS:
             for group in GROUPS:
-                value = _pooled(chosen, view, group)
-                summary[f"{key}_{view}_{group}_accuracy"] = (
-                    round(value, 4) if value is not None else float("nan")
-                )
+                summary[f"{key}_{view}_{group}_accuracy"] = _rounded(_pooled(chosen, view, group))
             events = sum(w.counts[view]["all"][0] for w in chosen)
             first_seen = sum(w.counts[view]["first_seen"][0] for w in chosen)
-            summary[f"{key}_{view}_first_seen_share"] = (
-                round(first_seen / events, 4) if events else float("nan")
-            )
+            summary[f"{key}_{view}_first_seen_share"] = _rounded(_ratio(events, first_seen))
             probe_events = sum(w.probes[view][0] for w in chosen)
             probe_correct = sum(w.probes[view][1] for w in chosen)
-            probe = _ratio(probe_events, probe_correct)
-            summary[f"{key}_{view}_probe_accuracy"] = (
-                round(probe, 4) if probe is not None else float("nan")
-            )
+            summary[f"{key}_{view}_probe_accuracy"] = _rounded(_ratio(probe_events, probe_correct))
         summary[f"{key}_probe_events"] = sum(w.probes["blend"][0] for w in chosen)
     return summary
 
@@ -320,7 +315,7 @@ def run_evaluation(
                     labelled=scores.blend.seen,
                     synthetic=synthetic,
                     counts=_counts(scores),
-                    probes={v: _counts(probe_scores)[v]["all"] for v in VIEWS},
+                    probes={v: groups["all"] for v, groups in _counts(probe_scores).items()},
                 )
             )
             scores = ViewScores.with_window(plan.window)
