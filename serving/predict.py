@@ -52,9 +52,12 @@ def predict_texts(
             f"{max_snapshot_age_s:g}s"
         )
     source: Source
-    seen = _batch_seen(models, texts)
+    # Which weights each text's blend uses; only a blend needs to know.
+    seen = np.zeros(len(texts), dtype=bool)
     if champion is not None and snapshot is not None:
         source = "blend"
+        if champion.training_texts is not None:
+            seen = champion.training_texts.contains_many(texts)
         by_seen = {}
         for flag in (False, True):
             batch_weight, speed_weight = snapshot.blender.weights_for(batch_seen=flag)
@@ -100,15 +103,6 @@ def predict_texts(
             )
         )
     return predictions
-
-
-def _batch_seen(models: ModelSet, texts: list[str]) -> np.ndarray:
-    """Whether the champion trained on each text: the blender weighs its answer differently
-    then (all False when the champion did not record its texts)."""
-    champion = models.champion
-    if champion is None or champion.training_texts is None:
-        return np.zeros(len(texts), dtype=bool)
-    return champion.training_texts.contains_many(texts)
 
 
 def _predict_dicts(
