@@ -90,7 +90,11 @@ class TextMemory:
 
     def contains_keys(self, keys: np.ndarray) -> np.ndarray:
         """`contains_key` for each of `keys`, as a boolean array."""
-        found = np.isin(keys, self._frozen)
+        keys = np.asarray(keys, dtype=np.uint64)
+        found = np.zeros(len(keys), dtype=bool)
+        if len(self._frozen):  # a binary search per key, not a sort of the whole memory
+            at = np.minimum(np.searchsorted(self._frozen, keys), len(self._frozen) - 1)
+            found = self._frozen[at] == keys
         if self._added:
             found |= np.fromiter((int(key) in self._added for key in keys), bool, len(keys))
         return found

@@ -48,3 +48,11 @@ def test_memory_holds_frozen_and_added_texts_and_survives_a_pickle():
 def test_normalise_folds_case_and_space_only():
     assert normalise("  Hey\tSIRI  ") == "hey siri"
     assert normalise("hey, siri") != normalise("hey siri")
+
+
+def test_many_texts_are_looked_up_as_one_at_a_time():
+    memory = TextMemory.of([f"query {i}" for i in range(0, 500, 2)])
+    memory.add("added later")
+    texts = [f"query {i}" for i in range(500)] + ["added later", "never seen", ""]
+    assert memory.contains_many(texts).tolist() == [text in memory for text in texts]
+    assert TextMemory().contains_many(["anything"]).tolist() == [False]
