@@ -25,6 +25,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The project itself (the packages of pyproject's packages.find), installed, not editable; the
 # build folder goes away after.
+COPY common ./common
 COPY pipelines ./pipelines
 COPY models ./models
 COPY serving ./serving

@@ -46,8 +46,8 @@ test-unit: setup
 	$(PY) -m pytest tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check pipelines models serving streams tests bench
-	$(VENV)/bin/ruff format --check pipelines models serving streams tests bench
+	$(VENV)/bin/ruff check common pipelines models serving streams tests bench
+	$(VENV)/bin/ruff format --check common pipelines models serving streams tests bench
 	$(VENV)/bin/mypy
 
 bench: setup

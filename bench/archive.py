@@ -17,34 +17,34 @@ from pathlib import Path
 from rich.console import Console
 
 from bench import save_figures
+from common.settings import ArchiveSettings, KafkaSettings, Settings
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, run_produce
 from streams import broker
-from streams.archiver import Archiver, ArchiveSettings
-from streams.config import KafkaSettings
+from streams.archiver import Archiver
 from streams.master_dataset import history
 
 
-def archive_once(kafka: KafkaSettings, root: Path, events: int) -> float:
+def archive_once(kafka: KafkaSettings, archive: ArchiveSettings, root: Path, events: int) -> float:
     """Seconds to archive `events` from the start of the topic."""
     with event_reader(kafka, f"bench-archive-{time.time_ns()}", "bench") as reader:
-        archiver = Archiver(reader, root, ArchiveSettings())
+        archiver = Archiver(reader, root, archive)
         started = time.perf_counter()
         archiver.run(threading.Event(), max_messages=events)
         return time.perf_counter() - started
 
 
-def main(repeats: int = 3, events: int = 200_000) -> dict:
-    kafka = KafkaSettings()
-    started_broker = broker.up(kafka)  # True only if this call started the local broker
+def main(settings: Settings, repeats: int = 3, events: int = 200_000) -> dict:
+    kafka, local = settings.kafka, settings.local_broker
+    started_broker = broker.up(kafka, local)  # True only if this call started the local broker
     try:
-        return _measure(kafka, repeats, events)
+        return _measure(kafka, settings.archive, repeats, events)
     finally:
         if started_broker:
-            broker.down(kafka)
+            broker.down(kafka, local)
 
 
-def _measure(kafka: KafkaSettings, repeats: int, events: int) -> dict:
+def _measure(kafka: KafkaSettings, archive: ArchiveSettings, repeats: int, events: int) -> dict:
     topic = f"bench-archive-{time.time_ns()}"
     broker.ensure_topics(kafka.bootstrap, {topic: 4, f"{topic}.dlq": 1})
     stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
@@ -55,7 +55,7 @@ def _measure(kafka: KafkaSettings, repeats: int, events: int) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(repeats):
             root = Path(scratch) / f"run-{repeat}"
-            seconds.append(archive_once(stream, root, events))
+            seconds.append(archive_once(stream, archive, root, events))
             assert history(root).count_rows() == events
     median = statistics.median(seconds)
     figures = {
@@ -66,7 +66,3 @@ def _measure(kafka: KafkaSettings, repeats: int, events: int) -> dict:
         "repeats": repeats,
     }
     return save_figures("archive", figures, {"repeats": repeats, "events": events, "partitions": 4})
-
-
-if __name__ == "__main__":
-    main()

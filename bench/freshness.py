@@ -23,11 +23,11 @@ import httpx
 from rich.console import Console
 
 from bench import save_figures
+from common.settings import KafkaSettings, Settings
 from pipelines.demo import Jobs
 from pipelines.produce import ReplayOptions, run_produce
 from serving.process import free_port
 from streams import broker
-from streams.config import KafkaSettings
 
 WORDS = ["zorbl", "quixa", "vamble", "prindo", "tuskel", "morvan", "glimsy", "fendro"]
 
@@ -44,14 +44,14 @@ def new_intent_file(folder: Path, name: str, word: str, count: int = 40) -> Path
     return path
 
 
-def main(repeats: int = 3) -> dict:
-    kafka = KafkaSettings()
-    started_broker = broker.up(kafka)  # True only if this call started the local broker
+def main(settings: Settings, repeats: int = 3) -> dict:
+    kafka, local = settings.kafka, settings.local_broker
+    started_broker = broker.up(kafka, local)  # True only if this call started the local broker
     try:
         seconds = _measure(kafka, repeats)
     finally:
         if started_broker:  # leave a broker someone else started running
-            broker.down(kafka)
+            broker.down(kafka, local)
     return save_figures(
         "freshness",
         {
@@ -121,7 +121,3 @@ def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
         finally:
             jobs.stop()
     return seconds
-
-
-if __name__ == "__main__":
-    main()

@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import RESULTS_DIR, save_figures
+from common.settings import BatchSettings, LocalMlflowSettings, MlflowSettings
 from models.batch_model import build_batch_model
 from pipelines import tracking_server
-from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.provenance import provenance
 from pipelines.retrain import read_history_split
 from serving.process import free_port
@@ -126,11 +126,14 @@ def write_champion_master(root: Path, examples: list[Example]) -> None:
     write_master(root, examples, len(examples), None, seed=1)
 
 
+# The retrain's own default split, as the timed child (a fresh process) uses it.
+HOLDOUT_FRACTION = BatchSettings.model_fields["holdout_fraction"].default
+
 # Each timed step runs in a fresh process, so its peak RSS is its own.
 RUN_RETRAIN = """
 import json, resource, sys, time
 from pathlib import Path
-from pipelines.config import BatchSettings, MlflowSettings
+from common.settings import BatchSettings, MlflowSettings
 from pipelines.retrain import retrain
 master, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 started, cpu_started = time.perf_counter(), time.process_time()
@@ -181,7 +184,7 @@ def measure(
     write_champion_master(champion_master, examples)
     _child(RUN_RETRAIN, str(champion_master), uri, name)  # the champion, untimed
     timed = _child(RUN_RETRAIN, str(master), uri, name)
-    split = read_history_split(master, archived_positions(master), BatchSettings().holdout_fraction)
+    split = read_history_split(master, archived_positions(master), HOLDOUT_FRACTION)
     rows = scratch / f"{name}.pkl"
     with rows.open("wb") as handle:
         pickle.dump((split.texts, split.intents, split.weights), handle)
@@ -221,8 +224,9 @@ def main(
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as folder:
         scratch = Path(folder)
-        tracking = MlflowSettings(tracking_uri="", home=scratch / "mlflow", port=free_port())
-        if not tracking_server.up(tracking):
+        tracking = MlflowSettings(tracking_uri="", port=free_port())
+        local = LocalMlflowSettings(home=scratch / "mlflow")
+        if not tracking_server.up(tracking, local):
             raise RuntimeError("the benchmark's own MLflow server did not start")
         try:
             for run in range(repeats):
@@ -233,7 +237,7 @@ def main(
                         runs.setdefault(_key(events, fraction), []).append(figures)
                         print(f"{_key(events, fraction)} run {run + 1}: {figures}", flush=True)
         finally:
-            tracking_server.down(tracking)
+            tracking_server.down(tracking, local)
     return save_figures(
         "retrain",
         summarise(accuracy, _kept_runs(runs) | runs),

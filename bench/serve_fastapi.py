@@ -25,12 +25,12 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from common.settings import ServingSettings
 from serving.batching import Coalescer
 from serving.model_state import FileChampion, ModelSet
 from serving.predict import predict_texts
 from serving.schemas import Prediction, PredictRequest
 from serving.service import tune_gc
-from serving.settings import ServingSettings
 
 
 def _predictor(coalesce: bool) -> Callable[[FastAPI], None]:

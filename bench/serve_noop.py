@@ -12,9 +12,9 @@ request limits of `serving.middleware`).
 
 import bentoml
 
+from common.settings import REQUEST_TIMEOUT_S
 from serving.schemas import Prediction, PredictRequest
 from serving.service import configure_logging, tune_gc
-from serving.settings import REQUEST_TIMEOUT_S
 
 _ANSWER = Prediction.model_validate(
     {

@@ -52,6 +52,7 @@ from bench.river_baseline import (
     score_then_learn,
     tune_alpha,
 )
+from common.settings import KafkaSettings, Settings, SpeedSettings
 from models.batch_model import build_batch_model, count_examples_from_pairs, fit_on_counts
 from models.metrics import SplitScore, WindowScore
 from models.registry import ChampionInfo, ChampionModel
@@ -60,9 +61,8 @@ from models.speed_model import build_speed_model
 from models.texts import TextMemory
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, replay_messages, run_produce
-from pipelines.speed import SpeedLayer, SpeedSettings
+from pipelines.speed import SpeedLayer
 from streams import broker
-from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA, load_dataset
 from streams.schema import parse_event
 
@@ -258,7 +258,7 @@ def _cpu_figure(runs: list[Run]) -> float:
     return float(f"{statistics.median(run.cpu_s_per_event for run in runs):.3g}")
 
 
-def main(repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
+def main(settings: Settings, repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
     """Tune both models, fit the champion, run the interleaved repeats and save the figures."""
     grid = ALPHA_GRID
     print(f"tuning alpha over {list(grid)} on a {events:,}-event replay (seed {TUNING_SEED})")
@@ -269,7 +269,7 @@ def main(repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
     champion, history_rows, fit_s = train_champion()
     print(f"champion fitted on {history_rows:,} rows in {fit_s:.1f} s")
 
-    kafka = KafkaSettings()
+    kafka, local = settings.kafka, settings.local_broker
     cluster = _Cluster(kafka)
     started_broker = False
     river: list[Run] = []
@@ -278,7 +278,7 @@ def main(repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
     snapshot_sizes: list[int] = []
     snapshot_ms: list[float] = []
     try:
-        started_broker = broker.up(kafka)
+        started_broker = broker.up(kafka, local)
         stream = cluster.fresh_topic("speed", partitions=1)
         measured = _replay(MEASURED_SEED, events, "bench-speed")
         run_produce(stream, measured, Console(file=io.StringIO()))
@@ -309,7 +309,7 @@ def main(repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
     finally:
         cluster.delete_all()
         if started_broker:
-            broker.down(kafka)
+            broker.down(kafka, local)
 
     ratios = [s.events_per_s / r.events_per_s for r, s in zip(river, speed, strict=True)]
     views = [layer.state.scores for layer in layers]
@@ -363,7 +363,7 @@ def main(repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
         "snapshot_write_ms": round(statistics.median(snapshot_ms), 1),
         "repeats": repeats,
     }
-    settings = {
+    recorded = {
         "measured_replay": {"seed": MEASURED_SEED, "limit": events, "tail_fraction": TAIL_FRACTION},
         "tuning_replay": {"seed": TUNING_SEED, "limit": events, "tail_fraction": TAIL_FRACTION},
         "alpha_grid": list(grid),
@@ -381,8 +381,4 @@ def main(repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
         "freshness": {"rate": FRESHNESS_RATE, "seconds": FRESHNESS_SECONDS, "champion": None},
         "broker_started_by_bench": started_broker,
     }
-    return save_figures("speed", figures, settings)
-
-
-if __name__ == "__main__":
-    main()
+    return save_figures("speed", figures, recorded)

@@ -1,11 +1,10 @@
 """Speed-layer snapshots: the model, where in the stream it is, and how it is doing.
 
-A snapshot is written atomically (temporary file, fsync, rename, fsync of the folder), so a
+A snapshot is written durably (`common.durable`: fsynced, renamed, folder fsynced), so a
 reader or a restart after kill -9 sees either the previous snapshot or the new one, never half.
 The store is an interface so that an object store can stand in for the local folder.
 """
 
-import os
 import pickle
 import re
 import time
@@ -13,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.durable import write_durably
 from models.blend import HedgeBlender
 from models.texts import TextMemory
-from streams.durable import fsync_directory
 
 _NAME = re.compile(r"^snapshot-(\d{12})\.pkl$")
 
@@ -86,13 +85,7 @@ class LocalSnapshotStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         snapshot.sequence = (self.latest_sequence() or 0) + 1
         target = self._path(snapshot.sequence)
-        temporary = target.with_suffix(f".tmp-{os.getpid()}")
-        with temporary.open("wb") as handle:
-            pickle.dump(snapshot, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-        fsync_directory(self.directory)
+        write_durably(target, lambda h: pickle.dump(snapshot, h, protocol=pickle.HIGHEST_PROTOCOL))
         for old in self._sequences()[: -self.keep]:
             self._path(old).unlink(missing_ok=True)
         return str(target)

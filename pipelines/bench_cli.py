@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from bench import RESULTS_DIR
+from pipelines.edge import settings as edge_settings
 
 bench_app = typer.Typer(help="Benchmarks: figures printed and saved under bench/results/.")
 Repeats = Annotated[int, typer.Option(min=1, help="Repetitions; figures are medians.")]
@@ -17,7 +18,7 @@ def speed(repeats: Repeats = 3) -> None:
     """The speed layer with a champion vs a tuned River loop, end to end from Kafka; speed.json."""
     from bench.speed import main
 
-    main(repeats)
+    main(edge_settings(), repeats)
 
 
 @bench_app.command()
@@ -44,7 +45,7 @@ def archive(repeats: Repeats = 3) -> None:
     """Archiver throughput from Kafka to Parquet; writes archive.json."""
     from bench.archive import main
 
-    main(repeats)
+    main(edge_settings(), repeats)
 
 
 @bench_app.command()
@@ -60,7 +61,7 @@ def freshness(repeats: Repeats = 3) -> None:
     """Time from producing a new intent's queries to the service answering it; freshness.json."""
     from bench.freshness import main
 
-    main(repeats)
+    main(edge_settings(), repeats)
 
 
 @bench_app.command(name="all")

@@ -1,6 +1,7 @@
 """The `lambda-ml` command line: one subcommand per job.
 
-Settings are read from the environment here, at the edge, and passed down to the jobs.
+Settings are read from the environment here, at the edge (`pipelines.edge`), once, and
+passed down to the jobs.
 """
 
 import json
@@ -13,12 +14,12 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from common.settings import KafkaSettings
 from pipelines.bench_cli import bench_app
-from pipelines.config import BatchSettings, MlflowSettings
+from pipelines.edge import settings as edge_settings
 from pipelines.produce import ReplayOptions, run_produce, run_publish_file
 from pipelines.serve_cli import serve
 from pipelines.services_cli import kafka_app, mlflow_app
-from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA
 from streams.producer import ProduceStats
 from streams.scenarios import DEFAULT_LATE_DOMAINS, ScenarioName
@@ -141,7 +142,7 @@ def produce(
         tail_fraction=tail,
         head_exponent=head_exponent,
     )
-    settings = KafkaSettings()
+    settings = edge_settings().kafka
     try:
         stats = run_produce(settings, options, console)
     except (FileNotFoundError, ValueError) as exc:
@@ -161,7 +162,7 @@ def publish(
 ) -> None:
     """Publish a file of raw events as they are (say, dead letters after a fix): valid lines go
     to the `queries` topic, the others to the dead-letter topic with their reason."""
-    settings = KafkaSettings()
+    settings = edge_settings().kafka
     try:
         stats = run_publish_file(settings, events, rate, console)
     except ValueError as exc:
@@ -199,23 +200,21 @@ IdleExit = Annotated[
 def archive(idle_exit: IdleExit = None) -> None:
     """Copy the `queries` topic exactly once into the Parquet master dataset."""
     from pipelines.jobs import run_archive, stop_on_signals
-    from streams.archiver import ArchiveSettings
 
-    batch = BatchSettings()
-    archiver = run_archive(
-        KafkaSettings(), batch.master_dir, ArchiveSettings(), stop_on_signals(), idle_exit
-    )
+    tree = edge_settings()
+    batch = tree.batch
+    archiver = run_archive(tree.kafka, batch.master_dir, tree.archive, stop_on_signals(), idle_exit)
     console.print(f"archived {archiver.archived} events into {batch.master_dir}")
 
 
 def _run_speed(idle_exit: float | None, from_offsets: dict[int, int] | None) -> None:
     from pipelines.jobs import run_speed, stop_on_signals
-    from pipelines.speed import SpeedSettings
 
+    tree = edge_settings()
     layer = run_speed(
-        KafkaSettings(),
-        SpeedSettings(),
-        MlflowSettings(),
+        tree.kafka,
+        tree.speed,
+        tree.mlflow,
         stop_on_signals(),
         idle_exit,
         from_offsets,
@@ -256,9 +255,9 @@ def retrain(
 
     try:
         result = run_retrain(
-            BatchSettings(),
-            MlflowSettings(),
-            KafkaSettings().topic,
+            edge_settings().batch,
+            edge_settings().mlflow,
+            edge_settings().kafka.topic,
             label_shuffle_seed=shuffle_labels,
             on_stage=lambda stage: console.print(f"[dim]retrain: {stage}[/dim]"),
         )
@@ -291,9 +290,9 @@ def schedule(
     from pipelines.retrain import NothingNew
     from pipelines.retrain import retrain as run_retrain
     from pipelines.schedule import Cadence, Scheduler
-    from pipelines.speed import SpeedSettings
 
-    batch, tracking, topic = BatchSettings(), MlflowSettings(), KafkaSettings().topic
+    tree = edge_settings()
+    batch, tracking, topic = tree.batch, tree.mlflow, tree.kafka.topic
     try:
         cadence = (
             Cadence(interval_s=interval, cron=cron)
@@ -306,7 +305,7 @@ def schedule(
         lambda: run_retrain(batch, tracking, topic),
         cadence,
         batch.lock_path,
-        signal_dir=SpeedSettings().signal_dir,
+        signal_dir=tree.speed.signal_dir,
         skip_errors=(NothingNew,),
     )
     scheduler.run(stop_on_signals(), max_runs=max_runs)
@@ -385,7 +384,7 @@ def evaluate(
     paths = evaluation_report.write(result, output, json.loads(json.dumps(settings, default=str)))
     console.print(evaluation_report.table(result))
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
-    tracking = MlflowSettings()
+    tracking = edge_settings().mlflow
     if mlflow_log and is_healthy(tracking.uri):
         run_id = evaluation_report.log_to_mlflow(result, paths, tracking)
         console.print(f"logged to MLflow run {run_id} at {tracking.uri}")
@@ -405,6 +404,6 @@ def demo(
 
     plan = DemoPlan(events=events, rate=rate, retrain_every_s=retrain_every)
     try:
-        run_demo(plan, console, keep_running=keep_running)
+        run_demo(plan, edge_settings(), console, keep_running=keep_running)
     except (RuntimeError, KeyboardInterrupt) as exc:
         raise fail(str(exc) or "interrupted") from None

@@ -21,11 +21,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from common.settings import KafkaSettings, MlflowSettings, Settings
 from pipelines import tracking_server
-from pipelines.config import MlflowSettings
 from pipelines.produce import ReplayOptions, run_produce
 from streams import broker
-from streams.config import KafkaSettings
 
 SAMPLE_QUERIES = [  # the `late` ones belong to the travel and utility domains, seen only late
     "what's my checking account balance",
@@ -147,12 +146,14 @@ def _wait_ready(url: str, jobs: Jobs, timeout_s: float = 180) -> None:
     raise RuntimeError(f"the service at {url} was not ready within {timeout_s:.0f}s")
 
 
-def run_demo(plan: DemoPlan, console: Console, keep_running: bool = False) -> None:
-    kafka, tracking = KafkaSettings(), MlflowSettings()
+def run_demo(
+    plan: DemoPlan, settings: Settings, console: Console, keep_running: bool = False
+) -> None:
+    kafka, tracking = settings.kafka, settings.mlflow
     started = time.monotonic()
     console.rule("lambda-ml demo")
-    started_kafka = broker.up(kafka)
-    started_mlflow = tracking_server.up(tracking)
+    started_kafka = broker.up(kafka, settings.local_broker)
+    started_mlflow = tracking_server.up(tracking, settings.local_mlflow)
     env = demo_environment(plan, kafka, tracking)
     stream = kafka.model_copy(
         update={"topic": env["KAFKA_TOPIC"], "dlq_topic": env["KAFKA_DLQ_TOPIC"]}
@@ -215,7 +216,7 @@ def run_demo(plan: DemoPlan, console: Console, keep_running: bool = False) -> No
         jobs.stop()
         if not keep_running:
             if started_mlflow:
-                tracking_server.down(tracking)
+                tracking_server.down(tracking, settings.local_mlflow)
             if started_kafka:
-                broker.down(kafka)
+                broker.down(kafka, settings.local_broker)
         console.print("stopped everything the demo started")

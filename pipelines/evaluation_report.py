@@ -4,8 +4,8 @@ import json
 import math
 from pathlib import Path
 
+from common.settings import MlflowSettings
 from models.registry import fluent_mlflow
-from pipelines.config import MlflowSettings
 from pipelines.evaluate import VIEWS, EvaluationResult
 from pipelines.provenance import provenance
 

@@ -7,13 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from threading import Event, Thread
 
+from common.settings import ArchiveSettings, KafkaSettings, MlflowSettings, SpeedSettings
 from models.registry import ChampionModel, fetch_champion, load_champion
 from models.snapshot import LocalSnapshotStore
-from pipelines.config import MlflowSettings
-from pipelines.speed import SpeedLayer, SpeedSettings
+from pipelines.speed import SpeedLayer
 from pipelines.tracking import RunReporter, tracking_client
-from streams.archiver import Archiver, ArchiveSettings, recover
-from streams.config import KafkaSettings
+from streams.archiver import Archiver, recover
 from streams.consumer import EventReader, make_consumer
 from streams.producer import make_producer
 

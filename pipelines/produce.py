@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from common.settings import KafkaSettings
 from streams.broker import topic_partitions
-from streams.config import KafkaSettings
 from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
 from streams.producer import ProduceStats, Timeline, event_messages, make_producer, publish
 from streams.query_log import QueryLog

@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.stats import binomtest
 
+from common.settings import BatchSettings
+
 
 @dataclass(frozen=True)
 class GateRules:
@@ -31,6 +33,11 @@ class GateRules:
             raise ValueError(f"the gate's alpha must lie in (0, 1); got {self.alpha}")
         if not 0 <= self.max_intent_drop <= 1:
             raise ValueError(f"max_intent_drop must lie in [0, 1]; got {self.max_intent_drop}")
+
+    @classmethod
+    def of(cls, batch: BatchSettings) -> "GateRules":
+        """The rules that `BATCH_GATE_*` set."""
+        return cls(batch.gate_alpha, batch.gate_max_intent_drop, batch.gate_min_intent_texts)
 
 
 @dataclass(frozen=True)

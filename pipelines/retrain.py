@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from mlflow import MlflowClient
 
+from common.settings import BatchSettings, MlflowSettings
 from models.batch_model import build_batch_model, count_examples, fit_on_counts, vocabulary_size
 from models.registry import (
     CHALLENGER,
@@ -41,9 +42,8 @@ from models.registry import (
     load_champion,
 )
 from models.texts import in_holdout, text_keys
-from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
-from pipelines.promotion import Verdict, compare, first_version
+from pipelines.promotion import GateRules, Verdict, compare, first_version
 from pipelines.tracking import experiment_id, tracking_client
 from streams.master_dataset import archived_positions, history
 
@@ -192,7 +192,7 @@ def _gate(
     if champion.training_texts is not None:
         fresh = ~champion.training_texts.contains_keys(split.holdout_keys)
     intents = [i for i, keep in zip(split.holdout_intents, fresh, strict=True) if keep]
-    verdict = compare(right[fresh], champion_right[fresh], intents, batch.gate_rules)
+    verdict = compare(right[fresh], champion_right[fresh], intents, GateRules.of(batch))
     return verdict, champion_scores
 
 
@@ -323,7 +323,7 @@ def _log_run(
         ) as run,
     ):
         mlflow.set_tags({f"lineage.{k}": v for k, v in split.lineage.items()} | {"topic": topic})
-        rules = batch.gate_rules
+        rules = GateRules.of(batch)
         mlflow.log_params(
             {"holdout_fraction": batch.holdout_fraction, "label_shuffle_seed": label_shuffle_seed}
             | {f"gate.{k}": v for k, v in asdict(rules).items()}

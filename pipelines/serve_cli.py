@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
+from pipelines.edge import settings as edge_settings
 from serving.process import SERVICE_NAME, SERVICE_TARGET, bentoml_argv, bentoml_overrides
-from serving.settings import ServingSettings
 
 
 def serve(
@@ -33,7 +33,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve intent predictions over HTTP: batch champion + speed snapshot, hot-reloaded."""
-    settings = ServingSettings()
+    settings = edge_settings().serving
     if reload_interval is not None:
         os.environ["SERVING_POLL_S"] = str(reload_interval)
     os.environ["BENTOML_CONFIG_OVERRIDES"] = bentoml_overrides(

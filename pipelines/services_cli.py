@@ -1,8 +1,8 @@
 """`lambda-ml kafka ...` and `lambda-ml mlflow ...`: the local services the pipeline runs on.
 
-Settings are read from the environment here, at the CLI edge. Expected failures (a missing
-tool, a busy port, a server that died at start-up) print one red line, plus the end of the
-service's log when there is one, and exit with status 1 instead of a traceback.
+Settings come from the tree read once at the CLI edge (`pipelines.edge`). Expected failures (a
+missing tool, a busy port, a server that died at start-up) print one red line, plus the end of
+the service's log when there is one, and exit with status 1 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipelines import tracking_server
-from pipelines.config import MlflowSettings
+from pipelines.edge import settings as edge_settings
 from streams import broker
-from streams.config import KafkaSettings
 from streams.local_process import ServiceError
 
 kafka_app = typer.Typer(
@@ -79,13 +78,11 @@ def kafka_fetch() -> None:
 
     Needs java 17+ and mvn. Later calls return at once; `up` fetches too.
     """
-    settings = KafkaSettings()
+    local = edge_settings().local_broker
     started = time.monotonic()
     with _expected_failures():
-        libs = broker.fetch(settings)
-    console.print(
-        f"Kafka {settings.kafka_version} jars in {libs} ({time.monotonic() - started:.1f}s)"
-    )
+        libs = broker.fetch(local)
+    console.print(f"Kafka {local.kafka_version} jars in {libs} ({time.monotonic() - started:.1f}s)")
 
 
 @kafka_app.command("up")
@@ -95,15 +92,15 @@ def kafka_up() -> None:
     A no-op if it already runs. With KAFKA_BOOTSTRAP_SERVERS set, start
     nothing: check that cluster and create any missing topics there.
     """
-    settings = KafkaSettings()
+    settings, local = edge_settings().kafka, edge_settings().local_broker
     _quiet_kafka_client()
     started = time.monotonic()
     with _expected_failures():
-        was_started = broker.up(settings)
+        was_started = broker.up(settings, local)
     seconds = time.monotonic() - started
-    state = broker.status(settings) if was_started else None
+    state = broker.status(settings, local) if was_started else None
     _report_up(
-        f"Kafka {settings.kafka_version}",
+        f"Kafka {local.kafka_version}",
         settings.bootstrap,
         settings.uses_local_broker,
         seconds,
@@ -115,8 +112,8 @@ def kafka_up() -> None:
 @kafka_app.command("down")
 def kafka_down() -> None:
     """Stop the local broker (SIGTERM, then SIGKILL if it does not stop in time)."""
-    settings = KafkaSettings()
-    stopped = broker.down(settings)
+    settings = edge_settings().kafka
+    stopped = broker.down(settings, edge_settings().local_broker)
     _report_down("Kafka", settings.bootstrap, settings.uses_local_broker, stopped)
 
 
@@ -124,7 +121,7 @@ def kafka_down() -> None:
 def kafka_status() -> None:
     """Show whether the broker runs, its pid and address, and the topics with partitions."""
     _quiet_kafka_client()
-    state = broker.status(KafkaSettings())
+    state = broker.status(edge_settings().kafka, edge_settings().local_broker)
     pid = f" (pid {state.pid})" if state.pid else ""
     console.print(
         f"Kafka at {state.bootstrap}: {'running' if state.running else 'not running'}{pid}"
@@ -142,12 +139,12 @@ def mlflow_up() -> None:
     A no-op if it already runs. With MLFLOW_TRACKING_URI set, start
     nothing: check that that server answers /health.
     """
-    settings = MlflowSettings()
+    settings, local = edge_settings().mlflow, edge_settings().local_mlflow
     started = time.monotonic()
     with _expected_failures():
-        was_started = tracking_server.up(settings)
+        was_started = tracking_server.up(settings, local)
     seconds = time.monotonic() - started
-    state = tracking_server.status(settings) if was_started else None
+    state = tracking_server.status(settings, local) if was_started else None
     _report_up(
         "MLflow",
         settings.uri,
@@ -161,15 +158,15 @@ def mlflow_up() -> None:
 @mlflow_app.command("down")
 def mlflow_down() -> None:
     """Stop the local tracking server (SIGTERM, then SIGKILL if it does not stop in time)."""
-    settings = MlflowSettings()
-    stopped = tracking_server.down(settings)
+    settings = edge_settings().mlflow
+    stopped = tracking_server.down(settings, edge_settings().local_mlflow)
     _report_down("MLflow", settings.uri, settings.uses_local_server, stopped)
 
 
 @mlflow_app.command("status")
 def mlflow_status() -> None:
     """Show whether the tracking server runs, its pid, URL and log file."""
-    state = tracking_server.status(MlflowSettings())
+    state = tracking_server.status(edge_settings().mlflow, edge_settings().local_mlflow)
     pid = f" (pid {state.pid})" if state.pid else ""
     console.print(f"MLflow at {state.uri}: {'running' if state.running else 'not running'}{pid}")
     if state.log_file:

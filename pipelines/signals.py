@@ -1,22 +1,22 @@
 """The drift signal: the speed layer raises it, the batch scheduler retrains early on it.
 
 A small JSON file in a folder both can see (a shared volume under docker-compose), written
-atomically; its `raised_at` tells the scheduler whether it is newer than the last retrain.
+durably; its `raised_at` tells the scheduler whether it is newer than the last retrain.
 """
 
 import json
-import os
 import time
 from pathlib import Path
+
+from common.durable import write_durably
 
 SIGNAL_FILE = "drift.json"
 
 
 def raise_drift_signal(directory: Path, details: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f".{SIGNAL_FILE}.{os.getpid()}"
-    temporary.write_text(json.dumps({"raised_at": time.time(), **details}))
-    os.replace(temporary, directory / SIGNAL_FILE)
+    write_durably(
+        directory / SIGNAL_FILE, json.dumps({"raised_at": time.time(), **details}).encode()
+    )
 
 
 def drift_raised_at(directory: Path) -> float | None:

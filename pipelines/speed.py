@@ -12,13 +12,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from threading import Event
 
 import numpy as np
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from river import base, drift
 
+from common.settings import SpeedSettings
 from models.blend import HedgeBlender
 from models.prequential import ViewScores, prequential_step
 from models.registry import ChampionModel
@@ -29,23 +28,6 @@ from pipelines.signals import raise_drift_signal
 from streams.consumer import MAX_POLL_RECORDS, Consumed, EventReader
 
 log = logging.getLogger(__name__)
-
-
-class SpeedSettings(BaseSettings):
-    """How often the speed layer snapshots, reports and looks for a new champion;
-    `freshness_window` is how many of the latest events its freshness percentiles cover."""
-
-    model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
-
-    group_id: str = "lambda-ml-speed"
-    snapshot_dir: Path = Path("var/snapshots")
-    snapshot_every_events: int = 20_000
-    snapshot_every_s: float = 5.0
-    window: int = 1000
-    champion_poll_s: float = 10.0
-    metrics_every_s: float = 10.0
-    signal_dir: Path = Path("var/signals")
-    freshness_window: int = 10_000
 
 
 @dataclass

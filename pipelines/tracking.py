@@ -9,7 +9,7 @@ import time
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from pipelines.config import MlflowSettings
+from common.settings import MlflowSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import MlflowSettings
+from common.settings import LocalMlflowSettings, MlflowSettings
 from streams.local_process import LocalProcess, ServiceError, port_is_free
 
 _HOST = "127.0.0.1"
@@ -32,9 +32,9 @@ class ServerStatus:
     log_file: Path | None
 
 
-def server_command(settings: MlflowSettings) -> list[str]:
+def server_command(settings: MlflowSettings, local: LocalMlflowSettings) -> list[str]:
     """The `mlflow server` command line of the local server (the entrypoint mirrors it)."""
-    home = settings.home.resolve()
+    home = local.home.resolve()
     return [
         str(Path(sys.executable).with_name("mlflow")),
         "server",
@@ -52,7 +52,7 @@ def server_command(settings: MlflowSettings) -> list[str]:
     ]
 
 
-def up(settings: MlflowSettings, timeout: float = 120.0) -> bool:
+def up(settings: MlflowSettings, local: LocalMlflowSettings, timeout: float = 120.0) -> bool:
     """Start the local server and wait until it is healthy; True if this call started it.
 
     Already running, or an external server configured: nothing is started (an external
@@ -62,7 +62,7 @@ def up(settings: MlflowSettings, timeout: float = 120.0) -> bool:
         if not is_healthy(settings.uri):
             raise ServiceError(f"the MLflow server at {settings.uri} does not answer /health")
         return False
-    process = _process(settings)
+    process = _process(local)
     if process.is_running():
         return False
     if not port_is_free(settings.port, _HOST):
@@ -70,7 +70,7 @@ def up(settings: MlflowSettings, timeout: float = 120.0) -> bool:
             f"port {settings.port} on {_HOST} is already in use; "
             "stop what listens there or set MLFLOW_PORT"
         )
-    command = server_command(settings)
+    command = server_command(settings, local)
     if not Path(command[0]).exists():
         raise ServiceError(f"{command[0]} not found: install MLflow into this environment")
     process.start(command, env=_SERVER_ENV)
@@ -82,16 +82,16 @@ def up(settings: MlflowSettings, timeout: float = 120.0) -> bool:
     return True
 
 
-def down(settings: MlflowSettings) -> bool:
+def down(settings: MlflowSettings, local: LocalMlflowSettings) -> bool:
     """Stop the local server; False if it was not running (or the server is external)."""
-    return settings.uses_local_server and _process(settings).stop()
+    return settings.uses_local_server and _process(local).stop()
 
 
-def status(settings: MlflowSettings) -> ServerStatus:
+def status(settings: MlflowSettings, local: LocalMlflowSettings) -> ServerStatus:
     """Whether the server runs (a local one: its pid; any: it answers /health) and where."""
     if not settings.uses_local_server:
         return ServerStatus(settings.uri, is_healthy(settings.uri), None, None)
-    process = _process(settings)
+    process = _process(local)
     pid = process.pid()
     return ServerStatus(settings.uri, pid is not None, pid, process.log_file)
 
@@ -105,5 +105,5 @@ def is_healthy(uri: str) -> bool:
         return False
 
 
-def _process(settings: MlflowSettings) -> LocalProcess:
-    return LocalProcess("mlflow", settings.home.resolve())
+def _process(local: LocalMlflowSettings) -> LocalProcess:
+    return LocalProcess("mlflow", local.home.resolve())

@@ -24,8 +24,8 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common.settings import ServingSettings
 from serving.schemas import error_body
-from serving.settings import ServingSettings
 
 _READ_AS_JSON = (b"application/json", b"text/plain", b"application/octet-stream")
 _WITH_BODY = ("POST", "PUT", "PATCH")

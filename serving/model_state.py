@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from common.durable import write_durably
 from models.registry import ChampionInfo, ChampionModel, fetch_champion, load_champion
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.texts import TextMemory
@@ -79,17 +80,13 @@ def save_champion_file(
     """Pickle a fitted pipeline with its version, cut-off and (optionally) the texts it trained
     on for `FileChampion`, atomically (temporary file, then rename) so that a polling server
     never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     record = {
         "estimator": estimator,
         "version": version,
         "cutoff_offsets": cutoff_offsets or {},
         "training_texts": None if training_texts is None else TextMemory.of(training_texts),
     }
-    with temporary.open("wb") as handle:
-        pickle.dump(record, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(temporary, path)
+    write_durably(path, lambda h: pickle.dump(record, h, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class FileChampion:

@@ -4,15 +4,12 @@ Inputs are validated here and only here (by BentoML with these models), so the p
 can trust every text it gets: 1 to 1,000 characters after trimming, like a `queries` event.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from streams.schema import MAX_TEXT_CHARS
+from common.limits import QueryText as Text
 
-Text = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
-]
 Source = Literal["blend", "batch", "speed"]
 
 

@@ -24,8 +24,8 @@ import bentoml
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
+from common.settings import REQUEST_TIMEOUT_S, MlflowSettings, ServingSettings
 from models.snapshot import LocalSnapshotStore
-from pipelines.config import MlflowSettings
 from pipelines.tracking import tracking_client
 from serving.batching import Coalescer
 from serving.metrics import process_gauges
@@ -45,7 +45,6 @@ from serving.schemas import (
     PredictRequest,
     error_body,
 )
-from serving.settings import REQUEST_TIMEOUT_S, ServingSettings
 
 PROBE_TEXT = "set an alarm for seven tomorrow morning"
 

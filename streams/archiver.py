@@ -7,31 +7,22 @@ repeats an event. Commits to the consumer group follow the files and only report
 """
 
 import logging
-import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from threading import Event
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.durable import publish, stage
+from common.settings import ArchiveSettings
 from streams.consumer import Consumed, EventReader
-from streams.durable import fsync_directory
 from streams.master_dataset import SCHEMA, FlushFile, scan
 
 log = logging.getLogger(__name__)
-
-
-class ArchiveSettings(BaseSettings):
-    """When buffered events are flushed: enough of them, or old enough."""
-
-    model_config = SettingsConfigDict(env_prefix="ARCHIVE_", frozen=True)
-
-    group_id: str = "lambda-ml-archiver"
-    flush_every_events: int = 50_000
-    flush_every_s: float = 5.0
 
 
 def _table(events: list[Consumed]) -> pa.Table:
@@ -49,6 +40,10 @@ def _table(events: list[Consumed]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 
+def _parquet_writer(table: pa.Table) -> Callable[[BinaryIO], None]:
+    return lambda handle: pq.write_table(table, handle, compression="zstd")
+
+
 def write_flush(root: Path, partition: int, first: int, last: int, events: list[Consumed]) -> int:
     """Durably write one partition's offsets first..last, one file per event date.
 
@@ -62,19 +57,9 @@ def write_flush(root: Path, partition: int, first: int, last: int, events: list[
         by_date["1970-01-01"] = []
     staged: list[tuple[Path, Path]] = []
     for part, (date, rows) in enumerate(sorted(by_date.items()), start=1):
-        folder = root / f"date={date}"
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / FlushFile.name(partition, first, last, part, len(by_date))
-        temporary = folder / f".{target.name}.tmp"
-        with temporary.open("wb") as handle:
-            pq.write_table(_table(rows), handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        staged.append((temporary, target))
-    for temporary, target in staged:
-        os.replace(temporary, target)
-    for folder in {target.parent for _, target in staged} | {root}:
-        fsync_directory(folder)
+        target = root / f"date={date}" / FlushFile.name(partition, first, last, part, len(by_date))
+        staged.append((stage(target, _parquet_writer(_table(rows))), target))
+    publish(staged, also_fsync=[root])
     return len(events)
 
 

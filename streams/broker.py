@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import os
 import re
 import shutil
 import socket
@@ -26,7 +25,8 @@ from filelock import FileLock
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streams.config import KafkaSettings
+from common.durable import write_durably
+from common.settings import KafkaSettings, LocalBrokerSettings
 from streams.local_process import LocalProcess, ServiceError, port_is_free
 
 _RESOURCES = Path(__file__).parent / "kafka"
@@ -48,18 +48,18 @@ class BrokerStatus:
     topics: dict[str, int]
 
 
-def libs_dir(settings: KafkaSettings) -> Path:
-    """Where the jars of `settings.kafka_version` are kept (shared by every Kafka home)."""
-    return (settings.cache_dir or settings.home).resolve() / f"libs-{settings.kafka_version}"
+def libs_dir(local: LocalBrokerSettings) -> Path:
+    """Where the jars of `local.kafka_version` are kept (shared by every Kafka home)."""
+    return (local.cache_dir or local.home).resolve() / f"libs-{local.kafka_version}"
 
 
-def fetch(settings: KafkaSettings) -> Path:
+def fetch(local: LocalBrokerSettings) -> Path:
     """Copy the broker's runtime classpath from Maven into `libs_dir`, once; returns that dir.
 
     A marker file written last makes an interrupted fetch start over instead of leaving a
     broker with missing jars; the lock lets concurrent fetches (tests, CLI) share one download.
     """
-    libs = libs_dir(settings)
+    libs = libs_dir(local)
     marker = libs / ".complete"
     if marker.exists():
         return libs
@@ -80,45 +80,45 @@ def fetch(settings: KafkaSettings) -> Path:
             "-f",
             str(pom),
             "dependency:copy-dependencies",
-            f"-Dkafka.version={settings.kafka_version}",
+            f"-Dkafka.version={local.kafka_version}",
             f"-DoutputDirectory={libs}",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-            raise ServiceError(f"Maven could not fetch Kafka {settings.kafka_version}:", tail)
-        marker.write_text(f"{settings.kafka_version}\n")
+            raise ServiceError(f"Maven could not fetch Kafka {local.kafka_version}:", tail)
+        marker.write_text(f"{local.kafka_version}\n")
     return libs
 
 
-def up(settings: KafkaSettings, timeout: float = 90.0) -> bool:
+def up(settings: KafkaSettings, local: LocalBrokerSettings, timeout: float = 90.0) -> bool:
     """Start the local broker and create the pipeline's topics; True if this call started it.
 
     Already running, or an external cluster configured: nothing is started, but missing
     topics are still created (a new KAFKA_TOPIC needs only another `up`).
     """
     topics = {settings.topic: settings.partitions, settings.dlq_topic: 1}
-    if not settings.uses_local_broker or _process(settings).is_running():
+    if not settings.uses_local_broker or _process(local).is_running():
         ensure_topics(settings.bootstrap, topics)
         return False
-    process = _process(settings)
-    libs = fetch(settings)
+    process = _process(local)
+    libs = fetch(local)
     java = _require_tools(maven=False)
-    busy = [port for port in (settings.port, settings.controller_port) if not port_is_free(port)]
+    busy = [port for port in (settings.port, local.controller_port) if not port_is_free(port)]
     if busy:
         raise ServiceError(
             f"port {', '.join(map(str, busy))} on {_HOST} is already in use; "
             "stop what listens there or set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
         )
-    config = _write_server_properties(settings)
-    if not (_data_dir(settings) / "meta.properties").exists():
+    config = _write_server_properties(settings, local)
+    if not (_data_dir(local) / "meta.properties").exists():
         _format_storage(java, libs, config)
     process.start(
         [
             java,
-            f"-Xmx{settings.heap}",
+            f"-Xmx{local.heap}",
             *_JVM_FLAGS,
-            _class_sharing_flag(settings, java),
+            _class_sharing_flag(local, java),
             f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.properties'}",
             "-cp",
             f"{libs}/*",
@@ -135,19 +135,19 @@ def up(settings: KafkaSettings, timeout: float = 90.0) -> bool:
     return True
 
 
-def down(settings: KafkaSettings) -> bool:
+def down(settings: KafkaSettings, local: LocalBrokerSettings) -> bool:
     """Stop the local broker; False if it was not running (or the cluster is external)."""
     if not settings.uses_local_broker:
         return False
-    stopped = _process(settings).stop()
-    _adopt_class_archive(settings)
+    stopped = _process(local).stop()
+    _adopt_class_archive(local)
     return stopped
 
 
-def status(settings: KafkaSettings) -> BrokerStatus:
+def status(settings: KafkaSettings, local: LocalBrokerSettings) -> BrokerStatus:
     """Whether the broker runs, where, and its topics with their partition counts."""
     if settings.uses_local_broker:
-        process = _process(settings)
+        process = _process(local)
         pid, log_file = process.pid(), process.log_file
         running = pid is not None
     else:
@@ -191,12 +191,12 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
     return sorted(missing)
 
 
-def _process(settings: KafkaSettings) -> LocalProcess:
-    return LocalProcess("kafka", settings.home.resolve())
+def _process(local: LocalBrokerSettings) -> LocalProcess:
+    return LocalProcess("kafka", local.home.resolve())
 
 
-def _data_dir(settings: KafkaSettings) -> Path:
-    return settings.home.resolve() / "data"
+def _data_dir(local: LocalBrokerSettings) -> Path:
+    return local.home.resolve() / "data"
 
 
 @contextmanager
@@ -263,11 +263,11 @@ def _major(version: str) -> int:
     return parts[1] if parts[0] == 1 else parts[0]
 
 
-def _write_server_properties(settings: KafkaSettings) -> Path:
+def _write_server_properties(settings: KafkaSettings, local: LocalBrokerSettings) -> Path:
     """The single combined broker+controller node's configuration, rewritten at every `up`."""
-    home = settings.home.resolve()
+    home = local.home.resolve()
     plaintext = f"{_HOST}:{settings.port}"
-    controller = f"{_HOST}:{settings.controller_port}"
+    controller = f"{_HOST}:{local.controller_port}"
     properties = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -277,7 +277,7 @@ def _write_server_properties(settings: KafkaSettings) -> Path:
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "controller.quorum.bootstrap.servers": controller,
-        "log.dirs": str(_data_dir(settings)),
+        "log.dirs": str(_data_dir(local)),
         # One broker: internal topics cannot have more than one replica.
         "offsets.topic.replication.factor": "1",
         "transaction.state.log.replication.factor": "1",
@@ -317,38 +317,38 @@ def _format_storage(java: str, libs: Path, config: Path) -> None:
         raise ServiceError("formatting the Kafka log dir failed:", tail)
 
 
-def _class_archive(settings: KafkaSettings, java: str) -> Path:
+def _class_archive(local: LocalBrokerSettings, java: str) -> Path:
     """The shared AppCDS archive of the broker's classes: it makes the JVM ready sooner.
 
     Keyed by the Kafka and Java versions, as no other JVM build or classpath can use it.
     """
-    name = f"kafka-{settings.kafka_version}-java-{_java_version(java)}.jsa"
-    return libs_dir(settings).parent / name
+    name = f"kafka-{local.kafka_version}-java-{_java_version(java)}.jsa"
+    return libs_dir(local).parent / name
 
 
-def _pending_archive(settings: KafkaSettings) -> Path:
-    return settings.home.resolve() / "classes.jsa"
+def _pending_archive(local: LocalBrokerSettings) -> Path:
+    return local.home.resolve() / "classes.jsa"
 
 
-def _class_sharing_flag(settings: KafkaSettings, java: str) -> str:
-    archive = _class_archive(settings, java)
+def _class_sharing_flag(local: LocalBrokerSettings, java: str) -> str:
+    archive = _class_archive(local, java)
     if archive.exists():
         return f"-XX:SharedArchiveFile={archive}"
     # Without one yet, the JVM records the classes it loaded when it exits; `down` adopts them.
-    return f"-XX:ArchiveClassesAtExit={_pending_archive(settings)}"
+    return f"-XX:ArchiveClassesAtExit={_pending_archive(local)}"
 
 
-def _adopt_class_archive(settings: KafkaSettings) -> None:
+def _adopt_class_archive(local: LocalBrokerSettings) -> None:
     """Move a broker's recorded class archive to the shared place, if it is sound.
 
     A truncated archive (broker killed while writing it) would crash every later JVM, so it
     must first map cleanly with `-Xshare:on`; the move is atomic, as brokers may share it.
     """
-    pending = _pending_archive(settings)
+    pending = _pending_archive(local)
     if not pending.exists():
         return
     java = _require_tools(maven=False)
-    archive = _class_archive(settings, java)
+    archive = _class_archive(local, java)
     check = [
         java,
         *_JVM_FLAGS,
@@ -356,14 +356,13 @@ def _adopt_class_archive(settings: KafkaSettings) -> None:
         f"-XX:SharedArchiveFile={pending}",
         "-XX:ErrorFile=/dev/null",
         "-cp",
-        f"{libs_dir(settings)}/*",
+        f"{libs_dir(local)}/*",
         "-version",
     ]
     sound = subprocess.run(check, capture_output=True, cwd=pending.parent).returncode == 0
     if sound and not archive.exists():
-        staged = archive.with_name(f"{archive.name}.{os.getpid()}.tmp")
-        shutil.copyfile(pending, staged)
-        os.replace(staged, archive)
+        with pending.open("rb") as source:
+            write_durably(archive, lambda h: shutil.copyfileobj(source, h))
     pending.unlink()
 
 

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from streams.config import KafkaSettings
+from common.settings import KafkaSettings
 from streams.dead_letters import DeadLetters, Source
 from streams.schema import InvalidEvent, QueryEvent, parse_event
 

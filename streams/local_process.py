@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 from filelock import FileLock
 
+from common.durable import write_durably
+
 
 class ServiceError(RuntimeError):
     """An expected failure of a local service (missing tool, busy port, died at start-up).
@@ -109,9 +111,7 @@ class LocalProcess:
                     start_new_session=True,
                 )
             started = psutil.Process(process.pid).create_time()
-            staged = self.pid_file.with_name(f"{self.pid_file.name}.tmp")
-            staged.write_text(f"{process.pid} {started!r}\n")
-            os.replace(staged, self.pid_file)
+            write_durably(self.pid_file, f"{process.pid} {started!r}\n".encode())
         return process.pid
 
     def wait_ready(self, probe: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
-from streams.config import KafkaSettings
+from common.settings import KafkaSettings
 from streams.dead_letters import DeadLetters
 from streams.scenarios import StreamItem
 from streams.schema import TS_FORMAT, InvalidEvent, parse_event

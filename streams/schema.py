@@ -16,8 +16,8 @@ from pydantic import (
     ValidationError,
 )
 
-MAX_TEXT_CHARS = 1000
-MAX_MESSAGE_BYTES = 16 * 1024
+from common.limits import MAX_MESSAGE_BYTES, QueryText
+
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -42,9 +42,7 @@ class QueryEvent(BaseModel):
 
     query_id: ShortText
     ts: Annotated[datetime, AfterValidator(_require_utc)]
-    text: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)
-    ]
+    text: QueryText
     intent: ShortText | None = None
     user_id: ShortText | None = None
     locale: ShortText | None = None

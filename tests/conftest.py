@@ -4,11 +4,18 @@ from collections.abc import Callable
 
 import pytest
 
+from pipelines import edge
 from tests.reliability_report import ReliabilityReport
 
 _report = ReliabilityReport()
 
 Record = Callable[..., None]
+
+
+@pytest.fixture(autouse=True)
+def fresh_edge_settings() -> None:
+    """Each test that runs a CLI command in-process reads the environment as it set it."""
+    edge.settings.cache_clear()
 
 
 @pytest.fixture

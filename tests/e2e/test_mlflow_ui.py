@@ -29,16 +29,16 @@ from random import Random
 
 import pytest
 
+from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHAMPION, fetch_champion
 from pipelines import tracking_server
-from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.retrain import RetrainResult, retrain
 from pipelines.tracking import tracking_client
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, PROJECT_ROOT, load_dataset
 from streams.schema import QueryEvent
-from tests.integration.conftest import free_ports
+from tests.integration.conftest import throwaway_mlflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -289,13 +289,8 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
     must show exactly this run and this registry, and the restart needs a server we own.
     """
     home = tmp_path_factory.mktemp("mlflow-ui")
-    (port,) = free_ports(1)
-    settings = MlflowSettings(
-        tracking_uri="",
-        home=home / "mlflow",
-        port=port,
-        experiment=EXPERIMENT,
-        registered_model=MODEL,
+    settings, local = throwaway_mlflow(
+        home / "mlflow", experiment=EXPERIMENT, registered_model=MODEL
     )
     master = home / "master"
     rows = write_master_dataset(master)
@@ -307,20 +302,20 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
         lock_path=home / "retrain.lock",
     )
     try:
-        tracking_server.up(settings)
+        tracking_server.up(settings, local)
         result = retrain(batch, settings, topic="queries")
         assert result.promoted, result.reason
         assert int(result.lineage["rows"]) == rows
         # A restart on the same SQLite store and artifact folder: what the UI shows next
         # must come from disk, not from the first server's memory.
-        assert tracking_server.down(settings)
-        assert tracking_server.up(settings)
+        assert tracking_server.down(settings, local)
+        assert tracking_server.up(settings, local)
         client = tracking_client(settings)
         experiment = client.get_experiment_by_name(EXPERIMENT)
         assert experiment is not None
         yield Tracked(settings, result, experiment.experiment_id)
     finally:
-        tracking_server.down(settings)
+        tracking_server.down(settings, local)
 
 
 # --- the test ---------------------------------------------------------------------------------

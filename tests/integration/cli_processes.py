@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.settings import KafkaSettings
 from models.snapshot import LocalSnapshotStore
-from streams.config import KafkaSettings
 from streams.master_dataset import archived_positions
 
 CLI = [str(Path(sys.executable).parent / "lambda-ml")]

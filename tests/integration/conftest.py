@@ -10,13 +10,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from common.settings import KafkaSettings, LocalBrokerSettings, LocalMlflowSettings, MlflowSettings
 from pipelines import tracking_server
-from pipelines.config import MlflowSettings
 from streams import broker
-from streams.config import KafkaSettings
 
 
 def free_ports(count: int) -> list[int]:
@@ -34,6 +34,7 @@ class KafkaService:
 
     bootstrap: str
     settings: KafkaSettings
+    local: LocalBrokerSettings
 
     def new_topic(self, partitions: int = 1) -> str:
         """Create a topic no other test uses, so tests never see each other's messages."""
@@ -42,48 +43,71 @@ class KafkaService:
         return name
 
 
-@pytest.fixture(scope="session")
-def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> KafkaSettings:
-    """The environment's cluster if set; otherwise a local broker in a throwaway home.
-
-    The jars come from the usual cache (KAFKA_HOME), so a session does not fetch them again.
-    """
-    configured = KafkaSettings()
-    if not configured.uses_local_broker:
-        return configured
+def throwaway_broker(home: Path, **kafka: object) -> tuple[KafkaSettings, LocalBrokerSettings]:
+    """Settings of a local broker on free ports in `home`, sharing the usual jar cache
+    (KAFKA_CACHE_DIR or KAFKA_HOME), so that it does not fetch the jars again."""
+    configured = LocalBrokerSettings()
     port, controller_port = free_ports(2)
-    return KafkaSettings(
-        home=tmp_path_factory.mktemp("kafka"),
+    return KafkaSettings(bootstrap_servers="", port=port, **kafka), LocalBrokerSettings(
+        home=home,
         cache_dir=(configured.cache_dir or configured.home).resolve(),
-        port=port,
         controller_port=controller_port,
     )
 
 
 @pytest.fixture(scope="session")
-def kafka(kafka_settings: KafkaSettings) -> Iterator[KafkaService]:
-    broker.up(kafka_settings)
-    try:
-        yield KafkaService(kafka_settings.bootstrap, kafka_settings)
-    finally:
-        broker.down(kafka_settings)
+def kafka_launch(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[KafkaSettings, LocalBrokerSettings]:
+    """The environment's cluster if set; otherwise a local broker in a throwaway home."""
+    configured = KafkaSettings()
+    if not configured.uses_local_broker:
+        return configured, LocalBrokerSettings()
+    return throwaway_broker(tmp_path_factory.mktemp("kafka"))
 
 
 @pytest.fixture(scope="session")
-def mlflow_settings(tmp_path_factory: pytest.TempPathFactory) -> MlflowSettings:
+def kafka_settings(kafka_launch: tuple[KafkaSettings, LocalBrokerSettings]) -> KafkaSettings:
+    return kafka_launch[0]
+
+
+@pytest.fixture(scope="session")
+def kafka(kafka_launch: tuple[KafkaSettings, LocalBrokerSettings]) -> Iterator[KafkaService]:
+    settings, local = kafka_launch
+    broker.up(settings, local)
+    try:
+        yield KafkaService(settings.bootstrap, settings, local)
+    finally:
+        broker.down(settings, local)
+
+
+def throwaway_mlflow(home: Path, **mlflow: object) -> tuple[MlflowSettings, LocalMlflowSettings]:
+    """Settings of a local MLflow server on a free port, keeping its data in `home`."""
+    (port,) = free_ports(1)
+    return MlflowSettings(tracking_uri="", port=port, **mlflow), LocalMlflowSettings(home=home)
+
+
+@pytest.fixture(scope="session")
+def mlflow_launch(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[MlflowSettings, LocalMlflowSettings]:
     """The environment's server if set; otherwise a local one in a throwaway home."""
     configured = MlflowSettings()
     if not configured.uses_local_server:
-        return configured
-    (port,) = free_ports(1)
-    return MlflowSettings(home=tmp_path_factory.mktemp("mlflow"), port=port)
+        return configured, LocalMlflowSettings()
+    return throwaway_mlflow(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(mlflow_settings: MlflowSettings) -> Iterator[str]:
+def mlflow_settings(mlflow_launch: tuple[MlflowSettings, LocalMlflowSettings]) -> MlflowSettings:
+    return mlflow_launch[0]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_launch: tuple[MlflowSettings, LocalMlflowSettings]) -> Iterator[str]:
     """The tracking URI of the session's MLflow server."""
-    tracking_server.up(mlflow_settings)
+    tracking_server.up(*mlflow_launch)
     try:
-        yield mlflow_settings.uri
+        yield mlflow_launch[0].uri
     finally:
-        tracking_server.down(mlflow_settings)
+        tracking_server.down(*mlflow_launch)

@@ -15,14 +15,14 @@ import psutil
 import pyarrow.compute as pc
 import pytest
 
+from common.settings import KafkaSettings, LocalBrokerSettings
 from models.snapshot import LocalSnapshotStore
 from streams import broker
-from streams.config import KafkaSettings
 from streams.master_dataset import archived_positions, history
 from streams.producer import ProduceStats, make_producer, publish
 from streams.schema import parse_event
 from tests.integration.cli_processes import RunningJobs, caught_up, stream_jobs_env
-from tests.integration.conftest import free_ports
+from tests.integration.conftest import throwaway_broker
 from tests.integration.kafka_reading import end_offsets, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -33,24 +33,20 @@ RATE = 400  # events/s: a 100 s stream, longer than two outages and their recove
 PARTITIONS = 3
 OUTAGE_S = 8.0
 RECOVERY_BOUND_S = 30.0
+# How each test's own broker is run, by its address.
+LAUNCHERS: dict[str, LocalBrokerSettings] = {}
 
 
 @pytest.fixture
-def own_broker(kafka_settings: KafkaSettings, tmp_path):
-    port, controller_port = free_ports(2)
-    settings = KafkaSettings(
-        bootstrap_servers="",
-        home=tmp_path / "kafka",
-        cache_dir=(kafka_settings.cache_dir or kafka_settings.home).resolve(),
-        port=port,
-        controller_port=controller_port,
-        partitions=PARTITIONS,
-    )
-    broker.up(settings)
+def own_broker(tmp_path):
+    settings, local = throwaway_broker(tmp_path / "kafka", partitions=PARTITIONS)
+    LAUNCHERS[settings.bootstrap] = local
+    broker.up(settings, local)
     try:
         yield settings
     finally:
-        broker.down(settings)
+        broker.down(settings, local)
+        del LAUNCHERS[settings.bootstrap]
 
 
 def progress(store: LocalSnapshotStore, master, settings: KafkaSettings) -> dict[str, int]:
@@ -69,7 +65,7 @@ def outage(settings: KafkaSettings, hard: bool) -> float:
     stopped cleanly first shuts down in order, a killed one recovers its logs at start)."""
     stopping = time.monotonic()
     if hard:
-        pid = broker.status(settings).pid
+        pid = broker.status(settings, LAUNCHERS[settings.bootstrap]).pid
         assert pid is not None
         java = psutil.Process(pid)
         tree = [java, *java.children(recursive=True)]
@@ -77,9 +73,9 @@ def outage(settings: KafkaSettings, hard: bool) -> float:
             process.kill()
         psutil.wait_procs(tree, timeout=10)
     else:
-        broker.down(settings)
+        broker.down(settings, LAUNCHERS[settings.bootstrap])
     time.sleep(OUTAGE_S)
-    broker.up(settings)
+    broker.up(settings, LAUNCHERS[settings.bootstrap])
     return time.monotonic() - stopping
 
 
@@ -168,12 +164,12 @@ def test_a_replay_waits_for_a_broker_that_is_away_longer_than_the_producer_block
         for i in range(200)
     ]
     producer = make_producer(settings, max_block_ms=500)
-    broker.down(settings)
+    broker.down(settings, LAUNCHERS[settings.bootstrap])
     outcome: list[ProduceStats] = []
     replay = threading.Thread(target=lambda: outcome.append(publish(producer, settings, messages)))
     replay.start()
     time.sleep(OUTAGE_S / 2)
-    broker.up(settings)
+    broker.up(settings, LAUNCHERS[settings.bootstrap])
     replay.join(60)
     producer.close()
     assert not replay.is_alive(), "the replay never finished"

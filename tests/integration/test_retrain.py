@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from common.settings import BatchSettings, MlflowSettings
 from models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -21,7 +22,6 @@ from models.registry import (
 )
 from pipelines import tracking_server
 from pipelines.cli import SKIPPED_EXIT_CODE, app
-from pipelines.config import BatchSettings, MlflowSettings
 from pipelines.retrain import NothingNew, read_history_split, retrain
 from streams.archiver import write_flush
 from streams.consumer import Consumed
@@ -29,7 +29,7 @@ from streams.dataset import CLINC150_DATA, load_dataset
 from streams.master_dataset import archived_positions
 from streams.schema import QueryEvent
 from tests.integration.cli_processes import CLI, cli_env
-from tests.integration.conftest import free_ports
+from tests.integration.conftest import throwaway_mlflow
 
 pytestmark = pytest.mark.integration
 
@@ -231,25 +231,24 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
     rows = clinc_rows()
     root = tmp_path / "master"
     offsets = archive(root, rows)
-    (port,) = free_ports(1)
     # Always a server of this test's own (it is stopped mid-run), whatever the environment says.
-    server = MlflowSettings(tracking_uri="", home=tmp_path / "mlflow", port=port)
+    server, local = throwaway_mlflow(tmp_path / "mlflow")
     tracking = settings_for(server.uri)
     batch = BatchSettings(master_dir=root)
-    assert tracking_server.up(server)
+    assert tracking_server.up(server, local)
     try:
         first = retrain(batch, tracking, "queries")
         archive(root, rows[:50], offsets)  # new events, so the next runs have work to do
 
         def stop_server_after_fit(stage: str) -> None:
             if stage == "evaluate":
-                tracking_server.down(server)
+                tracking_server.down(server, local)
 
         with pytest.raises(Exception) as failure:
             retrain(batch, tracking, "queries", on_stage=stop_server_after_fit)
         assert "Connection" in repr(failure.value) or "connect" in str(failure.value).lower()
 
-        tracking_server.up(server)
+        tracking_server.up(server, local)
         client = MlflowClient(server.uri)
         champion_after = fetch_champion(client, tracking.registered_model).version
         again = retrain(batch, tracking, "queries")
@@ -263,7 +262,7 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
         assert again.version == "2"
         assert fetch_champion(client, tracking.registered_model).version in {"1", "2"}
     finally:
-        tracking_server.down(server)
+        tracking_server.down(server, local)
 
 
 def test_two_schedulers_never_run_at_the_same_time(mlflow_server, master, tmp_path):

@@ -8,7 +8,6 @@ from kafka import KafkaConsumer, KafkaProducer
 from mlflow import MlflowClient
 
 from pipelines import tracking_server
-from pipelines.config import MlflowSettings
 from streams import broker
 
 pytestmark = pytest.mark.integration
@@ -51,14 +50,14 @@ def test_new_topics_have_the_requested_partitions(kafka):
 
 
 def test_broker_up_twice_is_a_no_op(kafka):
-    before = broker.status(kafka.settings)
+    before = broker.status(kafka.settings, kafka.local)
 
-    assert broker.up(kafka.settings) is False
-    assert broker.status(kafka.settings).pid == before.pid
+    assert broker.up(kafka.settings, kafka.local) is False
+    assert broker.status(kafka.settings, kafka.local).pid == before.pid
 
 
 def test_broker_status_reports_running_with_the_pipeline_topics(kafka):
-    state = broker.status(kafka.settings)
+    state = broker.status(kafka.settings, kafka.local)
 
     assert state.running and state.bootstrap == kafka.bootstrap
     if kafka.settings.uses_local_broker:
@@ -86,10 +85,10 @@ def test_mlflow_server_stores_a_run_and_its_artifact(mlflow_server: str, tmp_pat
     assert Path(downloaded).read_text() == "holdout accuracy 0.93\n"
 
 
-def test_mlflow_up_twice_is_a_no_op(mlflow_server: str, mlflow_settings: MlflowSettings):
-    before = tracking_server.status(mlflow_settings)
+def test_mlflow_up_twice_is_a_no_op(mlflow_server: str, mlflow_launch):
+    before = tracking_server.status(*mlflow_launch)
 
-    assert tracking_server.up(mlflow_settings) is False
-    state = tracking_server.status(mlflow_settings)
+    assert tracking_server.up(*mlflow_launch) is False
+    state = tracking_server.status(*mlflow_launch)
     assert state.running and state.pid == before.pid and state.uri == mlflow_server
     assert tracking_server.is_healthy(mlflow_server)

@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import pytest
 
+from common.settings import LocalMlflowSettings, MlflowSettings
 from models.snapshot import LocalSnapshotStore
 from pipelines import tracking_server
-from pipelines.config import MlflowSettings
-from tests.integration.conftest import free_ports
+from tests.integration.conftest import throwaway_mlflow
 from tests.integration.live_service import (
     Traffic,
     fit_batch,
@@ -208,7 +208,11 @@ class MlflowOutage:
     service did meanwhile."""
 
     def __init__(
-        self, settings: MlflowSettings, url: str, traffic: list[Traffic], log: ServerLog
+        self,
+        settings: tuple[MlflowSettings, LocalMlflowSettings],
+        url: str,
+        traffic: list[Traffic],
+        log: ServerLog,
     ) -> None:
         self.settings = settings
         self.url = url
@@ -216,7 +220,7 @@ class MlflowOutage:
         self.log = log
 
     def run(self) -> None:
-        tracking_server.down(self.settings)
+        tracking_server.down(*self.settings)
         down_at = time.monotonic()
         marks = [len(c.answers) for c in self.traffic]
         failed_before = sum(len(c.failures) for c in self.traffic)
@@ -254,15 +258,14 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
     must stay 200, and the failed reloads must be logged as warnings, each run of failures with
     one traceback. When MLflow is back, the service must move to the new champion by itself.
     """
-    (port,) = free_ports(1)
     # Always a server of this test's own: it is stopped mid-test.
-    settings = MlflowSettings(tracking_uri="", home=tmp_path / "mlflow", port=port)
-    artifacts = settings.home / "artifacts"
-    hidden = settings.home / "artifacts.hidden"
+    settings, local = launch = throwaway_mlflow(tmp_path / "mlflow")
+    artifacts = local.home / "artifacts"
+    hidden = local.home / "artifacts.hidden"
     name = f"serving-down-{uuid.uuid4().hex[:8]}"
     snapshots = tmp_path / "snapshots"
     half = len(train_rows) // 2
-    assert tracking_server.up(settings)
+    assert tracking_server.up(*launch)
     try:
         first = register(settings.uri, name, fit_batch(train_rows), {0: 100})
         write_snapshot(snapshots, train_rows, {0: 110})
@@ -278,10 +281,10 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
                 promote_version(settings.uri, name, second)
                 failed_load = f"loading batch champion {name} version {second} failed"
                 wait_until(lambda: log.each_worker_warned(failed_load))
-                unreachable = MlflowOutage(settings, server.url, traffic, log)
+                unreachable = MlflowOutage(launch, server.url, traffic, log)
                 unreachable.run()
                 shutil.move(hidden, artifacts)
-                tracking_server.up(settings)
+                tracking_server.up(*launch)
                 back_at = time.monotonic()
                 wait_until(lambda: settled_on(traffic, {"batch_version": second}))
                 wait_until(lambda: workers_on(server.url, second))
@@ -290,9 +293,9 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
 
                 log.mark()
                 third = register(settings.uri, name, fit_batch(train_rows), {0: 300})
-                stopped = MlflowOutage(settings, server.url, traffic, log)
+                stopped = MlflowOutage(launch, server.url, traffic, log)
                 stopped.run()
-                tracking_server.up(settings)
+                tracking_server.up(*launch)
                 back_at = time.monotonic()
                 wait_until(lambda: settled_on(traffic, {"batch_version": third}))
                 wait_until(lambda: workers_on(server.url, third))
@@ -302,7 +305,7 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
     finally:
         if hidden.exists() and not artifacts.exists():
             shutil.move(hidden, artifacts)
-        tracking_server.down(settings)
+        tracking_server.down(*launch)
 
     failures = [f for c in traffic for f in c.failures]
     scenario = "MLflow down during a serving reload (new champion's download failing, then down)"

@@ -8,10 +8,10 @@ from threading import Event
 import pytest
 from rich.console import Console
 
+from common.settings import SpeedSettings
 from models.snapshot import LocalSnapshotStore
 from pipelines.jobs import run_speed
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.speed import SpeedSettings
 from streams.dataset import CLINC150_DATA, load_dataset
 from streams.producer import make_producer
 from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end

@@ -459,8 +459,7 @@ def test_job_environment_is_read_by_the_settings_classes():
 
 def test_jobs_reach_the_other_containers_not_localhost(monkeypatch):
     """Settings built from each service's environment point at the kafka and mlflow services."""
-    from pipelines.config import MlflowSettings
-    from streams.config import KafkaSettings
+    from common.settings import KafkaSettings, MlflowSettings
 
     compose = resolved_compose()
     services = compose["services"]

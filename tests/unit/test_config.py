@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from pipelines.config import MlflowSettings
-from streams.config import KafkaSettings
+from common.settings import KafkaSettings, MlflowSettings
 
 
 def test_kafka_defaults_to_a_local_broker(monkeypatch):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from streams.schema import MAX_TEXT_CHARS, InvalidEvent, QueryEvent, parse_event
+from common.limits import MAX_TEXT_CHARS
+from streams.schema import InvalidEvent, QueryEvent, parse_event
 
 VALID = {
     "query_id": "q-1",

@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from starlette.testclient import TestClient
 
+from common.settings import ServingSettings
 from models.blend import HedgeBlender
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
 from pipelines.serve_cli import serve as serve_command
@@ -36,7 +37,6 @@ from serving.model_state import FailureLog, FileChampion, ModelState, save_champ
 from serving.process import SERVICE_NAME, bentoml_overrides
 from serving.schemas import Prediction
 from serving.service import IntentClassifier
-from serving.settings import ServingSettings
 from streams.dataset import CLINC150_DATA, load_dataset
 
 BATCH_INTENTS = ("alarm", "weather", "timer", "translate")

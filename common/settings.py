@@ -1,0 +1,202 @@
+"""Every setting of the project, as one tree built once at the edge and passed down.
+
+Each section reads its own environment prefix (`KAFKA_`, `MLFLOW_`, `BATCH_`, `SPEED_`,
+`ARCHIVE_`, `SERVING_`) when it is constructed, and only `Settings.from_environment` constructs
+them for a running job: the CLI calls it once and hands each job the sections it needs, so no
+code below the CLI reads the environment. Connection settings (where Kafka and MLflow are) are
+apart from the settings of the local launchers that run them on this machine.
+
+>>> tree = Settings.from_environment()
+>>> tree.kafka.topic == tree.kafka.model_copy().topic
+True
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The service's request timeout (BentoML's `traffic.timeout`): a request still unanswered
+# after it gets BentoML's 504.
+REQUEST_TIMEOUT_S = 30
+
+
+class KafkaSettings(BaseSettings):
+    """Where the broker is and which topics the pipeline uses.
+
+    `bootstrap_servers` left empty means "the project's own single-node broker on
+    localhost:`port`" (`LocalBrokerSettings` says how it runs); set it to use a cluster.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True)
+
+    bootstrap_servers: str = ""
+    port: int = 9092
+    topic: str = "queries"
+    dlq_topic: str = "queries.dlq"
+    partitions: int = 4
+    # Clients retry a lost broker with exponential backoff up to this cap (kafka-python's own
+    # cap is 30 s): a broker back from a restart is used within about this long.
+    reconnect_backoff_max_ms: int = 2000
+
+    def client_config(self) -> dict[str, object]:
+        """What every producer and consumer of the pipeline is given."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+        }
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def bootstrap(self) -> str:
+        """The address clients connect to."""
+        return self.bootstrap_servers or f"localhost:{self.port}"
+
+
+class LocalBrokerSettings(BaseSettings):
+    """How `lambda-ml kafka up` runs the local broker: version, folders, controller port, heap.
+
+    `cache_dir` is where the fetched jars (libs-<version>) and the JVM class archive are kept;
+    unset means `home`. Tests point their throwaway homes at one shared cache.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True)
+
+    kafka_version: str = "4.4.0"
+    home: Path = Path("var/kafka")
+    cache_dir: Path | None = None
+    controller_port: int = 9093
+    heap: str = "512m"
+
+
+class MlflowSettings(BaseSettings):
+    """The MLflow tracking server and registry the jobs and the service talk to.
+
+    `tracking_uri` left empty means "the project's own server on localhost:`port`"
+    (`LocalMlflowSettings` says where it keeps its data); set it to use another server.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MLFLOW_", frozen=True)
+
+    tracking_uri: str = ""
+    port: int = 5000
+    experiment: str = "lambda-ml"
+    registered_model: str = "intent-classifier"
+
+    @property
+    def uses_local_server(self) -> bool:
+        return not self.tracking_uri
+
+    @property
+    def uri(self) -> str:
+        """The address clients talk to."""
+        return self.tracking_uri or f"http://127.0.0.1:{self.port}"
+
+
+class LocalMlflowSettings(BaseSettings):
+    """Where `lambda-ml mlflow up` keeps the local server's SQLite store and artifacts."""
+
+    model_config = SettingsConfigDict(env_prefix="MLFLOW_", frozen=True)
+
+    home: Path = Path("var/mlflow")
+
+
+class BatchSettings(BaseSettings):
+    """Where the history is and how a batch run splits, scores and promotes.
+
+    `holdout_fraction` of the distinct texts (by hash) are held out; keep it fixed, so that no
+    version ever trains on another's holdout. The `gate_*` settings are the promotion gate's
+    rules (`pipelines.promotion.GateRules`).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
+
+    master_dir: Path = Path("var/master")
+    holdout_fraction: float = 0.1
+    min_accuracy: float = 0.5
+    min_train_events: int = 100
+    lock_path: Path = Path("var/locks/retrain.lock")
+    gate_alpha: float = 0.05
+    gate_max_intent_drop: float = 0.10
+    gate_min_intent_texts: int = 20
+
+
+class SpeedSettings(BaseSettings):
+    """How often the speed layer snapshots, reports and looks for a new champion;
+    `freshness_window` is how many of the latest events its freshness percentiles cover."""
+
+    model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
+
+    group_id: str = "lambda-ml-speed"
+    snapshot_dir: Path = Path("var/snapshots")
+    snapshot_every_events: int = 20_000
+    snapshot_every_s: float = 5.0
+    window: int = 1000
+    champion_poll_s: float = 10.0
+    metrics_every_s: float = 10.0
+    signal_dir: Path = Path("var/signals")
+    freshness_window: int = 10_000
+
+
+class ArchiveSettings(BaseSettings):
+    """When the archiver flushes buffered events: enough of them, or old enough."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHIVE_", frozen=True)
+
+    group_id: str = "lambda-ml-archiver"
+    flush_every_events: int = 50_000
+    flush_every_s: float = 5.0
+
+
+class ServingSettings(BaseSettings):
+    """Where the models come from, how often they are reloaded, and the request limits.
+
+    `champion_path` set means "serve the scikit-learn pipeline pickled in this file as the batch
+    champion" instead of following the MLflow registry's `champion` alias: benchmarks and tests
+    use it to serve without an MLflow server. `max_snapshot_age_s` is the freshness guard: a
+    speed snapshot older than that is stale (the speed layer has stopped) and is not used.
+
+    The request limits are answered before BentoML reads a request (`serving.middleware`):
+    `max_body_bytes` leaves room for `max_batch` texts of 1,000 characters even when every
+    character is JSON-escaped; `body_timeout_s`, counted from the moment the request's headers
+    are all in, must stay under the service's request timeout (`REQUEST_TIMEOUT_S`), or a slow
+    body is answered by BentoML's 504 instead of a 408; `max_header_bytes` is what the HTTP
+    parser (h11) takes in a header block sent in pieces.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", frozen=True)
+
+    snapshot_dir: Path = Path("var/snapshots")
+    champion_path: Path | None = None
+    poll_s: float = Field(default=5.0, gt=0)
+    max_snapshot_age_s: float = Field(default=900.0, gt=0)
+    max_batch: int = Field(default=64, ge=1)
+    top_k: int = Field(default=5, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    body_timeout_s: float = Field(default=10.0, gt=0, lt=REQUEST_TIMEOUT_S)
+    max_header_bytes: int = Field(default=16_384, ge=1)
+    host: str = "127.0.0.1"
+    port: int = 3000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole tree: one section per concern, connections apart from local launchers."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    local_broker: LocalBrokerSettings = field(default_factory=LocalBrokerSettings)
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    local_mlflow: LocalMlflowSettings = field(default_factory=LocalMlflowSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    serving: ServingSettings = field(default_factory=ServingSettings)
+
+    @classmethod
+    def from_environment(cls) -> "Settings":
+        """Read every section from the environment: call this once, at the edge."""
+        return cls()
