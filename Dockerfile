@@ -35,14 +35,10 @@ RUN pip install -c constraints.txt . \
     && rm -rf /build
 
 WORKDIR /app
-COPY datasets ./datasets
 COPY mlflow/entrypoint.sh ./mlflow/entrypoint.sh
 
-# streams/dataset.py looks for datasets/ next to the installed packages (the repository root in
-# a development checkout); point that place at the copy above so that the defaults of
-# `lambda-ml produce` (CLINC150 data.jsonl and domains.json) work in the container.
-RUN ln -s /app/datasets "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/datasets" \
-    && python -c "from streams.dataset import CLINC150_DATA, CLINC150_DOMAINS; assert CLINC150_DATA.is_file() and CLINC150_DOMAINS.is_file()"
+# CLINC150 ships inside the streams package, so `lambda-ml produce`'s defaults work as installed.
+RUN python -c "from streams.dataset import CLINC150_DATA, CLINC150_DOMAINS; assert CLINC150_DATA.is_file() and CLINC150_DOMAINS.is_file()"
 
 # A non-root user. The folders that compose mounts named volumes on are created here, owned by
 # that user, so that new volumes start out writable by it.

@@ -49,6 +49,7 @@ lint: setup
 	$(VENV)/bin/ruff check common pipelines models serving streams tests bench
 	$(VENV)/bin/ruff format --check common pipelines models serving streams tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(CLI) bench all

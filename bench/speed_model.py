@@ -27,9 +27,10 @@ from river import base, compose
 
 from bench.river_baseline import river_baseline
 from models.speed_model import build_speed_model
+from streams.dataset import CLINC150_DATA  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = ROOT / "datasets" / "clinc150" / "data.jsonl"
+DATASET = CLINC150_DATA
 RESULTS = ROOT / "bench" / "results" / "speed_model.json"
 
 Event = tuple[dict[Any, Any], str]

@@ -2,10 +2,11 @@
 
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CLINC150_DIR = PROJECT_ROOT / "datasets" / "clinc150"
+# Shipped inside the package (package data), so an installed copy finds it as a checkout does.
+CLINC150_DIR = Path(str(resources.files("streams") / "data" / "clinc150"))
 CLINC150_DATA = CLINC150_DIR / "data.jsonl"
 CLINC150_DOMAINS = CLINC150_DIR / "domains.json"
 

@@ -32,11 +32,12 @@ import pytest
 from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHAMPION, fetch_champion
 from pipelines import tracking_server
+from pipelines.provenance import PROJECT_ROOT
 from pipelines.retrain import RetrainResult, retrain
 from pipelines.tracking import tracking_client
 from streams.archiver import write_flush
 from streams.consumer import Consumed
-from streams.dataset import CLINC150_DATA, PROJECT_ROOT, load_dataset
+from streams.dataset import CLINC150_DATA, load_dataset
 from streams.schema import QueryEvent
 from tests.integration.conftest import throwaway_mlflow
 

@@ -581,9 +581,9 @@ def test_dockerfile_installs_the_project_and_runs_lambda_ml_as_a_user():
     assert user not in ("root", "0"), "the image must not run as root"
     copied = {args.split()[0] for args in arguments["COPY"]}
     packages = set(PROJECT_PACKAGES)
-    assert packages | {"datasets", "mlflow/entrypoint.sh"} <= copied
+    assert packages | {"mlflow/entrypoint.sh"} <= copied
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    assert not ignored & (packages | {"datasets", "mlflow", "constraints.txt", "pyproject.toml"})
+    assert not ignored & (packages | {"mlflow", "constraints.txt", "pyproject.toml"})
 
 
 # --- the checks fail when they should --------------------------------------------------------
