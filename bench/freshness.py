@@ -23,10 +23,10 @@ import httpx
 from rich.console import Console
 
 from bench import save_figures
+from common.processes import ProcessGroup, free_port, http_ready
 from common.settings import KafkaSettings, Settings
-from pipelines.demo import Jobs
+from pipelines.demo import lambda_ml
 from pipelines.produce import ReplayOptions, run_produce
-from serving.process import free_port
 from streams import broker
 
 WORDS = ["zorbl", "quixa", "vamble", "prindo", "tuskel", "morvan", "glimsy", "fendro"]
@@ -90,34 +90,23 @@ def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
         run_produce(
             stream, ReplayOptions(limit=3000, run_id="warm-up"), Console(file=io.StringIO())
         )
-        jobs = Jobs(env, home / "logs")
-        jobs.start("speed", "speed")
-        jobs.start("serve", "serve", "--workers", "1")
-        try:
-            with httpx.Client(timeout=5) as client:
-                deadline = time.monotonic() + 180
-                while time.monotonic() < deadline:
-                    jobs.check()
-                    try:
-                        if client.get(f"{url}/readyz").status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.5)
-                for repeat in range(repeats):
-                    name, word = f"brand_new_intent_{repeat}", WORDS[repeat % len(WORDS)]
-                    data = new_intent_file(home, name, word)
-                    options = ReplayOptions(data=data, run_id=f"burst-{repeat}")
-                    run_produce(stream, options, Console(file=io.StringIO()))
-                    produced_at = time.monotonic()
-                    while time.monotonic() - produced_at < 60:
-                        body = client.post(f"{url}/predict", json={"text": f"{word} it"}).json()
-                        if body.get("intent") == name:
-                            seconds.append(time.monotonic() - produced_at)
-                            break
-                        time.sleep(0.05)
-                    else:
-                        raise RuntimeError(f"{name} was not served within 60 s")
-        finally:
-            jobs.stop()
+        with ProcessGroup(home / "logs", env=env) as jobs, httpx.Client(timeout=5) as client:
+            jobs.start("speed", lambda_ml("speed"))
+            jobs.start("serve", lambda_ml("serve", "--workers", "1"))
+            ready = http_ready(f"{url}/readyz")
+            jobs.wait_until(ready, "the service to be ready", timeout_s=180, interval_s=0.5)
+            for repeat in range(repeats):
+                name, word = f"brand_new_intent_{repeat}", WORDS[repeat % len(WORDS)]
+                data = new_intent_file(home, name, word)
+                options = ReplayOptions(data=data, run_id=f"burst-{repeat}")
+                run_produce(stream, options, Console(file=io.StringIO()))
+                produced_at = time.monotonic()
+                while time.monotonic() - produced_at < 60:
+                    body = client.post(f"{url}/predict", json={"text": f"{word} it"}).json()
+                    if body.get("intent") == name:
+                        seconds.append(time.monotonic() - produced_at)
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise RuntimeError(f"{name} was not served within 60 s")
     return seconds

@@ -34,12 +34,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import RESULTS_DIR, save_figures
+from common.processes import free_port
 from common.settings import BatchSettings, LocalMlflowSettings, MlflowSettings
 from models.batch_model import build_batch_model
 from pipelines import tracking_server
 from pipelines.provenance import provenance
 from pipelines.retrain import read_history_split
-from serving.process import free_port
 from streams.dataset import CLINC150_DATA, Example, load_dataset
 from streams.master_dataset import SCHEMA, FlushFile, archived_positions
 from streams.query_log import QueryLog

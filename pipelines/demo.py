@@ -4,16 +4,17 @@ Starts Kafka and MLflow locally (unless pointed at existing ones), then runs eve
 own process, exactly as in production: the speed layer, the archiver, the batch scheduler
 (retraining at a short interval) and the BentoML server. It replays CLINC150 with the
 `new-domain` scenario, sends sample queries and prints the blended answers with the model
-versions behind them, writes the offline evaluation report, and stops what it started.
+versions behind them, writes the offline evaluation report, and stops what it started (with
+`--keep-running`, the jobs go on until Ctrl-C and Kafka and MLflow stay up after it).
 
 Each demo run gets its own topic, data folder and registered model, so runs never mix.
 """
 
+import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,14 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from common.processes import ProcessGroup, http_ready
 from common.settings import KafkaSettings, MlflowSettings, Settings
 from pipelines import tracking_server
 from pipelines.produce import ReplayOptions, run_produce
 from streams import broker
+
+LAMBDA_ML = [str(Path(sys.executable).parent / "lambda-ml")]
+REPORTS = Path("reports")
 
 SAMPLE_QUERIES = [  # the `late` ones belong to the travel and utility domains, seen only late
     "what's my checking account balance",
@@ -49,40 +54,45 @@ class DemoPlan:
     evaluation_events: int = 16_000
     home: Path = field(default_factory=lambda: Path("var/demo") / time.strftime("%Y%m%d-%H%M%S"))
 
+    @property
+    def url(self) -> str:
+        """Where the demo's BentoML service answers."""
+        return f"http://127.0.0.1:{self.serve_port}"
 
-class Jobs:
-    """The layers as child processes, each with its log file; stopped together."""
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.processes: dict[str, subprocess.Popen] = {}
+@dataclass(frozen=True)
+class Service:
+    """A service the demo runs on, whether this demo started it, and how to stop it.
 
-    def start(self, name: str, *args: str) -> None:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = (self.logs / f"{name}.log").open("w")
-        command = [str(Path(sys.executable).parent / "lambda-ml"), *args]
-        self.processes[name] = subprocess.Popen(
-            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    `local` is False for one configured elsewhere (KAFKA_BOOTSTRAP_SERVERS, MLFLOW_TRACKING_URI):
+    the demo neither starts nor stops it.
+    """
 
-    def check(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the {name} job exited ({process.returncode}); see {self.logs / name}.log"
-                )
+    name: str
+    local: bool
+    started: bool
+    down_command: str
+    down: Callable[[], object]
 
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+
+def lambda_ml(*args: str) -> list[str]:
+    """The command line of `lambda-ml args`, from the environment this process runs in."""
+    return [*LAMBDA_ML, *args]
+
+
+def demo_jobs(plan: DemoPlan) -> dict[str, tuple[list[str], bool]]:
+    """The demo's jobs: name -> (`lambda-ml` arguments, whether it ends by itself).
+
+    Every layer runs until stopped; the offline evaluation ends when its report is written.
+    """
+    evaluate = ["evaluate", "--limit", str(plan.evaluation_events), "--no-mlflow-log"]
+    return {
+        "speed": (["speed"], False),
+        "archive": (["archive"], False),
+        "schedule": (["schedule", "--interval", str(plan.retrain_every_s)], False),
+        "serve": (["serve", "--workers", "1"], False),
+        "evaluate": ([*evaluate, "--output", str(REPORTS)], True),
+    }
 
 
 def demo_environment(
@@ -133,90 +143,146 @@ def _answers_table(url: str) -> Table:
     return table
 
 
-def _wait_ready(url: str, jobs: Jobs, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs.check()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"the service at {url} was not ready within {timeout_s:.0f}s")
-
-
 def run_demo(
     plan: DemoPlan, settings: Settings, console: Console, keep_running: bool = False
 ) -> None:
-    kafka, tracking = settings.kafka, settings.mlflow
+    """The demo end to end, stopping what it started even when a step fails."""
     started = time.monotonic()
     console.rule("lambda-ml demo")
-    started_kafka = broker.up(kafka, settings.local_broker)
-    started_mlflow = tracking_server.up(tracking, settings.local_mlflow)
-    env = demo_environment(plan, kafka, tracking)
+    env = demo_environment(plan, settings.kafka, settings.mlflow)
+    services: list[Service] = []
+    jobs = ProcessGroup(plan.home / "logs", env=env)
+    try:
+        start_services(settings, services)
+        stream = create_topics(settings.kafka, env)
+        start_jobs(jobs, plan, console)
+        replay(stream, plan, jobs, console)
+        show_answers(plan, jobs, console)
+        report(plan, settings.mlflow, env, jobs, console)
+        console.print(f"demo took {time.monotonic() - started:.0f}s")
+        if keep_running:
+            keep_jobs_running(jobs, console)
+    finally:
+        console.print(shut_down(jobs, services, keep_services=keep_running))
+
+
+def start_services(settings: Settings, services: list[Service]) -> None:
+    """Start Kafka and MLflow unless they run already, adding each to `services` once it is up,
+    so that a failure part-way still stops what was started."""
+    kafka, local_broker = settings.kafka, settings.local_broker
+    started = broker.up(kafka, local_broker)
+    services.append(
+        Service(
+            "Kafka",
+            kafka.uses_local_broker,
+            started,
+            "lambda-ml kafka down",
+            lambda: broker.down(kafka, local_broker),
+        )
+    )
+    tracking, local_mlflow = settings.mlflow, settings.local_mlflow
+    started = tracking_server.up(tracking, local_mlflow)
+    services.append(
+        Service(
+            "MLflow",
+            tracking.uses_local_server,
+            started,
+            "lambda-ml mlflow down",
+            lambda: tracking_server.down(tracking, local_mlflow),
+        )
+    )
+
+
+def create_topics(kafka: KafkaSettings, env: dict[str, str]) -> KafkaSettings:
+    """Create this run's own topics; the settings of the stream that uses them."""
     stream = kafka.model_copy(
         update={"topic": env["KAFKA_TOPIC"], "dlq_topic": env["KAFKA_DLQ_TOPIC"]}
     )
     broker.ensure_topics(kafka.bootstrap, {stream.topic: kafka.partitions, stream.dlq_topic: 1})
-    jobs = Jobs(env, plan.home / "logs")
-    url = f"http://127.0.0.1:{plan.serve_port}"
-    try:
-        for name, args in {
-            "speed": ["speed"],
-            "archive": ["archive"],
-            "schedule": ["schedule", "--interval", str(plan.retrain_every_s)],
-            "serve": ["serve", "--workers", "1"],
-        }.items():
-            jobs.start(name, *args)
-            console.print(f"started the {name} job (log: {plan.home / 'logs' / name}.log)")
-        evaluation = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "lambda-ml"),
-                "evaluate",
-                "--limit",
-                str(plan.evaluation_events),
-                "--output",
-                str(Path("reports")),
-                "--no-mlflow-log",
-            ],
-            env=env,
-            stdout=(plan.home / "logs" / "evaluate.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
+    return stream
+
+
+def start_jobs(jobs: ProcessGroup, plan: DemoPlan, console: Console) -> None:
+    """Start every layer as its own process, exactly as in production, and the evaluation."""
+    for name, (args, finishes) in demo_jobs(plan).items():
+        jobs.start(name, lambda_ml(*args), finishes=finishes)
+        console.print(f"started the {name} job (log: {jobs[name].log_path})")
+
+
+def replay(stream: KafkaSettings, plan: DemoPlan, jobs: ProcessGroup, console: Console) -> None:
+    """Send CLINC150 to the demo's topic, with new intents appearing halfway."""
+    console.print(
+        f"replaying {plan.events} CLINC150 queries at {plan.rate:.0f}/s "
+        "(new-domain: travel and utility intents appear halfway)"
+    )
+    options = ReplayOptions(
+        scenario="new-domain", limit=plan.events, rate=plan.rate, run_id=plan.home.name
+    )
+    stats = run_produce(stream, options, console)
+    console.print(f"produced {stats.sent} events ({stats.events_per_s:,.0f}/s)")
+    jobs.check()
+
+
+def show_answers(plan: DemoPlan, jobs: ProcessGroup, console: Console) -> None:
+    """The sample queries' blended answers, once the service is ready and a retrain has seen
+    the new intents."""
+    console.print("waiting for a retrain that has seen the new intents, and the service...")
+    ready = http_ready(f"{plan.url}/readyz")
+    jobs.wait_until(ready, f"the service at {plan.url} to be ready", timeout_s=180, interval_s=1)
+    time.sleep(plan.retrain_every_s)
+    jobs.check()
+    console.print(_answers_table(plan.url))
+
+
+def report(
+    plan: DemoPlan,
+    tracking: MlflowSettings,
+    env: dict[str, str],
+    jobs: ProcessGroup,
+    console: Console,
+) -> None:
+    """The offline evaluation's report, once written, and where to look next."""
+    jobs.wait_for("evaluate")
+    console.print((REPORTS / "evaluation.md").read_text())
+    console.print(f"evaluation plot: {REPORTS / 'evaluation.png'}")
+    model = env["MLFLOW_REGISTERED_MODEL"]
+    console.print(f"MLflow UI: {tracking.uri}  (experiment {tracking.experiment}, model {model})")
+    console.print(f"service: {plan.url}/predict  (OpenAPI at {plan.url}/docs)")
+
+
+def keep_jobs_running(jobs: ProcessGroup, console: Console) -> None:
+    """Watch the jobs until one fails or Ctrl-C, which ends the demo normally, not as an error."""
+    with contextlib.suppress(KeyboardInterrupt):
         console.print(
-            f"replaying {plan.events} CLINC150 queries at {plan.rate:.0f}/s "
-            "(new-domain: travel and utility intents appear halfway)"
+            "[bold]--keep-running: the jobs go on; press Ctrl-C to stop them "
+            "(Kafka and MLflow stay up)[/bold]"
         )
-        options = ReplayOptions(
-            scenario="new-domain", limit=plan.events, rate=plan.rate, run_id=plan.home.name
-        )
-        stats = run_produce(stream, options, console)
-        console.print(f"produced {stats.sent} events ({stats.events_per_s:,.0f}/s)")
-        jobs.check()
-        console.print("waiting for a retrain that has seen the new intents, and the service...")
-        _wait_ready(url, jobs)
-        time.sleep(plan.retrain_every_s)
-        console.print(_answers_table(url))
-        evaluation.wait()
-        console.print((Path("reports") / "evaluation.md").read_text())
-        console.print(f"evaluation plot: {Path('reports') / 'evaluation.png'}")
-        model = env["MLFLOW_REGISTERED_MODEL"]
-        console.print(
-            f"MLflow UI: {tracking.uri}  (experiment {tracking.experiment}, model {model})"
-        )
-        console.print(f"service: {url}/predict  (OpenAPI at {url}/docs)")
-        console.print(f"demo took {time.monotonic() - started:.0f}s")
-        if keep_running:
-            console.print("[bold]--keep-running: the jobs go on; press Ctrl-C to stop them[/bold]")
-            while True:
-                jobs.check()
-                time.sleep(2)
-    finally:
-        jobs.stop()
-        if not keep_running:
-            if started_mlflow:
-                tracking_server.down(tracking, settings.local_mlflow)
-            if started_kafka:
-                broker.down(kafka, settings.local_broker)
-        console.print("stopped everything the demo started")
+        while True:
+            jobs.check()
+            time.sleep(2)
+
+
+def shut_down(jobs: ProcessGroup, services: Sequence[Service], keep_services: bool) -> str:
+    """Stop the jobs, and the services this demo started unless `keep_services`; the closing
+    message, which says what was stopped and what is still running."""
+    jobs.stop()
+    for service in reversed(services):
+        if service.started and not keep_services:
+            service.down()
+    return closing_message(list(jobs.children), services, keep_services)
+
+
+def closing_message(jobs: Sequence[str], services: Sequence[Service], kept: bool) -> str:
+    """What the demo stopped, and which local services still run with how to stop them."""
+    lines = [f"stopped the demo's jobs ({', '.join(jobs)})" if jobs else "no job was started"]
+    for service in services:
+        if not service.local:
+            continue  # configured elsewhere: not the demo's to stop
+        if service.started and not kept:
+            lines.append(f"stopped {service.name}")
+        else:
+            why = "--keep-running" if service.started else "it was running before the demo"
+            lines.append(
+                f"{service.name} is still running ({why}); stop it with `{service.down_command}`"
+            )
+    return "\n".join(lines)

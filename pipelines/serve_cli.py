@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
+from pipelines.bento_server import SERVICE_NAME, SERVICE_TARGET, bentoml_argv, bentoml_overrides
 from pipelines.edge import settings as edge_settings
-from serving.process import SERVICE_NAME, SERVICE_TARGET, bentoml_argv, bentoml_overrides
 
 
 def serve(

@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from common.processes import ServiceError
 from pipelines import tracking_server
 from pipelines.edge import settings as edge_settings
 from streams import broker
-from streams.local_process import ServiceError
 
 kafka_app = typer.Typer(
     help="The Kafka broker: the project's own single-node broker, or KAFKA_BOOTSTRAP_SERVERS.",

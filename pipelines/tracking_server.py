@@ -8,13 +8,14 @@ nothing is started: `up` only checks that server's health.
 
 from __future__ import annotations
 
+import os
 import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.processes import DetachedService, ServiceError, port_is_free
 from common.settings import LocalMlflowSettings, MlflowSettings
-from streams.local_process import LocalProcess, ServiceError, port_is_free
 
 _HOST = "127.0.0.1"
 # The server's background job runner (GenAI evaluation jobs, unused here) would add eight
@@ -73,7 +74,7 @@ def up(settings: MlflowSettings, local: LocalMlflowSettings, timeout: float = 12
     command = server_command(settings, local)
     if not Path(command[0]).exists():
         raise ServiceError(f"{command[0]} not found: install MLflow into this environment")
-    process.start(command, env=_SERVER_ENV)
+    process.start(command, env={**os.environ, **_SERVER_ENV})
     try:
         process.wait_ready(lambda: is_healthy(settings.uri), timeout)
     except BaseException:
@@ -105,5 +106,5 @@ def is_healthy(uri: str) -> bool:
         return False
 
 
-def _process(local: LocalMlflowSettings) -> LocalProcess:
-    return LocalProcess("mlflow", local.home.resolve())
+def _process(local: LocalMlflowSettings) -> DetachedService:
+    return DetachedService("mlflow", local.home.resolve())

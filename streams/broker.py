@@ -1,7 +1,7 @@
 """The project's own single-node Apache Kafka broker (KRaft mode), without Docker.
 
 Maven resolves the broker's runtime classpath from Maven Central once (`fetch`), and the broker
-runs as a detached JVM tracked by `LocalProcess` (`up`, `down`, `status`). With
+runs as a detached JVM tracked by `DetachedService` (`up`, `down`, `status`). With
 `KAFKA_BOOTSTRAP_SERVERS` set, nothing is started: `up` only checks the cluster and its topics.
 
 A single broker keeps no replicas: an acknowledged write is as durable as this machine's disk.
@@ -26,8 +26,8 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from common.durable import write_durably
+from common.processes import DetachedService, ServiceError, port_is_free
 from common.settings import KafkaSettings, LocalBrokerSettings
-from streams.local_process import LocalProcess, ServiceError, port_is_free
 
 _RESOURCES = Path(__file__).parent / "kafka"
 _HOST = "127.0.0.1"
@@ -191,8 +191,8 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
     return sorted(missing)
 
 
-def _process(local: LocalBrokerSettings) -> LocalProcess:
-    return LocalProcess("kafka", local.home.resolve())
+def _process(local: LocalBrokerSettings) -> DetachedService:
+    return DetachedService("kafka", local.home.resolve())
 
 
 def _data_dir(local: LocalBrokerSettings) -> Path:

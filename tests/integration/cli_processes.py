@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common.processes import ChildProcess, ProcessGroup, ServiceError
 from common.settings import KafkaSettings
 from models.snapshot import LocalSnapshotStore
 from streams.master_dataset import archived_positions
@@ -57,83 +58,62 @@ def kill_mid_work(
 ) -> bool:
     """Start the job, wait until `working()` says it is busy, then SIGKILL it after a random
     delay. Returns False if the job finished before it could be killed."""
-    process = subprocess.Popen(
-        CLI + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
+    with ChildProcess(args[0], CLI + args, env=env, log_path=Path(os.devnull)) as job:
         deadline = time.monotonic() + timeout_s
-        while not working() and process.poll() is None:
+        while not working() and job.poll() is None:
             assert time.monotonic() < deadline, "the job never started working"
             time.sleep(0.02)
         time.sleep(rng.uniform(0, max_delay_s))
-        if process.poll() is not None:
+        if job.poll() is not None:
             return False
-        os.kill(process.pid, signal.SIGKILL)
+        job.send_signal(signal.SIGKILL)
         return True
-    finally:
-        process.kill()
-        process.wait()
 
 
 class RunningJobs:
-    """Long-running `lambda-ml` jobs (name -> args), stopped with SIGTERM on exit.
+    """Long-running `lambda-ml` jobs (name -> args) of one test, stopped with SIGTERM on exit.
 
-    `exited()` says which ended on their own (none may, for as long as the stream lasts);
-    after the `with` block, `codes` holds each job's exit status and `logs` its stderr tail.
+    A `ProcessGroup` whose failures become assertions carrying every job's log tail. After the
+    `with` block, `codes` holds each job's exit status and `logs` its log tail.
     """
 
     def __init__(self, jobs: dict[str, list[str]], env: dict[str, str], log_dir: Path) -> None:
         self.jobs = jobs
-        self.env = env
         self.log_dir = log_dir
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.group = ProcessGroup(log_dir, env=env)
         self.codes: dict[str, int] = {}
         self.logs: dict[str, str] = {}
 
     def __enter__(self) -> "RunningJobs":
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for name, args in self.jobs.items():
-            with (self.log_dir / f"{name}.log").open("wb") as log:
-                self.processes[name] = subprocess.Popen(
-                    CLI + args, env=self.env, stdout=log, stderr=subprocess.STDOUT
-                )
+            self.group.start(name, CLI + args)
         return self
 
     def exited(self) -> dict[str, int]:
-        return {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+        return self.group.exited()
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout_s: float) -> None:
         """Poll `condition`; fail if a job exits first or the time runs out."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert not self.exited(), f"jobs exited before {what}: {self.exited()} {self.tails()}"
-            assert time.monotonic() < deadline, f"not {what} after {timeout_s:g}s {self.tails()}"
-            time.sleep(0.2)
+        try:
+            self.group.wait_until(condition, what, timeout_s)
+        except ServiceError as exc:
+            raise AssertionError(f"{exc.message} {self.tails()}") from None
 
     def wait_for_exit(self, name: str, timeout_s: float) -> int:
-        """Wait for a job that ends by itself (a replay); the others must keep running."""
-        deadline = time.monotonic() + timeout_s
-        while self.processes[name].poll() is None:
-            others = {n: c for n, c in self.exited().items() if n != name}
-            assert not others, f"jobs exited before {name} ended: {others} {self.tails()}"
-            assert time.monotonic() < deadline, f"{name} still running after {timeout_s:g}s"
-            time.sleep(0.2)
-        self.codes[name] = self.processes.pop(name).returncode
-        return self.codes[name]
+        """Wait for a job that ends by itself (a replay) with status 0; the others must keep
+        running."""
+        try:
+            self.group.wait_for(name, timeout_s)
+        except ServiceError as exc:
+            raise AssertionError(f"{exc.message} {self.tails()}") from None
+        self.codes[name] = 0
+        return 0
 
     def tails(self) -> dict[str, str]:
         return {n: (self.log_dir / f"{n}.log").read_text()[-1500:] for n in self.jobs}
 
     def __exit__(self, *exc_info) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for name, process in self.processes.items():
-            try:
-                self.codes[name] = process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                self.codes[name] = process.wait()
+        self.codes = self.group.stop(timeout_s=30)
         self.logs = self.tails()
 
 

@@ -5,27 +5,17 @@ Each runs from a throwaway home on ports picked free at start, so a developer's 
 KAFKA_BOOTSTRAP_SERVERS or MLFLOW_TRACKING_URI to run the tests against existing ones instead.
 """
 
-import socket
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from common.processes import free_ports
 from common.settings import KafkaSettings, LocalBrokerSettings, LocalMlflowSettings, MlflowSettings
 from pipelines import tracking_server
 from streams import broker
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nothing listens on now (the OS picks them; all held open together, so distinct)."""
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,11 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
+from common.processes import ChildProcess, free_port
 from models.blend import HedgeBlender
 from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets, fluent_mlflow
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
-from serving.process import (
-    SERVICE_NAME,
-    SERVICE_TARGET,
-    ServerProcess,
-    bentoml_argv,
-    bentoml_overrides,
-    free_port,
-)
+from pipelines.bento_server import SERVICE_NAME, bentoml_overrides, bentoml_server
 from streams.dataset import CLINC150_DATA, Example, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +52,7 @@ def serving_process(
     workers: int = 2,
     poll_s: float = 0.5,
     **env: str,
-) -> ServerProcess:
+) -> ChildProcess:
     """`bentoml serve` of the project's service on a free port, polling often for new models.
 
     The server gets a BentoML home of its own in `log_dir`: BentoML keeps its Prometheus
@@ -66,11 +60,10 @@ def serving_process(
     a server starts, so servers sharing the default home (tests running side by side) would
     wipe and mix each other's `/metrics`.
     """
-    port = free_port()
-    return ServerProcess(
-        bentoml_argv(SERVICE_TARGET, port),
-        port,
-        env={
+    return bentoml_server(
+        "server",
+        free_port(),
+        {
             "BENTOML_HOME": str(log_dir / "bentoml"),
             "MLFLOW_TRACKING_URI": tracking_uri,
             "MLFLOW_REGISTERED_MODEL": registered_model,

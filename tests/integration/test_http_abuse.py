@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from serving.process import ServerProcess
+from common.processes import ChildProcess
 from serving.service import IntentClassifier
 from tests.integration.live_service import (
     fit_batch,
@@ -57,7 +57,7 @@ GONE = 20  # clients gone after a whole request, and as many gone mid-body
 
 @dataclass
 class Live:
-    server: ServerProcess
+    server: ChildProcess
     version: str
     pids: set[int]
 
@@ -67,6 +67,7 @@ class Live:
 
     @property
     def port(self) -> int:
+        assert self.server.port is not None
         return self.server.port
 
 

@@ -1,0 +1,177 @@
+"""The demo supervises every job it starts (the evaluation too) and stops them on error, and its
+closing message says truthfully what it stopped and what still runs. Kafka, MLflow and the
+`lambda-ml` jobs are stand-ins here: the jobs are Python processes that only sleep."""
+
+import io
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+from rich.console import Console
+
+from common.processes import ProcessGroup, ServiceError
+from common.settings import KafkaSettings, MlflowSettings, Settings
+from pipelines import demo, tracking_server
+from pipelines.demo import DemoPlan, Service, demo_jobs, lambda_ml, run_demo, shut_down
+from streams import broker
+
+FAKE_JOB = "import time; time.sleep(60)  # a stand-in lambda-ml job"
+LAYERS = ["speed", "archive", "schedule", "serve"]
+
+
+@dataclass
+class Stack:
+    """The stand-ins' record: which services were stopped, and what the demo printed."""
+
+    downs: list[str] = field(default_factory=list)
+    output: io.StringIO = field(default_factory=io.StringIO)
+
+    @property
+    def printed(self) -> str:
+        return self.output.getvalue()
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """Kafka and MLflow that `up` starts and `down` records, and jobs that sleep."""
+    record = Stack()
+    monkeypatch.setattr(broker, "up", lambda *args: True)
+    monkeypatch.setattr(broker, "down", lambda *args: record.downs.append("Kafka"))
+    monkeypatch.setattr(broker, "ensure_topics", lambda *args: [])
+    monkeypatch.setattr(tracking_server, "up", lambda *args: True)
+    monkeypatch.setattr(tracking_server, "down", lambda *args: record.downs.append("MLflow"))
+    monkeypatch.setattr(demo, "LAMBDA_ML", [sys.executable, "-c", FAKE_JOB])
+    return record
+
+
+def local_settings() -> Settings:
+    return Settings(
+        kafka=KafkaSettings(bootstrap_servers=""), mlflow=MlflowSettings(tracking_uri="")
+    )
+
+
+def plan(tmp_path: Path) -> DemoPlan:
+    return DemoPlan(retrain_every_s=5, home=tmp_path / "demo-run")
+
+
+def console(stack: Stack) -> Console:
+    return Console(file=stack.output, width=400)
+
+
+def running_jobs() -> dict[str, psutil.Process]:
+    """The stand-in jobs running now, by their first `lambda-ml` argument."""
+    jobs = {}
+    for child in psutil.Process().children():
+        try:
+            command = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if FAKE_JOB in command:
+            jobs[command[command.index(FAKE_JOB) + 1]] = child
+    return jobs
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_demo_runs_every_layer_and_the_evaluation_as_jobs(tmp_path: Path):
+    jobs = demo_jobs(plan(tmp_path))
+
+    assert list(jobs) == [*LAYERS, "evaluate"]
+    assert [name for name, (_, finishes) in jobs.items() if finishes] == ["evaluate"]
+    assert Path(lambda_ml("speed")[0]).name == "lambda-ml"
+
+
+def test_every_job_and_the_evaluation_are_stopped_when_the_demo_fails(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    seen: dict[str, psutil.Process] = {}
+
+    def failing_replay(*args):
+        seen.update(running_jobs())
+        raise RuntimeError("the broker went away")
+
+    monkeypatch.setattr(demo, "run_produce", failing_replay)
+    with pytest.raises(RuntimeError, match="the broker went away"):
+        run_demo(plan(tmp_path), local_settings(), console(stack))
+
+    assert sorted(seen) == sorted([*LAYERS, "evaluate"])
+    assert [name for name, process in seen.items() if not gone(process)] == []
+    assert stack.downs == ["MLflow", "Kafka"]
+    assert "stopped Kafka" in stack.printed and "stopped MLflow" in stack.printed
+
+
+def test_ctrl_c_with_keep_running_says_kafka_and_mlflow_still_run(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Ctrl-C is how a --keep-running demo ends: the jobs stop, the services stay up."""
+    monkeypatch.setattr(demo, "run_produce", lambda *a: SimpleNamespace(sent=9, events_per_s=9.0))
+    monkeypatch.setattr(demo, "show_answers", lambda *args: None)
+
+    def report_then_ctrl_c(*args) -> None:  # Ctrl-C once the demo waits on its running jobs
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    monkeypatch.setattr(demo, "report", report_then_ctrl_c)
+    run_demo(plan(tmp_path), local_settings(), console(stack), keep_running=True)
+
+    printed = stack.printed
+    assert "stopped everything" not in printed
+    assert "stopped the demo's jobs (speed, archive, schedule, serve, evaluate)" in printed
+    for name, command in (("Kafka", "kafka"), ("MLflow", "mlflow")):
+        assert (
+            f"{name} is still running (--keep-running); stop it with `lambda-ml {command} down`"
+            in printed
+        )
+    assert stack.downs == []
+    assert running_jobs() == {}
+
+
+def test_a_service_that_fails_to_start_still_stops_the_one_started_before(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def no_mlflow(*args):
+        raise ServiceError("port 5000 on 127.0.0.1 is already in use")
+
+    monkeypatch.setattr(tracking_server, "up", no_mlflow)
+    with pytest.raises(ServiceError, match="already in use"):
+        run_demo(plan(tmp_path), local_settings(), console(stack))
+
+    assert stack.downs == ["Kafka"]
+    assert "no job was started\nstopped Kafka" in stack.printed
+
+
+def test_shut_down_stops_only_what_the_demo_started_and_says_so(tmp_path: Path):
+    downs: list[str] = []
+
+    def service(name: str, local: bool, started: bool) -> Service:
+        command = f"lambda-ml {name.lower()} down"
+        return Service(name, local, started, command, lambda: downs.append(name))
+
+    jobs = ProcessGroup(tmp_path)
+    speed = jobs.start("speed", [sys.executable, "-c", FAKE_JOB])
+    services = [
+        service("Kafka", local=True, started=True),
+        service("MLflow", local=True, started=False),  # was running before the demo
+        service("Elsewhere", local=False, started=False),  # configured elsewhere
+    ]
+
+    message = shut_down(jobs, services, keep_services=False)
+
+    assert downs == ["Kafka"]
+    assert speed.returncode == -signal.SIGTERM
+    assert message.splitlines() == [
+        "stopped the demo's jobs (speed)",
+        "stopped Kafka",
+        "MLflow is still running (it was running before the demo); "
+        "stop it with `lambda-ml mlflow down`",
+    ]
