@@ -29,6 +29,7 @@ stamped with their provenance, to `bench/results/serve.json` (or `--output`).
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,20 +41,14 @@ from pathlib import Path
 import psutil
 
 from bench import provenance, save_figures
+from bench.champion_file import save_champion_file
+from common.processes import ChildProcess, free_port
 from models.batch_model import build_batch_model
 from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
-from serving.model_state import save_champion_file
-from serving.process import (
-    SERVICE_NAME,
-    SERVICE_TARGET,
-    ServerProcess,
-    bentoml_argv,
-    bentoml_overrides,
-    free_port,
-)
+from pipelines.bento_server import SERVICE_NAME, SERVICE_TARGET, bentoml_overrides, bentoml_server
 from streams.dataset import CLINC150_DATA, load_dataset
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -105,27 +100,26 @@ def make_models(workdir: Path) -> tuple[Path, Path, list[dict]]:
 
 def make_servers(
     workdir: Path, champion_path: Path, snapshot_dir: Path, workers: int, metrics: bool
-) -> dict[str, ServerProcess]:
-    def bentoml(name: str, target: str, service_name: str, snapshots: Path) -> ServerProcess:
+) -> dict[str, ChildProcess]:
+    def bentoml(name: str, target: str, service_name: str, snapshots: Path) -> ChildProcess:
         env = {
             "SERVING_CHAMPION_PATH": str(champion_path),
             "SERVING_SNAPSHOT_DIR": str(snapshots),
             "BENTOML_CONFIG_OVERRIDES": bentoml_overrides(service_name, workers, metrics=metrics),
         }
-        port = free_port()
-        return ServerProcess(
-            bentoml_argv(target, port), port, env, ROOT, workdir / "logs" / f"{name}.log"
-        )
+        log_path = workdir / "logs" / f"{name}.log"
+        return bentoml_server(name, free_port(), env, target=target, cwd=ROOT, log_path=log_path)
 
-    def fastapi(name: str, target: str) -> ServerProcess:
+    def fastapi(name: str, target: str) -> ChildProcess:
         port = free_port()
-        return ServerProcess(
+        return ChildProcess(
+            name,
             [sys.executable, "-m", "uvicorn", target, "--no-access-log"]
             + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            port,
-            {"SERVING_CHAMPION_PATH": str(champion_path)},
-            ROOT,
-            workdir / "logs" / f"{name}.log",
+            env={**os.environ, "SERVING_CHAMPION_PATH": str(champion_path)},
+            cwd=ROOT,
+            log_path=workdir / "logs" / f"{name}.log",
+            port=port,
         )
 
     return {
@@ -137,7 +131,7 @@ def make_servers(
     }
 
 
-def cpu_seconds(server: ServerProcess) -> float:
+def cpu_seconds(server: ChildProcess) -> float:
     """CPU time used so far by the server's processes (arbiter and workers)."""
     total = 0.0
     for process in server.processes():
@@ -147,7 +141,7 @@ def cpu_seconds(server: ServerProcess) -> float:
     return total
 
 
-def load(server: ServerProcess, bodies_path: Path, concurrency: int, duration_s: float) -> dict:
+def load(server: ChildProcess, bodies_path: Path, concurrency: int, duration_s: float) -> dict:
     """One measurement, by the load generator in its own process, with the server's CPU time
     per request: other work on the machine steals throughput, much less CPU per request."""
     command = [sys.executable, str(BENCH_DIR / "serve_load.py"), "--port", str(server.port)]

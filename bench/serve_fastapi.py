@@ -8,7 +8,7 @@ uvicorn worker, in two forms.
 
 Both are configured like the service, through the service's own code: they read the same
 `SERVING_*` settings (`SERVING_CHAMPION_PATH` is the champion file, loaded once at start-up),
-apply its garbage collector settings (`serving.service.tune_gc`, at the same point of start-up),
+apply its garbage collector settings (`serving.runtime.tune_gc`, at the same point of start-up),
 and predict with its `serving.predict.predict_texts`, which skips scikit-learn's input and
 parameter validation and builds the same `Prediction` answer. Access logging is off (run uvicorn
 with `--no-access-log`); BentoML's log filter has nothing to filter here. What differs from
@@ -25,25 +25,24 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from common.settings import ServingSettings
 from serving.batching import Coalescer
-from serving.model_state import FileChampion, ModelSet
+from serving.model_state import FileChampion, LoadedModels
 from serving.predict import predict_texts
+from serving.runtime import process_settings, tune_gc
 from serving.schemas import Prediction, PredictRequest
-from serving.service import tune_gc
 
 
 def _predictor(coalesce: bool) -> Callable[[FastAPI], None]:
     """The start-up of an app: settings, GC tuning, the champion and its predict function."""
 
     def start(app: FastAPI) -> None:
-        settings = ServingSettings()
+        settings = process_settings().serving
         if settings.champion_path is None:
             raise RuntimeError("set SERVING_CHAMPION_PATH to the champion file to serve")
         tune_gc()  # where the service calls it: before its first model load
         source = FileChampion(settings.champion_path)
         info = source.current()
-        models = ModelSet(champion=source.load(info) if info else None)
+        models = LoadedModels(champion=source.load(info) if info else None)
 
         def predict_many(texts: list[str]) -> list[Prediction]:
             return predict_texts(

@@ -4,7 +4,7 @@ constant, so what it costs is BentoML's own request path.
 Configured like the service: the same BentoML settings (one worker, request timeout, access log
 off; the benchmark overrides workers and metrics for both alike), the same request and response
 models, and the same start-up tuning, applied through the service's own code: its garbage
-collector settings (`serving.service.tune_gc`) and the log filter that drops BentoML's tracebacks
+collector settings (`serving.runtime.tune_gc`) and the log filter that drops BentoML's tracebacks
 for invalid request bodies. What it leaves out is everything a prediction costs: the model
 call, building the `Prediction`, request coalescing, and the service's ASGI middleware (the
 request limits of `serving.middleware`).
@@ -13,8 +13,8 @@ request limits of `serving.middleware`).
 import bentoml
 
 from common.settings import REQUEST_TIMEOUT_S
+from serving.runtime import configure_logging, tune_gc
 from serving.schemas import Prediction, PredictRequest
-from serving.service import configure_logging, tune_gc
 
 _ANSWER = Prediction.model_validate(
     {

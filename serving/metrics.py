@@ -9,7 +9,7 @@ from functools import cache
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
-from serving.model_state import ModelSet
+from serving.model_state import LoadedModels
 
 
 class ModelGauges:
@@ -31,7 +31,7 @@ class ModelGauges:
             "lambda_ml_speed_snapshot_age_seconds", "Age of the speed snapshot in use"
         )
 
-    def publish(self, models: ModelSet) -> None:
+    def publish(self, models: LoadedModels) -> None:
         version = models.champion.info.version if models.champion else ""
         self.batch_version.set(int(version) if version.isdigit() else 0)
         snapshot = models.snapshot

@@ -7,7 +7,7 @@
   `SERVING_MAX_BODY_BYTES` is a 413: at once when its Content-Length says so, else as soon as
   that many bytes have come.
 - Time: a client that declared a body and sent less of it held its request until BentoML's
-  request timeout (`serving.settings.REQUEST_TIMEOUT_S`) answered a 504, a server error for the
+  request timeout (`common.settings.REQUEST_TIMEOUT_S`) answered a 504, a server error for the
   client's fault. A body not all there `SERVING_BODY_TIMEOUT_S` after the request's headers
   were complete is a 408.
 - Headers: a header block over `SERVING_MAX_HEADER_BYTES` is a 431. The HTTP parser itself
@@ -76,11 +76,17 @@ class BoundedRequests:
 
     The body of a request that passes is read here, whole, and handed on in one message; the
     body timeout runs from this middleware's call, once the HTTP server has all the headers.
+
+    Parameters
+    ----------
+    app
+        The application behind it.
+    settings
+        The limits: `max_header_bytes`, `max_body_bytes` and `body_timeout_s`.
     """
 
-    def __init__(self, app: ASGIApp, settings: ServingSettings | None = None) -> None:
+    def __init__(self, app: ASGIApp, settings: ServingSettings) -> None:
         self.app = app
-        settings = settings or ServingSettings()
         self.max_header_bytes = settings.max_header_bytes
         self.max_body_bytes = settings.max_body_bytes
         self.body_timeout_s = settings.body_timeout_s

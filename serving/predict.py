@@ -4,19 +4,19 @@ It is kept lean because it runs for every request: the batch champion scores all
 vectorised `predict_proba` call, the speed model (`HashedTextNB.predict_proba_matrix`) too, and
 the blender aligns both matrices over the union of their intents in one `blend_many` call, so an
 intent that only the speed model knows can win. A speed model without `predict_proba_matrix` (a
-plain River model) takes the per-text path through `blend`, with the same answers.
-scikit-learn's input and parameter checks are skipped: they cost more than the model on one
-text, and the champion and its input (validated strings) are this pipeline's own.
+plain River model) has its `predict_proba_one` dicts laid out as the same kind of matrix, so
+every model takes the one numeric path. scikit-learn's input and parameter checks are skipped:
+they cost more than the model on one text, and the champion and its input (validated strings)
+are this pipeline's own.
 """
 
-import heapq
-from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import sklearn
 
 from models.snapshot import SpeedSnapshot
-from serving.model_state import ModelSet
+from serving.model_state import LoadedModels
 from serving.schemas import BlendWeights, IntentScore, ModelVersions, Prediction, Source
 
 _BATCH_ONLY = BlendWeights(batch_weight=1.0, speed_weight=0.0)
@@ -27,7 +27,7 @@ class NoModelError(RuntimeError):
     """Neither a batch champion nor a fresh speed snapshot is loaded."""
 
 
-def _versions(models: ModelSet, snapshot: SpeedSnapshot | None) -> ModelVersions:
+def _versions(models: LoadedModels, snapshot: SpeedSnapshot | None) -> ModelVersions:
     champion = models.champion
     return ModelVersions(
         batch_version=champion.info.version if champion else None,
@@ -38,7 +38,7 @@ def _versions(models: ModelSet, snapshot: SpeedSnapshot | None) -> ModelVersions
 
 
 def predict_texts(
-    models: ModelSet, texts: list[str], *, top_k: int, max_snapshot_age_s: float
+    models: LoadedModels, texts: list[str], *, top_k: int, max_snapshot_age_s: float
 ) -> list[Prediction]:
     """One prediction per text, from whichever models are loaded (see `Prediction.source`).
 
@@ -68,25 +68,22 @@ def predict_texts(
         blends = [_BATCH_ONLY if champion is not None else _SPEED_ONLY] * len(texts)
     versions = _versions(models, snapshot)
 
-    speed_model = snapshot.model if snapshot is not None else None
-    if speed_model is not None and not hasattr(speed_model, "predict_proba_matrix"):
-        return _predict_dicts(champion, snapshot, texts, seen, top_k, blends, source, versions)
     batch_classes: list = []
     batch_matrix = None
     if champion is not None:
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             batch_matrix = champion.estimator.predict_proba(texts) if texts else None
         batch_classes = champion.classes
-    if snapshot is None or speed_model is None:
+    if snapshot is None:
         classes, matrix = batch_classes, batch_matrix
     else:
-        speed_classes, speed_matrix = speed_model.predict_proba_matrix([{"text": t} for t in texts])
+        speed_classes, speed_matrix = _speed_probabilities(snapshot.model, texts)
         classes, matrix = snapshot.blender.blend_many(
             batch_classes, batch_matrix, speed_classes, speed_matrix, seen
         )
     if matrix is None or not texts:
         return []
-    # Descending, earlier class first on ties: what `heapq.nlargest` over the dict gives.
+    # Descending; on ties the earlier class (the batch model's first) comes first.
     order = np.argsort(-matrix, axis=1, kind="stable")[:, :top_k]
     best_p = np.take_along_axis(matrix, order, axis=1).tolist()
     predictions = []
@@ -105,33 +102,24 @@ def predict_texts(
     return predictions
 
 
-def _predict_dicts(
-    champion, snapshot, texts, seen, top_k, blends, source, versions
-) -> list[Prediction]:
-    """The per-text path, for a speed model without `predict_proba_matrix` (a River model)."""
-    batch_probs = None
-    if champion is not None:
-        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            batch_probs = champion.predict_proba_many(texts)
-    blended = [
-        snapshot.blender.blend(
-            batch_probs[i] if batch_probs is not None else None,
-            snapshot.model.predict_proba_one({"text": text}),
-            bool(seen[i]),
-        )
-        for i, text in enumerate(texts)
-    ]
-    predictions = []
-    for probs, blend in zip(blended, blends, strict=True):
-        best = heapq.nlargest(top_k, probs.items(), key=itemgetter(1))
-        predictions.append(
-            Prediction(
-                intent=best[0][0],
-                confidence=best[0][1],
-                top_k=[IntentScore(intent=intent, p=p) for intent, p in best],
-                blend=blend,
-                models=versions,
-                source=source,
-            )
-        )
-    return predictions
+def _speed_probabilities(model, texts: list[str]) -> tuple[list[Any], np.ndarray]:
+    """The speed model's classes and (texts, classes) probabilities.
+
+    A model without `predict_proba_matrix` (a plain River model) answers one dict per text; the
+    columns are the union of their intents in the order they first appear, which is each dict's
+    own order when, as with a River classifier, every text gets the same intents; an intent
+    missing from one text's dict is a 0 in its row.
+    """
+    xs = [{"text": text} for text in texts]
+    if hasattr(model, "predict_proba_matrix"):
+        return model.predict_proba_matrix(xs)
+    rows = [model.predict_proba_one(x) for x in xs]
+    column: dict[Any, int] = {}
+    for row in rows:
+        for intent in row:
+            column.setdefault(intent, len(column))
+    matrix = np.zeros((len(rows), len(column)))
+    for i, row in enumerate(rows):
+        for intent, p in row.items():
+            matrix[i, column[intent]] = p
+    return list(column), matrix

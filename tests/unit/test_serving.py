@@ -14,7 +14,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,15 +25,22 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from starlette.testclient import TestClient
 
-from common.settings import ServingSettings
+from bench.champion_file import save_champion_file
+from common.settings import MlflowSettings, ServingSettings
 from models.blend import HedgeBlender
+from models.champion_watch import FailureLog, RegistryChampions
+from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from models.speed_model import HashedTextNB
+from models.texts import TextMemory
+from pipelines.bento_server import SERVICE_NAME, bentoml_overrides
 from pipelines.serve_cli import serve as serve_command
+from serving import runtime
 from serving.batching import Coalescer
 from serving.metrics import ModelGauges
 from serving.middleware import BoundedRequests
-from serving.model_state import FailureLog, FileChampion, ModelState, save_champion_file
-from serving.process import SERVICE_NAME, bentoml_overrides
+from serving.model_state import FileChampion, LoadedModels, ModelReloader
+from serving.predict import predict_texts
 from serving.schemas import Prediction
 from serving.service import IntentClassifier
 from streams.dataset import CLINC150_DATA, load_dataset
@@ -93,10 +99,12 @@ def serve(monkeypatch, tmp_path: Path, **env: str):
     for key, value in env.items():
         monkeypatch.setenv(f"SERVING_{key.upper()}", value)
     thresholds = gc.get_threshold()
+    runtime.process_settings.cache_clear()  # read once per process: this "process" starts now
     try:
         with TestClient(IntentClassifier.to_asgi(), raise_server_exceptions=False) as client:
             yield client
     finally:  # the service tunes the collector for a server process, not for pytest's
+        runtime.process_settings.cache_clear()
         gc.unfreeze()
         gc.set_threshold(*thresholds)
 
@@ -481,7 +489,7 @@ def test_gauges_report_the_models_in_use(tmp_path, batch_model, speed_model):
     write_snapshot(tmp_path / "snapshots", speed_model, {0: 1}, age_s=30)
     registry = CollectorRegistry()
     gauges = ModelGauges(registry)
-    state = ModelState(
+    state = ModelReloader(
         FileChampion(tmp_path / "champion.pkl"),
         LocalSnapshotStore(tmp_path / "snapshots"),
         on_poll=gauges.publish,
@@ -514,16 +522,22 @@ def test_serve_command_runs_bentoml_with_the_options(monkeypatch):
     assert overrides["workers"] == 3 and overrides["logging"]["access"]["enabled"] is True
 
 
-def test_the_vectorised_path_answers_like_the_per_text_path(examples, batch_model):
-    """With a `HashedTextNB` speed model, one vectorised call per batch; same answers as the
-    per-text dict path (`blend` on each text's dicts, top-k by `heapq.nlargest`), for texts the
-    champion trained on (the blender's weights for those) and texts it did not."""
-    from models.registry import ChampionInfo, ChampionModel
-    from models.speed_model import HashedTextNB
-    from models.texts import TextMemory
-    from serving.model_state import ModelSet
-    from serving.predict import _predict_dicts, predict_texts
+class DictsOnly:
+    """A speed model as plain River models are: `predict_proba_one` and nothing vectorised."""
 
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def predict_proba_one(self, x):
+        return self.model.predict_proba_one(x)
+
+
+def test_a_speed_model_without_the_vectorised_method_answers_like_one_with_it(
+    examples, batch_model
+):
+    """A River-style speed model's dicts go through the same numeric path as `HashedTextNB`'s
+    matrix: same answers, for texts the champion trained on (the blender's weights for those)
+    and texts it did not, blended or alone."""
     speed = HashedTextNB()
     blender = HedgeBlender()
     train = [e for e in examples if e.split == "train"]
@@ -536,54 +550,62 @@ def test_the_vectorised_path_answers_like_the_per_text_path(examples, batch_mode
         speed_p = speed.predict_proba_one({"text": example.text})
         blender.learn(batch, speed_p, example.intent, example.text in trained_on)
     assert blender.weights_for(batch_seen=True) != blender.weights_for(batch_seen=False)
-    snapshot = SpeedSnapshot(model=speed, blender=blender, offsets={0: 1}, events_learnt=1)
     texts = [e.text for e in examples if e.split == "test"][:40] + ["", "play some jazz"]
     texts += [e.text for e in train[:10]]  # half of them trained on
-    for models in (
-        ModelSet(champion=champion, snapshot=snapshot),
-        ModelSet(champion=champion),
-        ModelSet(snapshot=snapshot),
-    ):
-        got = predict_texts(models, texts, top_k=3, max_snapshot_age_s=math.inf)
-        source = got[0].source
-        versions = got[0].models
-        seen = trained_on.contains_many(texts) if models.champion else np.zeros(len(texts), bool)
-        if models.champion and models.snapshot:
+
+    def snapshot(model) -> SpeedSnapshot:
+        return SpeedSnapshot(model=model, blender=blender, offsets={0: 1}, events_learnt=1)
+
+    for with_champion in (champion, None):
+        vectorised, dicts = (
+            predict_texts(
+                LoadedModels(champion=with_champion, snapshot=snapshot(model)),
+                texts,
+                top_k=3,
+                max_snapshot_age_s=math.inf,
+            )
+            for model in (speed, DictsOnly(speed))
+        )
+        assert len(vectorised) == len(dicts) == len(texts)
+        if with_champion is not None:
+            seen = trained_on.contains_many(texts)
             weights = {flag: blender.weights_for(batch_seen=flag) for flag in (False, True)}
-            assert [(g.blend.batch_weight, g.blend.speed_weight) for g in got] == [
+            assert [(g.blend.batch_weight, g.blend.speed_weight) for g in dicts] == [
                 weights[bool(flag)] for flag in seen
             ]
-        blends = [g.blend for g in got]
-        want = (
-            _predict_dicts(
-                models.champion, models.snapshot, texts, seen, 3, blends, source, versions
-            )
-            if models.snapshot is not None
-            else None
-        )
-        if want is None:  # batch only: the champion's own dicts
-            probs = champion.predict_proba_many(texts)
-            want_top = [sorted(p.items(), key=lambda kv: -kv[1])[:3] for p in probs]
-            assert [[(s.intent, s.p) for s in g.top_k] for g in got] == want_top
-            continue
-        assert len(got) == len(want)
-        for g, w in zip(got, want, strict=True):
-            assert g.intent == w.intent and g.source == w.source and g.blend == w.blend
-            assert [s.intent for s in g.top_k] == [s.intent for s in w.top_k]
-            assert g.confidence == pytest.approx(w.confidence, rel=1e-12, abs=1e-15)
-            for a, b in zip(g.top_k, w.top_k, strict=True):
+        for v, d in zip(vectorised, dicts, strict=True):
+            assert (v.intent, v.source, v.blend) == (d.intent, d.source, d.blend)
+            assert v.models == d.models
+            assert [s.intent for s in v.top_k] == [s.intent for s in d.top_k]
+            for a, b in zip(v.top_k, d.top_k, strict=True):
                 assert a.p == pytest.approx(b.p, rel=1e-12, abs=1e-15)
-    assert (
-        predict_texts(
-            ModelSet(champion=champion, snapshot=snapshot), [], top_k=3, max_snapshot_age_s=math.inf
-        )
-        == []
-    )
+    models = LoadedModels(champion=champion, snapshot=snapshot(DictsOnly(speed)))
+    assert predict_texts(models, [], top_k=3, max_snapshot_age_s=math.inf) == []
+
+
+def test_the_log_filter_knows_the_request_bodies_bentoml_validates():
+    """The filter recognises a client's bad body by the name BentoML gives its model."""
+    titles = {api.input_spec.__name__ for api in IntentClassifier.apis.values()}
+    assert titles == runtime._REQUEST_BODY_TITLES
+
+
+def test_the_champion_store_is_the_file_when_one_is_set_else_the_registry(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    mlflow = MlflowSettings(tracking_uri="http://127.0.0.1:9", registered_model="m")
+    file = runtime.champion_store(ServingSettings(champion_path=tmp_path / "c.pkl"), mlflow)
+    assert isinstance(file, FileChampion) and file.path == tmp_path / "c.pkl"
+    registry = runtime.champion_store(ServingSettings(champion_path=None), mlflow)
+    assert isinstance(registry, RegistryChampions) and registry.name == "m"
+    assert registry.client.tracking_uri == "http://127.0.0.1:9"
+    # Fail fast unless told otherwise: the reloader asks again at its next round.
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
 
 
 def test_a_run_of_failed_reloads_logs_one_traceback_then_one_line_each_then_the_recovery(caplog):
     failures = FailureLog("reading the batch champion")
-    caplog.set_level("INFO", logger="serving.model_state")
+    caplog.set_level("INFO", logger="models.champion_watch")
     for _ in range(3):
         try:
             try:

@@ -1,0 +1,153 @@
+"""The serving process's edge: its settings, read once from the environment, and the set-up a
+BentoML worker does before it takes requests.
+
+BentoML imports `serving.service` in each worker process with no CLI above it, so this module is
+where that process reads `SERVING_*` and `MLFLOW_*`; everything below is handed the settings.
+It also holds what the process needs around the service: the log configuration, the garbage
+collector's tuning, the MLflow client, the champion store and the model reloader.
+"""
+
+import functools
+import gc
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import bentoml
+from mlflow import MlflowClient
+from pydantic import ValidationError
+
+from common.settings import MlflowSettings, ServingSettings
+from models.champion_watch import ChampionStore, RegistryChampions
+from models.snapshot import LocalSnapshotStore
+from serving.metrics import process_gauges
+from serving.middleware import BoundedRequests, JsonBodiesOnly
+from serving.model_state import FileChampion, LoadedModels, ModelReloader
+from serving.schemas import PredictBatchRequest, PredictRequest
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=bentoml.Service)
+
+# The request bodies BentoML validates; it names each one's validation errors after the model
+# it wraps the body's type in (`PredictRequestIODescriptor`, and so on).
+REQUEST_BODIES = (PredictRequest, PredictBatchRequest)
+
+
+@dataclass(frozen=True)
+class ServingEnvironment:
+    """The settings of a serving process: the service's own, and where MLflow is.
+
+    Parameters
+    ----------
+    serving
+        `SERVING_*`: model sources, reload interval, request limits.
+    mlflow
+        `MLFLOW_*`: the tracking server and the registered model.
+    """
+
+    serving: ServingSettings
+    mlflow: MlflowSettings
+
+
+@functools.cache
+def process_settings() -> ServingEnvironment:
+    """This process's settings; the first call reads the environment, later ones reuse it.
+
+    A test that changes the environment between services calls `process_settings.cache_clear()`.
+    """
+    return ServingEnvironment(serving=ServingSettings(), mlflow=MlflowSettings())
+
+
+def guard_requests(service: S) -> S:
+    """Put the request guards of `serving.middleware` in front of `service`, outermost first,
+    so that a body of the wrong type is refused before it is read.
+
+    BentoML takes ASGI middleware only on the service object (`add_asgi_middleware`, before it
+    builds the app), so this decorates the service where it is defined.
+    """
+    service.add_asgi_middleware(JsonBodiesOnly)
+    service.add_asgi_middleware(BoundedRequests, settings=process_settings().serving)
+    return service
+
+
+def start_worker(probe: Callable[[LoadedModels], object]) -> ModelReloader:
+    """Everything a worker does before it takes requests; the reloader keeps its models.
+
+    The models are loaded once before the worker answers: workers share one socket, so a worker
+    still loading would answer 503 while `/readyz`, served by another worker, says ready. A
+    failed first load leaves the poller to retry, and requests meanwhile get a clear 503.
+    """
+    configure_logging()
+    settings = process_settings()
+    reloader = ModelReloader(
+        champion_store(settings.serving, settings.mlflow),
+        LocalSnapshotStore(settings.serving.snapshot_dir),
+        probe=probe,
+        on_poll=process_gauges().publish,
+    )
+    tune_gc()
+    try:
+        reloader.refresh()
+    except Exception:
+        log.exception("first model load failed")
+    reloader.start(settings.serving.poll_s)
+    return reloader
+
+
+def champion_store(serving: ServingSettings, mlflow: MlflowSettings) -> ChampionStore:
+    """A local file when `SERVING_CHAMPION_PATH` is set, else the MLflow registry's alias."""
+    if serving.champion_path is not None:
+        return FileChampion(serving.champion_path)
+    return RegistryChampions(mlflow_client(mlflow), mlflow.registered_model)
+
+
+def mlflow_client(settings: MlflowSettings) -> MlflowClient:
+    """A client for the tracking server and the registry at `settings.uri`, failing fast.
+
+    MLflow's client retries a failed request for minutes by default; the reloader asks again at
+    its next round anyway, so unless the environment says otherwise a request is not retried
+    and times out after ten seconds.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    return MlflowClient(tracking_uri=settings.uri, registry_uri=settings.uri)
+
+
+def configure_logging() -> None:
+    """BentoML's server log shows warnings only, but which models came in is worth seeing; and
+    a client's invalid body is the client's fault, not a traceback in the server's log."""
+    for name in ("serving", "models.champion_watch"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector off the request path.
+
+    A worker holds hundreds of thousands of long-lived objects from its imports, and every full
+    collection walked them all, which set the p99 of the service. Freezing them puts them out
+    of the collector's reach, and a higher first threshold makes collections rarer while each
+    request allocates hundreds of short-lived containers (`lambda-ml bench serve` measures the
+    p99 it buys).
+    """
+    gc.freeze()
+    gc.set_threshold(10_000)
+
+
+_REQUEST_BODY_TITLES = frozenset(f"{body.__name__}IODescriptor" for body in REQUEST_BODIES)
+
+
+def _not_a_client_error(record: logging.LogRecord) -> bool:
+    """False for the log record of a request body that failed validation.
+
+    BentoML logs every request that fails validation as an ERROR with a traceback; that is the
+    client's mistake, already answered with a 400 naming the field and counted in the request
+    metrics, and under a fuzzer or a broken client it would bury the real errors. BentoML also
+    answers 400 to a validation error raised by the service's own code (a `Prediction` it
+    failed to build): that one is a server bug and stays in the log.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(exc, ValidationError) and exc.title in _REQUEST_BODY_TITLES)
