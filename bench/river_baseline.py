@@ -1,7 +1,7 @@
 """The River baseline the speed model is measured against, and a fair way to set its smoothing.
 
 `river_baseline` is the plain River recipe, `BagOfWords | MultinomialNB`, tokenising exactly like
-`HashedTextNB`'s defaults (`TOKEN_PATTERN`, lowercased, accents kept) but counting unigrams
+`HashedTextNB`'s defaults (`SPEED_TOKEN_PATTERN`, lowercased, accents kept) but counting unigrams
 only. River's default smoothing (`alpha=1`) drowns the few words of a query, so a comparison
 against it would flatter the speed model: `tune_alpha` picks the smoothing by prequential
 accuracy on a tuning stream instead, and the speed model's own `alpha` gets the same treatment
@@ -15,7 +15,7 @@ from typing import Any
 from river import compose, feature_extraction, naive_bayes
 
 from models.metrics import SplitScore
-from models.speed_model import TOKEN_PATTERN
+from models.speed_model import SPEED_TOKEN_PATTERN
 from models.texts import TextMemory, text_key
 
 __all__ = ["ALPHA_GRID", "prequential_scores", "river_baseline", "score_then_learn", "tune_alpha"]
@@ -38,7 +38,7 @@ def river_baseline(alpha: float) -> compose.Pipeline:
     'book_flight'
     """
     return feature_extraction.BagOfWords(
-        on="text", lowercase=True, strip_accents=False, tokenizer_pattern=TOKEN_PATTERN
+        on="text", lowercase=True, strip_accents=False, tokenizer_pattern=SPEED_TOKEN_PATTERN
     ) | naive_bayes.MultinomialNB(alpha=alpha)
 
 

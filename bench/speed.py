@@ -193,7 +193,7 @@ def speed_run(
             reader,
             LocalSnapshotStore(folder),
             settings,
-            champion_source=lambda: champion,
+            current_champion=lambda: champion,
             build_model=lambda: build_speed_model(alpha=alpha),
         )
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -227,7 +227,7 @@ def freshness_run(
         runner.start()
         producer.join()
         runner.join()
-    return float(np.percentile(layer.freshness_s, 95))
+    return float(np.percentile(layer.reporter.freshness_s, 95))
 
 
 def _replay(seed: int, events: int, run_id: str) -> ReplayOptions:
@@ -340,9 +340,7 @@ def main(settings: Settings, repeats: int = 3, events: int = EVENTS) -> dict[str
         "blend_accuracy": _median([v.blend.accuracy for v in views]),
         "blend_first_seen_accuracy": _accuracy([v.blend.novel for v in views]),
         "blend_first_seen_share": _median([v.blend.novel.seen / v.blend.seen for v in views]),
-        "drift_detections": int(
-            statistics.median(layer.state.drift_detections for layer in layers)
-        ),
+        "drift_detections": int(statistics.median(layer.drift.detections for layer in layers)),
         "speed_alpha": speed_alpha,
         "tuned_river_alpha": river_alpha,
         "alpha_grid": {
@@ -374,7 +372,7 @@ def main(settings: Settings, repeats: int = 3, events: int = EVENTS) -> dict[str
             "history_rows": history_rows,
             "fit_s": round(fit_s, 1),
             "cutoff_offsets": {"0": 0},
-            "poll": "in process (champion_source returns the fitted model)",
+            "poll": "in process (current_champion returns the fitted model)",
         },
         "topic_partitions": 1,
         "cpu_time": "time.process_time() around each loop: the whole process, all threads",

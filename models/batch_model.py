@@ -1,17 +1,18 @@
 """The batch layer's scikit-learn intent classifier, and the counting that lets it train on
 millions of events at the cost of the distinct ones.
 
-The model (`build_batch_model`) is TF-IDF word 1-2 grams and `char_wb` 2-4 grams feeding a
-linear SVM and a multinomial naive Bayes, each turned into probabilities by a softmax
-temperature fitted on out-of-fold scores, then averaged 0.7 / 0.3. The probabilities are
-blended with the speed layer's and scored by log loss, so they are calibrated, not just ranked.
+The model (`build_batch_model`) is TF-IDF word and `char_wb` n-grams feeding a linear SVM and
+a multinomial naive Bayes, each turned into probabilities by a softmax temperature fitted on
+out-of-fold scores, then averaged. The probabilities are blended with the speed layer's and
+scored by log loss, so they are calibrated, not just ranked.
 
 The master dataset repeats texts (replays, popular queries). `count_examples` streams Parquet
 batches into distinct (text, intent) pairs with counts, and `DistinctRowsClassifier` fits on
 those pairs with the counts as weights: exactly the model the repeated rows would give.
 
 The defaults were chosen on CLINC150's `val` split by `bench/batch_model_search.py`; the
-candidates and their scores are in `bench/results/batch_model_search.md`.
+candidates and their scores are in `bench/results/batch_model_search.md`, the reasons for the
+other defaults in `bench/results/model_notes.md`.
 """
 
 import numbers
@@ -44,7 +45,7 @@ from sklearn.utils.validation import (
 )
 
 __all__ = [
-    "TOKEN_PATTERN",
+    "BATCH_TOKEN_PATTERN",
     "ColumnMajorMultinomialNB",
     "DistinctRowsClassifier",
     "TemperatureCalibratedClassifier",
@@ -55,9 +56,10 @@ __all__ = [
     "fit_on_counts",
 ]
 
-TOKEN_PATTERN = r"(?u)\b\w+\b"
-"""Words of any length: scikit-learn's default pattern drops one-letter words such as "i" and
-"a", which carry intent in queries ("i want", "a taxi")."""
+BATCH_TOKEN_PATTERN = r"(?u)\b\w+\b"
+"""The batch model's words, of any length: scikit-learn's default pattern drops one-letter words
+such as "i" and "a", which carry intent in queries ("i want", "a taxi"). (The speed model has
+its own, `models.speed_model.SPEED_TOKEN_PATTERN`.)"""
 
 # Counts held per batch are merged once they outgrow twice the merged table plus this many rows.
 _MERGE_SLACK = 100_000
@@ -69,7 +71,7 @@ def build_batch_model(
     *,
     word_ngram_range: tuple[int, int] = (1, 2),
     char_ngram_range: tuple[int, int] | None = (2, 4),
-    token_pattern: str = TOKEN_PATTERN,
+    token_pattern: str = BATCH_TOKEN_PATTERN,
     min_df: int = 2,
     C: float = 1.0,
     nb_alpha: float = 0.01,
@@ -87,18 +89,25 @@ def build_batch_model(
     token_pattern
         How words are found; the default keeps one-letter words.
     min_df
-        Minimum number of distinct training texts an n-gram must occur in. 2 halves the
-        vocabulary (smaller, faster model) at no cost in accuracy.
+        Minimum number of distinct training texts an n-gram must occur in: rarer ones only
+        grow the model.
     C
         The linear SVM's inverse regularisation, per distinct example of average weight.
     nb_alpha, nb_weight
-        Naive Bayes smoothing, and its share of the averaged probabilities (0 drops it).
+        Naive Bayes smoothing, and its share of the averaged probabilities (the SVM has
+        `1 - nb_weight`; 0 drops naive Bayes).
     calibration_folds
-        Folds for the out-of-fold scores the temperatures are fitted on. 2 calibrates as well
-        as 3 on val, and with two threads the fold fits take no longer than the full fit.
+        Folds for the out-of-fold scores the temperatures are fitted on.
     n_jobs
         Threads for the SVM's fold fits (liblinear releases the GIL).
 
+    Returns
+    -------
+    DistinctRowsClassifier
+        A `Pipeline` of the features and the classifier, fitted on distinct rows.
+
+    Examples
+    --------
     >>> model = build_batch_model(min_df=1, calibration_folds=2)
     >>> texts = ["book a flight", "flight to paris", "play a song", "play some music"]
     >>> model = model.fit(texts, ["travel", "travel", "music", "music"])
@@ -134,10 +143,22 @@ def fit_on_counts(
     intents: list[str],
     weights: np.ndarray,
 ) -> "DistinctRowsClassifier":
-    """Fit `model` on distinct examples and how often each occurred; returns the model.
+    """Fit `model` on distinct examples and how often each occurred.
 
     Equivalent to fitting on every example repeated `weights` times (see
     `DistinctRowsClassifier`), at the cost of the distinct ones.
+
+    Parameters
+    ----------
+    model
+        An unfitted model, such as `build_batch_model()`.
+    texts, intents, weights
+        Distinct examples and their counts, as `count_examples` returns them.
+
+    Returns
+    -------
+    DistinctRowsClassifier
+        `model`, fitted.
     """
     return model.fit(texts, intents, sample_weight=weights)
 
@@ -181,6 +202,20 @@ def count_examples(
     (null intent) are skipped. The pairs come sorted, so the result does not depend on the
     order of the batches.
 
+    Parameters
+    ----------
+    batches
+        Arrow batches or tables with string columns `text` and `intent`.
+
+    Returns
+    -------
+    texts, intents : list of str
+        The distinct labelled pairs, sorted by text then intent.
+    weights : numpy.ndarray
+        How many times each pair occurred, as floats (`fit_on_counts`'s weights).
+
+    Examples
+    --------
     >>> batch = pa.RecordBatch.from_pydict(
     ...     {"text": ["hi", "hi", "bye", "hi"], "intent": ["greet", "greet", "bye", None]}
     ... )
@@ -234,7 +269,12 @@ class ColumnMajorMultinomialNB(MultinomialNB):
 
     Scoring computes `X @ feature_log_prob_.T`; with the default row-major layout scipy copies
     the whole (classes x features) matrix on every call, which dominates the cost of scoring one
-    text. Values and API are unchanged.
+    text. Parameters, values and the rest of the API are `MultinomialNB`'s.
+
+    Attributes
+    ----------
+    feature_log_prob_ : numpy.ndarray
+        As `MultinomialNB`'s, of shape (n_classes, n_features), in Fortran order.
     """
 
     feature_log_prob_: np.ndarray
@@ -269,6 +309,22 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
     `estimator` is a `Pipeline`, the weights go to its last step. Collapsing millions of texts
     here works but holds them all in memory: `count_examples` counts them batch by batch.
 
+    Parameters
+    ----------
+    estimator
+        A classifier taking `sample_weight` in `fit` (a `Pipeline`'s last step, for one).
+
+    Attributes
+    ----------
+    estimator_
+        The clone of `estimator` fitted on the distinct pairs.
+    classes_
+        The labels, sorted, as `estimator_` has them.
+    n_features_in_
+        `estimator_`'s, for 2-D input.
+
+    Examples
+    --------
     >>> from sklearn.linear_model import LogisticRegression
     >>> X, y = [[0.0], [0.0], [0.0], [1.0]], [0, 0, 0, 1]
     >>> repeated = DistinctRowsClassifier(LogisticRegression()).fit(X, y)
@@ -307,11 +363,13 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         return self.estimator_.n_features_in_
 
     def predict(self, X) -> np.ndarray:
+        """`estimator_`'s predictions; a one-column DataFrame is read as its column."""
         check_is_fitted(self)
         return self.estimator_.predict(_single_column(X))
 
     @available_if(_inner_has("predict_proba"))
     def predict_proba(self, X) -> np.ndarray:
+        """`estimator_`'s probabilities, one column per class of `classes_`."""
         check_is_fitted(self)
         return self.estimator_.predict_proba(_single_column(X))
 
@@ -376,6 +434,30 @@ class TemperatureCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseE
     Folds split rows, so a repeated row can land on both sides of a fold: wrap this in
     `DistinctRowsClassifier` when rows repeat.
 
+    Parameters
+    ----------
+    estimator
+        A classifier with `decision_function` or `predict_log_proba`.
+    cv
+        Number of shuffled folds, a scikit-learn splitter or a list of (train, test) splits.
+    n_jobs
+        Threads for the fits (the fit on all rows and one per fold run together).
+    random_state
+        Seed of the shuffled folds.
+
+    Attributes
+    ----------
+    estimator_
+        The clone of `estimator` fitted on all rows: it gives the scores.
+    classes_
+        The labels, sorted.
+    temperature_
+        The fitted T (1 when there were too few rows to hold any out).
+    n_features_in_
+        Number of features seen in `fit`.
+
+    Examples
+    --------
     >>> from sklearn.svm import LinearSVC
     >>> X = [[0.0], [0.2], [0.4], [1.0], [1.2], [1.4]]
     >>> model = TemperatureCalibratedClassifier(LinearSVC(), cv=3).fit(X, [0, 0, 0, 1, 1, 1])
@@ -415,10 +497,12 @@ class TemperatureCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseE
         return self
 
     def predict_proba(self, X) -> np.ndarray:
+        """softmax(scores / `temperature_`), one column per class of `classes_`."""
         check_is_fitted(self)  # `estimator_` validates X: once is enough on the serving path
         return softmax(_scores(self.estimator_, X, self.classes_) / self.temperature_, axis=1)
 
     def predict(self, X) -> np.ndarray:
+        """The most probable class of each row."""
         probabilities = self.predict_proba(X)  # before `classes_`: unfitted raises NotFittedError
         return self.classes_[np.argmax(probabilities, axis=1)]
 

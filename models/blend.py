@@ -10,14 +10,10 @@ they arrive. Three experts answer each query:
   inner mixture of the two.
 
 The blend is the Hedge mixture of the three: each expert's weight decays with its recent,
-exponentially-weighted log loss (learnt apart for texts the batch model trained on and texts
-it has not), so the blend follows whichever view is doing best now (batch before a drift, the
-speed side after it, the new batch model after a retrain). The memory is short on purpose
-(decay 0.9, about ten events) and the learning rate low (0.3), so the weights move fast but
-stay mixed: a long memory keeps trusting the old champion for hundreds of events after a
-drift, while the speed model already knows the new intents (`lambda-ml evaluate` measures how
-far the blend trails the better model in any window). Everything is prequential: predict,
-then learn.
+exponentially-weighted log loss (`models.losses.capped_log_loss`), learnt apart for texts the
+batch model trained on and texts it has not, so the blend follows whichever view is doing best
+now (batch before a drift, the speed side after it, the new batch model after a retrain).
+Everything is prequential: predict, then learn.
 
 There is one numeric path: rows of probabilities over two class lists (`blend_many`, and
 `step` for one event of a prequential loop); the dict API (`blend`, `learn`) is a thin call
@@ -52,9 +48,29 @@ def _softmin(losses: list[float], learning_rate: float) -> list[float]:
 
 @dataclass(frozen=True)
 class Alignment:
-    """How the batch and speed class lists line up: the blend's classes (the batch classes,
-    then the speed-only ones), the blend column of each speed class, and the positions of the
-    speed classes the batch model does not know."""
+    """How a batch and a speed class list line up in the blend.
+
+    Attributes
+    ----------
+    classes
+        The blend's classes: the batch classes, then the speed-only ones.
+    speed_columns
+        The blend column of each speed class.
+    novel_positions
+        Positions, in the speed class list, of the classes the batch model does not know.
+    index
+        Class -> its blend column.
+    speed_index
+        Class -> its position in the speed class list.
+    n_batch
+        Number of batch classes: the blend's first `n_batch` columns are theirs.
+
+    Examples
+    --------
+    >>> alignment = Alignment.of(["a", "b"], ["c", "a"])
+    >>> alignment.classes, alignment.speed_columns.tolist(), alignment.novel_positions.tolist()
+    (['a', 'b', 'c'], [2, 0], [0])
+    """
 
     classes: list[Any]
     speed_columns: np.ndarray
@@ -65,6 +81,7 @@ class Alignment:
 
     @classmethod
     def of(cls, batch_classes: Sequence[Any], speed_classes: Sequence[Any]) -> "Alignment":
+        """The alignment of two class lists."""
         index = {intent: i for i, intent in enumerate(batch_classes)}
         n_batch = len(index)
         classes = list(batch_classes)
@@ -106,12 +123,38 @@ class HedgeBlender:
     texts as much as on its repeats. Properties without `batch_seen` describe the weights for
     new texts.
 
+    Parameters
+    ----------
+    learning_rate
+        Hedge's learning rate: weights are `softmax(-learning_rate * discounted loss)`. Low, so
+        the weights stay mixed.
+    decay
+        Discount of past losses per event, in (0, 1]: the memory is about `1 / (1 - decay)`
+        events. Short, so that after a drift the blend stops trusting the old champion soon.
+
+    Attributes
+    ----------
+    learning_rate, decay
+        As given.
+    new_texts, seen_texts
+        The discounted losses for texts the batch model has not trained on, and has.
+    learnt
+        Number of events learnt (those where both models answered).
+    layer_weights
+        (batch, speed): each model's share of the blend for new texts.
+    expert_weights
+        The three experts' weights for new texts, by name.
+
+    Examples
+    --------
     >>> blender = HedgeBlender()
     >>> batch, speed = {"a": 0.9, "b": 0.1}, {"a": 0.2, "b": 0.7, "c": 0.1}
     >>> for _ in range(50):
     ...     blender.learn(batch, speed, "a")
-    >>> round(blender.weights[0], 2), blender.weights_for(batch_seen=True)
+    >>> round(blender.layer_weights[0], 2), blender.weights_for(batch_seen=True)
     (0.99, (0.5, 0.5))
+    >>> sorted(blender.expert_weights)
+    ['batch', 'novelty', 'speed']
     >>> p = blender.blend(batch, speed)
     >>> max(p, key=p.get), round(sum(p.values()), 6)
     ('a', 1.0)
@@ -148,28 +191,41 @@ class HedgeBlender:
 
     @property
     def learnt(self) -> int:
+        """Number of events learnt, over both sets of weights."""
         return self.new_texts.learnt + self.seen_texts.learnt
 
     @property
     def expert_weights(self) -> dict[str, float]:
-        """The three experts' weights for texts the batch model has not trained on."""
+        """The weight of each of `EXPERTS` for texts the batch model has not trained on."""
         weights = self.new_texts.experts(self.learning_rate)
         return dict(zip(EXPERTS, weights, strict=True))
 
     @property
-    def weights(self) -> tuple[float, float]:
-        """`weights_for` texts the batch model has not trained on."""
+    def layer_weights(self) -> tuple[float, float]:
+        """(batch, speed) for texts the batch model has not trained on: `weights_for(False)`."""
         return self.weights_for(batch_seen=False)
 
     def weights_for(self, batch_seen: bool) -> tuple[float, float]:
-        """(batch_weight, speed_weight): how much of the blend each model carries, summing to 1."""
+        """How much of the blend each model carries, the novelty expert's share split by its
+        inner mixture.
+
+        Parameters
+        ----------
+        batch_seen
+            Use the weights for texts the batch model trained on.
+
+        Returns
+        -------
+        tuple of float
+            (batch_weight, speed_weight), summing to 1.
+        """
         hedge = self._hedge(batch_seen)
         batch, speed, novelty = hedge.experts(self.learning_rate)
         inner_batch, inner_speed = hedge.inner(self.learning_rate)
         return batch + novelty * inner_batch, speed + novelty * inner_speed
 
     def alignment(self, batch_classes: Sequence[Any], speed_classes: Sequence[Any]) -> Alignment:
-        """The `Alignment` of two class lists, kept for the next call with the same lists."""
+        """`Alignment.of` two class lists, kept for the next call with the same lists."""
         key = (tuple(batch_classes), tuple(speed_classes))
         found = self._alignments.get(key)
         if found is None:
@@ -224,10 +280,33 @@ class HedgeBlender:
         speed_matrix: np.ndarray | None,
         batch_seen: np.ndarray | None = None,
     ) -> tuple[list[Any], np.ndarray]:
-        """The blend of each row of two probability matrices, over the returned classes (the
-        batch classes, then the speed-only ones); row i uses the weights `batch_seen[i]` picks
-        (all False when None). A side that is None or has no classes is absent, and the other
-        side's rows are the answer."""
+        """The blend of each row of two probability matrices: the numbers every other method
+        of the blender serves.
+
+        Parameters
+        ----------
+        batch_classes, batch_matrix
+            The champion's classes and its probabilities, one row per query in that order.
+        speed_classes, speed_matrix
+            The same for the speed model. A side that is None or has no classes is absent, and
+            the other side's rows are the answer.
+        batch_seen
+            Per row, whether the batch model trained on the text: it picks the set of weights
+            (all False when None).
+
+        Returns
+        -------
+        classes : list
+            The batch classes, then the speed-only ones.
+        probabilities : numpy.ndarray
+            One row per query over `classes`, each summing to 1.
+
+        Examples
+        --------
+        >>> classes, rows = HedgeBlender().blend_many(["a", "b"], [[0.8, 0.2]], ["c"], [[1.0]])
+        >>> classes, rows.round(2).tolist()
+        (['a', 'b', 'c'], [[0.27, 0.07, 0.67]])
+        """
         batch_absent = batch_matrix is None or not len(batch_classes)
         speed_absent = speed_matrix is None or not len(speed_classes)
         if batch_absent:
@@ -253,10 +332,28 @@ class HedgeBlender:
         batch_seen: bool = False,
         learn: bool = True,
     ) -> tuple[Alignment, np.ndarray]:
-        """One event of a prequential loop: the blend of one row of each side (as `blend_many`)
-        over `alignment.classes`, then, with `learn`, each expert's log loss on `intent` added
-        to the weights of texts like this one. Nothing is learnt unless both sides answered.
-        The alignment comes back too, so a caller scoring the event looks its columns up there."""
+        """One event of a prequential loop: blend one row of each side, then learn from it.
+
+        Parameters
+        ----------
+        batch_classes, batch_row, speed_classes, speed_row
+            As `blend_many`, with one row per side.
+        intent
+            The event's true intent.
+        batch_seen
+            Whether the batch model trained on the text: which set of weights is used and
+            learnt.
+        learn
+            Add each expert's log loss on `intent` to those weights. Nothing is learnt unless
+            both sides answered.
+
+        Returns
+        -------
+        alignment : Alignment
+            How the classes line up, so a caller scoring the event finds its columns.
+        probabilities : numpy.ndarray
+            The blend over `alignment.classes`, as predicted before learning.
+        """
         alignment = self.alignment(batch_classes, speed_classes)
         seen = np.array([batch_seen])
         batch = None if batch_row is None else np.asarray(batch_row, dtype=np.float64)[None, :]
@@ -303,7 +400,21 @@ class HedgeBlender:
         speed: Probabilities | None,
         batch_seen: bool = False,
     ) -> dict[Any, float]:
-        """The blended distribution over the union of both models' intents, as a dict."""
+        """The blended distribution over the union of both models' intents, as a dict:
+        `blend_many` for one query.
+
+        Parameters
+        ----------
+        batch, speed
+            Each model's probabilities, intent -> probability; None or empty when it has none.
+        batch_seen
+            Whether the batch model trained on the text.
+
+        Returns
+        -------
+        dict
+            Intent -> probability: the batch intents, then the speed-only ones.
+        """
         rows = _rows(batch, speed)
         alignment, row = self.step(*rows, intent=None, batch_seen=batch_seen, learn=False)
         return dict(zip(alignment.classes, row.tolist(), strict=True))
@@ -315,8 +426,17 @@ class HedgeBlender:
         intent: Any,
         batch_seen: bool = False,
     ) -> None:
-        """Update the weights for texts like this one (`batch_seen` or not) with each expert's
-        log loss on a labelled event."""
+        """Learn from one labelled event: `step` with dicts, the blend itself discarded.
+
+        Parameters
+        ----------
+        batch, speed
+            Each model's probabilities, as for `blend`, predicted before either learnt it.
+        intent
+            The event's true intent.
+        batch_seen
+            Whether the batch model trained on the text: which set of weights learns.
+        """
         self.step(*_rows(batch, speed), intent=intent, batch_seen=batch_seen)
 
 

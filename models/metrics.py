@@ -32,7 +32,32 @@ def row_outcome(row: np.ndarray, column: int | None) -> tuple[bool, float]:
 
 @dataclass
 class WindowScore:
-    """Accuracy and log loss over everything so far and over consecutive windows of events."""
+    """Accuracy and log loss over everything so far and over consecutive windows of events.
+
+    Parameters
+    ----------
+    window
+        Events per window.
+
+    Attributes
+    ----------
+    seen, correct, loss
+        Events scored, how many had the right top intent, and their summed capped log loss.
+    window_seen, window_correct
+        The same for the window in progress.
+    history
+        Accuracy of each complete window, oldest first.
+    accuracy, log_loss, last_window_accuracy
+        The figures derived from them (0 before any event).
+
+    Examples
+    --------
+    >>> score = WindowScore(window=2)
+    >>> for right in (True, False, True):
+    ...     score.record(right, 0.5 if right else 0.1)
+    >>> score.seen, score.history, score.last_window_accuracy, round(score.accuracy, 3)
+    (3, [0.5], 0.5, 0.667)
+    """
 
     window: int = 1000
     seen: int = 0
@@ -56,10 +81,12 @@ class WindowScore:
 
     @property
     def accuracy(self) -> float:
+        """Share of events whose top intent was right."""
         return self.correct / self.seen if self.seen else 0.0
 
     @property
     def log_loss(self) -> float:
+        """Mean capped log loss of the true intent."""
         return self.loss / self.seen if self.seen else 0.0
 
     @property
@@ -75,10 +102,29 @@ class SplitScore:
     """Prequential scores of one view over all events, and apart on first-seen and repeated
     texts, so memory is never mistaken for understanding.
 
-    `first_seen` holds events whose text the view's model(s) never trained on, `repeated` the
-    others, and `novel` events whose text no model of the system trained on (the same events
-    for every view, so views can be compared on them).
+    Parameters
+    ----------
+    window
+        Events per window of each group.
 
+    Attributes
+    ----------
+    all
+        Every event.
+    first_seen
+        Events whose text the view's model(s) never trained on.
+    repeated
+        The others.
+    novel
+        Events whose text no model of the system trained on: the same events for every view,
+        so views can be compared on them.
+    seen, accuracy, log_loss, last_window_accuracy
+        `all`'s figures.
+    first_seen_share
+        Share of the events that were first seen.
+
+    Examples
+    --------
     >>> score = SplitScore(window=10)
     >>> _ = score.update({"a": 0.9, "b": 0.1}, "a", seen=True, seen_by_any=True)
     >>> _ = score.update({"a": 0.9, "b": 0.1}, "b", seen=False, seen_by_any=False)

@@ -19,7 +19,13 @@ from models.texts import TextMemory, text_key
 
 @dataclass
 class ViewScores:
-    """Prequential scores of the three answers the system can serve."""
+    """Prequential scores of the three answers the system can serve.
+
+    Attributes
+    ----------
+    speed, batch, blend
+        The speed model's, the batch champion's and the blend's scores.
+    """
 
     speed: SplitScore
     batch: SplitScore
@@ -27,6 +33,7 @@ class ViewScores:
 
     @classmethod
     def with_window(cls, window: int) -> "ViewScores":
+        """Empty scores, each with windows of `window` events."""
         return cls(SplitScore(window), SplitScore(window), SplitScore(window))
 
     def figures(self) -> dict[str, float]:
@@ -65,11 +72,31 @@ def prequential_step(
     batch_texts: TextMemory | None,
     learn: bool = True,
 ) -> bool | None:
-    """Score then learn one labelled event; returns whether the champion was right, or None.
+    """Score then learn one labelled event.
 
-    `batch` is the champion's answer for it (None before there is a champion); `batch_texts`
-    the texts the champion trained on, `speed_texts` those the speed model learnt (the text is
-    added to it here). `learn=False` only scores: a probe event, which no model may train on.
+    Parameters
+    ----------
+    speed_model
+        The speed model (River's API); it learns the event.
+    blender
+        It blends the two answers and learns from them.
+    scores
+        Where the three views' scores go.
+    text, intent
+        The event.
+    batch
+        The champion's answer for it; None before there is a champion.
+    speed_texts
+        The texts the speed model learnt; the text is added to it here.
+    batch_texts
+        The texts the champion trained on.
+    learn
+        False only scores: a probe event, which no model may train on.
+
+    Returns
+    -------
+    bool or None
+        Whether the champion's top intent was right; None without a champion.
     """
     x = {"text": text}
     key = text_key(text)

@@ -23,10 +23,33 @@ _NAME = re.compile(r"^snapshot-(\d{12})\.pkl$")
 class SpeedSnapshot:
     """Everything serving and a restarted speed worker need.
 
-    `offsets` holds the next offset to read in each partition of the topic: every event before
-    it is reflected in `model`, none after. `base_version` is the batch champion version whose
-    cut-off the model was re-based on (None before the first champion). `learnt_texts` are the
-    texts `model` learnt, so a restarted worker still tells first-seen texts from repeats.
+    Attributes
+    ----------
+    model
+        The speed model.
+    blender
+        The blender's learnt weights.
+    offsets
+        Partition -> the next offset to read: every event before it is reflected in `model`,
+        none after.
+    events_learnt
+        Labelled events the model learnt.
+    metrics
+        The speed layer's figures when the snapshot was taken.
+    base_version
+        The batch champion version whose cut-off the model was re-based on (None before the
+        first champion).
+    base_offsets
+        Partition -> offset of that cut-off.
+    created_at
+        When the snapshot was taken (Unix time).
+    sequence
+        Its number in the store, set by `SnapshotStore.save`.
+    learnt_texts
+        The texts `model` learnt, so a restarted worker still tells first-seen texts from
+        repeats.
+    age_s
+        Seconds since `created_at`.
     """
 
     model: Any
@@ -46,10 +69,13 @@ class SpeedSnapshot:
 
     @property
     def age_s(self) -> float:
+        """Seconds since the snapshot was taken."""
         return max(0.0, time.time() - self.created_at)
 
 
 class SnapshotStore(Protocol):
+    """Where snapshots are kept: `save` numbers them, `latest` reads the newest."""
+
     def save(self, snapshot: SpeedSnapshot) -> str: ...
 
     def latest(self) -> SpeedSnapshot | None: ...
@@ -61,6 +87,13 @@ class LocalSnapshotStore:
     """Snapshots as numbered pickle files in one folder; the highest number is the newest.
 
     Pickle runs code on load: point it only at a folder this pipeline writes.
+
+    Parameters
+    ----------
+    directory
+        The folder; created on the first save.
+    keep
+        How many of the newest snapshots to keep.
     """
 
     def __init__(self, directory: Path, keep: int = 3) -> None:
@@ -77,6 +110,7 @@ class LocalSnapshotStore:
         return self.directory / f"snapshot-{sequence:012d}.pkl"
 
     def latest_sequence(self) -> int | None:
+        """The newest snapshot's number, or None when there is none."""
         sequences = self._sequences()
         return sequences[-1] if sequences else None
 

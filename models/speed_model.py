@@ -3,8 +3,8 @@
 A River `BagOfWords | MultinomialNB` loop slows down as intents accumulate, because it scores
 every class in pure Python. `HashedTextNB` keeps the same estimator API but hashes word n-grams
 into a fixed space, stores per-class counts in a dense float32 matrix, and scores all classes
-with a single gather and matrix-vector product. The River loop it is measured against lives in
-`bench/river_baseline.py`.
+of one input or of many with one gather and one weighted sum. The River loop it is measured
+against lives in `bench/river_baseline.py`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,19 @@ import math
 import numbers
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
 from river import base
 from scipy import sparse
 
-__all__ = ["TOKEN_PATTERN", "HashedTextNB", "Query", "build_speed_model"]
+__all__ = ["SPEED_TOKEN_PATTERN", "HashedTextNB", "Query", "build_speed_model"]
 
-TOKEN_PATTERN = r"(?u)\b\w[\w\-]+\b"
-"""River's `BagOfWords` default: words of two or more characters, hyphens allowed."""
+SPEED_TOKEN_PATTERN = r"(?u)\b\w[\w\-]+\b"
+"""The speed model's default tokens, River's `BagOfWords` default: words of two or more
+characters, hyphens allowed. (The batch model has its own, `batch_model.BATCH_TOKEN_PATTERN`.)"""
 
 # Bounds for the online temperature, so a pathological stream cannot make it collapse or blow up.
 _MIN_LOG_TEMPERATURE = math.log(0.05)
@@ -33,8 +35,10 @@ _NUMERIC_SEED = 0x5BD1E995
 
 Query = Mapping[Any, Any] | str
 """A River feature dict, or the text alone."""
-# Sorted buckets, their values (None when all are 1, as for text alone), and the values' sum.
-Features = tuple[np.ndarray, np.ndarray | None, float]
+# Sorted buckets, their values (all 1 for text alone), and the values' sum.
+Features = tuple[np.ndarray, np.ndarray, float]
+# What an input without features is scored on: one bucket, of weight 0.
+_NO_FEATURES: Features = (np.zeros(1, dtype=np.int64), np.zeros(1), 0.0)
 
 
 class HashedTextNB(base.Classifier):
@@ -50,27 +54,29 @@ class HashedTextNB(base.Classifier):
     vocabulary never grows the hash space. Only buckets seen in training get a row of per-class
     counts; a new intent adds a column. Both dimensions grow geometrically, so growth is amortised.
 
-    Scoring is multinomial naive Bayes with additive smoothing `alpha`; River's default of 1
-    drowns the few words of a query, 0.1 is far more accurate here. With `idf`, each feature's
-    weight is scaled by its smoothed inverse document frequency (then rescaled to keep the total
-    weight), which down-weights words such as "what" or "my" that every intent uses. Naive Bayes
-    is overconfident, so probabilities are `softmax(log-likelihood / T)`: the temperature `T`
-    starts at `temperature` and follows the stream by one SGD step on the log loss of each
-    labelled event, at rate `temperature_lr` on `log T` (0 keeps it fixed). The temperature never
-    changes which class wins.
+    Scoring is multinomial naive Bayes with additive smoothing `alpha`. With `idf`, each
+    feature's weight is scaled by its smoothed inverse document frequency (then rescaled to keep
+    the total weight), which down-weights words such as "what" or "my" that every intent uses.
+    Naive Bayes is overconfident, so probabilities are `softmax(log-likelihood / T)`: the
+    temperature `T` starts at `temperature` and follows the stream by one SGD step on the log
+    loss of each labelled event, at rate `temperature_lr` on `log T` (0 keeps it fixed). The
+    temperature never changes which class wins.
 
-    `learn_one` right after `predict_proba_one` on the same `x` (a prequential loop) reuses that
-    prediction's work. Everything is deterministic: the same events in the same order give
-    bit-identical probabilities, including across a pickle round trip. Pickles store only the
-    non-zero counts.
+    Every prediction method computes its numbers in `predict_proba_matrix`'s vectorised code, so
+    one input scored alone or in a batch gets the same probabilities. `learn_one` right after a
+    prediction of the same `x` (a prequential loop) reuses that prediction's work. Everything is
+    deterministic: the same events in the same order give bit-identical probabilities, including
+    across a pickle round trip. Pickles store only the non-zero counts.
+
+    The defaults were tuned on CLINC150; see `bench/results/model_notes.md`.
 
     Parameters
     ----------
     alpha
-        Additive smoothing of the per-class n-gram counts.
+        Additive smoothing of the per-class n-gram counts. River's default of 1 drowns the few
+        words of a query, hence a smaller default.
     ngram_max
-        Longest word n-gram: 1 is unigrams (the default; adding bigrams scored lower on
-        CLINC150 once IDF weighting is on), 2 adds bigrams.
+        Longest word n-gram: 1 is unigrams, 2 adds bigrams.
     n_features
         Number of hash buckets. Counts take 4 bytes per seen bucket and class, plus spare
         capacity, and never more than `n_features` rows.
@@ -85,6 +91,12 @@ class HashedTextNB(base.Classifier):
     lowercase
         Lowercase text before tokenising.
 
+    Attributes
+    ----------
+    classes
+        Labels learnt so far, in order of first appearance: the order of every probability
+        array this model returns.
+
     Examples
     --------
     >>> model = HashedTextNB()
@@ -97,6 +109,9 @@ class HashedTextNB(base.Classifier):
     >>> proba = model.predict_proba_one("weather tomorrow")
     >>> max(proba, key=proba.get), round(sum(proba.values()), 6)
     ('weather', 1.0)
+    >>> classes, matrix = model.predict_proba_matrix(["weather tomorrow", "alarm at 6"])
+    >>> classes, matrix.shape, matrix[0].tolist() == list(proba.values())
+    (['alarm', 'weather'], (2, 2), True)
     """
 
     def __init__(
@@ -107,7 +122,7 @@ class HashedTextNB(base.Classifier):
         idf: bool = True,
         temperature: float = 1.0,
         temperature_lr: float = 0.01,
-        token_pattern: str = TOKEN_PATTERN,
+        token_pattern: str = SPEED_TOKEN_PATTERN,
         lowercase: bool = True,
     ) -> None:
         self.alpha = alpha
@@ -157,6 +172,16 @@ class HashedTextNB(base.Classifier):
         return list(self._labels)
 
     def learn_one(self, x: Query, y: base.typing.ClfTarget) -> None:
+        """Learn one labelled input: add its features to class `y`'s counts (a new label adds a
+        class), after one temperature step on its log loss when `y` is already known.
+
+        Parameters
+        ----------
+        x
+            A feature dict, or the text alone.
+        y
+            Its label.
+        """
         label = self._label_index.get(y)
         if label is None:
             features = self._features(x)
@@ -168,70 +193,78 @@ class HashedTextNB(base.Classifier):
             features = self._features(x)
         buckets, values, mass = features
         rows = self._rows_for(buckets)
-        self._counts[rows, label] += 1.0 if values is None else values
+        self._counts[rows, label] += values
         self._class_mass[label] += mass
         self._class_events[label] += 1.0
         self._n_learnt += 1
         self._last = None  # it was scored against the state just changed
 
     def predict_proba_one(self, x: Query, **kwargs: Any) -> dict[base.typing.ClfTarget, float]:
-        if not self._labels:
-            return {}
-        proba = self._score(x)[2]
-        return dict(zip(self._labels, proba.tolist(), strict=True))
+        """Probability of each class for one input: `predict_proba_array` as a dict.
+
+        Parameters
+        ----------
+        x
+            A feature dict, or the text alone.
+
+        Returns
+        -------
+        dict
+            Class -> probability, in the order of `classes`; empty before any learning.
+        """
+        classes, proba = self.predict_proba_array(x)
+        return dict(zip(classes, proba.tolist(), strict=True))
 
     def predict_proba_array(self, x: Query) -> tuple[tuple[base.typing.ClfTarget, ...], np.ndarray]:
-        """Classes and `predict_proba_one(x)`'s values as an array (read-only), without the dict.
+        """Classes and probabilities for one input, without building a dict.
 
-        Memoised like `predict_proba_one`, so a `learn_one(x, y)` right after reuses the work.
+        The row `predict_proba_matrix([x])` gives, memoised so that a `learn_one(x, y)` right
+        after reuses the work.
+
+        Parameters
+        ----------
+        x
+            A feature dict, or the text alone.
+
+        Returns
+        -------
+        classes : tuple
+            `classes`, as a tuple.
+        probabilities : numpy.ndarray
+            One probability per class, in that order (read-only: it is the memo).
         """
         if not self._labels:
             return (), np.zeros(0)
         return tuple(self._labels), self._score(x)[2]
 
     def predict_proba_matrix(
-        self, xs: list[Query]
+        self, xs: Sequence[Query]
     ) -> tuple[list[base.typing.ClfTarget], np.ndarray]:
-        """Classes and an (n, n_classes) matrix: row i is `predict_proba_one(xs[i])`'s values.
+        """Classes and probabilities for many inputs at once.
 
-        One gather, one sparse product and one softmax for all inputs, instead of one per
-        input. The memo used by `learn_one` is left untouched. (Not River's `predict_proba_many`,
+        One gather, one segmented sum and one softmax for all inputs, instead of one per input.
+        The memo used by `learn_one` is left untouched. (Not River's `predict_proba_many`,
         which takes and returns DataFrames.)
+
+        Parameters
+        ----------
+        xs
+            Feature dicts or texts.
+
+        Returns
+        -------
+        classes : list
+            `classes`.
+        probabilities : numpy.ndarray
+            Shape `(len(xs), len(classes))`: row i is `predict_proba_one(xs[i])`'s values.
         """
         classes = list(self._labels)
-        n, n_classes = len(xs), len(classes)
-        if not n_classes or not n:
-            return classes, np.zeros((n, n_classes))
-        features = [self._features(x) for x in xs]
-        sizes = np.fromiter((len(f[0]) for f in features), dtype=np.int64, count=n)
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(sizes, out=indptr[1:])
-        buckets = np.concatenate([f[0] for f in features])
-        values = np.concatenate([np.ones(len(f[0])) if f[1] is None else f[1] for f in features])
-        mass = np.array([f[2] for f in features])
-        counts = self._counts[self._row_of_bucket[buckets], :n_classes]
-        if self.idf:
-            doc_freq = counts.sum(axis=1, dtype=np.float64)
-            weights = values * (math.log(self._n_learnt + 1.0) + 1.0 - np.log1p(doc_freq))
-            rows = np.repeat(np.arange(n), sizes)
-            totals = np.bincount(rows, weights=weights, minlength=n)
-            scale = np.divide(mass, totals, out=np.zeros(n), where=mass != 0)
-            weights *= scale[rows]
-        else:
-            weights = values
-        log_counts = np.log1p(counts * np.float32(1.0 / self.alpha))
-        matrix = sparse.csr_array((weights, np.arange(len(buckets)), indptr), (n, len(buckets)))
-        jll = np.asarray(matrix @ log_counts, dtype=np.float64)
-        jll -= mass[:, None] * np.log(
-            self._class_mass[:n_classes] + self.alpha * (self._n_rows - 1)
-        )
-        jll += np.log(self._class_events[:n_classes])
-        z = jll / math.exp(self._log_temperature)
-        proba = np.exp(z - z.max(axis=1, keepdims=True))
-        proba /= proba.sum(axis=1, keepdims=True)
-        return classes, proba
+        if not classes or not xs:
+            return classes, np.zeros((len(xs), len(classes)))
+        return classes, self._probabilities([self._features(x) for x in xs])[1]
 
     def predict_one(self, x: Query, **kwargs: Any) -> base.typing.ClfTarget | None:
+        """The most probable class of one input, or None before any learning."""
         if not self._labels:
             return None
         return self._labels[int(np.argmax(self._score(x)[2]))]
@@ -278,34 +311,49 @@ class HashedTextNB(base.Classifier):
         if self._last is not None and self._last[0] == key:
             return self._last[1:]
         features = self._features(x)
-        z = self._joint_log_likelihood(*features) / math.exp(self._log_temperature)
-        proba = np.exp(z - z.max())
-        proba /= proba.sum()
-        self._last = (key, features, z, proba)
-        return features, z, proba
+        z, proba = self._probabilities([features])
+        self._last = (key, features, z[0], proba[0])
+        return features, z[0], proba[0]
 
-    def _joint_log_likelihood(
-        self, buckets: np.ndarray, values: np.ndarray | None, mass: float
-    ) -> np.ndarray:
-        """log P(class) + sum_f w_f log P(f | class), up to a constant shared by all classes."""
-        n_classes = len(self._labels)
+    def _probabilities(self, features: Sequence[Features]) -> tuple[np.ndarray, np.ndarray]:
+        """Tempered log-likelihoods z and softmax(z), one row per input, one column per class.
+
+        The only implementation of the scores: z is (log P(class) + sum_f w_f log P(f | class))
+        / T, up to a constant per row shared by all classes.
+        """
+        # An input without features is scored on one bucket of weight 0: every input has a row.
+        features = [f if len(f[0]) else _NO_FEATURES for f in features]
+        n, n_classes = len(features), len(self._labels)
+        buckets = np.concatenate([f[0] for f in features])
+        weights = np.concatenate([f[1] for f in features])
+        mass = np.fromiter((f[2] for f in features), dtype=np.float64, count=n)
         counts = self._counts[self._row_of_bucket[buckets], :n_classes]
-        if self.idf and mass:
+        if self.idf:
             # A text feature adds 1 to one class per event, so its row sums to its document
             # frequency; a numeric feature's row sums to its learnt weight, which stands in.
             doc_freq = counts.sum(axis=1, dtype=np.float64)
-            idf = math.log(self._n_learnt + 1.0) + 1.0 - np.log1p(doc_freq)
-            weights = idf if values is None else values * idf
-            weights *= mass / weights.sum()
-        else:
-            weights = np.ones(len(counts)) if values is None else values
-        # log(count + alpha) = log(alpha) + log1p(count / alpha), and the first term is the same
-        # for every class, so the unseen buckets' all-zero row contributes nothing.
+            weights *= math.log(self._n_learnt + 1.0) + 1.0 - np.log1p(doc_freq)
+        # Per input, the sum of w_f log(1 + count / alpha) and, in the last column, of w_f. The
+        # log alpha of log(count + alpha) is the same for every class, so it is left out, and
+        # the all-zero row of the unseen buckets adds nothing. Each input's sum covers its own
+        # rows only, so it does not depend on the other inputs scored with it.
+        terms = np.empty((len(buckets), n_classes + 1))
         log_counts = np.log1p(counts * np.float32(1.0 / self.alpha))
-        jll = weights @ log_counts
-        jll -= mass * np.log(self._class_mass[:n_classes] + self.alpha * (self._n_rows - 1))
+        np.multiply(log_counts, weights[:, None], out=terms[:, :-1])
+        terms[:, -1] = weights
+        starts = list(accumulate((len(f[0]) for f in features[:-1]), initial=0))
+        sums = np.add.reduceat(terms, starts, axis=0)
+        jll = sums[:, :-1]
+        if self.idf:  # rescale the IDF-weighted features to the input's total weight
+            jll *= np.divide(mass, sums[:, -1], out=np.zeros(n), where=mass != 0)[:, None]
+        jll -= mass[:, None] * np.log(
+            self._class_mass[:n_classes] + self.alpha * (self._n_rows - 1)
+        )
         jll += np.log(self._class_events[:n_classes])
-        return jll
+        z = jll / math.exp(self._log_temperature)
+        proba = np.exp(z - z.max(axis=1, keepdims=True))
+        proba /= proba.sum(axis=1, keepdims=True)
+        return z, proba
 
     def _step_temperature(self, z: np.ndarray, proba: np.ndarray, label: int) -> None:
         """One SGD step on log T of the log loss -log softmax(z)[label], where z = jll / T."""
@@ -365,7 +413,7 @@ def _binary_features(buckets: set[int]) -> Features:
     """Features of a text alone: each bucket present once."""
     keys = np.fromiter(buckets, dtype=np.int64, count=len(buckets))
     keys.sort()
-    return keys, None, float(len(keys))
+    return keys, np.ones(len(keys)), float(len(keys))
 
 
 def _grow(array: np.ndarray, *shape: int) -> np.ndarray:
@@ -376,9 +424,20 @@ def _grow(array: np.ndarray, *shape: int) -> np.ndarray:
 
 
 def build_speed_model(**params: Any) -> HashedTextNB:
-    """Build the speed layer's model: `HashedTextNB` with its defaults, which the benchmark
-    tuned on CLINC150, overridden by `params`.
+    """Build the speed layer's model.
 
+    Parameters
+    ----------
+    **params
+        `HashedTextNB` parameters to override; the others keep the defaults tuned on CLINC150.
+
+    Returns
+    -------
+    HashedTextNB
+        The model, unfitted.
+
+    Examples
+    --------
     >>> build_speed_model(alpha=0.5)
     HashedTextNB (
       alpha=0.5

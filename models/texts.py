@@ -57,8 +57,15 @@ class TextMemory:
     """The set of normalised texts a model has trained on.
 
     A frozen part (a sorted key array: 8 bytes a text, as a champion's training texts are
-    shipped) plus texts added since (as the speed model learns).
+    shipped) plus texts added since (as the speed model learns). Pickles hold the keys only.
 
+    Parameters
+    ----------
+    keys
+        `text_keys` of the texts to start from, in any order, repeats allowed.
+
+    Examples
+    --------
     >>> memory = TextMemory.of(["set an alarm"])
     >>> memory.add("what is the weather")
     >>> "Set an  alarm" in memory, "what is the weather" in memory, "play jazz" in memory
@@ -73,12 +80,14 @@ class TextMemory:
 
     @classmethod
     def of(cls, texts: Iterable[str]) -> "TextMemory":
+        """The memory of `texts`."""
         return cls(text_keys(texts))
 
     def __contains__(self, text: object) -> bool:
         return isinstance(text, str) and self.contains_key(text_key(text))
 
     def contains_key(self, key: int) -> bool:
+        """Whether the text of `key` (`text_key`) is in the memory."""
         if key in self._added:
             return True
         at = int(np.searchsorted(self._frozen, np.uint64(key)))
@@ -100,9 +109,11 @@ class TextMemory:
         return found
 
     def add(self, text: str) -> None:
+        """Remember `text`."""
         self.add_key(text_key(text))
 
     def add_key(self, key: int) -> None:
+        """Remember the text of `key` (`text_key`)."""
         if not self.contains_key(key):
             self._added.add(key)
 

@@ -252,74 +252,111 @@ def _counts(scores: ViewScores) -> dict[str, dict[str, list[int]]]:
     return {view: of(getattr(scores, view)) for view in VIEWS}
 
 
-def run_evaluation(
-    plan: EvaluationPlan, advance: Callable[[int], None] = lambda n: None
-) -> EvaluationResult:
-    """Replay `plan` prequentially; `advance(n)` is called as events are processed."""
+def _stream(plan: EvaluationPlan) -> tuple[list[_Event], Scenario, int]:
+    """The events to replay, probes inserted, with their scenario and the number of probes."""
     dataset = load_dataset(plan.replay.data, plan.replay.splits)
     replayed, probes = _split_probes(dataset.examples, plan.probe_fraction, plan.replay.seed)
     scenario: Scenario = scenario_for(plan.replay, len(replayed))
     events = _with_probes(list(replay(replayed, scenario)), probes, scenario, plan.replay.seed)
+    return events, scenario, len(probes)
+
+
+def _scenario_facts(plan: EvaluationPlan, scenario: Scenario, probes: int) -> dict:
+    """What the result records about the replay, so a report says what it measured."""
+    return {
+        "name": scenario.name,
+        "length": scenario.length,
+        "seed": scenario.seed,
+        "late_intents": sorted(scenario.late_intents),
+        "data": str(plan.replay.data),
+        "tail_fraction": plan.replay.tail_fraction,
+        "probe_fraction": plan.probe_fraction,
+        "probes": probes,
+        "window": plan.window,
+    }
+
+
+class _Tally:
+    """The scores of the window being replayed, from its start; `close` turns them into a
+    `Window` and opens the next, so no count runs across windows."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._open(0)
+
+    def _open(self, start: int) -> None:
+        self.start = start
+        self.synthetic = 0
+        self.scores = ViewScores.with_window(self.size)
+        self.probe_scores = ViewScores.with_window(self.size)
+
+    def close(self, end: int, phase: str, batch_version: int) -> Window:
+        window = Window(
+            start=self.start,
+            end=end,
+            phase=phase,
+            batch_version=batch_version,
+            labelled=self.scores.blend.seen,
+            synthetic=self.synthetic,
+            counts=_counts(self.scores),
+            probes={v: groups["all"] for v, groups in _counts(self.probe_scores).items()},
+        )
+        self._open(end)
+        return window
+
+
+def _replay_chunk(
+    views: _Views, chunk: list[_Event], tally: _Tally, history: list[tuple[str, str]]
+) -> None:
+    """Predict every labelled event of `chunk` with all three views before any learns from it.
+
+    Probes are scored apart and never learnt; every other labelled event joins `history`, the
+    batch model's training data at its next retrain.
+    """
+    answers = views.batch_answers([event.item.example.text for event in chunk])
+    for event, batch in zip(chunk, answers, strict=True):
+        if not event.item.labelled:
+            continue
+        text, intent = event.item.example.text, event.item.example.intent
+        prequential_step(
+            views.speed,
+            views.blender,
+            tally.probe_scores if event.probe else tally.scores,
+            text,
+            intent,
+            batch,
+            speed_texts=views.speed_texts,
+            batch_texts=views.batch.training_texts if views.batch else None,
+            learn=not event.probe,
+        )
+        if not event.probe:
+            history.append((text, intent))
+            tally.synthetic += event.item.synthetic
+
+
+def run_evaluation(
+    plan: EvaluationPlan, advance: Callable[[int], None] = lambda n: None
+) -> EvaluationResult:
+    """Replay `plan` prequentially; `advance(n)` is called as events are processed."""
+    events, scenario, probes = _stream(plan)
     retrains = sorted(r for r in plan.retrain_at if 0 < r < len(events))
     result = EvaluationResult(
-        scenario={
-            "name": scenario.name,
-            "length": scenario.length,
-            "seed": scenario.seed,
-            "late_intents": sorted(scenario.late_intents),
-            "data": str(plan.replay.data),
-            "tail_fraction": plan.replay.tail_fraction,
-            "probe_fraction": plan.probe_fraction,
-            "probes": len(probes),
-            "window": plan.window,
-        },
+        scenario=_scenario_facts(plan, scenario, probes),
         drift_at=scenario.drift_at,
         retrain_at=retrains,
     )
     views = _Views()
     history: list[tuple[str, str]] = []
     boundaries = sorted(set(retrains) | set(range(0, len(events), plan.window)) | {len(events)})
-    scores, probe_scores = ViewScores.with_window(plan.window), ViewScores.with_window(plan.window)
-    window_start, synthetic = 0, 0
+    tally = _Tally(plan.window)
     for start, end in zip(boundaries, boundaries[1:], strict=False):
         if start in retrains:
             views.retrain(history)
         chunk = events[start:end]
-        answers = views.batch_answers([event.item.example.text for event in chunk])
-        for event, batch in zip(chunk, answers, strict=True):
-            if not event.item.labelled:
-                continue
-            text, intent = event.item.example.text, event.item.example.intent
-            prequential_step(
-                views.speed,
-                views.blender,
-                probe_scores if event.probe else scores,
-                text,
-                intent,
-                batch,
-                speed_texts=views.speed_texts,
-                batch_texts=views.batch.training_texts if views.batch else None,
-                learn=not event.probe,
-            )
-            if not event.probe:
-                history.append((text, intent))
-                synthetic += event.item.synthetic
+        _replay_chunk(views, chunk, tally, history)
         advance(len(chunk))
         if end % plan.window == 0 or end == len(events):
-            result.windows.append(
-                Window(
-                    start=window_start,
-                    end=end,
-                    phase=_phase(window_start, scenario.drift_at, retrains),
-                    batch_version=views.version,
-                    labelled=scores.blend.seen,
-                    synthetic=synthetic,
-                    counts=_counts(scores),
-                    probes={v: groups["all"] for v, groups in _counts(probe_scores).items()},
-                )
-            )
-            scores = ViewScores.with_window(plan.window)
-            probe_scores = ViewScores.with_window(plan.window)
-            window_start, synthetic = end, 0
+            phase = _phase(tally.start, scenario.drift_at, retrains)
+            result.windows.append(tally.close(end, phase, views.version))
     result.summary = _summarise(result.windows)
     return result

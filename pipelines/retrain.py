@@ -14,15 +14,18 @@ import inspect
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version as installed_version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from mlflow import MlflowClient
 
 from common.settings import BatchSettings, MlflowSettings
@@ -70,6 +73,11 @@ class HistorySplit:
     keys: np.ndarray  # `models.texts.text_key` of each training text
     holdout_keys: np.ndarray
 
+    @property
+    def holdout(self) -> tuple[list[str], list[str], np.ndarray]:
+        """(texts, intents, weights) of the holdout, as `score_holdout` takes them."""
+        return self.holdout_texts, self.holdout_intents, self.holdout_weights
+
 
 @dataclass
 class RetrainResult:
@@ -86,12 +94,14 @@ class RetrainResult:
 
 @dataclass(frozen=True)
 class HoldoutEvaluation:
-    """This run's model and the champion on the holdout, as the run records them."""
+    """This run's model and the champion on the holdout, and the gate's verdict, as the run
+    records them."""
 
     predicted: list[str]
     scores: HoldoutScores
     champion_scores: HoldoutScores | None
     champion_version: str | None
+    verdict: Verdict
 
 
 def _content_hash(paths: list[str], cutoff: dict[int, int]) -> str:
@@ -109,6 +119,24 @@ def _row_ids(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     return (partition << 40) | table["offset"].to_numpy()
 
 
+def _repeated_row_ids(events: pa.Table) -> np.ndarray:
+    """The row ids (`_row_ids`) of events whose query id came before: `events` sorted by
+    (partition, offset), so the first of each query id is the one kept."""
+    repeated = pd.Series(events["query_id"].to_numpy(zero_copy_only=False)).duplicated()
+    return _row_ids(events)[repeated.to_numpy()]
+
+
+def _first_of_each_query(
+    dataset: ds.Dataset, labelled: pc.Expression, dropped: np.ndarray
+) -> Iterator[pa.RecordBatch]:
+    """The (text, intent) rows of the labelled events, in batches and without the `dropped`
+    repeats, so the history is never read whole into memory."""
+    for batch in dataset.to_batches(columns=["text", "intent", *KEY_COLUMNS[2:]], filter=labelled):
+        keep = ~np.isin(_row_ids(batch), dropped) if len(dropped) else None
+        rows = batch.select(["text", "intent"])
+        yield rows if keep is None else rows.filter(pa.array(keep))
+
+
 def read_history_split(
     master_dir: Path, cutoff: dict[int, int], holdout_fraction: float
 ) -> HistorySplit:
@@ -123,18 +151,8 @@ def read_history_split(
     if events.num_rows == 0:
         raise NoData(f"no labelled events archived in {master_dir} up to {cutoff}")
     events = events.sort_by([("partition", "ascending"), ("offset", "ascending")])
-    repeated = pd.Series(events["query_id"].to_numpy(zero_copy_only=False)).duplicated()
-    dropped = _row_ids(events)[repeated.to_numpy()]
-
-    def kept_batches():
-        for batch in dataset.to_batches(
-            columns=["text", "intent", *KEY_COLUMNS[2:]], filter=labelled
-        ):
-            keep = ~np.isin(_row_ids(batch), dropped) if len(dropped) else None
-            rows = batch.select(["text", "intent"])
-            yield rows if keep is None else rows.filter(pa.array(keep))
-
-    texts, intents, weights = count_examples(kept_batches())
+    dropped = _repeated_row_ids(events)
+    texts, intents, weights = count_examples(_first_of_each_query(dataset, labelled, dropped))
     keys = text_keys(texts)
     holdout = in_holdout(keys, holdout_fraction)
     train, held = np.flatnonzero(~holdout), np.flatnonzero(holdout)
@@ -186,8 +204,7 @@ def _gate(
     """
     if champion is None:
         return first_version(scores.first_seen_accuracy, batch.min_accuracy), None
-    holdout = (split.holdout_texts, split.holdout_intents, split.holdout_weights)
-    champion_scores, _, champion_right = score_holdout(champion.estimator, *holdout)
+    champion_scores, _, champion_right = score_holdout(champion.estimator, *split.holdout)
     fresh = np.ones(len(split.holdout_texts), dtype=bool)
     if champion.training_texts is not None:
         fresh = ~champion.training_texts.contains_keys(split.holdout_keys)
@@ -201,13 +218,14 @@ class NothingNew(RuntimeError):
     register the same model again."""
 
 
-def _nothing_new_since(client: MlflowClient, name: str, cutoff: dict[int, int]) -> str | None:
-    """Which registered version (champion or challenger) already covers exactly `cutoff`."""
+def _refuse_if_nothing_new(client: MlflowClient, name: str, cutoff: dict[int, int]) -> None:
+    """Raise `NothingNew` if a registered version (champion or challenger) already covers
+    exactly `cutoff`: registering again would only repeat it."""
     for alias in (CHAMPION, CHALLENGER):
         info = fetch_alias(client, name, alias)
         if info is not None and info.cutoff_offsets == cutoff:
-            return f"{alias} version {info.version}"
-    return None
+            covered = f"{alias} version {info.version}"
+            raise NothingNew(f"nothing archived since the cut-off of {covered}: nothing registered")
 
 
 def retrain(
@@ -226,59 +244,26 @@ def retrain(
     that the promotion gate holds. `on_stage` hears "read", "fit", "evaluate" and "log" as each
     stage begins (progress for people, and a place for tests to break things).
     """
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    on_stage("read")
-    client = tracking_client(tracking)
-    cutoff = archived_positions(batch.master_dir)
-    covered = _nothing_new_since(client, tracking.registered_model, cutoff)
-    if covered is not None:
-        raise NothingNew(f"nothing archived since the cut-off of {covered}: nothing registered")
-    split = read_history_split(batch.master_dir, cutoff, batch.holdout_fraction)
-    if int(split.weights.sum()) < batch.min_train_events:
-        found = int(split.weights.sum())
-        raise NoData(f"only {found} labelled training events; need {batch.min_train_events}")
-    intents = split.intents
-    if label_shuffle_seed is not None:
-        intents = list(np.random.default_rng(label_shuffle_seed).permutation(np.asarray(intents)))
-    seconds["read"] = time.perf_counter() - started
-
-    on_stage("fit")
-    mark = time.perf_counter()
-    model = build_batch_model(**(model_params or {}))
-    fit_on_counts(model, split.texts, intents, split.weights)
-    seconds["fit"] = time.perf_counter() - mark
-    split = replace(split, lineage=split.lineage | {"vocabulary_size": str(vocabulary_size(model))})
-
-    on_stage("evaluate")
-    mark = time.perf_counter()
-    holdout = (split.holdout_texts, split.holdout_intents, split.holdout_weights)
-    scores, predicted, right = score_holdout(model, *holdout)
-    champion = _current_champion(client, tracking.registered_model)
-    verdict, champion_scores = _gate(split, scores, right, champion, batch)
-    seconds["evaluate"] = time.perf_counter() - mark
-
-    on_stage("log")
-    mark = time.perf_counter()
-    run_id, version = _log_run(
-        client,
-        tracking,
-        batch,
-        split,
-        model,
-        HoldoutEvaluation(
-            predicted, scores, champion_scores, champion.info.version if champion else None
-        ),
-        verdict,
-        topic,
-        model_params,
-        label_shuffle_seed,
-    )
-    _tag_version(client, tracking.registered_model, version, cutoff, topic, split, scores)
-    alias = CHAMPION if verdict.promote else CHALLENGER
-    client.set_registered_model_alias(tracking.registered_model, alias, version)
-    seconds["mlflow"] = time.perf_counter() - mark
-    seconds["total"] = time.perf_counter() - started
+    stages = _Stages(on_stage)
+    name = tracking.registered_model
+    asked = _Request(batch, topic, model_params, label_shuffle_seed)
+    with stages.run("read"):
+        client = tracking_client(tracking)
+        cutoff = archived_positions(batch.master_dir)
+        _refuse_if_nothing_new(client, name, cutoff)
+        split = _read_training_history(batch, cutoff)
+        intents = _training_intents(split, label_shuffle_seed)
+    with stages.run("fit"):
+        model, split = _fit(split, intents, model_params)
+    with stages.run("evaluate"):
+        scores, predicted, right = score_holdout(model, *split.holdout)
+        champion = _current_champion(client, name)
+        verdict, champion_scores = _gate(split, scores, right, champion, batch)
+        compared = champion.info.version if champion else None
+        evaluation = HoldoutEvaluation(predicted, scores, champion_scores, compared, verdict)
+    with stages.run("log", timed_as="mlflow"):
+        run_id, version = _log_run(client, tracking, split, model, evaluation, asked)
+        alias = _register(client, name, version, cutoff, topic, split, evaluation)
     log.info("version %s (%s): %s", version, alias, verdict.reason)
     return RetrainResult(
         run_id,
@@ -288,33 +273,120 @@ def retrain(
         scores,
         champion_scores,
         split.lineage,
-        seconds,
+        stages.seconds_with_total(),
         verdict,
     )
 
 
+class _Stages:
+    """Announces each stage of a run to `on_stage` and times it, so `retrain` reads as its
+    recipe and not as a stopwatch."""
+
+    def __init__(self, on_stage: Callable[[str], None]) -> None:
+        self.on_stage = on_stage
+        self.seconds: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def run(self, stage: str, timed_as: str | None = None) -> Iterator[None]:
+        """Announce `stage`, then time it into `seconds` (under `timed_as`, if given)."""
+        self.on_stage(stage)
+        mark = time.perf_counter()
+        yield
+        self.seconds[timed_as or stage] = time.perf_counter() - mark
+
+    def seconds_with_total(self) -> dict[str, float]:
+        """Each stage's seconds and the whole run's, under "total"."""
+        return self.seconds | {"total": time.perf_counter() - self._started}
+
+
+def _read_training_history(batch: BatchSettings, cutoff: dict[int, int]) -> HistorySplit:
+    """The history split up to `cutoff`; raises `NoData` if it has fewer training events than
+    `batch.min_train_events`, too few to train on."""
+    split = read_history_split(batch.master_dir, cutoff, batch.holdout_fraction)
+    found = int(split.weights.sum())
+    if found < batch.min_train_events:
+        raise NoData(f"only {found} labelled training events; need {batch.min_train_events}")
+    return split
+
+
+def _training_intents(split: HistorySplit, label_shuffle_seed: int | None) -> list[str]:
+    """The labels to train on: the split's own, or shuffled with `label_shuffle_seed` to make
+    the deliberately broken model that shows the gate holds."""
+    if label_shuffle_seed is None:
+        return split.intents
+    return list(np.random.default_rng(label_shuffle_seed).permutation(np.asarray(split.intents)))
+
+
+def _fit(
+    split: HistorySplit, intents: list[str], model_params: dict | None
+) -> tuple[Any, HistorySplit]:
+    """The batch model fitted on the split's training counts, and the split with the model's
+    vocabulary size added to its lineage (it goes on the run with the rest)."""
+    model = build_batch_model(**(model_params or {}))
+    fit_on_counts(model, split.texts, intents, split.weights)
+    vocabulary = {"vocabulary_size": str(vocabulary_size(model))}
+    return model, replace(split, lineage=split.lineage | vocabulary)
+
+
+def _register(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    cutoff: dict[int, int],
+    topic: str,
+    split: HistorySplit,
+    evaluation: HoldoutEvaluation,
+) -> str:
+    """Tag the new version and give it its alias: `champion` if it passed the gate, else
+    `challenger`; returns the alias. Serving and the speed layer follow `champion`."""
+    _tag_version(client, name, version, cutoff, topic, split, evaluation.scores)
+    alias = CHAMPION if evaluation.verdict.promote else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    return alias
+
+
 def _current_champion(client: MlflowClient, name: str) -> ChampionModel | None:
+    """The registry's champion, loaded with its training texts (the gate leaves those out of
+    the comparison), or None before the first one."""
     info: ChampionInfo | None = fetch_champion(client, name)
     return load_champion(info, with_training_texts=True) if info else None
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What one `retrain` call asked for, as its run records it."""
+
+    batch: BatchSettings
+    topic: str
+    model_params: dict | None
+    label_shuffle_seed: int | None
+
+    def params(self) -> dict:
+        """The run's parameters: the holdout fraction, the label shuffle seed, the gate's rules
+        and the batch model's factory arguments as used."""
+        rules = GateRules.of(self.batch)
+        return (
+            {
+                "holdout_fraction": self.batch.holdout_fraction,
+                "label_shuffle_seed": self.label_shuffle_seed,
+            }
+            | {f"gate.{k}": v for k, v in asdict(rules).items()}
+            | {f"model.{k}": v for k, v in _factory_params(self.model_params).items()}
+        )
 
 
 def _log_run(
     client: MlflowClient,
     tracking: MlflowSettings,
-    batch: BatchSettings,
     split: HistorySplit,
     model,
     evaluation: HoldoutEvaluation,
-    verdict: Verdict,
-    topic: str,
-    model_params: dict | None,
-    label_shuffle_seed: int | None,
+    asked: _Request,
 ) -> tuple[str, str]:
     """One MLflow run with lineage, parameters, scores, the gate's figures, the report
     artifacts, the training texts' keys and the registered model; returns (run id, version)."""
     import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
 
     with (
         fluent_mlflow(tracking.uri),
@@ -322,40 +394,51 @@ def _log_run(
             experiment_id=experiment_id(client, tracking.experiment), run_name="batch-retrain"
         ) as run,
     ):
-        mlflow.set_tags({f"lineage.{k}": v for k, v in split.lineage.items()} | {"topic": topic})
-        rules = GateRules.of(batch)
-        mlflow.log_params(
-            {"holdout_fraction": batch.holdout_fraction, "label_shuffle_seed": label_shuffle_seed}
-            | {f"gate.{k}": v for k, v in asdict(rules).items()}
-            | {f"model.{k}": v for k, v in _factory_params(model_params).items()}
-        )
+        lineage = {f"lineage.{k}": v for k, v in split.lineage.items()}
+        mlflow.set_tags(lineage | {"topic": asked.topic})
+        mlflow.log_params(asked.params())
+        verdict = evaluation.verdict
         mlflow.log_metrics(evaluation.scores.as_metrics("holdout_") | verdict.as_metrics())
         if evaluation.champion_scores and evaluation.champion_version:
             mlflow.log_metrics(evaluation.champion_scores.as_metrics("champion_holdout_"))
             mlflow.set_tag("compared_with_version", evaluation.champion_version)
-        with tempfile.TemporaryDirectory() as folder:
-            reports = write_report_artifacts(
-                Path(folder), split.holdout_intents, evaluation.predicted
-            )
-            for path in reports:
-                mlflow.log_artifact(str(path), artifact_path="report")
-            keys_path = Path(folder) / Path(TRAINING_TEXTS_ARTIFACT).name
-            np.save(keys_path, np.unique(split.keys))
-            artifact_folder = str(Path(TRAINING_TEXTS_ARTIFACT).parent)
-            mlflow.log_artifact(str(keys_path), artifact_path=artifact_folder)
-        example = split.holdout_texts[:3] or split.texts[:3]
-        logged = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model.predict_proba(example)),
-            input_example=example,
-            pip_requirements=PIP_REQUIREMENTS,
-            registered_model_name=tracking.registered_model,
-            serialization_format="cloudpickle",  # skops refuses the project's own estimators
-        )
+        _log_artifacts(split, evaluation.predicted)
+        version = _log_model(model, split, tracking.registered_model)
         outcome = "champion" if verdict.promote else "challenger"
         mlflow.set_tag("promotion", f"{outcome}: {verdict.reason}")
-        return run.info.run_id, str(logged.registered_model_version)
+        return run.info.run_id, version
+
+
+def _log_artifacts(split: HistorySplit, predicted: list[str]) -> None:
+    """The holdout report and the training texts' keys, on the active run: the keys let the
+    next run leave the texts this version trained on out of its comparison."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        for path in write_report_artifacts(Path(folder), split.holdout_intents, predicted):
+            mlflow.log_artifact(str(path), artifact_path="report")
+        keys_path = Path(folder) / Path(TRAINING_TEXTS_ARTIFACT).name
+        np.save(keys_path, np.unique(split.keys))
+        artifact_folder = str(Path(TRAINING_TEXTS_ARTIFACT).parent)
+        mlflow.log_artifact(str(keys_path), artifact_path=artifact_folder)
+
+
+def _log_model(model, split: HistorySplit, registered_model: str) -> str:
+    """The model on the active run, registered under `registered_model`; returns the version."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    example = split.holdout_texts[:3] or split.texts[:3]
+    logged = mlflow.sklearn.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, model.predict_proba(example)),
+        input_example=example,
+        pip_requirements=PIP_REQUIREMENTS,
+        registered_model_name=registered_model,
+        serialization_format="cloudpickle",  # skops refuses the project's own estimators
+    )
+    return str(logged.registered_model_version)
 
 
 def _tag_version(

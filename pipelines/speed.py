@@ -9,13 +9,11 @@ champion's cut-off (Kappa-style reprocessing) and the layer goes on live.
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Event
 
-import numpy as np
-from river import base, drift
+from river import base
 
 from common.settings import SpeedSettings
 from models.blend import HedgeBlender
@@ -24,8 +22,8 @@ from models.registry import ChampionModel
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
 from models.texts import TextMemory
-from pipelines.signals import raise_drift_signal
-from streams.consumer import MAX_POLL_RECORDS, Consumed, EventReader
+from pipelines.speed_loop import DriftWatch, SnapshotSchedule, SpeedReport
+from streams.consumer import Consumed, EventReader
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,6 @@ class SpeedState:
     base_version: str | None = None
     base_offsets: dict[int, int] = field(default_factory=dict)
     scores: ViewScores = field(default_factory=lambda: ViewScores.with_window(1000))
-    drift_detections: int = 0
     learnt_texts: TextMemory = field(default_factory=TextMemory)
 
     @classmethod
@@ -70,14 +67,13 @@ class SpeedState:
         return state
 
     def metrics(self) -> dict[str, float]:
-        batch_weight, speed_weight = self.blender.weights
+        batch_weight, speed_weight = self.blender.layer_weights
         figures = {
             "events_learnt": float(self.events_learnt),
             "unlabelled_seen": float(self.unlabelled_seen),
             "batch_weight": batch_weight,
             "speed_weight": speed_weight,
             "batch_weight_on_batch_trained_texts": self.blender.weights_for(batch_seen=True)[0],
-            "drift_detections": float(self.drift_detections),
         }
         return figures | self.scores.figures()
 
@@ -85,9 +81,34 @@ class SpeedState:
 class SpeedLayer:
     """The prequential loop over an `EventReader`, with snapshots and champion re-basing.
 
-    `champion_source` returns the current champion (loaded), or None; it is called on every
-    poll, so it must be cheap (see `pipelines.jobs.ChampionPoller`). `build_model` makes the
-    fresh speed model of a start or a re-base.
+    The loop only orders the work; its collaborators decide when to snapshot
+    (`SnapshotSchedule`), watch the champion's error (`DriftWatch`) and report
+    (`SpeedReport`), so each can be changed and tested alone.
+
+    Parameters
+    ----------
+    reader
+        The stream, positioned by the layer (from the newest snapshot, if any).
+    store
+        Where snapshots are saved and the newest is read back on start.
+    settings
+        The scoring window and the snapshot, report and drift-signal settings.
+    current_champion
+        Returns the current champion (loaded), or None; called on every poll, so it must be
+        cheap (see `models.champion_watch.ChampionWatch.loaded`).
+    report
+        Called as `report(metrics, step)` every `settings.metrics_every_s` seconds.
+    build_model
+        Makes the fresh speed model of a start or a re-base.
+
+    Attributes
+    ----------
+    state
+        The model, blender, counts and scores a snapshot captures.
+    champion
+        The champion the layer predicts with now, or None.
+    schedule, drift, reporter
+        The collaborators above.
     """
 
     def __init__(
@@ -95,7 +116,7 @@ class SpeedLayer:
         reader: EventReader,
         store: SnapshotStore,
         settings: SpeedSettings,
-        champion_source: Callable[[], ChampionModel | None] = lambda: None,
+        current_champion: Callable[[], ChampionModel | None] = lambda: None,
         report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
         build_model: Callable[[], base.Classifier] = build_speed_model,
     ) -> None:
@@ -103,13 +124,8 @@ class SpeedLayer:
         self.reader = reader
         self.store = store
         self.settings = settings
-        self.champion_source = champion_source
-        self.report = report
+        self.current_champion = current_champion
         self.champion: ChampionModel | None = None
-        self.detector = drift.ADWIN()
-        # Freshness of the most recent events only: kept for ever it grew by every event.
-        self.freshness_s: deque[float] = deque(maxlen=settings.freshness_window)
-        self._pending_ts: list[float] = []
         snapshot = store.latest()
         if snapshot is None:
             self.state = SpeedState.fresh(settings.window, build_model=build_model)
@@ -117,11 +133,10 @@ class SpeedLayer:
             self.state = SpeedState.from_snapshot(snapshot, settings.window)
             reader.seek(snapshot.offsets)
             log.info("resumed from snapshot %s at %s", snapshot.sequence, snapshot.offsets)
-        self._saved_offsets = dict(reader.positions)
-        self._last_snapshot_at = time.monotonic()
-        self._events_at_snapshot = self.state.events_learnt
-        self._events_at_report = self.state.events_learnt
-        self._last_report_at = time.monotonic()
+        learnt = self.state.events_learnt
+        self.schedule = SnapshotSchedule(settings, learnt, reader.positions)
+        self.drift = DriftWatch(settings.signal_dir)
+        self.reporter = SpeedReport(settings, report, learnt)
 
     def rebase(self, offsets: dict[int, int], base_version: str | None) -> None:
         """Start a fresh model from `offsets` and replay forward from there."""
@@ -129,13 +144,14 @@ class SpeedLayer:
         self.state = SpeedState.fresh(
             self.settings.window, base_version, offsets, build_model=self.build_model
         )
-        self.detector = drift.ADWIN()  # a new champion's error starts a new history
+        self.drift = DriftWatch(self.settings.signal_dir)  # a new champion's error starts anew
         self.reader.seek(offsets)
-        self._pending_ts.clear()
-        self._events_at_snapshot = self._events_at_report = 0  # the count starts again
+        self.schedule.restart_count()
+        self.reporter.restart_count()
 
-    def _check_champion(self) -> None:
-        champion = self.champion_source()
+    def _follow_champion(self) -> None:
+        """Take up a new champion, re-basing on its cut-off unless the model is based on it."""
+        champion = self.current_champion()
         if champion is None or champion is self.champion:
             return
         self.champion = champion
@@ -167,26 +183,13 @@ class SpeedLayer:
                 batch_texts=champion.training_texts if champion else None,
             )
             if batch_right is not None:
-                self._watch_drift(float(not batch_right))
+                self.drift.update(float(not batch_right), state.events_learnt)
             state.events_learnt += 1
-            self._pending_ts.append(item.event.ts.timestamp())
+            self.reporter.learnt(item.event.ts.timestamp())
 
-    def _watch_drift(self, error: float) -> None:
-        """Watch the champion's prequential error, since that is what a retrain fixes; signal
-        only a rise (a falling error rate is good news, not a reason to retrain)."""
-        before = self.detector.estimation
-        self.detector.update(error)
-        if self.detector.drift_detected and self.detector.estimation > before:
-            self.state.drift_detections += 1
-            log.warning(
-                "drift: error rate rose to %.3f after %d events",
-                self.detector.estimation,
-                self.state.events_learnt,
-            )
-            raise_drift_signal(
-                self.settings.signal_dir,
-                {"events_learnt": self.state.events_learnt, "error_rate": self.detector.estimation},
-            )
+    def metrics(self) -> dict[str, float]:
+        """The state's figures with the drift detections since the start or last re-base."""
+        return self.state.metrics() | {"drift_detections": float(self.drift.detections)}
 
     def snapshot_of_state(self) -> SpeedSnapshot:
         """The current state as a snapshot, positioned after the last event handed out."""
@@ -195,81 +198,47 @@ class SpeedLayer:
             blender=self.state.blender,
             offsets=dict(self.reader.positions),
             events_learnt=self.state.events_learnt,
-            metrics=self.state.metrics(),
+            metrics=self.metrics(),
             base_version=self.state.base_version,
             base_offsets=self.state.base_offsets,
             learnt_texts=self.state.learnt_texts,
         )
 
-    def snapshot(self) -> SpeedSnapshot:
-        """Make progress durable: dead letters first, then the snapshot, then the commit."""
+    def make_progress_durable(self) -> SpeedSnapshot:
+        """Dead letters first, then the snapshot, then the commit: each is durable before the
+        next step claims it, so a crash between steps loses or repeats no event."""
         self.reader.flush_dead_letters()
         snapshot = self.snapshot_of_state()
         self.store.save(snapshot)
-        now = time.time()
-        self.freshness_s.extend(now - ts for ts in self._pending_ts)
-        self._pending_ts.clear()
+        self.reporter.made_durable()
         self.reader.commit(snapshot.offsets)
-        self._saved_offsets = snapshot.offsets
-        self._last_snapshot_at = time.monotonic()
-        self._events_at_snapshot = self.state.events_learnt
+        self.schedule.taken(self.state.events_learnt, snapshot.offsets)
         return snapshot
-
-    def _records_to_snapshot(self) -> int:
-        """Poll no further than the next snapshot, so snapshots come every N events, not every
-        N rounded up to a whole poll."""
-        learnt_since = self.state.events_learnt - self._events_at_snapshot
-        return max(1, min(MAX_POLL_RECORDS, self.settings.snapshot_every_events - learnt_since))
-
-    def _snapshot_due(self) -> bool:
-        if self.reader.positions == self._saved_offsets:
-            return False
-        events = self.state.events_learnt - self._events_at_snapshot
-        elapsed = time.monotonic() - self._last_snapshot_at
-        return (
-            events >= self.settings.snapshot_every_events
-            or elapsed >= self.settings.snapshot_every_s
-        )
 
     def run(
         self, stop: Event, idle_exit_s: float | None = None, max_events: int | None = None
     ) -> None:
         """Loop until `stop` is set, the stream has been idle for `idle_exit_s`, or
-        `max_events` have been learnt; always ends with a snapshot."""
+        `max_events` have been learnt; always ends with its progress durable and a report."""
         idle_since = time.monotonic()
         while not stop.is_set():
-            self._check_champion()
-            consumed = self.reader.poll(timeout_ms=200, max_records=self._records_to_snapshot())
+            self._follow_champion()
+            most = self.schedule.records_to_poll(self.state.events_learnt)
+            consumed = self.reader.poll(timeout_ms=200, max_records=most)
             if consumed:
                 idle_since = time.monotonic()
                 self.learn(consumed)
             elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
-            if self._snapshot_due():
-                self.snapshot()
-            self._maybe_report()
+            if self.schedule.due(self.state.events_learnt, self.reader.positions):
+                self.make_progress_durable()
+            self._report(force=False)
             if max_events is not None and self.state.events_learnt >= max_events:
                 break
-        if self.reader.positions != self._saved_offsets:
-            self.snapshot()
-        self._maybe_report(force=True)
+        if self.schedule.unsaved(self.reader.positions):
+            self.make_progress_durable()
+        self._report(force=True)
 
-    def _maybe_report(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self._last_report_at < self.settings.metrics_every_s:
-            return
-        elapsed = time.monotonic() - self._last_report_at
-        self._last_report_at = time.monotonic()
-        metrics = self.state.metrics()
-        metrics["events_per_s"] = (self.state.events_learnt - self._events_at_report) / max(
-            elapsed, 1e-9
-        )
-        self._events_at_report = self.state.events_learnt
-        lag = self.reader.lag()
-        if lag is not None:
-            metrics["lag"] = float(lag)
-        if self.freshness_s:
-            metrics["freshness_p95_s"] = float(np.percentile(self.freshness_s, 95))
-        try:
-            self.report(metrics, self.state.events_learnt)
-        except Exception as exc:  # metrics are for people; the stream goes on without them
-            log.warning("could not report metrics: %s", exc)
+    def _report(self, force: bool) -> None:
+        if force or self.reporter.due():
+            self.reporter.send(self.state.events_learnt, self.metrics, self.reader.lag)

@@ -75,7 +75,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     assert layer.reader.dead_lettered == 3
     assert layer.state.scores.speed.accuracy > 0.6
     # Freshness is kept for the most recent events only, not for every event ever learnt.
-    assert len(layer.freshness_s) == min(labelled, reference_settings.freshness_window)
+    assert len(layer.reporter.freshness_s) == min(labelled, reference_settings.freshness_window)
     reference = LocalSnapshotStore(reference_settings.snapshot_dir).latest()
 
     snapshots = tmp_path / "interrupted"

@@ -9,7 +9,6 @@ import math
 import pickle
 import random
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,7 @@ from river import base, checks, compose
 from bench.river_baseline import river_baseline
 from models import speed_model
 from models.speed_model import HashedTextNB, build_speed_model
-
-CLINC150 = Path(__file__).parents[2] / "datasets" / "clinc150" / "data.jsonl"
-
+from streams.dataset import CLINC150_DATA as CLINC150
 
 Event = tuple[dict[Any, Any], str]
 
@@ -172,10 +169,13 @@ def test_predict_proba_matrix_matches_predict_proba_one_per_row():
     queries.append({"text": "wake me up", "clicks": 3})
     classes, matrix = model.predict_proba_matrix(queries)
     assert classes == model.classes and matrix.shape == (len(queries), len(classes))
+    # One implementation: a row does not depend on the other inputs scored with it.
     for x, row in zip(queries, matrix, strict=True):
         expected = model.predict_proba_one(x)
         assert list(expected) == classes
-        assert np.allclose(row, list(expected.values()), rtol=1e-12, atol=1e-12)
+        assert row.tolist() == list(expected.values())
+    _, reversed_matrix = model.predict_proba_matrix(queries[::-1])
+    assert np.array_equal(reversed_matrix[::-1], matrix)
     # Scoring many leaves the model's state, and so its later predictions, unchanged.
     again = HashedTextNB()
     for x, y in events[:3000]:

@@ -56,3 +56,12 @@ def test_many_texts_are_looked_up_as_one_at_a_time():
     texts = [f"query {i}" for i in range(500)] + ["added later", "never seen", ""]
     assert memory.contains_many(texts).tolist() == [text in memory for text in texts]
     assert TextMemory().contains_many(["anything"]).tolist() == [False]
+
+
+def test_docstring_examples():
+    import doctest
+
+    import models.texts
+
+    result = doctest.testmod(models.texts)
+    assert result.attempted > 0 and result.failed == 0

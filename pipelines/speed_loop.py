@@ -1,0 +1,235 @@
+"""The speed layer's collaborators: when a snapshot is due, whether the champion's error has
+drifted, and what the layer reports.
+
+Each has one job and no Kafka, so `pipelines.speed.SpeedLayer` stays a short loop and each part
+can be tested alone; the clocks are parameters for the same reason.
+"""
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from river import drift
+
+from common.settings import SpeedSettings
+from pipelines.signals import raise_drift_signal
+from streams.consumer import MAX_POLL_RECORDS
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class SnapshotSchedule:
+    """Says when the next snapshot is due: every `snapshot_every_events` events learnt or every
+    `snapshot_every_s` seconds, whichever comes first, and never while the reader stands where
+    the last snapshot left it.
+
+    Snapshots bound both the events a restart learns again and how stale serving's speed model
+    gets; a snapshot of unchanged offsets would only rewrite the same progress.
+
+    Parameters
+    ----------
+    settings
+        Its `snapshot_every_events` and `snapshot_every_s` set the cadence.
+    events_learnt
+        The layer's count when the schedule starts (a resumed layer's is its snapshot's).
+    offsets
+        The reader's positions when the schedule starts, durable already.
+    clock
+        Monotonic seconds; tests pass their own.
+
+    Attributes
+    ----------
+    saved_offsets
+        The positions the last snapshot holds.
+    """
+
+    def __init__(
+        self,
+        settings: SpeedSettings,
+        events_learnt: int,
+        offsets: dict[int, int],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.every_events = settings.snapshot_every_events
+        self.every_s = settings.snapshot_every_s
+        self.clock = clock
+        self.saved_offsets = dict(offsets)
+        self._events_at_snapshot = events_learnt
+        self._taken_at = clock()
+
+    def records_to_poll(self, events_learnt: int) -> int:
+        """How many records the next poll may bring: no further than the next snapshot, so
+        snapshots come every N events, not every N rounded up to a whole poll."""
+        learnt_since = events_learnt - self._events_at_snapshot
+        return max(1, min(MAX_POLL_RECORDS, self.every_events - learnt_since))
+
+    def unsaved(self, positions: dict[int, int]) -> bool:
+        """Whether the reader has moved past what the last snapshot holds."""
+        return positions != self.saved_offsets
+
+    def due(self, events_learnt: int, positions: dict[int, int]) -> bool:
+        """Whether to snapshot now, with the layer at `events_learnt` and the reader at
+        `positions`."""
+        if not self.unsaved(positions):
+            return False
+        events = events_learnt - self._events_at_snapshot
+        elapsed = self.clock() - self._taken_at
+        return events >= self.every_events or elapsed >= self.every_s
+
+    def taken(self, events_learnt: int, offsets: dict[int, int]) -> None:
+        """A snapshot of `offsets` at `events_learnt` is durable: the next is counted from it."""
+        self.saved_offsets = dict(offsets)
+        self._taken_at = self.clock()
+        self._events_at_snapshot = events_learnt
+
+    def restart_count(self) -> None:
+        """A re-base starts the layer's count of events again from zero."""
+        self._events_at_snapshot = 0
+
+
+class DriftWatch:
+    """Watches the champion's prequential error with River's ADWIN and raises the drift signal
+    (`pipelines.signals.raise_drift_signal`) when the error rate rises.
+
+    The champion's error is what a retrain fixes, so it is what the batch scheduler hears
+    about; a falling error rate is good news, not a reason to retrain, so only a rise counts.
+
+    Parameters
+    ----------
+    signal_dir
+        The folder the signal is written to, shared with the batch scheduler.
+
+    Attributes
+    ----------
+    detections
+        The rises detected since this watch began (the layer's start or its last re-base).
+    """
+
+    def __init__(self, signal_dir: Path) -> None:
+        self.signal_dir = signal_dir
+        self.detector = drift.ADWIN()
+        self.detections = 0
+
+    @property
+    def error_rate(self) -> float:
+        """ADWIN's estimate of the current error rate."""
+        return float(self.detector.estimation)
+
+    def update(self, error: float, events_learnt: int) -> bool:
+        """Add the champion's error on one event (1.0 wrong, 0.0 right), with the layer at
+        `events_learnt`; True if it revealed a rise, which is then signalled."""
+        before = self.detector.estimation
+        self.detector.update(error)
+        if not (self.detector.drift_detected and self.detector.estimation > before):
+            return False
+        self.detections += 1
+        log.warning(
+            "drift: error rate rose to %.3f after %d events", self.error_rate, events_learnt
+        )
+        raise_drift_signal(
+            self.signal_dir,
+            {"events_learnt": events_learnt, "error_rate": self.detector.estimation},
+        )
+        return True
+
+
+class SpeedReport:
+    """Hands the speed layer's metrics to `report` every `metrics_every_s` seconds, with the
+    rate since the last report, the lag and the freshness of the latest events.
+
+    Freshness is the time from an event's timestamp to the snapshot that made it durable. Only
+    the latest `freshness_window` events are kept, so memory and the percentile's cost stay
+    bounded however long the layer runs. A failing `report` is logged, not raised: metrics are
+    for people, and the stream goes on without them.
+
+    Parameters
+    ----------
+    settings
+        Its `metrics_every_s` sets the cadence and `freshness_window` the events kept.
+    report
+        Called as `report(metrics, step)`, the step being the events learnt.
+    events_learnt
+        The layer's count when reporting starts, so the first rate covers only new events.
+    clock
+        Monotonic seconds, for the cadence and the rate; tests pass their own.
+    wall_clock
+        Epoch seconds, to compare with the events' timestamps.
+
+    Attributes
+    ----------
+    freshness_s
+        Seconds from event to durable snapshot, for the latest `freshness_window` events.
+    """
+
+    def __init__(
+        self,
+        settings: SpeedSettings,
+        report: Callable[[dict[str, float], int], None],
+        events_learnt: int = 0,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self.every_s = settings.metrics_every_s
+        self.report = report
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.freshness_s: deque[float] = deque(maxlen=settings.freshness_window)
+        self._awaiting_ts: list[float] = []
+        self._events_at_report = events_learnt
+        self._reported_at = clock()
+
+    def learnt(self, ts: float) -> None:
+        """Note an event just learnt (its timestamp, epoch seconds), not yet in a snapshot."""
+        self._awaiting_ts.append(ts)
+
+    def made_durable(self) -> None:
+        """The events noted so far are in a saved snapshot now: measure their freshness."""
+        now = self.wall_clock()
+        self.freshness_s.extend(now - ts for ts in self._awaiting_ts)
+        self._awaiting_ts.clear()
+
+    def restart_count(self) -> None:
+        """A re-base: the events noted will be learnt again, and the count starts from zero."""
+        self._awaiting_ts.clear()
+        self._events_at_report = 0
+
+    def freshness_p95_s(self) -> float | None:
+        """The 95th percentile of `freshness_s`, or None before any snapshot held an event."""
+        return float(np.percentile(self.freshness_s, 95)) if self.freshness_s else None
+
+    def due(self) -> bool:
+        """Whether `metrics_every_s` have passed since the last report."""
+        return self.clock() - self._reported_at >= self.every_s
+
+    def send(
+        self,
+        events_learnt: int,
+        figures: Callable[[], dict[str, float]],
+        lag: Callable[[], int | None],
+    ) -> dict[str, float]:
+        """Report `figures()` with the rate since the last report, `lag()` (when known) and the
+        freshness; returns what was reported.
+
+        The interval is measured before `lag()` is asked, since that may wait on the broker.
+        """
+        now = self.clock()
+        elapsed, self._reported_at = now - self._reported_at, now
+        metrics = figures()
+        metrics["events_per_s"] = (events_learnt - self._events_at_report) / max(elapsed, 1e-9)
+        self._events_at_report = events_learnt
+        behind = lag()
+        if behind is not None:
+            metrics["lag"] = float(behind)
+        p95 = self.freshness_p95_s()
+        if p95 is not None:
+            metrics["freshness_p95_s"] = p95
+        try:
+            self.report(metrics, events_learnt)
+        except Exception as exc:  # metrics are for people; the stream goes on without them
+            log.warning("could not report metrics: %s", exc)
+        return metrics
