@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sklearn.metrics import log_loss
 
 from models.batch_model import build_batch_model, count_examples, fit_on_counts
+from models.losses import capped_log_losses
 from streams.dataset import CLINC150_DATA, load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "batch_model_search.json"
@@ -67,6 +67,13 @@ def scores(model, texts: list[str], intents: list[str]) -> dict[str, float]:
     probabilities = model.predict_proba(texts)
     confidence = probabilities.max(axis=1)
     correct = model.classes_[probabilities.argmax(axis=1)] == np.asarray(intents)
+    column = {intent: i for i, intent in enumerate(model.classes_)}
+    true_class_p = np.array(
+        [
+            probabilities[row, column[intent]] if intent in column else 0.0
+            for row, intent in enumerate(intents)
+        ]
+    )
     bins = np.minimum((confidence * 15).astype(int), 14)
     ece = sum(
         abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
@@ -74,7 +81,7 @@ def scores(model, texts: list[str], intents: list[str]) -> dict[str, float]:
     )
     return {
         "accuracy": round(float(correct.mean()), 4),
-        "log_loss": round(float(log_loss(intents, probabilities, labels=model.classes_)), 4),
+        "log_loss": round(float(capped_log_losses(true_class_p).mean()), 4),
         "ece": round(float(ece), 4),
     }
 

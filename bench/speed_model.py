@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import platform
@@ -26,6 +25,7 @@ from typing import Any
 from river import base, compose
 
 from bench.river_baseline import river_baseline
+from models.losses import capped_log_loss
 from models.speed_model import build_speed_model
 from streams.dataset import CLINC150_DATA  # noqa: E402
 
@@ -80,7 +80,7 @@ def prequential(model: base.Classifier | compose.Pipeline, events: list[Event]) 
         if proba:
             hits += max(proba, key=lambda label: proba[label]) == y
             if y in proba:
-                loss -= math.log(max(proba[y], 1e-15))
+                loss += capped_log_loss(proba[y])
                 scored += 1
     return Prequential(len(events), hits / len(events), loss / max(scored, 1), seconds, cpu_seconds)
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 import bentoml
 from mlflow import MlflowClient
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from common.settings import MlflowSettings, ServingSettings
 from models.champion_watch import ChampionStore, RegistryChampions
@@ -69,8 +70,16 @@ def guard_requests(service: S) -> S:
     builds the app), so this decorates the service where it is defined.
     """
     service.add_asgi_middleware(JsonBodiesOnly)
-    service.add_asgi_middleware(BoundedRequests, settings=process_settings().serving)
+    service.add_asgi_middleware(_ProcessRequestLimits)
     return service
+
+
+class _ProcessRequestLimits(BoundedRequests):
+    """`BoundedRequests` with this process's limits, read when a worker builds its app, so that
+    importing the service reads no settings."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app, process_settings().serving)
 
 
 def start_worker(probe: Callable[[LoadedModels], object]) -> ModelReloader:

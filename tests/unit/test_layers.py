@@ -92,3 +92,16 @@ def test_each_edge_exists_and_reads_the_settings(edge: str):
     path = ROOT / edge
     assert path.is_file(), edge
     assert _environment_reads(path), f"{edge} reads no settings: drop it from EDGES"
+
+
+def test_importing_the_service_reads_no_settings():
+    """Nothing happens at import time: a worker reads its settings when it builds its app."""
+    script = (
+        "import serving.runtime as runtime, serving.service; "
+        "print(runtime.process_settings.cache_info().currsize)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0"
