@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/lambda-ml
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-unit reliability lint bench clean services-up services-down
+.PHONY: setup system-deps demo test test-unit reliability lint bench bento clean services-up services-down
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ lint: setup
 
 bench: setup
 	$(CLI) bench all
+
+# The serving layer as a bento (bentofile.yaml); `bentoml containerize` it where Docker runs.
+bento: setup
+	BENTOML_DO_NOT_TRACK=True $(VENV)/bin/bentoml build .
 
 clean: services-down
 	rm -rf var

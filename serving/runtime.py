@@ -9,12 +9,14 @@ collector's tuning, the MLflow client, the champion store and the model reloader
 
 import functools
 import gc
+import importlib.metadata
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import attrs
 import bentoml
 from mlflow import MlflowClient
 from pydantic import ValidationError
@@ -60,6 +62,38 @@ def process_settings() -> ServingEnvironment:
     A test that changes the environment between services calls `process_settings.cache_clear()`.
     """
     return ServingEnvironment(serving=ServingSettings(), mlflow=MlflowSettings())
+
+
+SERVICE_DESCRIPTION = """Intent classification for voice-assistant queries: the batch champion from
+the MLflow registry blended with the speed layer's online model, both hot-reloaded.
+
+`POST /predict` takes `{"text": ...}`; `POST /predict_batch` takes `{"texts": [...]}` (at most
+`SERVING_MAX_BATCH`). Every answer names the intent, its confidence, the top intents, the blend
+weights, which source answered (blend, batch or speed) and the model versions behind it.
+`/readyz` is 503 until a model can answer. Errors: 400 invalid input (naming the field), 408 a
+body too slow, 413 too large, 415 not JSON, 431 headers too large, 503 no model loaded."""
+
+
+class DescribedService(bentoml.Service):
+    """A BentoML service whose OpenAPI page shows its own description and the project's version,
+    whether it runs from a bento or from the source tree (BentoML shows a placeholder text and
+    version "None" outside a bento)."""
+
+    @property
+    def doc(self) -> str:
+        return self.description or super().doc
+
+    @property
+    def openapi_spec(self):  # type: ignore[override]
+        spec = super().openapi_spec
+        return attrs.evolve(spec, info=attrs.evolve(spec.info, version=_project_version()))
+
+
+def _project_version() -> str:
+    try:
+        return importlib.metadata.version("lambda-ml")
+    except importlib.metadata.PackageNotFoundError:  # a bento's copy of the source
+        return "unknown"
 
 
 def guard_requests(service: S) -> S:

@@ -25,7 +25,13 @@ from common.settings import REQUEST_TIMEOUT_S
 from serving.batching import Coalescer
 from serving.model_state import LoadedModels
 from serving.predict import NoModelError, predict_texts
-from serving.runtime import guard_requests, process_settings, start_worker
+from serving.runtime import (
+    SERVICE_DESCRIPTION,
+    DescribedService,
+    guard_requests,
+    process_settings,
+    start_worker,
+)
 from serving.schemas import (
     PredictBatchRequest,
     Prediction,
@@ -43,7 +49,11 @@ def _error(status: HTTPStatus, message: str, field: str | None = None) -> JSONRe
 
 @guard_requests
 @bentoml.service(
-    workers=1, traffic={"timeout": REQUEST_TIMEOUT_S}, logging={"access": {"enabled": False}}
+    service_class=DescribedService,
+    description=SERVICE_DESCRIPTION,
+    workers=1,
+    traffic={"timeout": REQUEST_TIMEOUT_S},
+    logging={"access": {"enabled": False}},
 )
 class IntentClassifier:
     """Intent classification: the batch champion blended with the speed layer's snapshot.
