@@ -10,22 +10,28 @@ The master dataset repeats texts (replays, popular queries). `count_examples` st
 batches into distinct (text, intent) pairs with counts, and `DistinctRowsClassifier` fits on
 those pairs with the counts as weights: exactly the model the repeated rows would give.
 
+Any other scikit-learn classifier can be the batch model (`BATCH_MODEL`): `prepare_batch_model`
+checks it, calibrates one that gives margins only, and wraps it in `DistinctRowsClassifier`.
+pyarrow is imported only by the counting functions, so a fitted model loads without it.
+
 The defaults were chosen on CLINC150's `val` split by `bench/batch_model_search.py`; the
 candidates and their scores are in `bench/results/batch_model_search.md`, the reasons for the
 other defaults in `bench/results/model_notes.md`.
 """
 
+import logging
+import math
 import numbers
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from joblib import Parallel, delayed
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp, softmax
+from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.ensemble import VotingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -34,6 +40,7 @@ from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 from sklearn.utils import get_tags
+from sklearn.utils.metadata_routing import get_routing_for_object
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
@@ -41,11 +48,18 @@ from sklearn.utils.validation import (
     check_consistent_length,
     check_is_fitted,
     column_or_1d,
+    has_fit_parameter,
     validate_data,
 )
 
+from models.contracts import check_batch_model, gives_probabilities
+
+if TYPE_CHECKING:  # only the counting functions use pyarrow, and import it themselves
+    import pyarrow as pa
+
 __all__ = [
     "BATCH_TOKEN_PATTERN",
+    "MAX_EXPANDED_ROWS",
     "ColumnMajorMultinomialNB",
     "DistinctRowsClassifier",
     "TemperatureCalibratedClassifier",
@@ -54,7 +68,10 @@ __all__ = [
     "vocabulary_size",
     "count_examples_from_pairs",
     "fit_on_counts",
+    "prepare_batch_model",
 ]
+
+log = logging.getLogger(__name__)
 
 BATCH_TOKEN_PATTERN = r"(?u)\b\w+\b"
 """The batch model's words, of any length: scikit-learn's default pattern drops one-letter words
@@ -65,6 +82,11 @@ its own, `models.speed_model.SPEED_TOKEN_PATTERN`.)"""
 _MERGE_SLACK = 100_000
 # Bounds on log(temperature): wide enough for any score scale, finite when a fold is separable.
 _LOG_TEMPERATURE_BOUNDS = (-5.0, 5.0)
+
+MAX_EXPANDED_ROWS = 5_000_000
+"""The most rows `DistinctRowsClassifier` expands distinct rows into, for an estimator that takes
+no sample weights: each distinct row repeated by its count (divided by the counts' greatest
+common divisor). Past it, the fit is refused rather than run out of memory."""
 
 
 def build_batch_model(
@@ -115,10 +137,13 @@ def build_batch_model(
     ['travel']
     """
     tfidf = {"sublinear_tf": True, "min_df": min_df}
-    words = TfidfVectorizer(ngram_range=word_ngram_range, token_pattern=token_pattern, **tfidf)
+    # Ranges may come as JSON lists (BATCH_MODEL_PARAMS); scikit-learn takes tuples only.
+    words = TfidfVectorizer(
+        ngram_range=tuple(word_ngram_range), token_pattern=token_pattern, **tfidf
+    )
     blocks = [("words", words)]
     if char_ngram_range is not None:
-        chars = TfidfVectorizer(analyzer="char_wb", ngram_range=char_ngram_range, **tfidf)
+        chars = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(char_ngram_range), **tfidf)
         blocks.append(("chars", chars))
 
     svm = TemperatureCalibratedClassifier(
@@ -135,6 +160,82 @@ def build_batch_model(
     return DistinctRowsClassifier(
         Pipeline([("features", FeatureUnion(blocks)), ("classifier", classifier)])
     )
+
+
+def prepare_batch_model(
+    estimator: Any, where: str = "the batch model"
+) -> tuple["DistinctRowsClassifier", list[str]]:
+    """`estimator` made ready for the batch layer, and notes on what was done to it.
+
+    The estimator must keep the batch contract (`models.contracts.check_batch_model`). One
+    that gives margins only (`decision_function`, no `predict_proba`, like `LinearSVC`) is
+    wrapped in `TemperatureCalibratedClassifier`, since the blend and the gate need
+    probabilities (a `Pipeline`'s final step is wrapped, so the calibration sees the features
+    as the default model's does); anything not already a `DistinctRowsClassifier` is wrapped
+    in one, so that repeated events cost what distinct ones cost. `build_batch_model()` passes
+    unchanged.
+
+    Parameters
+    ----------
+    estimator
+        An unfitted scikit-learn classifier (a `DistinctRowsClassifier` is checked inside).
+    where
+        What the estimator is, for the error message.
+
+    Returns
+    -------
+    model : DistinctRowsClassifier
+        The model to fit with `fit_on_counts`.
+    notes : list of str
+        One line per wrapping done, also logged; empty when nothing was needed.
+
+    Raises
+    ------
+    models.contracts.ModelContractError
+        When the estimator lacks what the pipeline needs; the message names what.
+
+    Examples
+    --------
+    >>> from sklearn.svm import LinearSVC
+    >>> model, notes = prepare_batch_model(LinearSVC())
+    >>> model.estimator
+    TemperatureCalibratedClassifier(estimator=LinearSVC())
+    >>> print(notes[0])
+    LinearSVC gives margins only: wrapped in temperature calibration
+    """
+    distinct = isinstance(estimator, DistinctRowsClassifier)
+    inner = estimator.estimator if distinct else estimator
+    check_batch_model(inner, where)
+    notes = []
+    if not gives_probabilities(inner):
+        notes.append(f"{_final_name(inner)} gives margins only: wrapped in temperature calibration")
+        inner = _calibrated(inner)
+    if distinct and inner is estimator.estimator:
+        model = estimator
+    else:
+        if not distinct:
+            notes.append(
+                f"{type(estimator).__name__} fitted on distinct rows weighted by their counts: "
+                "wrapped in DistinctRowsClassifier"
+            )
+        model = DistinctRowsClassifier(inner)
+    for note in notes:
+        log.info("%s: %s", where, note)
+    return model, notes
+
+
+def _calibrated(estimator: Any) -> Any:
+    """`estimator` with temperature calibration: around it, or around a pipeline's final step
+    (a new pipeline; `estimator` is left as it was)."""
+    if isinstance(estimator, Pipeline):
+        name, last = estimator.steps[-1]
+        return clone(estimator).set_params(**{name: _calibrated(last)})
+    return TemperatureCalibratedClassifier(estimator)
+
+
+def _final_name(estimator: Any) -> str:
+    """The class name of `estimator`, or of a pipeline's final step."""
+    return type(_final_step(estimator)).__name__
 
 
 def fit_on_counts(
@@ -193,7 +294,7 @@ def _walk(estimator) -> Iterable:
 
 
 def count_examples(
-    batches: Iterable[pa.RecordBatch | pa.Table],
+    batches: "Iterable[pa.RecordBatch | pa.Table]",
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Distinct (text, intent) pairs of `batches` (columns `text`, `intent`) and their counts.
 
@@ -216,6 +317,7 @@ def count_examples(
 
     Examples
     --------
+    >>> import pyarrow as pa
     >>> batch = pa.RecordBatch.from_pydict(
     ...     {"text": ["hi", "hi", "bye", "hi"], "intent": ["greet", "greet", "bye", None]}
     ... )
@@ -238,14 +340,19 @@ def count_examples(
     return counts["text"].to_pylist(), counts["intent"].to_pylist(), weights
 
 
-def _count_batch(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+def _count_batch(batch: "pa.RecordBatch | pa.Table") -> "pa.Table":
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     table = pa.table(batch.select(["text", "intent"]))
     labelled = pc.and_(pc.is_valid(table["text"]), pc.is_valid(table["intent"]))
     grouped = table.filter(labelled).group_by(["text", "intent"]).aggregate([([], "count_all")])
     return grouped.rename_columns(["text", "intent", "count"])
 
 
-def _merge_counts(parts: list[pa.Table]) -> pa.Table:
+def _merge_counts(parts: "list[pa.Table]") -> "pa.Table":
+    import pyarrow as pa
+
     grouped = pa.concat_tables(parts).group_by(["text", "intent"]).aggregate([("count", "sum")])
     return grouped.rename_columns(["text", "intent", "count"])
 
@@ -305,14 +412,25 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
     unchanged, and a `C` chosen on the distinct data stays right. Pairs are fitted in sorted
     order, so the input's order does not matter either.
 
-    Rows are texts (a 1-D sequence of strings, for a text pipeline) or rows of a 2-D array. If
-    `estimator` is a `Pipeline`, the weights go to its last step. Collapsing millions of texts
-    here works but holds them all in memory: `count_examples` counts them batch by batch.
+    Rows are texts (a 1-D sequence of strings, for a text pipeline) or rows of a 2-D array.
+    Collapsing millions of texts here works but holds them all in memory: `count_examples`
+    counts them batch by batch.
+
+    The weights reach `estimator` by scikit-learn's own means, whatever it is made of:
+
+    - its `fit` takes `sample_weight`: they are passed;
+    - else (a `Pipeline`, a meta-estimator) if they can reach its final step: under metadata
+      routing, every part of it whose `fit` takes `sample_weight` requests them, and the
+      routers deliver them;
+    - else the distinct rows are repeated by their counts (divided by the counts' greatest
+      common divisor, so replays still change nothing), if the weights are whole numbers and
+      the rows come to at most `MAX_EXPANDED_ROWS`; otherwise `fit` raises ValueError, since
+      dropping the weights would silently train another model.
 
     Parameters
     ----------
     estimator
-        A classifier taking `sample_weight` in `fit` (a `Pipeline`'s last step, for one).
+        A classifier; best one whose `fit` (or its final step's) takes `sample_weight`.
 
     Attributes
     ----------
@@ -348,12 +466,9 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
             X = X.astype(np.float64)  # rows are numbers; only 1-D input may be text
         y = column_or_1d(y, warn=True)
         check_consistent_length(X, y)
-        rows, labels, weights = _collapse(X, y, _check_weights(sample_weight, len(y)))
+        rows, labels, totals = _collapse(X, y, _check_weights(sample_weight, len(y)))
         estimator = clone(self.estimator)
-        if isinstance(estimator, Pipeline):
-            estimator.fit(rows, labels, **{f"{estimator.steps[-1][0]}__sample_weight": weights})
-        else:
-            estimator.fit(rows, labels, sample_weight=weights)
+        _fit_weighted(estimator, rows, labels, totals)
         self.estimator_ = estimator
         self.classes_ = estimator.classes_
         return self
@@ -381,6 +496,78 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
         return tags
 
 
+def _fit_weighted(estimator, rows: np.ndarray, labels: np.ndarray, totals: np.ndarray) -> None:
+    """Fit `estimator` on distinct rows with their total weights, by the first of the ways
+    `DistinctRowsClassifier` lists that it allows.
+
+    A pipeline whose transformers take weights but whose classifier does not (a scaler before
+    k-nearest neighbours) is fitted on repeated rows: weighting only the scaler would leave the
+    classifier blind to them.
+    """
+    weights = totals / totals.mean()  # per distinct example: regularisation stays per example
+    if has_fit_parameter(estimator, "sample_weight"):
+        estimator.fit(rows, labels, sample_weight=weights)
+        return
+    with config_context(enable_metadata_routing=True):
+        consumers = _weight_consumers(estimator)
+        for part in consumers:
+            part.set_fit_request(sample_weight=True)
+        routing = get_routing_for_object(_final_step(estimator))
+        if routing.consumes("fit", ["sample_weight"]):
+            estimator.fit(rows, labels, sample_weight=weights)
+            return
+        for part in consumers:  # weights that would not reach the classifier are not given
+            part.set_fit_request(sample_weight=None)
+    repeats = _whole_counts(totals, estimator)
+    estimator.fit(np.repeat(rows, repeats, axis=0), np.repeat(labels, repeats))
+
+
+def _final_step(estimator):
+    """The estimator a pipeline (nested or not) ends with; `estimator` itself otherwise."""
+    while isinstance(estimator, Pipeline):
+        estimator = estimator.steps[-1][1]
+    return estimator
+
+
+def _weight_consumers(estimator) -> list:
+    """`estimator`'s parts (itself included) whose `fit` takes `sample_weight` and that can
+    request it (`set_fit_request`, under metadata routing)."""
+    parts = [estimator, *estimator.get_params(deep=True).values()]
+    return [
+        part
+        for part in parts
+        if isinstance(part, BaseEstimator)
+        and has_fit_parameter(part, "sample_weight")
+        and callable(getattr(part, "set_fit_request", None))
+    ]
+
+
+def _whole_counts(totals: np.ndarray, estimator) -> np.ndarray:
+    """How many times to repeat each distinct row for an estimator that takes no weights: the
+    totals over their greatest common divisor; ValueError if they are not whole numbers or
+    come to more than `MAX_EXPANDED_ROWS` rows."""
+    name = type(estimator).__name__
+    if _final_step(estimator) is not estimator:
+        name = f"{name} (ending in {_final_name(estimator)})"
+    counts = np.rint(totals)
+    if not np.allclose(totals, counts, rtol=0, atol=1e-9):
+        raise ValueError(
+            f"{name} takes no sample_weight, and the weights are not whole counts, so they "
+            "cannot stand for repeated rows: use an estimator whose fit takes sample_weight, "
+            "or give counts"
+        )
+    counts = counts.astype(np.int64)
+    counts //= math.gcd(*counts.tolist())
+    if counts.sum() > MAX_EXPANDED_ROWS:
+        raise ValueError(
+            f"{name} takes no sample_weight, and repeating the distinct rows by their "
+            f"counts would make {counts.sum()} rows, more than "
+            f"MAX_EXPANDED_ROWS ({MAX_EXPANDED_ROWS}): use an estimator whose fit takes "
+            "sample_weight"
+        )
+    return counts
+
+
 def _single_column(X):
     """A one-column DataFrame (how MLflow's pyfunc flavour passes texts) as its column."""
     if hasattr(X, "columns") and len(X.columns) == 1:
@@ -402,7 +589,7 @@ def _check_weights(sample_weight, n_samples: int) -> np.ndarray:
 def _collapse(
     X: np.ndarray, y: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (row, label) pairs, sorted, with summed weights rescaled to mean 1.
+    """Distinct (row, label) pairs, sorted, with their summed weights.
 
     Pairs whose weights sum to zero are dropped: a zero weight means the row is not there.
     """
@@ -415,7 +602,7 @@ def _collapse(
     if not present.any():
         raise ValueError("all sample weights are zero")
     first, totals = first[present], totals[present]
-    return X[first], y[first], totals / totals.mean()
+    return X[first], y[first], totals
 
 
 class TemperatureCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):

@@ -6,9 +6,11 @@ at; the speed layer re-bases on those offsets and serving reports them with ever
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
@@ -101,18 +103,27 @@ class ChampionModel:
 
 
 def load_champion(info: ChampionInfo, with_training_texts: bool = False) -> ChampionModel:
-    """Download and load the champion's scikit-learn model from the registry, and with
+    """Download and load the champion's fitted estimator from the registry, and with
     `with_training_texts` the keys of the texts it trained on (if its run recorded them).
 
-    MLflow refuses to unpickle models unless told to: the registry is this pipeline's own, and
-    the models in it are the ones its batch layer wrote, so they are trusted.
+    The estimator is read from the registered pyfunc model's artifact
+    (`models.pyfunc_model.load_estimator`; versions logged in MLflow's scikit-learn flavour
+    load too), in this process's own code, without MLflow's pyfunc wrapper. Both are pickles:
+    the registry is this pipeline's own, and the models in it are the ones its batch layer
+    wrote, so they are trusted (MLflow is told so for the scikit-learn flavour).
     """
-    import mlflow.sklearn
+    import mlflow.artifacts
     from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
 
+    from models.pyfunc_model import load_estimator
+
     MLFLOW_ALLOW_PICKLE_DESERIALIZATION.set("true")
-    with fluent_mlflow(info.tracking_uri):
-        estimator = mlflow.sklearn.load_model(info.model_uri)
+    with (
+        fluent_mlflow(info.tracking_uri),
+        tempfile.TemporaryDirectory(prefix="champion-") as folder,
+    ):
+        local = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=folder)
+        estimator = load_estimator(Path(local))
         texts = _training_texts(info) if with_training_texts and info.run_id else None
     return ChampionModel(info, estimator, texts)
 

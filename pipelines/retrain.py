@@ -7,19 +7,21 @@ version's holdout shares no text with any version's training data. The alias `ch
 only if the new version passes the gate of `pipelines.promotion` against the current champion
 on that holdout; otherwise it gets `challenger`. A run with nothing archived since the cut-off
 of the champion (or the challenger) registers nothing.
+
+The model is the one `BatchSettings.model` and `model_params` choose (`BATCH_MODEL`,
+`BATCH_MODEL_PARAMS`), made ready by `models.batch_model.prepare_batch_model`. It is
+registered as a pyfunc model that loads without this repository (`models.pyfunc_model`).
 """
 
 import hashlib
-import inspect
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,9 +29,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from mlflow import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from common.settings import BatchSettings, MlflowSettings
-from models.batch_model import build_batch_model, count_examples, fit_on_counts, vocabulary_size
+from models.batch_model import (
+    DistinctRowsClassifier,
+    count_examples,
+    fit_on_counts,
+    prepare_batch_model,
+    vocabulary_size,
+)
+from models.model_spec import ModelSpec
+from models.pyfunc_model import log_intent_model
 from models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -183,13 +194,6 @@ def read_history_split(
     )
 
 
-PIP_REQUIREMENTS = [
-    f"scikit-learn=={installed_version('scikit-learn')}",
-    f"numpy=={installed_version('numpy')}",
-    f"scipy=={installed_version('scipy')}",
-]
-
-
 def _gate(
     split: HistorySplit,
     scores: HoldoutScores,
@@ -232,7 +236,6 @@ def retrain(
     batch: BatchSettings,
     tracking: MlflowSettings,
     topic: str,
-    model_params: dict | None = None,
     label_shuffle_seed: int | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
 ) -> RetrainResult:
@@ -240,13 +243,18 @@ def retrain(
     and `NothingNew` (registering nothing) when the history has not grown since the cut-off of
     the champion or the challenger.
 
+    The model is built from `batch.model` and `batch.model_params`; a spec that cannot be
+    built (`models.model_spec.ModelSpecError`) or a model that breaks the batch contract
+    (`models.contracts.ModelContractError`) fails the run before anything is read.
     `label_shuffle_seed` shuffles the training labels: a deliberately broken model, used to show
     that the promotion gate holds. `on_stage` hears "read", "fit", "evaluate" and "log" as each
     stage begins (progress for people, and a place for tests to break things).
     """
     stages = _Stages(on_stage)
     name = tracking.registered_model
-    asked = _Request(batch, topic, model_params, label_shuffle_seed)
+    spec = ModelSpec.parse(batch.model, batch.model_params)
+    model, notes = prepare_batch_model(spec.build(), where=f"the batch model {spec.factory}")
+    asked = _Request(batch, topic, spec, label_shuffle_seed)
     with stages.run("read"):
         client = tracking_client(tracking)
         cutoff = archived_positions(batch.master_dir)
@@ -254,7 +262,7 @@ def retrain(
         split = _read_training_history(batch, cutoff)
         intents = _training_intents(split, label_shuffle_seed)
     with stages.run("fit"):
-        model, split = _fit(split, intents, model_params)
+        split = _fit(model, split, intents)
     with stages.run("evaluate"):
         scores, predicted, right = score_holdout(model, *split.holdout)
         champion = _current_champion(client, name)
@@ -262,7 +270,7 @@ def retrain(
         compared = champion.info.version if champion else None
         evaluation = HoldoutEvaluation(predicted, scores, champion_scores, compared, verdict)
     with stages.run("log", timed_as="mlflow"):
-        run_id, version = _log_run(client, tracking, split, model, evaluation, asked)
+        run_id, version = _log_run(client, tracking, split, model, evaluation, asked, notes)
         alias = _register(client, name, version, cutoff, topic, split, evaluation)
     log.info("version %s (%s): %s", version, alias, verdict.reason)
     return RetrainResult(
@@ -318,15 +326,12 @@ def _training_intents(split: HistorySplit, label_shuffle_seed: int | None) -> li
     return list(np.random.default_rng(label_shuffle_seed).permutation(np.asarray(split.intents)))
 
 
-def _fit(
-    split: HistorySplit, intents: list[str], model_params: dict | None
-) -> tuple[Any, HistorySplit]:
-    """The batch model fitted on the split's training counts, and the split with the model's
-    vocabulary size added to its lineage (it goes on the run with the rest)."""
-    model = build_batch_model(**(model_params or {}))
+def _fit(model: DistinctRowsClassifier, split: HistorySplit, intents: list[str]) -> HistorySplit:
+    """Fit `model` on the split's training counts; the split with the model's vocabulary size
+    added to its lineage (it goes on the run with the rest)."""
     fit_on_counts(model, split.texts, intents, split.weights)
     vocabulary = {"vocabulary_size": str(vocabulary_size(model))}
-    return model, replace(split, lineage=split.lineage | vocabulary)
+    return replace(split, lineage=split.lineage | vocabulary)
 
 
 def _register(
@@ -359,12 +364,12 @@ class _Request:
 
     batch: BatchSettings
     topic: str
-    model_params: dict | None
+    spec: ModelSpec
     label_shuffle_seed: int | None
 
     def params(self) -> dict:
         """The run's parameters: the holdout fraction, the label shuffle seed, the gate's rules
-        and the batch model's factory arguments as used."""
+        and the model's spec (its factory, and the arguments given to it as JSON)."""
         rules = GateRules.of(self.batch)
         return (
             {
@@ -372,20 +377,43 @@ class _Request:
                 "label_shuffle_seed": self.label_shuffle_seed,
             }
             | {f"gate.{k}": v for k, v in asdict(rules).items()}
-            | {f"model.{k}": v for k, v in _factory_params(self.model_params).items()}
+            | {
+                "model.factory": self.spec.factory,
+                "model.params": json.dumps(dict(self.spec.params), sort_keys=True),
+            }
         )
+
+
+def estimator_params(model: DistinctRowsClassifier) -> dict[str, str]:
+    """The fitted model's own parameters as a run records them: the wrapped estimator's
+    `get_params(deep=True)`, flattened, under `estimator.`, estimators themselves left out
+    (their parameters are there), values as text cut to MLflow's limit.
+
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> estimator_params(DistinctRowsClassifier(LogisticRegression(C=2.0)))["estimator.C"]
+    '2.0'
+    """
+    params = model.estimator.get_params(deep=True)
+    return {
+        f"estimator.{key}": str(value)[:MAX_PARAM_VAL_LENGTH]
+        for key, value in sorted(params.items())
+        if not hasattr(value, "get_params")
+    }
 
 
 def _log_run(
     client: MlflowClient,
     tracking: MlflowSettings,
     split: HistorySplit,
-    model,
+    model: DistinctRowsClassifier,
     evaluation: HoldoutEvaluation,
     asked: _Request,
+    notes: list[str],
 ) -> tuple[str, str]:
-    """One MLflow run with lineage, parameters, scores, the gate's figures, the report
-    artifacts, the training texts' keys and the registered model; returns (run id, version)."""
+    """One MLflow run with lineage, parameters (the run's and the estimator's), scores, the
+    gate's figures, the report artifacts, the training texts' keys and the registered model;
+    returns (run id, version). `notes` (how the model was made ready) go in the `model.notes`
+    tag."""
     import mlflow
 
     with (
@@ -396,7 +424,9 @@ def _log_run(
     ):
         lineage = {f"lineage.{k}": v for k, v in split.lineage.items()}
         mlflow.set_tags(lineage | {"topic": asked.topic})
-        mlflow.log_params(asked.params())
+        mlflow.log_params(asked.params() | estimator_params(model))
+        if notes:
+            mlflow.set_tag("model.notes", "; ".join(notes))
         verdict = evaluation.verdict
         mlflow.log_metrics(evaluation.scores.as_metrics("holdout_") | verdict.as_metrics())
         if evaluation.champion_scores and evaluation.champion_version:
@@ -424,20 +454,10 @@ def _log_artifacts(split: HistorySplit, predicted: list[str]) -> None:
 
 
 def _log_model(model, split: HistorySplit, registered_model: str) -> str:
-    """The model on the active run, registered under `registered_model`; returns the version."""
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
+    """The model on the active run as a pyfunc model (`models.pyfunc_model`), registered under
+    `registered_model`; returns the version."""
     example = split.holdout_texts[:3] or split.texts[:3]
-    logged = mlflow.sklearn.log_model(
-        model,
-        name="model",
-        signature=infer_signature(example, model.predict_proba(example)),
-        input_example=example,
-        pip_requirements=PIP_REQUIREMENTS,
-        registered_model_name=registered_model,
-        serialization_format="cloudpickle",  # skops refuses the project's own estimators
-    )
+    logged = log_intent_model(model, example, registered_model_name=registered_model)
     return str(logged.registered_model_version)
 
 
@@ -456,9 +476,3 @@ def _tag_version(
     client.set_model_version_tag(name, version, "content_hash", split.lineage["content_hash"])
     accuracy = f"{scores.first_seen_accuracy:.4f}"
     client.set_model_version_tag(name, version, "holdout_first_seen_accuracy", accuracy)
-
-
-def _factory_params(overrides: dict | None) -> dict:
-    """The batch model's factory arguments as used: its defaults, then the overrides."""
-    defaults = inspect.signature(build_batch_model).parameters.items()
-    return {name: parameter.default for name, parameter in defaults} | (overrides or {})

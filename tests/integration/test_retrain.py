@@ -1,4 +1,5 @@
-"""The batch layer against the real MLflow server: lineage, promotion gate, failures, the lock."""
+"""The batch layer against the real MLflow server: lineage, promotion gate, failures, the lock,
+and models chosen by configuration."""
 
 import random
 import subprocess
@@ -11,6 +12,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from common.settings import BatchSettings, MlflowSettings
+from models.champion_watch import ChampionWatch, RegistryChampions
 from models.registry import (
     CHALLENGER,
     CHAMPION,
@@ -113,6 +115,12 @@ def test_a_retrain_registers_a_champion_with_its_lineage(mlflow_server, master):
     } <= set(metrics)
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "report")}
     assert artifacts == {"report/per_intent_report.json", "report/confusion_matrix.png"}
+    params = run.data.params
+    assert params["model.factory"] == "models.batch_model:build_batch_model"
+    assert params["model.params"] == "{}"
+    assert params["estimator.features__words__ngram_range"] == "(1, 2)"
+    assert params["estimator.classifier__svm__estimator__C"] == "1.0"
+    assert "model.notes" not in tags  # the default model needs no wrapping
 
     version = client.get_model_version(tracking.registered_model, "1")
     assert decode_offsets(version.tags[CUTOFF_TAG]) == cutoff
@@ -168,7 +176,8 @@ def test_a_memorising_challenger_on_a_repeat_heavy_history_is_refused(mlflow_ser
     champion = retrain(batch, tracking, "queries")
     assert champion.promoted
     archive(tmp_path, popular * 2, offsets)  # more of the same repeats
-    memoriser = retrain(batch, tracking, "queries", model_params=MEMORISER)
+    memorising = batch.model_copy(update={"model_params": MEMORISER})
+    memoriser = retrain(memorising, tracking, "queries")
     assert not memoriser.promoted, memoriser.reason
     client = MlflowClient(mlflow_server)
     assert client.get_model_version_by_alias(tracking.registered_model, CHAMPION).version == "1"
@@ -200,6 +209,50 @@ def test_a_model_trained_on_more_data_is_promoted(mlflow_server, tmp_path):
     assert more.scores.first_seen_accuracy > more.champion_scores.first_seen_accuracy
     client = MlflowClient(mlflow_server)
     assert client.get_model_version_by_alias(tracking.registered_model, CHAMPION).version == "2"
+
+
+@pytest.mark.parametrize(
+    ("factory", "note"),
+    [
+        ("models.alternatives:tfidf_logistic", None),
+        ("models.alternatives:linear_svc", "LinearSVC gives margins only"),
+    ],
+)
+def test_a_configured_model_is_registered_gated_and_served_like_the_default(
+    mlflow_server, tmp_path, factory, note
+):
+    """BATCH_MODEL chooses the model: it is gated against the champion like any other, and the
+    speed layer's and serving's champion watch loads it and predicts with it."""
+    rows = clinc_rows()
+    offsets = archive(tmp_path, rows[: len(rows) // 2])
+    tracking = settings_for(mlflow_server)
+    batch = BatchSettings(master_dir=tmp_path)
+    assert retrain(batch, tracking, "queries").promoted  # the default model, champion
+    archive(tmp_path, rows[len(rows) // 2 :], offsets)
+    configured = BatchSettings(master_dir=tmp_path, model=factory)
+    result = retrain(configured, tracking, "queries")
+    assert result.version == "2" and result.verdict is not None
+    assert result.champion_scores is not None  # compared with the champion on one holdout
+    assert result.scores.first_seen_accuracy > 0.85, result.reason
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(result.run_id)
+    assert run.data.params["model.factory"] == factory
+    notes = run.data.tags.get("model.notes", "")
+    assert "wrapped in DistinctRowsClassifier" in notes
+    assert note is None or note in notes
+    alias = CHAMPION if result.promoted else CHALLENGER
+    assert client.get_model_version_by_alias(tracking.registered_model, alias).version == "2"
+    client.set_registered_model_alias(tracking.registered_model, CHAMPION, "2")
+
+    watch = ChampionWatch(RegistryChampions(client, tracking.registered_model))
+    assert watch.refresh()
+    champion = watch.loaded()
+    assert champion is not None and champion.info.version == "2"
+    assert champion.training_texts is not None
+    answers = champion.predict_proba_many(["set an alarm for 7 am", "what is my balance"])
+    assert [sorted(a) for a in answers] == [sorted({e.intent for e in rows})] * 2
+    assert all(abs(sum(a.values()) - 1) < 1e-6 for a in answers)
 
 
 def test_a_retrain_with_nothing_new_registers_nothing(mlflow_server, master):

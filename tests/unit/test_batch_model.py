@@ -1,5 +1,6 @@
 """The batch model: accuracy and probabilities on a CLINC150 sample, counts standing in for
-repeated events, and scikit-learn's estimator checks for the estimators it is built from."""
+repeated events, sample weights reaching any estimator, models made ready by configuration, and
+scikit-learn's estimator checks for the estimators it is built from."""
 
 import doctest
 import random
@@ -8,11 +9,16 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pytest
+from sklearn.base import clone
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 import models.batch_model
+from models.alternatives import linear_svc, tfidf_logistic
 from models.batch_model import (
     ColumnMajorMultinomialNB,
     DistinctRowsClassifier,
@@ -21,7 +27,9 @@ from models.batch_model import (
     count_examples,
     count_examples_from_pairs,
     fit_on_counts,
+    prepare_batch_model,
 )
+from models.contracts import ModelContractError
 from streams.dataset import CLINC150_DATA, load_dataset
 
 INTENTS = 20  # the first intents in sorted order, to keep fits around a second
@@ -152,6 +160,130 @@ def test_count_examples_merges_batches_and_skips_unlabelled(monkeypatch):
     np.testing.assert_array_equal(count_examples_from_pairs(pairs)[2], weights)
     texts, intents, weights = count_examples([])
     assert texts == intents == [] and weights.shape == (0,)
+
+
+def test_the_default_model_gets_its_weights_as_before(clinc):
+    """Metadata routing gives the default model the same weights, so the same probabilities, as
+    the explicit `classifier__sample_weight` it was given before."""
+    train, held_out = clinc
+    texts, intents = map(list, zip(*sorted(set(train)), strict=True))  # distinct, sorted
+    weights = np.random.default_rng(0).integers(1, 6, len(texts)).astype(float)
+    probe = [text for text, _ in held_out[::5]] + texts[:50]
+    # One thread: liblinear's fits in threads side by side differ in the last digits.
+    reference = clone(build_batch_model(n_jobs=1).estimator).fit(
+        texts, intents, classifier__sample_weight=weights / weights.mean()
+    )
+    model = fit_on_counts(build_batch_model(n_jobs=1), texts, intents, weights)
+    assert np.allclose(model.predict_proba(probe), reference.predict_proba(probe))
+    unweighted = build_batch_model(n_jobs=1).fit(texts, intents)
+    assert not np.allclose(unweighted.predict_proba(probe), reference.predict_proba(probe))
+
+
+def _tripled(pairs: list[tuple[str, str]], every: int = 3):
+    """(texts, intents) with every `every`th pair three times, and the same as distinct pairs
+    with weight 3."""
+    repeated = [pair for i, pair in enumerate(pairs) for _ in range(3 if i % every == 0 else 1)]
+    weights = np.array([3.0 if i % every == 0 else 1.0 for i in range(len(pairs))])
+    return [list(column) for column in zip(*repeated, strict=True)], weights
+
+
+def test_a_pipeline_gets_its_weights_through_metadata_routing(clinc):
+    train, held_out = clinc
+    pairs = sorted(set(train))[:600]
+    texts, intents = map(list, zip(*pairs, strict=True))
+    (repeated_texts, repeated_intents), weights = _tripled(pairs)
+    probe = [text for text, _ in held_out[:60]]
+
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=1000))
+    weighted = DistinctRowsClassifier(pipeline).fit(texts, intents, sample_weight=weights)
+    repeated = DistinctRowsClassifier(pipeline).fit(repeated_texts, repeated_intents)
+    np.testing.assert_allclose(weighted.predict_proba(probe), repeated.predict_proba(probe))
+    # The logistic regression itself got them: as if given to it by name, unlike no weights.
+    explicit = clone(pipeline).fit(
+        texts, intents, logisticregression__sample_weight=weights / weights.mean()
+    )
+    np.testing.assert_allclose(weighted.predict_proba(probe), explicit.predict_proba(probe))
+    unweighted = DistinctRowsClassifier(pipeline).fit(texts, intents)
+    assert not np.allclose(unweighted.predict_proba(probe), weighted.predict_proba(probe))
+
+
+def test_an_estimator_without_weights_is_fitted_on_repeated_rows(clinc, monkeypatch):
+    train, held_out = clinc
+    pairs = sorted(set(train))[:400]
+    texts, intents = map(list, zip(*pairs, strict=True))
+    (repeated_texts, repeated_intents), weights = _tripled(pairs, every=2)
+    probe = [text for text, _ in held_out[:60]]
+
+    pipeline = make_pipeline(TfidfVectorizer(), KNeighborsClassifier(n_neighbors=5))
+    weighted = DistinctRowsClassifier(pipeline).fit(texts, intents, sample_weight=weights)
+    # The rows repeated in the sorted order DistinctRowsClassifier fits them in.
+    order = sorted(
+        range(len(repeated_texts)), key=lambda i: (repeated_texts[i], repeated_intents[i])
+    )
+    by_hand = clone(pipeline).fit(
+        [repeated_texts[i] for i in order], [repeated_intents[i] for i in order]
+    )
+    np.testing.assert_allclose(weighted.predict_proba(probe), by_hand.predict_proba(probe))
+    # Counts that all share a factor are the same repetition: replays change nothing.
+    doubled = DistinctRowsClassifier(pipeline).fit(texts, intents, sample_weight=2 * weights)
+    np.testing.assert_allclose(doubled.predict_proba(probe), weighted.predict_proba(probe))
+
+    with pytest.raises(
+        ValueError,
+        match=r"Pipeline \(ending in KNeighborsClassifier\) takes no sample_weight.*not whole",
+    ):
+        DistinctRowsClassifier(pipeline).fit(texts, intents, sample_weight=weights + 0.5)
+    monkeypatch.setattr(models.batch_model, "MAX_EXPANDED_ROWS", 100)
+    with pytest.raises(ValueError, match="more than MAX_EXPANDED_ROWS"):
+        DistinctRowsClassifier(pipeline).fit(texts, intents, sample_weight=weights)
+
+
+def test_prepare_leaves_the_default_model_as_it_is():
+    model = build_batch_model()
+    prepared, notes = prepare_batch_model(model)
+    assert prepared is model and notes == []
+
+
+def test_prepare_calibrates_a_margin_only_model_and_says_so(clinc):
+    prepared, notes = prepare_batch_model(linear_svc())
+    assert notes[0] == "LinearSVC gives margins only: wrapped in temperature calibration"
+    assert isinstance(prepared, DistinctRowsClassifier)
+    pipeline = prepared.estimator
+    assert isinstance(pipeline, Pipeline) and pipeline.steps[0][0] == "tfidf"
+    assert isinstance(pipeline.steps[-1][1], TemperatureCalibratedClassifier)
+    assert isinstance(pipeline.steps[-1][1].estimator, LinearSVC)
+
+    train, held_out = clinc
+    texts, intents = map(list, zip(*train, strict=True))
+    prepared.fit(texts, intents)
+    probabilities = prepared.predict_proba([text for text, _ in held_out[:50]])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    truth = np.array([intent for _, intent in held_out[:50]])
+    assert (prepared.classes_[probabilities.argmax(axis=1)] == truth).mean() >= 0.9
+
+    bare, bare_notes = prepare_batch_model(LinearSVC())
+    assert bare.estimator.__class__ is TemperatureCalibratedClassifier
+    assert bare_notes[0] == "LinearSVC gives margins only: wrapped in temperature calibration"
+    inside, inside_notes = prepare_batch_model(DistinctRowsClassifier(LinearSVC()))
+    assert isinstance(inside.estimator, TemperatureCalibratedClassifier)
+    assert inside_notes == ["LinearSVC gives margins only: wrapped in temperature calibration"]
+
+
+def test_prepare_wraps_a_probabilistic_model_in_distinct_rows():
+    pipeline = tfidf_logistic()
+    prepared, notes = prepare_batch_model(pipeline)
+    assert isinstance(prepared, DistinctRowsClassifier) and prepared.estimator is pipeline
+    assert notes == [
+        "Pipeline fitted on distinct rows weighted by their counts: wrapped in "
+        "DistinctRowsClassifier"
+    ]
+
+
+def test_prepare_refuses_what_is_not_a_batch_model():
+    with pytest.raises(ModelContractError, match=r"\(object\) lacks fit, get_params"):
+        prepare_batch_model(object())
+    with pytest.raises(ModelContractError, match="neither predict_proba nor decision_function"):
+        prepare_batch_model(KNeighborsRegressor(), where="BATCH_MODEL")
 
 
 def test_docstring_examples():

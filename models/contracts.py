@@ -1,0 +1,119 @@
+"""What a speed model and a batch model must be, checked when one is configured.
+
+A speed model is a River classifier: it learns one event at a time and gives a probability per
+intent. A batch model is a scikit-learn classifier with `predict_proba` and `classes_`. Any
+model that keeps these contracts runs the whole pipeline (Kafka, snapshots, the registry, the
+HTTP answer); a model that breaks one is refused with an error naming what is missing, before
+it learns anything.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class ModelContractError(TypeError):
+    """A configured model lacks what the pipeline needs; the message says what."""
+
+
+@runtime_checkable
+class SpeedModel(Protocol):
+    """River's classifier contract, the part the speed layer and serving use.
+
+    A model may also have a vectorised `predict_proba_many`; `speed_probability_matrix` uses
+    it when its final step really has one and its answers agree with `predict_proba_one`.
+    """
+
+    def learn_one(self, x: dict, y: Any) -> None: ...
+
+    def predict_proba_one(self, x: dict) -> dict: ...
+
+
+@runtime_checkable
+class BatchModel(Protocol):
+    """scikit-learn's probabilistic classifier contract, as the batch layer and serving use it.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The intents, in the order of `predict_proba`'s columns.
+    """
+
+    def fit(self, X: Sequence[str], y: Sequence[str], **fit_params: Any) -> Any: ...
+
+    def predict_proba(self, X: Sequence[str]) -> np.ndarray: ...
+
+
+def _missing(model: Any, methods: Iterable[str]) -> list[str]:
+    return [name for name in methods if not callable(getattr(model, name, None))]
+
+
+def check_speed_model(model: Any, where: str = "the speed model") -> Any:
+    """`model` if it keeps River's classifier contract; else `ModelContractError`.
+
+    >>> try:
+    ...     check_speed_model(object())
+    ... except ModelContractError as error:
+    ...     print(error)
+    the speed model (object) lacks learn_one, predict_proba_one: it must be a River classifier
+    """
+    missing = _missing(model, ("learn_one", "predict_proba_one"))
+    if missing:
+        raise ModelContractError(
+            f"{where} ({type(model).__name__}) lacks {', '.join(missing)}: "
+            "it must be a River classifier"
+        )
+    return model
+
+
+def has_vectorised_proba(model: Any) -> bool:
+    """Whether `model` scores many texts in one call (`predict_proba_many`).
+
+    A River pipeline always has the method, but it only works when its last step has it too.
+    """
+    if not callable(getattr(model, "predict_proba_many", None)):
+        return False
+    steps = getattr(model, "steps", None)
+    if isinstance(steps, dict) and steps:
+        return callable(getattr(list(steps.values())[-1], "predict_proba_many", None))
+    return True
+
+
+def check_batch_model(estimator: Any, where: str = "the batch model") -> Any:
+    """`estimator` if it is a scikit-learn estimator that gives probabilities or margins.
+
+    A margin-only estimator (`decision_function`, no `predict_proba`) passes here; the batch
+    layer wraps it in the project's temperature calibration (`batch_model.prepare_batch_model`).
+    """
+    missing = _missing(estimator, ("fit", "get_params"))
+    if missing:
+        raise ModelContractError(
+            f"{where} ({type(estimator).__name__}) lacks {', '.join(missing)}: "
+            "it must be a scikit-learn estimator"
+        )
+    if not gives_probabilities(estimator) and not gives_margins(estimator):
+        raise ModelContractError(
+            f"{where} ({type(estimator).__name__}) has neither predict_proba nor "
+            "decision_function: the blend needs a score per intent"
+        )
+    return estimator
+
+
+def gives_probabilities(estimator: Any) -> bool:
+    """Whether the estimator (or a pipeline's final step) has `predict_proba`."""
+    return _final_has(estimator, "predict_proba")
+
+
+def gives_margins(estimator: Any) -> bool:
+    """Whether the estimator (or a pipeline's final step) has `decision_function`."""
+    return _final_has(estimator, "decision_function")
+
+
+def _final_has(estimator: Any, method: str) -> bool:
+    """scikit-learn hides a pipeline's missing methods behind `available_if`: `hasattr` on the
+    pipeline asks its final step."""
+    try:
+        return callable(getattr(estimator, method, None))
+    except AttributeError:
+        return False
