@@ -67,6 +67,7 @@ from streams.dataset import CLINC150_DATA, load_dataset
 from streams.schema import parse_event
 
 EVENTS = 40_000
+SPEED_MODEL = "models.speed_model:build_speed_model"  # measured whatever SPEED_MODEL says
 MEASURED_SEED = 7
 TUNING_SEED = 8
 TAIL_FRACTION = 0.3
@@ -187,14 +188,15 @@ def speed_run(
     alpha: float,
 ) -> tuple[Run, SpeedLayer]:
     """The speed layer with the champion over the topic: (its run, the layer)."""
-    settings = SpeedSettings(snapshot_dir=folder, signal_dir=folder / "signals")
+    settings = SpeedSettings(
+        snapshot_dir=folder,
+        signal_dir=folder / "signals",
+        model=SPEED_MODEL,
+        model_params={"alpha": alpha},
+    )
     with event_reader(kafka, group, "bench") as reader:
         layer = SpeedLayer(
-            reader,
-            LocalSnapshotStore(folder),
-            settings,
-            current_champion=lambda: champion,
-            build_model=lambda: build_speed_model(alpha=alpha),
+            reader, LocalSnapshotStore(folder), settings, current_champion=lambda: champion
         )
         started, cpu_started = time.perf_counter(), time.process_time()
         layer.run(threading.Event(), max_events=events)
@@ -213,7 +215,11 @@ def freshness_run(
 ) -> float:
     """p95 seconds from produce to a durable snapshot that reflects the event."""
     settings = SpeedSettings(
-        snapshot_dir=folder, signal_dir=folder / "signals", snapshot_every_s=1.0
+        snapshot_dir=folder,
+        signal_dir=folder / "signals",
+        snapshot_every_s=1.0,
+        model=SPEED_MODEL,
+        model_params={},
     )
     options = ReplayOptions(limit=int(rate * seconds), rate=rate, run_id=f"fresh-{time.time_ns()}")
     producer = threading.Thread(

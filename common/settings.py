@@ -111,10 +111,16 @@ class BatchSettings(BaseSettings):
     `holdout_fraction` of the distinct texts (by hash) are held out; keep it fixed, so that no
     version ever trains on another's holdout. The `gate_*` settings are the promotion gate's
     rules (`pipelines.promotion.GateRules`).
+
+    `model` is the factory of the scikit-learn model a run trains (`package.module:factory`,
+    read by `models.model_spec.ModelSpec`) and `model_params` its keyword arguments
+    (`BATCH_MODEL_PARAMS` holds them as a JSON object).
     """
 
     model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
 
+    model: str = "models.batch_model:build_batch_model"
+    model_params: dict[str, object] = {}
     master_dir: Path = Path("var/master")
     holdout_fraction: float = 0.1
     min_accuracy: float = 0.5
@@ -126,11 +132,21 @@ class BatchSettings(BaseSettings):
 
 
 class SpeedSettings(BaseSettings):
-    """How often the speed layer snapshots, reports and looks for a new champion;
-    `freshness_window` is how many of the latest events its freshness percentiles cover."""
+    """Which model the speed layer learns, and how often it snapshots, reports, registers its
+    model and looks for a new champion; `freshness_window` is how many of the latest events its
+    freshness percentiles cover.
+
+    `model` is the factory of the River model (`package.module:factory`, read by
+    `models.model_spec.ModelSpec`) and `model_params` its keyword arguments
+    (`SPEED_MODEL_PARAMS` holds them as a JSON object); the default is the tuned `HashedTextNB`.
+    `register_every_s` is how often the current snapshot is registered in MLflow as a version of
+    `<registered model>-speed`, besides after every re-base; 0 registers after re-bases only.
+    """
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
 
+    model: str = "models.speed_model:build_speed_model"
+    model_params: dict[str, object] = {}
     group_id: str = "lambda-ml-speed"
     snapshot_dir: Path = Path("var/snapshots")
     snapshot_every_events: int = 20_000
@@ -140,6 +156,7 @@ class SpeedSettings(BaseSettings):
     metrics_every_s: float = 10.0
     signal_dir: Path = Path("var/signals")
     freshness_window: int = 10_000
+    register_every_s: float = Field(default=600.0, ge=0)
 
 
 class ArchiveSettings(BaseSettings):

@@ -1,22 +1,148 @@
-"""Speed-layer snapshots: the model, where in the stream it is, and how it is doing.
+"""Speed-layer snapshots: the model, where in the stream it is, how it is doing, and which model
+it is.
+
+A snapshot file holds two pickles: first its header (`SnapshotHeader.as_record`, plain dicts
+and strings, so it reads without importing the model's code), then the `SpeedSnapshot`. A
+reader checks the header's format version before it unpickles the model, and a snapshot whose
+model's module is gone still says which model it was. Files written before the header existed
+hold the `SpeedSnapshot` alone; they read as format version 1 of the default model.
 
 A snapshot is written durably (`common.durable`: fsynced, renamed, folder fsynced), so a
 reader or a restart after kill -9 sees either the previous snapshot or the new one, never half.
 The store is an interface so that an object store can stand in for the local folder.
 """
 
+import functools
 import pickle
+import platform
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from common.durable import write_durably
 from models.blend import HedgeBlender
+from models.model_spec import ModelSpec
 from models.texts import TextMemory
 
 _NAME = re.compile(r"^snapshot-(\d{12})\.pkl$")
+
+SNAPSHOT_FORMAT = 2
+"""The format this code writes: 1 was the `SpeedSnapshot` pickled alone, 2 adds the header."""
+READABLE_FORMATS = frozenset({1, SNAPSHOT_FORMAT})
+"""The formats this code reads; a reader refuses any other rather than guess at it."""
+DEFAULT_MODEL_SPEC = ModelSpec("models.speed_model:build_speed_model")
+"""The model of every snapshot written before snapshots recorded theirs (`SpeedSettings.model`'s
+default, which it was the only choice of then)."""
+_VERSIONED = ("river", "numpy", "scikit-learn", "lambda-ml")
+
+
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """Python's version and the installed versions of the libraries a pickled model depends on
+    (and of this project), as a snapshot header records them."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = installed_version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """What a snapshot says about itself: its format, its model's spec, the libraries it was
+    pickled with.
+
+    Attributes
+    ----------
+    format_version
+        How the file is laid out (`SNAPSHOT_FORMAT` when written by this code).
+    model_spec
+        `ModelSpec.as_record()` of the factory that built the model, or None when whoever
+        wrote the snapshot did not record it.
+    versions
+        Library -> version at pickling time: python, river, numpy, scikit-learn, lambda-ml.
+    """
+
+    format_version: int
+    model_spec: dict[str, Any] | None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def current(cls, spec: ModelSpec | None = None) -> "SnapshotHeader":
+        """The header this code writes for a model built by `spec`."""
+        record = spec.as_record() if spec is not None else None
+        return cls(SNAPSHOT_FORMAT, record, dict(library_versions()))
+
+    @classmethod
+    def legacy(cls) -> "SnapshotHeader":
+        """The header of a snapshot written before headers: format 1, the default model."""
+        return cls(1, DEFAULT_MODEL_SPEC.as_record(), {})
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "SnapshotHeader":
+        """The header from `as_record`'s dict; a missing or odd field raises ValueError."""
+        try:
+            spec = record.get("model_spec")
+            return cls(
+                int(record["format_version"]),
+                dict(spec) if spec is not None else None,
+                {str(k): str(v) for k, v in dict(record.get("versions") or {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a snapshot header ({type(exc).__name__}: {exc})") from None
+
+    def as_record(self) -> dict[str, Any]:
+        """The header as plain dicts, as the file's first pickle holds it."""
+        return {
+            "format_version": self.format_version,
+            "model_spec": self.model_spec,
+            "versions": dict(self.versions),
+        }
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        """The model's spec, not imported (its code may not be importable here)."""
+        if self.model_spec is None:
+            return None
+        return ModelSpec(str(self.model_spec.get("factory")), self.model_spec.get("params") or {})
+
+    def describe_model(self) -> str:
+        """The model's spec in one line, for logs."""
+        spec = self.spec
+        return spec.describe() if spec is not None else "an unrecorded model"
+
+
+class SnapshotUnreadable(Exception):
+    """A snapshot that this code cannot use: an unknown format version, or a pickle that does
+    not load (for instance because its model's module is not importable here).
+
+    Attributes
+    ----------
+    path
+        The file.
+    sequence
+        Its number in the store.
+    reason
+        Why, in one line.
+    header
+        Its header, when that much could be read (then the model itself is what failed).
+    """
+
+    def __init__(
+        self, path: Path, sequence: int, reason: str, header: SnapshotHeader | None = None
+    ) -> None:
+        super().__init__(f"snapshot {path} cannot be used: {reason}")
+        self.path = path
+        self.sequence = sequence
+        self.reason = reason
+        self.header = header
 
 
 @dataclass
@@ -48,6 +174,10 @@ class SpeedSnapshot:
     learnt_texts
         The texts `model` learnt, so a restarted worker still tells first-seen texts from
         repeats.
+    header
+        Its format, its model's spec and the library versions; a snapshot made without one
+        records no spec. One read from a file written before headers is
+        `SnapshotHeader.legacy()`.
     age_s
         Seconds since `created_at`.
     """
@@ -62,10 +192,13 @@ class SpeedSnapshot:
     created_at: float = field(default_factory=time.time)
     sequence: int = 0
     learnt_texts: TextMemory = field(default_factory=TextMemory)
+    header: SnapshotHeader = field(default_factory=SnapshotHeader.current)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # A snapshot written before the speed layer tracked its texts has none.
-        self.__dict__.update({"learnt_texts": TextMemory()} | state)
+        # A snapshot written before the speed layer tracked its texts has none, and one written
+        # before headers is format 1 of the default model.
+        defaults = {"learnt_texts": TextMemory(), "header": SnapshotHeader.legacy()}
+        self.__dict__.update(defaults | state)
 
     @property
     def age_s(self) -> float:
@@ -74,13 +207,61 @@ class SpeedSnapshot:
 
 
 class SnapshotStore(Protocol):
-    """Where snapshots are kept: `save` numbers them, `latest` reads the newest."""
+    """Where snapshots are kept: `save` numbers them, `latest` reads the newest (raising
+    `SnapshotUnreadable` when that one cannot be used)."""
 
     def save(self, snapshot: SpeedSnapshot) -> str: ...
 
     def latest(self) -> SpeedSnapshot | None: ...
 
     def latest_sequence(self) -> int | None: ...
+
+
+def write_snapshot(handle: BinaryIO, snapshot: SpeedSnapshot) -> None:
+    """The file's content: the header's record, then the snapshot."""
+    pickle.dump(snapshot.header.as_record(), handle, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.dump(snapshot, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def read_snapshot(handle: BinaryIO, path: Path, sequence: int) -> SpeedSnapshot:
+    """The snapshot in an open file, of either format; `SnapshotUnreadable` says why not.
+
+    The header is read and its format checked before the model is unpickled. An `OSError`
+    (a file that went away, a disk error) propagates as it is: it says nothing of the file.
+    """
+    header: SnapshotHeader | None = None
+    try:
+        first = pickle.load(handle)
+        if isinstance(first, SpeedSnapshot):  # format 1: the snapshot alone
+            return first
+        if not isinstance(first, Mapping):
+            raise ValueError(f"it starts with a {type(first).__name__}, not a snapshot header")
+        header = SnapshotHeader.from_record(first)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise SnapshotUnreadable(path, sequence, _reason(exc)) from exc
+    if header.format_version not in READABLE_FORMATS:
+        known = ", ".join(str(v) for v in sorted(READABLE_FORMATS))
+        reason = f"format version {header.format_version} is not one this code reads ({known})"
+        raise SnapshotUnreadable(path, sequence, reason, header)
+    try:
+        snapshot = pickle.load(handle)
+    except OSError:
+        raise
+    except Exception as exc:  # typically the model's module or class is not importable here
+        reason = f"{_reason(exc)} (its model: {header.describe_model()})"
+        raise SnapshotUnreadable(path, sequence, reason, header) from exc
+    if not isinstance(snapshot, SpeedSnapshot):
+        reason = f"it holds a {type(snapshot).__name__}, not a SpeedSnapshot"
+        raise SnapshotUnreadable(path, sequence, reason, header)
+    snapshot.header = header
+    return snapshot
+
+
+def _reason(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class LocalSnapshotStore:
@@ -106,7 +287,8 @@ class LocalSnapshotStore:
         found = (_NAME.match(p.name) for p in self.directory.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
-    def _path(self, sequence: int) -> Path:
+    def path(self, sequence: int) -> Path:
+        """The file of snapshot `sequence`."""
         return self.directory / f"snapshot-{sequence:012d}.pkl"
 
     def latest_sequence(self) -> int | None:
@@ -118,22 +300,26 @@ class LocalSnapshotStore:
         """Write durably as the next sequence number; older snapshots beyond `keep` go."""
         self.directory.mkdir(parents=True, exist_ok=True)
         snapshot.sequence = (self.latest_sequence() or 0) + 1
-        target = self._path(snapshot.sequence)
-        write_durably(target, lambda h: pickle.dump(snapshot, h, protocol=pickle.HIGHEST_PROTOCOL))
+        target = self.path(snapshot.sequence)
+        write_durably(target, lambda handle: write_snapshot(handle, snapshot))
         for old in self._sequences()[: -self.keep]:
-            self._path(old).unlink(missing_ok=True)
+            self.path(old).unlink(missing_ok=True)
         return str(target)
 
     def latest(self) -> SpeedSnapshot | None:
-        """The newest snapshot. One a writer removed between listing and opening (it keeps only
-        `keep`) has been replaced by a newer one, so the listing is simply read again."""
+        """The newest snapshot; `SnapshotUnreadable` when it cannot be used (an older one is
+        not read instead: it would be progress the stream has moved past).
+
+        One a writer removed between listing and opening (it keeps only `keep`) has been
+        replaced by a newer one, so the listing is simply read again."""
         for _ in range(5):  # each miss means a newer snapshot was saved meanwhile
             sequence = self.latest_sequence()
             if sequence is None:
                 return None
+            path = self.path(sequence)
             try:
-                with self._path(sequence).open("rb") as handle:
-                    return pickle.load(handle)
+                with path.open("rb") as handle:
+                    return read_snapshot(handle, path, sequence)
             except FileNotFoundError:
                 continue
         raise FileNotFoundError(f"no snapshot in {self.directory} could be opened")

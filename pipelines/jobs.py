@@ -10,10 +10,14 @@ from common.settings import ArchiveSettings, KafkaSettings, MlflowSettings, Spee
 from models.champion_watch import ChampionWatch, RegistryChampions
 from models.snapshot import LocalSnapshotStore
 from pipelines.speed import SpeedLayer
-from pipelines.tracking import RunReporter, tracking_client
+from pipelines.tracking import RunReporter, SnapshotRegistrar, tracking_client
 from streams.archiver import Archiver, recover
 from streams.consumer import EventReader, make_consumer
 from streams.producer import make_producer
+
+REGISTRAR_STAGING = ".mlflow-outbox"
+"""The folder, inside the snapshot folder, of the snapshots waiting to be registered in MLflow
+(hard links, so the store may prune its own copies meanwhile; the store ignores the folder)."""
 
 
 def stop_on_signals() -> Event:
@@ -44,7 +48,12 @@ def run_speed(
     idle_exit_s: float | None = None,
     from_offsets: dict[int, int] | None = None,
 ) -> SpeedLayer:
-    """The speed layer until stopped; `from_offsets` forces a fresh model from those offsets."""
+    """The speed layer until stopped; `from_offsets` forces a fresh model from those offsets.
+
+    The model is `settings.model`'s; a factory that is not importable or not a River classifier
+    fails here, before any event. With `tracking`, metrics go to an MLflow run and snapshots
+    are registered as versions of `<registered model>-speed` (`SnapshotRegistrar`).
+    """
     store = LocalSnapshotStore(settings.snapshot_dir)
     reporter = RunReporter(tracking, "speed-layer", {"layer": "speed"}) if tracking else None
     champion_watch = (
@@ -60,8 +69,14 @@ def run_speed(
             current_champion=champion_watch.loaded if champion_watch else (lambda: None),
             report=reporter or (lambda metrics, step: None),
         )
+        registrar = (
+            SnapshotRegistrar(tracking, reporter, settings.snapshot_dir / REGISTRAR_STAGING)
+            if tracking and reporter
+            else None
+        )
+        layer.register = registrar
         if champion_watch:
-            if from_offsets is not None:
+            if from_offsets is not None or layer.rebase_reason is not None:
                 # Re-base on the current champion, not only on the next one. A registry that
                 # cannot be asked fails the job: a re-base without the champion would be undone
                 # by the champion's own re-base as soon as the registry answered.
@@ -71,11 +86,15 @@ def run_speed(
             layer.champion = layer.current_champion()
             base = layer.champion.info.version if layer.champion else None
             layer.rebase(from_offsets, base_version=base)
+        elif layer.rebase_reason is not None:
+            layer.rebase_on_current_champion(layer.rebase_reason)
         try:
             layer.run(stop, idle_exit_s=idle_exit_s)
         finally:
             if champion_watch:
                 champion_watch.stop()
+            if registrar:
+                registrar.close()
             if reporter:
                 reporter.close()
     return layer

@@ -5,6 +5,12 @@ exists), score those predictions and the blend, then learn. Progress is made dur
 snapshots; a restart resumes from the newest snapshot's offsets, so after kill -9 no event is
 learnt twice or skipped. When a new batch champion appears, the model is rebuilt from the
 champion's cut-off (Kappa-style reprocessing) and the layer goes on live.
+
+The model is chosen by configuration (`SpeedSettings.model`, a `models.model_spec.ModelSpec`)
+and checked against River's contract before the first event. Each snapshot's header records
+the spec; a worker started with another spec than its newest snapshot's (or whose snapshot
+cannot be used) does not resume it, but re-bases on the current champion's cut-off, or on the
+stream's start without a champion, and replays forward.
 """
 
 import logging
@@ -17,12 +23,19 @@ from river import base
 
 from common.settings import SpeedSettings
 from models.blend import HedgeBlender
+from models.contracts import check_speed_model
+from models.model_spec import ModelSpec
 from models.prequential import ViewScores, prequential_step
 from models.registry import ChampionModel
-from models.snapshot import SnapshotStore, SpeedSnapshot
+from models.snapshot import SnapshotHeader, SnapshotStore, SnapshotUnreadable, SpeedSnapshot
 from models.speed_model import build_speed_model
 from models.texts import TextMemory
-from pipelines.speed_loop import DriftWatch, SnapshotSchedule, SpeedReport
+from pipelines.speed_loop import (
+    DriftWatch,
+    RegistrationSchedule,
+    SnapshotSchedule,
+    SpeedReport,
+)
 from streams.consumer import Consumed, EventReader
 
 log = logging.getLogger(__name__)
@@ -59,8 +72,9 @@ class SpeedState:
 
     @classmethod
     def from_snapshot(cls, snapshot: SpeedSnapshot, window: int) -> "SpeedState":
-        state = cls.fresh(window, snapshot.base_version, snapshot.base_offsets)
-        state.model = snapshot.model
+        state = cls.fresh(
+            window, snapshot.base_version, snapshot.base_offsets, lambda: snapshot.model
+        )
         state.blender = snapshot.blender
         state.events_learnt = snapshot.events_learnt
         state.learnt_texts = snapshot.learnt_texts
@@ -82,8 +96,9 @@ class SpeedLayer:
     """The prequential loop over an `EventReader`, with snapshots and champion re-basing.
 
     The loop only orders the work; its collaborators decide when to snapshot
-    (`SnapshotSchedule`), watch the champion's error (`DriftWatch`) and report
-    (`SpeedReport`), so each can be changed and tested alone.
+    (`SnapshotSchedule`), when to register a snapshot (`RegistrationSchedule`), watch the
+    champion's error (`DriftWatch`) and report (`SpeedReport`), so each can be changed and
+    tested alone.
 
     Parameters
     ----------
@@ -92,22 +107,37 @@ class SpeedLayer:
     store
         Where snapshots are saved and the newest is read back on start.
     settings
-        The scoring window and the snapshot, report and drift-signal settings.
+        The model's spec, the scoring window, and the snapshot, report, registration and
+        drift-signal settings.
     current_champion
         Returns the current champion (loaded), or None; called on every poll, so it must be
         cheap (see `models.champion_watch.ChampionWatch.loaded`).
     report
         Called as `report(metrics, step)` every `settings.metrics_every_s` seconds.
-    build_model
-        Makes the fresh speed model of a start or a re-base.
+    register
+        Called as `register(path, snapshot)` with a snapshot just made durable, when
+        `RegistrationSchedule` says so; it must return at once (see
+        `pipelines.tracking.SnapshotRegistrar`).
+
+    Raises
+    ------
+    ModelSpecError
+        The configured factory cannot be imported or called.
+    ModelContractError
+        It builds something that is not a River classifier.
 
     Attributes
     ----------
+    spec
+        The configured model: every fresh model of a start or a re-base is built from it.
     state
         The model, blender, counts and scores a snapshot captures.
     champion
         The champion the layer predicts with now, or None.
-    schedule, drift, reporter
+    rebase_reason
+        Why the layer did not resume from its newest snapshot, until `run` (or a caller) has
+        re-based; None when it resumed or started on an empty store.
+    schedule, registration, drift, reporter
         The collaborators above.
     """
 
@@ -118,29 +148,63 @@ class SpeedLayer:
         settings: SpeedSettings,
         current_champion: Callable[[], ChampionModel | None] = lambda: None,
         report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
-        build_model: Callable[[], base.Classifier] = build_speed_model,
+        register: Callable[[str, SpeedSnapshot], None] | None = None,
     ) -> None:
-        self.build_model = build_model
+        self.spec = ModelSpec.parse(settings.model, settings.model_params)
+        first_model = self.build_model()  # a wrong model fails here, before any event
         self.reader = reader
         self.store = store
         self.settings = settings
         self.current_champion = current_champion
+        self.register = register
         self.champion: ChampionModel | None = None
-        snapshot = store.latest()
+        self.rebase_reason: str | None = None
+        snapshot = self._resumable_snapshot()
         if snapshot is None:
-            self.state = SpeedState.fresh(settings.window, build_model=build_model)
+            self.state = SpeedState.fresh(settings.window, build_model=lambda: first_model)
         else:
             self.state = SpeedState.from_snapshot(snapshot, settings.window)
             reader.seek(snapshot.offsets)
             log.info("resumed from snapshot %s at %s", snapshot.sequence, snapshot.offsets)
         learnt = self.state.events_learnt
         self.schedule = SnapshotSchedule(settings, learnt, reader.positions)
+        self.registration = RegistrationSchedule(settings)
         self.drift = DriftWatch(settings.signal_dir)
         self.reporter = SpeedReport(settings, report, learnt)
 
-    def rebase(self, offsets: dict[int, int], base_version: str | None) -> None:
+    def build_model(self) -> base.Classifier:
+        """A fresh model from the configured spec, checked against River's contract."""
+        return check_speed_model(self.spec.build(), f"the speed model {self.spec.factory}")
+
+    def _resumable_snapshot(self) -> SpeedSnapshot | None:
+        """The newest snapshot if the layer can go on from it; else None, and why it cannot
+        in `rebase_reason` (a snapshot of another model, or one that cannot be used)."""
+        try:
+            snapshot = self.store.latest()
+        except SnapshotUnreadable as exc:
+            self.rebase_reason = str(exc)
+            return None
+        if snapshot is None:
+            return None
+        if snapshot.header.model_spec != self.spec.as_record():
+            self.rebase_reason = (
+                f"the speed model changed from {snapshot.header.describe_model()} "
+                f"(snapshot {snapshot.sequence}) to {self.spec.describe()}"
+            )
+            return None
+        return snapshot
+
+    def rebase(
+        self, offsets: dict[int, int], base_version: str | None, reason: str | None = None
+    ) -> None:
         """Start a fresh model from `offsets` and replay forward from there."""
-        log.info("re-basing on version %s from offsets %s", base_version, offsets)
+        if reason is None:
+            log.info("re-basing on version %s from offsets %s", base_version, offsets)
+        else:
+            log.warning(
+                "re-basing on version %s from offsets %s: %s", base_version, offsets, reason
+            )
+        self.rebase_reason = None
         self.state = SpeedState.fresh(
             self.settings.window, base_version, offsets, build_model=self.build_model
         )
@@ -148,6 +212,16 @@ class SpeedLayer:
         self.reader.seek(offsets)
         self.schedule.restart_count()
         self.reporter.restart_count()
+        self.registration.rebased()
+
+    def rebase_on_current_champion(self, reason: str | None = None) -> None:
+        """Re-base on the current champion's cut-off, or on every partition's start when there
+        is no champion."""
+        self.champion = champion = self.current_champion()
+        if champion is None:
+            self.rebase({}, None, reason)
+        else:
+            self.rebase(champion.info.cutoff_offsets, champion.info.version, reason)
 
     def _follow_champion(self) -> None:
         """Take up a new champion, re-basing on its cut-off unless the model is based on it."""
@@ -202,24 +276,36 @@ class SpeedLayer:
             base_version=self.state.base_version,
             base_offsets=self.state.base_offsets,
             learnt_texts=self.state.learnt_texts,
+            header=SnapshotHeader.current(self.spec),
         )
 
     def make_progress_durable(self) -> SpeedSnapshot:
         """Dead letters first, then the snapshot, then the commit: each is durable before the
-        next step claims it, so a crash between steps loses or repeats no event."""
+        next step claims it, so a crash between steps loses or repeats no event. The snapshot
+        is then handed to `register` when a registration is due."""
         self.reader.flush_dead_letters()
         snapshot = self.snapshot_of_state()
-        self.store.save(snapshot)
+        path = self.store.save(snapshot)
         self.reporter.made_durable()
         self.reader.commit(snapshot.offsets)
         self.schedule.taken(self.state.events_learnt, snapshot.offsets)
+        if self.register is not None and self.registration.due():
+            self.registration.registered()
+            try:
+                self.register(path, snapshot)
+            except Exception as exc:  # the registry's copy is for people; the stream goes on
+                log.warning("could not hand snapshot %s over for registration: %s", path, exc)
         return snapshot
 
     def run(
         self, stop: Event, idle_exit_s: float | None = None, max_events: int | None = None
     ) -> None:
         """Loop until `stop` is set, the stream has been idle for `idle_exit_s`, or
-        `max_events` have been learnt; always ends with its progress durable and a report."""
+        `max_events` have been learnt; always ends with its progress durable and a report.
+
+        A layer that could not resume its newest snapshot (`rebase_reason`) re-bases first."""
+        if self.rebase_reason is not None:
+            self.rebase_on_current_champion(self.rebase_reason)
         idle_since = time.monotonic()
         while not stop.is_set():
             self._follow_champion()

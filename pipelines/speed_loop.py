@@ -1,5 +1,5 @@
-"""The speed layer's collaborators: when a snapshot is due, whether the champion's error has
-drifted, and what the layer reports.
+"""The speed layer's collaborators: when a snapshot is due, when one is registered in MLflow,
+whether the champion's error has drifted, and what the layer reports.
 
 Each has one job and no Kafka, so `pipelines.speed.SpeedLayer` stays a short loop and each part
 can be tested alone; the clocks are parameters for the same reason.
@@ -90,6 +90,45 @@ class SnapshotSchedule:
     def restart_count(self) -> None:
         """A re-base starts the layer's count of events again from zero."""
         self._events_at_snapshot = 0
+
+
+class RegistrationSchedule:
+    """Says when a durable snapshot is to be registered as a version of the speed model: the
+    first after each re-base, and then one every `register_every_s` seconds (0: after re-bases
+    only).
+
+    A re-base starts a new model, so its first snapshot is the one that says which model and
+    which cut-off the speed layer now serves; the interval keeps the registry's copy of the
+    model that keeps learning recent.
+
+    Parameters
+    ----------
+    settings
+        Its `register_every_s` sets the interval.
+    clock
+        Monotonic seconds; tests pass their own.
+    """
+
+    def __init__(self, settings: SpeedSettings, clock: Clock = time.monotonic) -> None:
+        self.every_s = settings.register_every_s
+        self.clock = clock
+        self._after_rebase = False
+        self._registered_at = clock()
+
+    def rebased(self) -> None:
+        """A re-base happened: the next snapshot is registered."""
+        self._after_rebase = True
+
+    def due(self) -> bool:
+        """Whether to register the snapshot just made durable."""
+        if self._after_rebase:
+            return True
+        return self.every_s > 0 and self.clock() - self._registered_at >= self.every_s
+
+    def registered(self) -> None:
+        """A snapshot was handed over for registration: the interval starts again."""
+        self._after_rebase = False
+        self._registered_at = self.clock()
 
 
 class DriftWatch:

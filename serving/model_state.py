@@ -4,7 +4,8 @@ A background thread polls the speed snapshot store and the batch champion every 
 loads whatever changed, and replaces the one immutable `LoadedModels` by reference. A request
 reads that reference once, so it always sees a consistent pair of models, and a reload never
 makes it wait. A failed load, or MLflow being down, keeps the models already loaded and is
-logged by `models.champion_watch.FailureLog`.
+logged by `models.champion_watch.FailureLog`; a snapshot file that cannot be used is refused
+once, with a warning, and not read again.
 """
 
 import logging
@@ -15,7 +16,12 @@ from pathlib import Path
 
 from models.champion_watch import ChampionStore, ChampionWatch, FailureLog, PollingThread
 from models.registry import ChampionInfo, ChampionModel
-from models.snapshot import SnapshotStore, SpeedSnapshot
+from models.snapshot import (
+    READABLE_FORMATS,
+    SnapshotStore,
+    SnapshotUnreadable,
+    SpeedSnapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +129,13 @@ class ModelReloader:
         self._thread: PollingThread | None = None
 
     def refresh_snapshot(self) -> bool:
-        """Load the newest snapshot if there is a new one; True when the models changed."""
+        """Load the newest snapshot if there is a new one; True when the models changed.
+
+        A snapshot that cannot be used (a format version this code does not know, or a pickle
+        that does not load, such as one whose model's module is not importable here) is refused
+        with one warning naming the file and the reason; the models in use keep answering, and
+        that snapshot is not tried again, only a newer one.
+        """
         if self.snapshots is None:
             return False
         try:
@@ -132,6 +144,10 @@ class ModelReloader:
                 self._snapshot_failures.succeeded()
                 return False
             snapshot = self.snapshots.latest()
+        except SnapshotUnreadable as exc:
+            self._snapshot_failures.succeeded()  # the store answered; the file is the problem
+            self._refuse(exc.sequence, str(exc.path), exc.reason)
+            return False
         except Exception as exc:
             self._snapshot_failures.failed(exc)
             return False
@@ -139,6 +155,10 @@ class ModelReloader:
         if snapshot is None:
             return False
         self._snapshot_sequence = snapshot.sequence
+        if snapshot.header.format_version not in READABLE_FORMATS:  # a store of another kind
+            reason = f"format version {snapshot.header.format_version} is not one this code reads"
+            self._refuse(snapshot.sequence, f"number {snapshot.sequence}", reason)
+            return False
         if snapshot.events_learnt == 0:
             log.info("speed snapshot %s has learnt nothing yet; not used", snapshot.sequence)
             return False
@@ -146,6 +166,13 @@ class ModelReloader:
             return False
         log.info("speed snapshot %s in use (offsets %s)", snapshot.sequence, snapshot.offsets)
         return True
+
+    def _refuse(self, sequence: int, where: str, reason: str) -> None:
+        """Log once that a snapshot is refused, and never load that sequence again."""
+        self._snapshot_sequence = sequence
+        log.warning(
+            "refusing speed snapshot %s: %s; the models in use keep answering", where, reason
+        )
 
     def refresh_champion(self) -> bool:
         """Load the champion if the alias moved; True when the models changed."""

@@ -4,8 +4,9 @@ It is kept lean because it runs for every request: the batch champion scores all
 vectorised `predict_proba` call, the speed model (`HashedTextNB.predict_proba_matrix`) too, and
 the blender aligns both matrices over the union of their intents in one `blend_many` call, so an
 intent that only the speed model knows can win. A speed model without `predict_proba_matrix` (a
-plain River model) has its `predict_proba_one` dicts laid out as the same kind of matrix, so
-every model takes the one numeric path. scikit-learn's input and parameter checks are skipped:
+plain River model) answers through River's `predict_proba_many` when it has a working one, else
+has its `predict_proba_one` dicts laid out as the same kind of matrix, so every model takes the
+one numeric path. scikit-learn's input and parameter checks are skipped:
 they cost more than the model on one text, and the champion and its input (validated strings)
 are this pipeline's own.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import sklearn
 
+from models.prequential import speed_probability_matrix
 from models.snapshot import SpeedSnapshot
 from serving.model_state import LoadedModels
 from serving.schemas import BlendWeights, IntentScore, ModelVersions, Prediction, Source
@@ -103,23 +105,6 @@ def predict_texts(
 
 
 def _speed_probabilities(model, texts: list[str]) -> tuple[list[Any], np.ndarray]:
-    """The speed model's classes and (texts, classes) probabilities.
-
-    A model without `predict_proba_matrix` (a plain River model) answers one dict per text; the
-    columns are the union of their intents in the order they first appear, which is each dict's
-    own order when, as with a River classifier, every text gets the same intents; an intent
-    missing from one text's dict is a 0 in its row.
-    """
-    xs = [{"text": text} for text in texts]
-    if hasattr(model, "predict_proba_matrix"):
-        return model.predict_proba_matrix(xs)
-    rows = [model.predict_proba_one(x) for x in xs]
-    column: dict[Any, int] = {}
-    for row in rows:
-        for intent in row:
-            column.setdefault(intent, len(column))
-    matrix = np.zeros((len(rows), len(column)))
-    for i, row in enumerate(rows):
-        for intent, p in row.items():
-            matrix[i, column[intent]] = p
-    return list(column), matrix
+    """The speed model's classes and (texts, classes) probabilities, by the fastest path the
+    model has (`models.prequential.speed_probability_matrix`)."""
+    return speed_probability_matrix(model, [{"text": text} for text in texts])

@@ -1,17 +1,25 @@
-"""The speed layer on the real broker: learns a replay, survives kill -9 exactly, dead-letters."""
+"""The speed layer on the real broker: learns a replay, survives kill -9 exactly, dead-letters,
+and registers its snapshots in MLflow."""
 
 import contextlib
 import io
+import json
 import random
+import time
+import uuid
+from pathlib import Path
 from threading import Event
 
 import pytest
+from mlflow.artifacts import download_artifacts
 from rich.console import Console
 
 from common.settings import SpeedSettings
-from models.snapshot import LocalSnapshotStore
+from models.registry import decode_offsets
+from models.snapshot import LocalSnapshotStore, read_snapshot
 from pipelines.jobs import run_speed
 from pipelines.produce import ReplayOptions, run_produce
+from pipelines.tracking import tracking_client
 from streams.dataset import CLINC150_DATA, load_dataset
 from streams.producer import make_producer
 from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
@@ -46,12 +54,12 @@ def stream(kafka):
     return settings
 
 
-def labelled_count(settings) -> int:
+def labelled_count(settings, expected: int = EVENTS + 3) -> int:
     from streams.schema import InvalidEvent, parse_event
     from tests.integration.kafka_reading import read_all
 
     count = 0
-    for record in read_all(settings.bootstrap, settings.topic, EVENTS + 3):
+    for record in read_all(settings.bootstrap, settings.topic, expected):
         with contextlib.suppress(InvalidEvent):
             count += parse_event(record.value).intent is not None
     return count
@@ -128,3 +136,69 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     assert restarted.events_learnt == labelled
     assert restarted.offsets == reference.offsets
     assert differing == 0
+
+
+@pytest.fixture(scope="module")
+def short_stream(kafka):
+    """A short replay over two partitions, with unlabelled events."""
+    settings = kafka.settings.model_copy(
+        update={"topic": kafka.new_topic(partitions=2), "dlq_topic": kafka.new_topic()}
+    )
+    run_produce(
+        settings,
+        ReplayOptions(limit=3000, unlabelled_fraction=0.1, run_id="short"),
+        Console(file=io.StringIO()),
+    )
+    return settings
+
+
+def wait_for_versions(client, name: str, timeout_s: float = 30.0) -> list:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        versions = client.search_model_versions(f"name='{name}'")
+        if versions:
+            return versions
+        time.sleep(0.5)
+    raise AssertionError(f"no version of {name} was registered")
+
+
+def test_a_re_base_registers_the_snapshot_as_a_version_of_the_speed_model(
+    short_stream, mlflow_server, mlflow_settings, tmp_path
+):
+    tracking = mlflow_settings.model_copy(
+        update={"registered_model": f"intents-{uuid.uuid4().hex[:8]}"}
+    )
+    settings = SpeedSettings(
+        snapshot_dir=tmp_path / "snapshots",
+        signal_dir=tmp_path / "signals",
+        group_id=f"register-{uuid.uuid4().hex[:8]}",
+        snapshot_every_events=1000,
+        register_every_s=0,  # after re-bases only: the one re-base below
+    )
+    layer = run_speed(short_stream, settings, tracking, Event(), idle_exit_s=3, from_offsets={})
+    assert layer.state.events_learnt == labelled_count(short_stream, 3000)
+    client = tracking_client(tracking)
+    name = f"{tracking.registered_model}-speed"
+    (version,) = wait_for_versions(client, name)
+    tags = version.tags
+    offsets = decode_offsets(tags["offsets"])
+    assert set(offsets) == {0, 1} and 0 < sum(offsets.values()) <= 3000
+    assert tags["base_version"] == "none" and tags["base_offsets"] == "{}"
+    assert json.loads(tags["model_spec"]) == {
+        "factory": "models.speed_model:build_speed_model",
+        "params": {},
+    }
+    assert 0 < int(tags["events_learnt"]) <= layer.state.events_learnt
+    # The version is the snapshot file, logged to the speed layer's own run.
+    run = client.get_run(version.run_id)
+    assert run.data.tags["layer"] == "speed" and run.info.run_name == "speed-layer"
+    downloaded = download_artifacts(
+        artifact_uri=version.source, dst_path=str(tmp_path / "dl"), tracking_uri=tracking.uri
+    )
+    path = Path(downloaded)
+    with path.open("rb") as handle:
+        snapshot = read_snapshot(handle, path, int(tags["snapshot_sequence"]))
+    assert snapshot.offsets == offsets
+    assert snapshot.events_learnt == int(tags["events_learnt"])
+    assert snapshot.header.model_spec == json.loads(tags["model_spec"])
+    assert not any((settings.snapshot_dir / ".mlflow-outbox").iterdir())

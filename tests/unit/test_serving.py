@@ -2,7 +2,8 @@
 
 Covers input validation (every bad input is a 4xx naming the field, never a 5xx), the
 fallbacks between batch and speed models, the freshness guard, the union of intents, hot
-reload, and the coalescer and the gauges on their own.
+reload, and the coalescer and the gauges on their own; then the speed model's vectorised
+paths and the snapshots serving refuses.
 """
 
 import asyncio
@@ -10,10 +11,15 @@ import gc
 import json
 import math
 import os
+import pickle
+import random
+import sys
 import time
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,10 +33,15 @@ from starlette.testclient import TestClient
 
 from bench.champion_file import save_champion_file
 from common.settings import MlflowSettings, ServingSettings
+from models import prequential
+from models.alternatives import river_naive_bayes, river_softmax
 from models.blend import HedgeBlender
 from models.champion_watch import FailureLog, RegistryChampions
+from models.contracts import has_vectorised_proba
+from models.model_spec import ModelSpec
+from models.prequential import speed_probabilities
 from models.registry import ChampionInfo, ChampionModel
-from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from models.snapshot import LocalSnapshotStore, SnapshotHeader, SpeedSnapshot
 from models.speed_model import HashedTextNB
 from models.texts import TextMemory
 from pipelines.bento_server import SERVICE_NAME, bentoml_overrides
@@ -625,3 +636,211 @@ def test_a_run_of_failed_reloads_logs_one_traceback_then_one_line_each_then_the_
     assert "<- ConnectionRefusedError: [Errno 111] Connection refused" in records[2].getMessage()
     assert "3 in a row" in records[2].getMessage()
     assert "works again after 3 failed attempts" in records[3].getMessage()
+
+
+# The speed model's vectorised paths, and snapshots serving refuses
+
+
+class VectorisedRiver(DictsOnly):
+    """A River-style model whose `predict_proba_many` works: a DataFrame in, one out."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.many_calls = 0
+
+    def predict_proba_many(self, frame):
+        self.many_calls += 1
+        classes, matrix = self.model.predict_proba_matrix(list(frame["text"]))
+        return pd.DataFrame(matrix, columns=classes, index=frame.index)
+
+
+def assert_same_answers(got: list[Prediction], expected: list[Prediction]) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        assert [s.intent for s in g.top_k] == [s.intent for s in e.top_k]
+        assert [s.p for s in g.top_k] == pytest.approx([s.p for s in e.top_k], rel=1e-3, abs=1e-6)
+
+
+def speed_only(model) -> LoadedModels:
+    return LoadedModels(
+        snapshot=SpeedSnapshot(model=model, blender=HedgeBlender(), offsets={0: 1}, events_learnt=1)
+    )
+
+
+def test_a_working_predict_proba_many_scores_all_texts_in_one_call(examples, monkeypatch):
+    monkeypatch.setattr(prequential, "_UNTRUSTED_MANY", set())
+    speed = HashedTextNB()
+    for example in examples:
+        if example.split == "train":
+            speed.learn_one({"text": example.text}, example.intent)
+    texts = [e.text for e in examples if e.split == "test"][:30] + ["", "zzz qqq"]
+    vectorised = VectorisedRiver(speed)
+    assert has_vectorised_proba(vectorised)
+    got = predict_texts(speed_only(vectorised), texts, top_k=3, max_snapshot_age_s=math.inf)
+    expected = predict_texts(speed_only(DictsOnly(speed)), texts, top_k=3, max_snapshot_age_s=1e9)
+    assert vectorised.many_calls == 1
+    assert_same_answers(got, expected)
+    # One text is scored alone: a one-row DataFrame would only cost more.
+    predict_texts(speed_only(vectorised), texts[:1], top_k=3, max_snapshot_age_s=math.inf)
+    assert vectorised.many_calls == 1
+
+
+@pytest.mark.parametrize("intents", [None, BATCH_INTENTS[:4]], ids=["150 intents", "4 intents"])
+def test_river_naive_bayes_answers_as_it_does_text_by_text(intents, monkeypatch, caplog):
+    """River 0.26's MultinomialNB, trained one event at a time, mislabels the classes of its
+    `predict_proba_many`: the check against `predict_proba_one` catches it, once, and the texts
+    are scored one by one, so the answers are `predict_proba_one`'s. With four intents (a
+    stream of two shuffled passes, some events unlabelled) the longest text's answer is wrong
+    only in classes of negligible probability, which only log-probabilities tell apart."""
+    monkeypatch.setattr(prequential, "_UNTRUSTED_MANY", set())
+    model = river_naive_bayes()
+    assert has_vectorised_proba(model)
+    dataset = load_dataset(CLINC150_DATA).examples
+    train = [e for e in dataset if e.split == "train" and (intents is None or e.intent in intents)]
+    rng = random.Random(5)
+    stream = train * 2
+    rng.shuffle(stream)
+    for example in stream:
+        if rng.random() >= 0.1:
+            model.learn_one({"text": example.text}, example.intent)
+    texts = [e.text for e in train[:400]]
+    expected = predict_texts(speed_only(DictsOnly(model)), texts, top_k=5, max_snapshot_age_s=1e9)
+    with caplog.at_level("WARNING", logger="models.prequential"):
+        for _ in range(3):
+            got = predict_texts(speed_only(model), texts, top_k=5, max_snapshot_age_s=1e9)
+            assert_same_answers(got, expected)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "not using predict_proba_many of BagOfWords | MultinomialNB: it disagrees with "
+        "predict_proba_one; scoring input by input instead"
+    ]
+    classes, row = speed_probabilities(model, {"text": texts[0]})  # the prequential path
+    assert dict(zip(classes, row.tolist(), strict=True)) == model.predict_proba_one(
+        {"text": texts[0]}
+    )
+
+
+def test_a_vectorised_path_that_fails_falls_back_to_one_text_at_a_time(monkeypatch, caplog):
+    monkeypatch.setattr(prequential, "_UNTRUSTED_MANY", set())
+    model = river_softmax()  # its pipeline has predict_proba_many, its last step does not
+    model.learn_one({"text": "set an alarm"}, "alarm")
+    model.learn_one({"text": "rain tomorrow"}, "weather")
+    assert not has_vectorised_proba(model)
+    classes, matrix = prequential.speed_probability_matrix(
+        model, [{"text": "an alarm"}, {"text": "rain"}]
+    )
+    assert set(classes) == {"alarm", "weather"} and matrix.shape == (2, 2)
+
+    class Broken(DictsOnly):
+        def predict_proba_many(self, frame):
+            raise NotImplementedError("no batch scoring")
+
+    broken = Broken(HashedTextNB())
+    broken.model.learn_one("set an alarm", "alarm")
+    with caplog.at_level("WARNING", logger="models.prequential"):
+        for _ in range(2):
+            classes, matrix = prequential.speed_probability_matrix(broken, [{"text": "a"}] * 2)
+    assert classes == ["alarm"] and matrix.tolist() == [[1.0], [1.0]]
+    assert len(caplog.records) == 1
+    assert "it failed (NotImplementedError: no batch scoring)" in caplog.records[0].getMessage()
+
+
+def trained_speed_model(examples) -> HashedTextNB:
+    model = HashedTextNB()
+    for example in examples[:200]:
+        model.learn_one({"text": example.text}, example.intent)
+    return model
+
+
+class Vanishing:
+    """A speed model pickled by reference to a module a serving process may not have."""
+
+    def learn_one(self, x, y) -> None: ...
+
+    def predict_proba_one(self, x) -> dict:
+        return {"alarm": 1.0}
+
+
+def save_vanishing_snapshot(directory: Path) -> Path:
+    module = types.ModuleType("custom_speed_models")
+    module.Vanishing = type("Vanishing", (Vanishing,), {"__module__": "custom_speed_models"})
+    sys.modules["custom_speed_models"] = module
+    try:
+        snapshot = SpeedSnapshot(
+            model=module.Vanishing(), blender=HedgeBlender(), offsets={0: 50}, events_learnt=9
+        )
+        snapshot.header = SnapshotHeader.current(ModelSpec("custom_speed_models:Vanishing"))
+        return Path(LocalSnapshotStore(directory).save(snapshot))
+    finally:
+        del sys.modules["custom_speed_models"]
+
+
+class CountingStore(LocalSnapshotStore):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.reads = 0
+
+    def latest(self):
+        self.reads += 1
+        return super().latest()
+
+
+def test_a_snapshot_whose_model_cannot_be_imported_is_refused_once(examples, tmp_path, caplog):
+    store = CountingStore(tmp_path)
+    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200))
+    reloader = ModelReloader(None, store)
+    assert reloader.refresh_snapshot()
+    in_use = reloader.current
+    path = save_vanishing_snapshot(tmp_path)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="serving.model_state"):
+        for _ in range(4):
+            assert not reloader.refresh_snapshot()
+    assert reloader.current is in_use  # still answering with what it had
+    assert store.reads == 2  # the refused sequence is not read again at every poll
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert messages == [
+        (
+            "WARNING",
+            f"refusing speed snapshot {path}: ModuleNotFoundError: No module named "
+            "'custom_speed_models' (its model: custom_speed_models:Vanishing {}); "
+            "the models in use keep answering",
+        )
+    ]
+    predict_texts(reloader.current, ["set an alarm"], top_k=1, max_snapshot_age_s=math.inf)
+    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 60}, 200))
+    assert reloader.refresh_snapshot()  # a newer snapshot is used again
+    assert reloader.current.snapshot.offsets == {0: 60}
+
+
+def test_a_snapshot_of_an_unknown_format_is_refused_once(examples, tmp_path, caplog):
+    store = LocalSnapshotStore(tmp_path)
+    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200))
+    reloader = ModelReloader(None, store)
+    assert reloader.refresh_snapshot()
+    newer = tmp_path / "snapshot-000000000002.pkl"
+    with newer.open("wb") as handle:
+        pickle.dump({"format_version": 3, "model_spec": None, "versions": {}}, handle)
+        pickle.dump({"a format": "from the future"}, handle)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="serving.model_state"):
+        assert not reloader.refresh_snapshot()
+        assert not reloader.refresh_snapshot()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"refusing speed snapshot {newer}: format version 3 is not one this code reads (1, 2); "
+        "the models in use keep answering"
+    ]
+    assert reloader.current.snapshot.offsets == {0: 10}
+
+
+def test_an_old_snapshot_without_a_header_is_served(examples, tmp_path):
+    old = SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200, sequence=1)
+    del old.__dict__["header"]
+    (tmp_path / "snapshot-000000000001.pkl").write_bytes(pickle.dumps(old))
+    reloader = ModelReloader(None, LocalSnapshotStore(tmp_path))
+    assert reloader.refresh_snapshot()
+    assert reloader.current.snapshot.header.format_version == 1
+    (answer,) = predict_texts(
+        reloader.current, ["set an alarm for 7"], top_k=1, max_snapshot_age_s=math.inf
+    )
+    assert answer.source == "speed"

@@ -1,9 +1,26 @@
-"""Snapshots are atomic, numbered, pruned, and read back as written."""
+"""Snapshots are atomic, numbered, pruned, read back as written, say which model they hold, and
+are refused clearly when they cannot be used."""
 
 import os
+import pickle
+import platform
+import sys
+import types
+from importlib.metadata import version as installed_version
 
+import pytest
+
+from common.settings import SpeedSettings
 from models.blend import HedgeBlender
-from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from models.model_spec import ModelSpec
+from models.snapshot import (
+    DEFAULT_MODEL_SPEC,
+    SNAPSHOT_FORMAT,
+    LocalSnapshotStore,
+    SnapshotHeader,
+    SnapshotUnreadable,
+    SpeedSnapshot,
+)
 
 
 def make(offsets, learnt=0):
@@ -50,3 +67,114 @@ def test_a_snapshot_pruned_between_listing_and_opening_gives_way_to_the_newer_on
 
     store.latest_sequence = list_then_let_a_writer_replace_it
     assert store.latest().offsets == {0: 2}
+
+
+# Headers: what a snapshot says about itself, and the snapshots that cannot be used
+
+
+class Vanishing:
+    """A model whose module a reader may not have: pickled by reference to `vanishing_models`."""
+
+    def learn_one(self, x, y) -> None: ...
+
+    def predict_proba_one(self, x) -> dict:
+        return {}
+
+
+def vanishing_model():
+    module = types.ModuleType("vanishing_models")
+    cls = type("Vanishing", (Vanishing,), {"__module__": "vanishing_models"})
+    module.Vanishing = cls
+    sys.modules["vanishing_models"] = module
+    return cls()
+
+
+def test_a_snapshot_header_records_the_format_the_model_spec_and_the_library_versions(tmp_path):
+    spec = ModelSpec.parse("models.alternatives:river_naive_bayes", '{"alpha": 0.5}')
+    snapshot = make({0: 3})
+    snapshot.header = SnapshotHeader.current(spec)
+    LocalSnapshotStore(tmp_path).save(snapshot)
+    header = LocalSnapshotStore(tmp_path).latest().header
+    assert header.format_version == SNAPSHOT_FORMAT == 2
+    assert header.model_spec == {
+        "factory": "models.alternatives:river_naive_bayes",
+        "params": {"alpha": 0.5},
+    }
+    assert header.spec == spec
+    assert set(header.versions) == {"python", "river", "numpy", "scikit-learn", "lambda-ml"}
+    assert header.versions["python"] == platform.python_version()
+    assert header.versions["river"] == installed_version("river")
+    assert header.versions["lambda-ml"] == installed_version("lambda-ml")
+
+
+def test_the_header_is_read_before_the_model_and_needs_no_model_code(tmp_path):
+    snapshot = make({0: 3})
+    snapshot.header = SnapshotHeader.current(ModelSpec("vanishing_models:build"))
+    snapshot.model = vanishing_model()
+    path = LocalSnapshotStore(tmp_path).save(snapshot)
+    with open(path, "rb") as handle:
+        assert pickle.load(handle) == snapshot.header.as_record()  # plain dicts and strings
+
+
+def test_a_snapshot_made_without_a_header_records_no_model(tmp_path):
+    LocalSnapshotStore(tmp_path).save(make({0: 1}))
+    header = LocalSnapshotStore(tmp_path).latest().header
+    assert header.format_version == SNAPSHOT_FORMAT and header.model_spec is None
+    assert header.describe_model() == "an unrecorded model"
+
+
+def test_a_snapshot_written_before_headers_reads_as_format_1_of_the_default_model(tmp_path):
+    old = make({0: 9}, learnt=4)
+    del old.__dict__["header"], old.__dict__["learnt_texts"]  # as the old code pickled it
+    tmp_path.joinpath("snapshot-000000000001.pkl").write_bytes(pickle.dumps(old))
+    snapshot = LocalSnapshotStore(tmp_path).latest()
+    assert (snapshot.offsets, snapshot.events_learnt, snapshot.sequence) == ({0: 9}, 4, 0)
+    assert snapshot.header == SnapshotHeader.legacy()
+    assert snapshot.header.format_version == 1
+    assert snapshot.header.model_spec == {
+        "factory": "models.speed_model:build_speed_model",
+        "params": {},
+    }
+    assert len(snapshot.learnt_texts) == 0
+
+
+def test_the_default_model_of_old_snapshots_is_the_speed_layers_default():
+    default = SpeedSettings.model_fields
+    assert DEFAULT_MODEL_SPEC.factory == default["model"].default
+    assert dict(DEFAULT_MODEL_SPEC.params) == default["model_params"].default
+
+
+def test_a_format_this_code_does_not_know_is_refused_without_unpickling_the_model(tmp_path):
+    path = tmp_path / "snapshot-000000000004.pkl"
+    with path.open("wb") as handle:
+        header = {"format_version": 99, "model_spec": None, "versions": {}}
+        pickle.dump(header, handle)
+        handle.write(b"not a pickle at all")
+    with pytest.raises(SnapshotUnreadable) as caught:
+        LocalSnapshotStore(tmp_path).latest()
+    error = caught.value
+    assert (error.path, error.sequence, error.header.format_version) == (path, 4, 99)
+    assert error.reason == "format version 99 is not one this code reads (1, 2)"
+    assert str(path) in str(error)
+
+
+def test_a_snapshot_whose_model_module_is_gone_is_refused_with_its_header(tmp_path):
+    snapshot = make({0: 3})
+    snapshot.header = SnapshotHeader.current(ModelSpec("vanishing_models:build"))
+    snapshot.model = vanishing_model()
+    LocalSnapshotStore(tmp_path).save(snapshot)
+    del sys.modules["vanishing_models"]
+    with pytest.raises(SnapshotUnreadable) as caught:
+        LocalSnapshotStore(tmp_path).latest()
+    error = caught.value
+    assert error.reason.startswith("ModuleNotFoundError: No module named 'vanishing_models'")
+    assert "(its model: vanishing_models:build {})" in error.reason
+    assert error.header == snapshot.header and error.sequence == 1
+
+
+@pytest.mark.parametrize("content", [b"\x80\x05garbage", pickle.dumps(["not", "a", "header"])])
+def test_a_file_that_is_no_snapshot_is_refused(tmp_path, content):
+    tmp_path.joinpath("snapshot-000000000002.pkl").write_bytes(content)
+    with pytest.raises(SnapshotUnreadable) as caught:
+        LocalSnapshotStore(tmp_path).latest()
+    assert caught.value.header is None and caught.value.sequence == 2

@@ -1,18 +1,34 @@
 """The speed layer's collaborators and its loop, without Kafka: when snapshots are due, drift
-raising the signal, what a report holds, and the order that makes progress durable."""
+raising the signal, what a report holds, the order that makes progress durable, the configured
+model and the re-base when it changes, and when snapshots are registered."""
 
 import json
+import time
 from datetime import UTC, datetime
 from threading import Event
 
 import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
-from common.settings import SpeedSettings
-from models.snapshot import SpeedSnapshot
+from common.settings import MlflowSettings, SpeedSettings
+from models.blend import HedgeBlender
+from models.contracts import ModelContractError
+from models.model_spec import ModelSpecError
+from models.registry import ChampionInfo, ChampionModel
+from models.snapshot import (
+    SNAPSHOT_FORMAT,
+    LocalSnapshotStore,
+    SnapshotHeader,
+    SnapshotUnreadable,
+    SpeedSnapshot,
+)
 from pipelines import speed_loop
 from pipelines.signals import SIGNAL_FILE, drift_raised_at
 from pipelines.speed import SpeedLayer
-from pipelines.speed_loop import DriftWatch, SnapshotSchedule, SpeedReport
+from pipelines.speed_loop import DriftWatch, RegistrationSchedule, SnapshotSchedule, SpeedReport
+from pipelines.tracking import RunReporter, SnapshotRegistrar, snapshot_tags
 from streams.consumer import MAX_POLL_RECORDS, Consumed
 from streams.schema import QueryEvent
 
@@ -247,6 +263,7 @@ class FakeStore:
     def save(self, snapshot: SpeedSnapshot) -> str:
         self.calls.append("save snapshot")
         self.saved.append(snapshot)
+        snapshot.sequence = len(self.saved)
         return f"snapshot-{len(self.saved)}"
 
     def latest(self) -> SpeedSnapshot | None:
@@ -305,3 +322,234 @@ def test_the_layers_last_report_has_the_same_metrics_keys(tmp_path):
 def test_the_layer_keeps_freshness_for_its_window_of_latest_events_only(tmp_path):
     layer, *_ = run_layer(tmp_path, 40, snapshot_every_events=10, freshness_window=15)
     assert len(layer.reporter.freshness_s) == 15
+
+
+# The configured model: built from the spec, checked, recorded, and re-based on when it changes
+
+DEFAULT = "models.speed_model:build_speed_model"
+NAIVE_BAYES = "models.alternatives:river_naive_bayes"
+
+
+def make_layer(tmp_path, store, calls=None, events=30, champion=None, register=None, **settings):
+    reader = FakeReader(events, calls if calls is not None else [])
+    layer = SpeedLayer(
+        reader,
+        store,
+        speed_settings(tmp_path, **({"snapshot_every_events": 5} | settings)),
+        current_champion=lambda: champion,
+        register=register,
+    )
+    return layer, reader
+
+
+def a_champion(version: str, cutoff: dict[int, int]) -> ChampionModel:
+    texts = ["set an alarm", "play a song", "what is the weather"]
+    estimator = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(
+        texts, ["alarm", "music", "weather"]
+    )
+    return ChampionModel(ChampionInfo("m", version, "run", cutoff), estimator, None)
+
+
+def test_the_layer_learns_the_configured_model_and_its_snapshots_say_which(tmp_path):
+    store = FakeStore([])
+    layer, _ = make_layer(tmp_path, store, model=NAIVE_BAYES, model_params={"alpha": 0.5})
+    assert type(layer.state.model).__name__ == "Pipeline"
+    assert layer.state.model["MultinomialNB"].alpha == 0.5
+    layer.run(Event(), max_events=30)
+    assert layer.state.events_learnt == 30
+    header = store.saved[-1].header
+    assert header.model_spec == {"factory": NAIVE_BAYES, "params": {"alpha": 0.5}}
+    assert header.format_version == SNAPSHOT_FORMAT
+
+
+def test_a_layer_with_the_same_spec_resumes_from_its_snapshot(tmp_path):
+    store = FakeStore([])
+    first, _ = make_layer(tmp_path, store, model=NAIVE_BAYES)
+    first.run(Event(), max_events=10)
+    second, reader = make_layer(tmp_path, store, model=NAIVE_BAYES)
+    assert second.rebase_reason is None
+    assert second.state.model is store.saved[-1].model
+    assert reader.positions == {0: 10} and second.state.events_learnt == 10
+
+
+def test_a_changed_spec_re_bases_from_the_start_without_a_champion_and_says_why(tmp_path, caplog):
+    store = FakeStore([])
+    first, _ = make_layer(tmp_path, store, model=DEFAULT)
+    first.run(Event(), max_events=20)
+    assert store.saved[-1].offsets == {0: 20}
+    layer, reader = make_layer(tmp_path, store, model=NAIVE_BAYES, model_params={"alpha": 0.5})
+    reason = (
+        f"the speed model changed from {DEFAULT} {{}} (snapshot 4) to "
+        f'{NAIVE_BAYES} {{"alpha": 0.5}}'
+    )
+    assert layer.rebase_reason == reason
+    with caplog.at_level("WARNING", logger="pipelines.speed"):
+        layer.run(Event(), max_events=30)
+    assert f"re-basing on version None from offsets {{}}: {reason}" in caplog.text
+    assert layer.rebase_reason is None
+    assert layer.state.events_learnt == 30  # replayed from the start, not from offset 20
+    assert store.saved[-1].offsets == {0: 30}
+    assert store.saved[-1].header.model_spec["factory"] == NAIVE_BAYES
+    assert type(store.saved[-1].model).__name__ == "Pipeline"
+
+
+def test_a_changed_spec_re_bases_from_the_current_champions_cut_off(tmp_path, caplog):
+    store = FakeStore([])
+    champion = a_champion("3", {0: 10})
+    first, _ = make_layer(tmp_path, store, model=DEFAULT, champion=champion)
+    first.run(Event(), max_events=20)  # re-based on the champion: events 10 to 30
+    assert (store.saved[-1].base_version, store.saved[-1].offsets) == ("3", {0: 30})
+    layer, reader = make_layer(tmp_path, store, model=NAIVE_BAYES, champion=champion)
+    with caplog.at_level("WARNING", logger="pipelines.speed"):
+        layer.run(Event(), max_events=15)
+    assert "re-basing on version 3 from offsets {0: 10}: the speed model changed" in caplog.text
+    assert layer.champion is champion
+    assert (layer.state.base_version, layer.state.base_offsets) == ("3", {0: 10})
+    assert layer.state.events_learnt == 15 and reader.positions == {0: 25}
+    assert layer.state.scores.batch.seen == 15  # the champion scored every event replayed
+
+
+def test_a_snapshot_that_cannot_be_read_is_re_based_on_with_the_reason(tmp_path, caplog):
+    class UnreadableStore(FakeStore):
+        def latest(self):
+            raise SnapshotUnreadable(tmp_path / "snapshot-000000000007.pkl", 7, "EOFError")
+
+    store = UnreadableStore([])
+    layer, reader = make_layer(tmp_path, store, events=10)
+    assert (
+        layer.rebase_reason
+        == f"snapshot {tmp_path}/snapshot-000000000007.pkl cannot be used: EOFError"
+    )
+    with caplog.at_level("WARNING", logger="pipelines.speed"):
+        layer.run(Event(), max_events=10)
+    assert "cannot be used: EOFError" in caplog.text
+    assert layer.state.events_learnt == 10
+
+
+def test_a_factory_that_is_not_a_river_classifier_is_refused_before_any_event(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(ModelContractError) as caught:
+        make_layer(tmp_path, FakeStore(calls), calls, model="collections:OrderedDict")
+    assert str(caught.value) == (
+        "the speed model collections:OrderedDict (OrderedDict) lacks learn_one, "
+        "predict_proba_one: it must be a River classifier"
+    )
+    assert calls == []  # nothing read, nothing saved
+
+
+def test_a_factory_that_cannot_be_imported_is_refused_before_any_event(tmp_path):
+    with pytest.raises(ModelSpecError, match="cannot import no_such_module"):
+        make_layer(tmp_path, FakeStore([]), model="no_such_module:build")
+
+
+def test_the_model_is_read_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEED_MODEL", NAIVE_BAYES)
+    monkeypatch.setenv("SPEED_MODEL_PARAMS", '{"alpha": 0.25}')
+    monkeypatch.setenv("SPEED_REGISTER_EVERY_S", "0")
+    settings = SpeedSettings()
+    assert (settings.model, settings.model_params) == (NAIVE_BAYES, {"alpha": 0.25})
+    assert settings.register_every_s == 0
+    monkeypatch.delenv("SPEED_MODEL")
+    monkeypatch.delenv("SPEED_MODEL_PARAMS")
+    assert (SpeedSettings().model, SpeedSettings().model_params) == (DEFAULT, {})
+
+
+# Registration in MLflow: when the layer hands a snapshot over
+
+
+def test_registration_is_due_after_a_re_base_and_then_every_interval(tmp_path):
+    clock = FakeClock()
+    schedule = RegistrationSchedule(speed_settings(tmp_path, register_every_s=60), clock)
+    assert not schedule.due()
+    schedule.rebased()
+    assert schedule.due()
+    schedule.registered()
+    clock.now += 59.9
+    assert not schedule.due()
+    clock.now += 0.1
+    assert schedule.due()
+    never = RegistrationSchedule(speed_settings(tmp_path, register_every_s=0), clock)
+    clock.now += 10**6
+    assert not never.due()  # 0: only after re-bases
+    never.rebased()
+    assert never.due()
+
+
+def test_the_first_snapshot_after_a_re_base_is_handed_over_for_registration(tmp_path):
+    handed: list[tuple[str, SpeedSnapshot]] = []
+    store = FakeStore([])
+    layer, _ = make_layer(
+        tmp_path,
+        store,
+        events=50,
+        register=lambda path, snapshot: handed.append((path, snapshot)),
+        snapshot_every_events=10,
+        register_every_s=0,
+    )
+    layer.run(Event(), max_events=20)
+    assert handed == []  # a plain start is not a re-base
+    layer.rebase({0: 5}, "4")
+    layer.run(Event(), max_events=40)
+    assert [(path, s.offsets, s.base_version) for path, s in handed] == [
+        ("snapshot-3", {0: 15}, "4")
+    ]
+
+
+def test_a_failing_registration_is_logged_and_the_stream_goes_on(tmp_path, caplog):
+    def broken(path, snapshot):
+        raise OSError("disk full")
+
+    layer, _ = make_layer(
+        tmp_path, FakeStore([]), events=30, register=broken, snapshot_every_events=10
+    )
+    layer.rebase({}, None)
+    with caplog.at_level("WARNING", logger="pipelines.speed"):
+        layer.run(Event(), max_events=30)
+    assert "could not hand snapshot snapshot-1 over for registration: disk full" in caplog.text
+    assert layer.state.events_learnt == 30
+
+
+def test_the_registrar_warns_when_mlflow_is_down_and_never_raises(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    settings = MlflowSettings(tracking_uri="http://127.0.0.1:9", registered_model="m")
+    store = LocalSnapshotStore(tmp_path / "snapshots")
+    path = store.save(
+        SpeedSnapshot(model={}, blender=HedgeBlender(), offsets={0: 1}, events_learnt=1)
+    )
+    reporter = RunReporter(settings, "speed-layer", {})
+    registrar = SnapshotRegistrar(settings, reporter, tmp_path / "snapshots" / ".outbox")
+    with caplog.at_level("WARNING", logger="pipelines.tracking"):
+        started = time.monotonic()
+        registrar(path, store.latest())
+        handed_over_s = time.monotonic() - started
+        registrar.close(timeout_s=30)
+    assert handed_over_s < 0.5
+    assert "could not register speed snapshot snapshot-000000000001.pkl in MLflow as m-speed" in (
+        caplog.text
+    )
+    assert not any((tmp_path / "snapshots" / ".outbox").iterdir())  # the staged copy is gone
+    assert store.latest_sequence() == 1  # the store's own file is untouched
+
+
+def test_a_registered_version_is_tagged_with_where_the_model_is_and_what_it_is():
+    snapshot = SpeedSnapshot(
+        model={},
+        blender=HedgeBlender(),
+        offsets={1: 40, 0: 7},
+        events_learnt=44,
+        base_version="3",
+        base_offsets={0: 2},
+        sequence=12,
+        header=SnapshotHeader(2, {"factory": NAIVE_BAYES, "params": {}}, {"river": "0.26.1"}),
+    )
+    assert snapshot_tags(snapshot) == {
+        "offsets": '{"0": 7, "1": 40}',
+        "events_learnt": "44",
+        "base_version": "3",
+        "base_offsets": '{"0": 2}',
+        "model_spec": '{"factory": "models.alternatives:river_naive_bayes", "params": {}}',
+        "snapshot_format": "2",
+        "snapshot_sequence": "12",
+        "library_versions": '{"river": "0.26.1"}',
+    }

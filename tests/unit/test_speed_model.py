@@ -19,6 +19,7 @@ from bench.river_baseline import river_baseline
 from models import speed_model
 from models.speed_model import HashedTextNB, build_speed_model
 from streams.dataset import CLINC150_DATA as CLINC150
+from streams.dataset import load_dataset
 
 Event = tuple[dict[Any, Any], str]
 
@@ -181,3 +182,26 @@ def test_predict_proba_matrix_matches_predict_proba_one_per_row():
     for x, y in events[:3000]:
         again.learn_one(x, y)
     assert again.predict_proba_one(queries[0]) == model.predict_proba_one(queries[0])
+
+
+def test_the_sum_of_partition_models_is_the_model_of_every_event():
+    """Four partitions' models, added, learnt exactly what one model of all events learnt."""
+    examples = load_dataset(CLINC150, frozenset({"train"})).examples[:8000]
+    parts = [build_speed_model() for _ in range(4)]
+    single = build_speed_model()
+    for i, example in enumerate(examples):
+        parts[i % 4].learn_one({"text": example.text}, example.intent)
+        single.learn_one({"text": example.text}, example.intent)
+    merged = parts[0] + parts[1] + parts[2] + parts[3]
+    assert merged.count_table() == single.count_table()
+    assert merged.count_table()["events"] == len(examples)
+    # Not a count: the parts' log temperatures, weighted by their events.
+    expected = sum(p._n_learnt * p._log_temperature for p in parts) / len(examples)
+    assert merged._log_temperature == pytest.approx(expected)
+    # The parts are left as they were.
+    assert sum(p.count_table()["events"] for p in parts) == len(examples)
+
+
+def test_models_with_different_parameters_do_not_add():
+    with pytest.raises(ValueError, match="same parameters"):
+        build_speed_model(alpha=0.1) + build_speed_model(alpha=0.5)
