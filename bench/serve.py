@@ -12,6 +12,8 @@ blender learnt on the validation split). Then it serves
 - fastapi_coalesced: the same app with the service's request coalescing,
 - batch_only: `IntentClassifier` without a snapshot (what the blend costs),
 - blend: `IntentClassifier` with both models,
+- blend_plain_river: the same, with a plain River speed model (`models.alternatives:
+  river_softmax`, no vectorised predict: each text is scored through `predict_proba_one`),
 
 every reference configured like the service (see `serve_noop.py` and `serve_fastapi.py`), all
 at once on free ports. Each is loaded in turn with single-query `/predict` requests at a fixed
@@ -43,6 +45,7 @@ import psutil
 from bench import provenance, save_figures
 from bench.champion_file import save_champion_file
 from common.processes import ChildProcess, free_port
+from models.alternatives import river_softmax
 from models.batch_model import build_batch_model
 from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
@@ -54,15 +57,16 @@ from streams.dataset import CLINC150_DATA, load_dataset
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "serve.json"
-TARGETS = ("noop", "fastapi", "fastapi_coalesced", "batch_only", "blend")
+TARGETS = ("noop", "fastapi", "fastapi_coalesced", "batch_only", "blend", "blend_plain_river")
 # The blend's goals against the no-op: at least this share of its throughput ...
 RPS_GOAL = 0.8
 # ... and at most this multiple of its p99 latency.
 P99_GOAL = 1.5
 
 
-def make_models(workdir: Path) -> tuple[Path, Path, list[dict]]:
-    """Train and save both models; return the champion file, snapshot folder, request bodies."""
+def make_models(workdir: Path) -> tuple[Path, dict[str, Path], list[dict]]:
+    """Train and save the models; return the champion file, the snapshot folder of each speed
+    model (the default, and a plain River one), and the request bodies."""
     examples = [e for e in load_dataset(CLINC150_DATA).examples if e.intent != "oos"]
     split = {name: [e for e in examples if e.split == name] for name in ("train", "val", "test")}
     train_texts = [e.text for e in split["train"]]
@@ -78,28 +82,30 @@ def make_models(workdir: Path) -> tuple[Path, Path, list[dict]]:
         training_texts=train_texts,
     )
 
-    speed = build_speed_model()
-    for example in split["train"]:
-        speed.learn_one({"text": example.text}, example.intent)
     champion = ChampionModel(ChampionInfo("bench", "1", "", {}), estimator)
-    blender = HedgeBlender()
-    val_texts = [e.text for e in split["val"]]
-    for example, batch in zip(split["val"], champion.predict_proba_many(val_texts), strict=True):
-        blender.learn(batch, speed.predict_proba_one({"text": example.text}), example.intent)
-    snapshot_dir = workdir / "snapshots"
-    LocalSnapshotStore(snapshot_dir).save(
-        SpeedSnapshot(
-            model=speed,
-            blender=blender,
-            offsets={0: len(train_texts)},
-            events_learnt=len(train_texts),
+    val_batch = champion.predict_proba_many([e.text for e in split["val"]])
+    snapshots = {}
+    for name, build in (("default", build_speed_model), ("plain_river", river_softmax)):
+        speed = build()
+        for example in split["train"]:
+            speed.learn_one({"text": example.text}, example.intent)
+        blender = HedgeBlender()
+        for example, batch in zip(split["val"], val_batch, strict=True):
+            blender.learn(batch, speed.predict_proba_one({"text": example.text}), example.intent)
+        snapshots[name] = workdir / f"snapshots-{name}"
+        LocalSnapshotStore(snapshots[name]).save(
+            SpeedSnapshot(
+                model=speed,
+                blender=blender,
+                offsets={0: len(train_texts)},
+                events_learnt=len(train_texts),
+            )
         )
-    )
-    return champion_path, snapshot_dir, [{"text": e.text} for e in split["test"]]
+    return champion_path, snapshots, [{"text": e.text} for e in split["test"]]
 
 
 def make_servers(
-    workdir: Path, champion_path: Path, snapshot_dir: Path, workers: int, metrics: bool
+    workdir: Path, champion_path: Path, snapshots: dict[str, Path], workers: int, metrics: bool
 ) -> dict[str, ChildProcess]:
     def bentoml(name: str, target: str, service_name: str, snapshots: Path) -> ChildProcess:
         env = {
@@ -123,7 +129,10 @@ def make_servers(
         )
 
     return {
-        "blend": bentoml("blend", SERVICE_TARGET, SERVICE_NAME, snapshot_dir),
+        "blend": bentoml("blend", SERVICE_TARGET, SERVICE_NAME, snapshots["default"]),
+        "blend_plain_river": bentoml(
+            "blend_plain_river", SERVICE_TARGET, SERVICE_NAME, snapshots["plain_river"]
+        ),
         "batch_only": bentoml("batch_only", SERVICE_TARGET, SERVICE_NAME, workdir / "none"),
         "noop": bentoml("noop", "bench.serve_noop:Noop", "Noop", workdir / "none"),
         "fastapi": fastapi("fastapi", "bench.serve_fastapi:app"),
@@ -167,7 +176,14 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
         return [round(blend[key] / other[key], 3) for blend, other in pairs]
 
     figures: dict = {}
-    for name in ("blend", "batch_only", "noop", "fastapi", "fastapi_coalesced"):
+    for name in (
+        "blend",
+        "blend_plain_river",
+        "batch_only",
+        "noop",
+        "fastapi",
+        "fastapi_coalesced",
+    ):
         figures[f"{name}_rps"] = median(name, "rps")
         if name == "blend":
             figures["blend_p50_ms"] = median(name, "p50_ms")
@@ -187,6 +203,12 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
         figures["blend_rps"] / figures["fastapi_coalesced_rps"], 3
     )
     figures["blend_overhead"] = round(1 - figures["blend_rps"] / figures["batch_only_rps"], 3)
+    figures["plain_river_vs_default_rps"] = round(
+        figures["blend_plain_river_rps"] / figures["blend_rps"], 3
+    )
+    figures["plain_river_vs_default_p99"] = round(
+        figures["blend_plain_river_p99_ms"] / figures["blend_p99_ms"], 3
+    )
     for name in TARGETS:
         figures[f"{name}_server_cpu_ms"] = median(name, "server_cpu_ms")
     figures["cpu_ratio_vs_noop"] = round(
@@ -221,10 +243,10 @@ def main(argv: Sequence[str] = ()) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
         workdir = Path(scratch)
-        champion_path, snapshot_dir, bodies = make_models(workdir)
+        champion_path, snapshots, bodies = make_models(workdir)
         bodies_path = workdir / "bodies.json"
         bodies_path.write_text(json.dumps(bodies))
-        servers = make_servers(workdir, champion_path, snapshot_dir, args.workers, args.metrics)
+        servers = make_servers(workdir, champion_path, snapshots, args.workers, args.metrics)
         runs: dict[str, list[dict]] = {name: [] for name in TARGETS}
         try:
             for server in servers.values():

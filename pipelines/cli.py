@@ -6,7 +6,7 @@ passed down to the jobs.
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from common.settings import KafkaSettings
+from common.settings import KafkaSettings, Settings
+from models.model_spec import ModelSpec, ModelSpecError
 from pipelines.bench_cli import bench_app
 from pipelines.edge import settings as edge_settings
 from pipelines.produce import ReplayOptions, run_produce, run_publish_file
@@ -194,6 +195,49 @@ def _offsets(value: str) -> dict[int, int]:
 IdleExit = Annotated[
     float | None, typer.Option(help="Stop after the stream has been idle this many seconds.")
 ]
+SpeedModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The speed layer's River model, as package.module:factory "
+        "(default: SPEED_MODEL, the tuned HashedTextNB)."
+    ),
+]
+SpeedParamsOption = Annotated[
+    str | None,
+    typer.Option(help="JSON object of the speed model factory's arguments (SPEED_MODEL_PARAMS)."),
+]
+BatchModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The batch layer's scikit-learn model, as package.module:factory "
+        "(default: BATCH_MODEL, the tuned SVM and naive Bayes blend)."
+    ),
+]
+BatchParamsOption = Annotated[
+    str | None,
+    typer.Option(help="JSON object of the batch model factory's arguments (BATCH_MODEL_PARAMS)."),
+]
+
+
+def _with_models(
+    speed_model: str | None = None,
+    speed_params: str | None = None,
+    batch_model: str | None = None,
+    batch_params: str | None = None,
+) -> Settings:
+    """The edge's settings with the models the options chose; a bad spec fails here, clearly."""
+    tree = edge_settings()
+    speed, batch = tree.speed, tree.batch
+    try:
+        if speed_model is not None or speed_params is not None:
+            spec = ModelSpec.parse(speed_model or speed.model, speed_params or speed.model_params)
+            speed = speed.model_copy(update={"model": spec.factory, "model_params": spec.params})
+        if batch_model is not None or batch_params is not None:
+            spec = ModelSpec.parse(batch_model or batch.model, batch_params or batch.model_params)
+            batch = batch.model_copy(update={"model": spec.factory, "model_params": spec.params})
+    except ModelSpecError as exc:
+        raise fail(str(exc)) from None
+    return replace(tree, speed=speed, batch=batch)
 
 
 @app.command()
@@ -207,10 +251,11 @@ def archive(idle_exit: IdleExit = None) -> None:
     console.print(f"archived {archiver.archived} events into {batch.master_dir}")
 
 
-def _run_speed(idle_exit: float | None, from_offsets: dict[int, int] | None) -> None:
+def _run_speed(
+    tree: Settings, idle_exit: float | None, from_offsets: dict[int, int] | None
+) -> None:
     from pipelines.jobs import run_speed, stop_on_signals
 
-    tree = edge_settings()
     layer = run_speed(
         tree.kafka,
         tree.speed,
@@ -227,9 +272,13 @@ def _run_speed(idle_exit: float | None, from_offsets: dict[int, int] | None) -> 
 
 
 @app.command()
-def speed(idle_exit: IdleExit = None) -> None:
+def speed(
+    idle_exit: IdleExit = None,
+    speed_model: SpeedModelOption = None,
+    speed_model_params: SpeedParamsOption = None,
+) -> None:
     """Run the speed layer: predict, score, then learn each event; snapshot as it goes."""
-    _run_speed(idle_exit, None)
+    _run_speed(_with_models(speed_model, speed_model_params), idle_exit, None)
 
 
 @app.command()
@@ -238,9 +287,11 @@ def replay(
         str, typer.Option(help="Where to start: `0:120,1:98` or `earliest`.")
     ] = "earliest",
     idle_exit: IdleExit = None,
+    speed_model: SpeedModelOption = None,
+    speed_model_params: SpeedParamsOption = None,
 ) -> None:
     """Rebuild the speed model from given offsets (Kappa-style reprocessing), then go on live."""
-    _run_speed(idle_exit, _offsets(from_offsets))
+    _run_speed(_with_models(speed_model, speed_model_params), idle_exit, _offsets(from_offsets))
 
 
 @app.command()
@@ -248,16 +299,19 @@ def retrain(
     shuffle_labels: Annotated[
         int | None, typer.Option(help="Train on shuffled labels with this seed (gate check).")
     ] = None,
+    batch_model: BatchModelOption = None,
+    batch_model_params: BatchParamsOption = None,
 ) -> None:
     """One batch run: history -> train -> evaluate -> MLflow run -> registry -> promotion gate."""
     from pipelines.retrain import NoData, NothingNew
     from pipelines.retrain import retrain as run_retrain
 
+    tree = _with_models(batch_model=batch_model, batch_params=batch_model_params)
     try:
         result = run_retrain(
-            edge_settings().batch,
-            edge_settings().mlflow,
-            edge_settings().kafka.topic,
+            tree.batch,
+            tree.mlflow,
+            tree.kafka.topic,
             label_shuffle_seed=shuffle_labels,
             on_stage=lambda stage: console.print(f"[dim]retrain: {stage}[/dim]"),
         )
@@ -284,6 +338,8 @@ def schedule(
     max_runs: Annotated[
         int | None, typer.Option(help="Stop after this many successful runs.")
     ] = None,
+    batch_model: BatchModelOption = None,
+    batch_model_params: BatchParamsOption = None,
 ) -> None:
     """Retrain on an interval or a cron expression, and early when the speed layer signals drift."""
     from pipelines.jobs import stop_on_signals
@@ -291,7 +347,7 @@ def schedule(
     from pipelines.retrain import retrain as run_retrain
     from pipelines.schedule import Cadence, Scheduler
 
-    tree = edge_settings()
+    tree = _with_models(batch_model=batch_model, batch_params=batch_model_params)
     batch, tracking, topic = tree.batch, tree.mlflow, tree.kafka.topic
     try:
         cadence = (
@@ -346,6 +402,10 @@ def evaluate(
         "reports"
     ),
     mlflow_log: Annotated[bool, typer.Option(help="Log the result to MLflow if it is up.")] = True,
+    speed_model: SpeedModelOption = None,
+    speed_model_params: SpeedParamsOption = None,
+    batch_model: BatchModelOption = None,
+    batch_model_params: BatchParamsOption = None,
 ) -> None:
     """Replay a scenario offline, prequentially: batch only vs speed only vs the blend."""
     from rich.progress import Progress
@@ -368,11 +428,14 @@ def evaluate(
         fractions = [float(f) for f in _csv(retrain_at)]
     except ValueError:
         raise fail(f"--retrain-at takes fractions like 0.125,0.625; got {retrain_at!r}") from None
+    tree = _with_models(speed_model, speed_model_params, batch_model, batch_model_params)
     plan = EvaluationPlan(
         replay=options,
         retrain_at=tuple(int(f * limit) for f in fractions),
         window=window or max(50, limit // 40),
         probe_fraction=probe,
+        speed_model=ModelSpec(tree.speed.model, tree.speed.model_params),
+        batch_model=ModelSpec(tree.batch.model, tree.batch.model_params),
     )
     try:
         with Progress(console=console) as progress:
@@ -384,7 +447,7 @@ def evaluate(
     paths = evaluation_report.write(result, output, json.loads(json.dumps(settings, default=str)))
     console.print(evaluation_report.table(result))
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
-    tracking = edge_settings().mlflow
+    tracking = tree.mlflow
     if mlflow_log and is_healthy(tracking.uri):
         run_id = evaluation_report.log_to_mlflow(result, paths, tracking)
         console.print(f"logged to MLflow run {run_id} at {tracking.uri}")
@@ -398,12 +461,17 @@ def demo(
     rate: Annotated[float, typer.Option(min=1, help="Queries per second.")] = 400.0,
     retrain_every: Annotated[float, typer.Option(min=5, help="Seconds between retrains.")] = 30.0,
     keep_running: Annotated[bool, typer.Option(help="Leave the jobs running at the end.")] = False,
+    speed_model: SpeedModelOption = None,
+    speed_model_params: SpeedParamsOption = None,
+    batch_model: BatchModelOption = None,
+    batch_model_params: BatchParamsOption = None,
 ) -> None:
     """Everything end to end: Kafka, MLflow, speed, archive, scheduled retrains, serving."""
     from pipelines.demo import DemoPlan, run_demo
 
     plan = DemoPlan(events=events, rate=rate, retrain_every_s=retrain_every)
+    tree = _with_models(speed_model, speed_model_params, batch_model, batch_model_params)
     try:
-        run_demo(plan, edge_settings(), console, keep_running=keep_running)
+        run_demo(plan, tree, console, keep_running=keep_running)
     except (RuntimeError, KeyboardInterrupt) as exc:
         raise fail(str(exc) or "interrupted") from None

@@ -11,6 +11,7 @@ Each demo run gets its own topic, data folder and registered model, so runs neve
 """
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -95,10 +96,9 @@ def demo_jobs(plan: DemoPlan) -> dict[str, tuple[list[str], bool]]:
     }
 
 
-def demo_environment(
-    plan: DemoPlan, kafka: KafkaSettings, tracking: MlflowSettings
-) -> dict[str, str]:
+def demo_environment(plan: DemoPlan, settings: Settings) -> dict[str, str]:
     """The settings every job of this demo run shares, as environment variables."""
+    kafka, tracking = settings.kafka, settings.mlflow
     run = plan.home.name.replace("-", "")
     home = plan.home.resolve()
     return {
@@ -116,6 +116,10 @@ def demo_environment(
         "SERVING_SNAPSHOT_DIR": str(home / "snapshots"),
         "SERVING_PORT": str(plan.serve_port),
         "SERVING_POLL_S": "2",
+        "SPEED_MODEL": settings.speed.model,
+        "SPEED_MODEL_PARAMS": json.dumps(settings.speed.model_params),
+        "BATCH_MODEL": settings.batch.model,
+        "BATCH_MODEL_PARAMS": json.dumps(settings.batch.model_params),
     }
 
 
@@ -149,7 +153,7 @@ def run_demo(
     """The demo end to end, stopping what it started even when a step fails."""
     started = time.monotonic()
     console.rule("lambda-ml demo")
-    env = demo_environment(plan, settings.kafka, settings.mlflow)
+    env = demo_environment(plan, settings)
     services: list[Service] = []
     jobs = ProcessGroup(plan.home / "logs", env=env)
     try:

@@ -16,16 +16,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from models.batch_model import (
-    build_batch_model,
-    count_examples_from_pairs,
-    fit_on_counts,
-)
+from models.batch_model import count_examples_from_pairs, fit_on_counts, prepare_batch_model
 from models.blend import HedgeBlender
+from models.contracts import check_speed_model
 from models.metrics import SplitScore
+from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionInfo, ChampionModel
-from models.speed_model import build_speed_model
 from models.texts import TextMemory, normalise
 from pipelines.produce import ReplayOptions, scenario_for
 from streams.dataset import Example, load_dataset
@@ -48,6 +45,8 @@ class EvaluationPlan:
     retrain_at: tuple[int, ...]
     window: int = 1000
     probe_fraction: float = 0.0
+    speed_model: ModelSpec = ModelSpec("models.speed_model:build_speed_model")
+    batch_model: ModelSpec = ModelSpec("models.batch_model:build_batch_model")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probe_fraction < 1.0:
@@ -179,20 +178,25 @@ class _Views:
     """The batch model, speed model and blender as the system holds them at one moment, with
     the texts each has trained on."""
 
-    def __init__(self) -> None:
+    def __init__(self, speed_model: ModelSpec, batch_model: ModelSpec) -> None:
+        self.speed_model, self.batch_model = speed_model, batch_model
         self.batch: ChampionModel | None = None
         self.version = 0
-        self.speed = build_speed_model()
+        self.speed = self._new_speed_model()
         self.speed_texts = TextMemory()
         self.blender = HedgeBlender()
+
+    def _new_speed_model(self):
+        return check_speed_model(self.speed_model.build(), self.speed_model.factory)
 
     def retrain(self, history: list[tuple[str, str]]) -> None:
         texts, intents, weights = count_examples_from_pairs(history)
         self.version += 1
         info = ChampionInfo("evaluation", str(self.version), run_id="", cutoff_offsets={})
-        model = fit_on_counts(build_batch_model(), texts, intents, weights)
+        model, _ = prepare_batch_model(self.batch_model.build())
+        model = fit_on_counts(model, texts, intents, weights)
         self.batch = ChampionModel(info, model, TextMemory.of(texts))
-        self.speed = build_speed_model()  # re-base: the batch model now covers all before
+        self.speed = self._new_speed_model()  # re-base: the batch model now covers all before
         self.speed_texts = TextMemory()
         self.blender = HedgeBlender()
 
@@ -345,7 +349,7 @@ def run_evaluation(
         drift_at=scenario.drift_at,
         retrain_at=retrains,
     )
-    views = _Views()
+    views = _Views(plan.speed_model, plan.batch_model)
     history: list[tuple[str, str]] = []
     boundaries = sorted(set(retrains) | set(range(0, len(events), plan.window)) | {len(events)})
     tally = _Tally(plan.window)
