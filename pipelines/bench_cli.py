@@ -64,6 +64,15 @@ def freshness(repeats: Repeats = 3) -> None:
     main(edge_settings(), repeats)
 
 
+@bench_app.command()
+def models() -> None:
+    """Every shipped speed and batch model through `evaluate` on the same stream; the table
+    goes to docs/models/README.md, the figures to models.json."""
+    from bench.models import main
+
+    main()
+
+
 @bench_app.command(name="all")
 def run_all(repeats: Repeats = 3) -> None:
     """Every benchmark, then bench/results/summary.md beside the JSON files."""
