@@ -7,6 +7,7 @@ goes to docs/models/<name>/ (the same JSON keys as `lambda-ml evaluate`); the co
 to docs/models/README.md and bench/results/models.json. Accuracy only: the runs are not timed.
 """
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def main(names: tuple[str, ...] = tuple(CONFIGURATIONS)) -> dict:
         plan = plan_for(speed, batch)
         result = run_evaluation(plan)
         command = f"lambda-ml evaluate --speed-model {speed} --batch-model {batch}"
-        evaluation_report.write(result, DOCS / name, {"command": command, "plan": asdict(plan)})
+        settings = json.loads(json.dumps({"command": command, "plan": asdict(plan)}, default=str))
+        evaluation_report.write(result, DOCS / name, settings)
         summary = result.summary
         rows[name] = {"speed_model": speed, "batch_model": batch}
         rows[name] |= {key: summary[key] for _, key in COLUMNS}
