@@ -96,8 +96,6 @@ def _write_table(rows: dict[str, dict], provenance: dict, path: Path) -> None:
             for _, key in COLUMNS
         ]
         speed, batch = row["speed_model"].split(":")[-1], row["batch_model"].split(":")[-1]
-        lines.append(
-            f"| {name} | {speed} | {batch} | " + " | ".join(cells) + f" | {row['seconds']} |"
-        )
+        lines.append(f"| {name} | {speed} | {batch} | " + " | ".join(cells) + " |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
