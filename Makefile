@@ -30,16 +30,18 @@ services-down:
 demo: setup
 	$(CLI) demo
 
-# Integration tests start the real Kafka broker and MLflow server through session fixtures
+# Integration tests start the real Kafka broker, MLflow server and S3Proxy through session fixtures
 # and stop them at the end; nothing is left running.
 test: setup system-deps
 	$(CLI) kafka fetch
+	$(CLI) s3 fetch
 	$(PY) -m pytest tests
 
 # Only the fault-injection and bad-input tests; their figures go to reports/reliability.{json,md}
 # (`make test` runs them too and writes the same report).
 reliability: setup
 	$(CLI) kafka fetch
+	$(CLI) s3 fetch
 	$(PY) -m pytest -m reliability tests
 
 test-unit: setup

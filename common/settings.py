@@ -1,10 +1,11 @@
 """Every setting of the project, as one tree built once at the edge and passed down.
 
 Each section reads its own environment prefix (`KAFKA_`, `MLFLOW_`, `BATCH_`, `SPEED_`,
-`ARCHIVE_`, `SERVING_`) when it is constructed, and only `Settings.from_environment` constructs
-them for a running job: the CLI calls it once and hands each job the sections it needs, so no
-code below the CLI reads the environment. Connection settings (where Kafka and MLflow are) are
-apart from the settings of the local launchers that run them on this machine.
+`ARCHIVE_`, `SERVING_`, `STORAGE_`) when it is constructed, and only `Settings.from_environment`
+constructs them for a running job: the CLI calls it once and hands each job the sections it
+needs, so no code below the CLI reads the environment. Connection settings (where Kafka, MLflow
+and the object store are) are apart from the settings of the local launchers that run them on
+this machine.
 
 >>> tree = Settings.from_environment()
 >>> tree.kafka.topic == tree.kafka.model_copy().topic
@@ -141,6 +142,13 @@ class SpeedSettings(BaseSettings):
     (`SPEED_MODEL_PARAMS` holds them as a JSON object); the default is the tuned `HashedTextNB`.
     `register_every_s` is how often the current snapshot is registered in MLflow as a version of
     `<registered model>-speed`, besides after every re-base; 0 registers after re-bases only.
+
+    `scale_out` makes the worker one member of the consumer group `group_id`, sharing the
+    partitions with the other workers (`pipelines.speed.GroupSpeedLayer`), each keeping one
+    model per partition; it predicts with its own partitions' models added to the others'
+    newest snapshots, read again every `peer_refresh_s`. `session_timeout_ms` and
+    `heartbeat_interval_ms` are the group's: a worker that dies loses its partitions after
+    the session timeout.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
@@ -157,6 +165,10 @@ class SpeedSettings(BaseSettings):
     signal_dir: Path = Path("var/signals")
     freshness_window: int = 10_000
     register_every_s: float = Field(default=600.0, ge=0)
+    scale_out: bool = False
+    peer_refresh_s: float = Field(default=5.0, gt=0)
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    heartbeat_interval_ms: int = Field(default=3_000, gt=0)
 
 
 class ArchiveSettings(BaseSettings):
@@ -200,6 +212,50 @@ class ServingSettings(BaseSettings):
     port: int = 3000
 
 
+class StorageSettings(BaseSettings):
+    """The S3-compatible object store that `s3://` locations (`common.storage`) live on.
+
+    `endpoint_url` left empty means "the project's own S3Proxy on 127.0.0.1:`port`"
+    (`LocalObjectStoreSettings` says how it runs); set it to use another S3 service. `bucket`
+    is the one `lambda-ml s3 up` creates. `lease_s` is how long a lock lease on the store (the
+    retrain lock) lasts unless renewed: a crashed holder's lock is free again after it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STORAGE_", frozen=True)
+
+    endpoint_url: str = ""
+    port: int = 9000
+    bucket: str = "lambda-ml"
+    access_key: str = "local-identity"
+    secret_key: str = "local-credential"
+    region: str = "us-east-1"
+    lease_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def uses_local_server(self) -> bool:
+        return not self.endpoint_url
+
+    @property
+    def endpoint(self) -> str:
+        """The address clients talk to."""
+        return self.endpoint_url or f"http://127.0.0.1:{self.port}"
+
+
+class LocalObjectStoreSettings(BaseSettings):
+    """How `lambda-ml s3 up` runs the local S3Proxy: version, home (data, logs), jar cache.
+
+    `cache_dir` is where the fetched jar is kept; unset means `home`. Tests point their
+    throwaway homes at one shared cache.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STORAGE_", frozen=True)
+
+    s3proxy_version: str = "3.0.0"
+    home: Path = Path("var/s3proxy")
+    cache_dir: Path | None = None
+    heap: str = "256m"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole tree: one section per concern, connections apart from local launchers."""
@@ -212,6 +268,8 @@ class Settings:
     speed: SpeedSettings = field(default_factory=SpeedSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    local_object_store: LocalObjectStoreSettings = field(default_factory=LocalObjectStoreSettings)
 
     @classmethod
     def from_environment(cls) -> "Settings":

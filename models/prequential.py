@@ -186,6 +186,7 @@ def prequential_step(
     speed_texts: TextMemory,
     batch_texts: TextMemory | None,
     learn: bool = True,
+    learners: Sequence[Any] = (),
 ) -> bool | None:
     """Score then learn one labelled event.
 
@@ -207,6 +208,9 @@ def prequential_step(
         The texts the champion trained on.
     learn
         False only scores: a probe event, which no model may train on.
+    learners
+        Further models that learn the event too: a partition's own model, when `speed_model`
+        is the merged view a worker of a consumer group predicts with.
 
     Returns
     -------
@@ -241,5 +245,7 @@ def prequential_step(
         scores.batch.record(batch_right, batch_p, seen=batch_seen, seen_by_any=seen_by_any)
     if learn:
         speed_model.learn_one(x, intent)
+        for learner in learners:
+            learner.learn_one(x, intent)
         speed_texts.add_key(key)
     return batch_right

@@ -10,9 +10,18 @@ hold the `SpeedSnapshot` alone; they read as format version 1 of the default mod
 A snapshot is written durably (`common.durable`: fsynced, renamed, folder fsynced), so a
 reader or a restart after kill -9 sees either the previous snapshot or the new one, never half.
 The store is an interface so that an object store can stand in for the local folder.
+
+Speed workers of one consumer group each snapshot the partitions they own, one snapshot per
+partition (`snapshot-p003-000000000012.pkl`: partition 3, its 12th), numbered and pruned per
+partition so that workers never collide. Files named without a partition (one worker over every
+partition, as before groups) still load through `latest()`; `latest_per_partition` and the
+workers of a group ignore them. The file's layout is unchanged (format 2): the partition is a
+field of the `SpeedSnapshot`, and its name.
 """
 
 import functools
+import logging
+import operator
 import pickle
 import platform
 import re
@@ -29,7 +38,9 @@ from models.blend import HedgeBlender
 from models.model_spec import ModelSpec
 from models.texts import TextMemory
 
-_NAME = re.compile(r"^snapshot-(\d{12})\.pkl$")
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^snapshot-(?:p(\d{3,})-)?(\d{12})\.pkl$")
 
 SNAPSHOT_FORMAT = 2
 """The format this code writes: 1 was the `SpeedSnapshot` pickled alone, 2 adds the header."""
@@ -178,6 +189,9 @@ class SpeedSnapshot:
         Its format, its model's spec and the library versions; a snapshot made without one
         records no spec. One read from a file written before headers is
         `SnapshotHeader.legacy()`.
+    partition
+        The one partition it covers (a worker of a consumer group), or None when it covers
+        every partition of `offsets` (one worker over all of them).
     age_s
         Seconds since `created_at`.
     """
@@ -193,11 +207,17 @@ class SpeedSnapshot:
     sequence: int = 0
     learnt_texts: TextMemory = field(default_factory=TextMemory)
     header: SnapshotHeader = field(default_factory=SnapshotHeader.current)
+    partition: int | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # A snapshot written before the speed layer tracked its texts has none, and one written
-        # before headers is format 1 of the default model.
-        defaults = {"learnt_texts": TextMemory(), "header": SnapshotHeader.legacy()}
+        # A snapshot written before the speed layer tracked its texts has none, one written
+        # before headers is format 1 of the default model, and one written before consumer
+        # groups covers every partition it has offsets for.
+        defaults = {
+            "learnt_texts": TextMemory(),
+            "header": SnapshotHeader.legacy(),
+            "partition": None,
+        }
         self.__dict__.update(defaults | state)
 
     @property
@@ -265,7 +285,8 @@ def _reason(exc: BaseException) -> str:
 
 
 class LocalSnapshotStore:
-    """Snapshots as numbered pickle files in one folder; the highest number is the newest.
+    """Snapshots as numbered pickle files in one folder; the highest number is the newest, per
+    partition for the snapshots of a consumer group's workers.
 
     Pickle runs code on load: point it only at a folder this pipeline writes.
 
@@ -274,52 +295,179 @@ class LocalSnapshotStore:
     directory
         The folder; created on the first save.
     keep
-        How many of the newest snapshots to keep.
+        How many of the newest snapshots to keep (of each partition).
     """
 
     def __init__(self, directory: Path, keep: int = 3) -> None:
         self.directory = directory
         self.keep = keep
 
-    def _sequences(self) -> list[int]:
+    def _listing(self) -> dict[int | None, list[int]]:
+        """Partition (None: unpartitioned) -> its snapshots' numbers, ascending."""
+        found: dict[int | None, list[int]] = {}
         if not self.directory.is_dir():
-            return []
-        found = (_NAME.match(p.name) for p in self.directory.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
+            return found
+        for path in self.directory.iterdir():
+            match = _NAME.match(path.name)
+            if match:
+                partition = int(match.group(1)) if match.group(1) is not None else None
+                found.setdefault(partition, []).append(int(match.group(2)))
+        return {k: sorted(v) for k, v in found.items()}
 
-    def path(self, sequence: int) -> Path:
-        """The file of snapshot `sequence`."""
-        return self.directory / f"snapshot-{sequence:012d}.pkl"
+    def _sequences(self, partition: int | None = None) -> list[int]:
+        return self._listing().get(partition, [])
 
-    def latest_sequence(self) -> int | None:
-        """The newest snapshot's number, or None when there is none."""
-        sequences = self._sequences()
+    def path(self, sequence: int, partition: int | None = None) -> Path:
+        """The file of snapshot `sequence` (of `partition`, if any)."""
+        if partition is None:
+            return self.directory / f"snapshot-{sequence:012d}.pkl"
+        return self.directory / f"snapshot-p{partition:03d}-{sequence:012d}.pkl"
+
+    def latest_sequence(self, partition: int | None = None) -> int | None:
+        """The newest snapshot's number (of `partition`; None: the unpartitioned ones), or
+        None when there is none."""
+        sequences = self._sequences(partition)
         return sequences[-1] if sequences else None
 
+    def latest_sequences(self) -> dict[int, int]:
+        """Partition -> the number of its newest snapshot; unpartitioned snapshots are not
+        listed. A cheap listing, to tell whether any partition has a new one."""
+        return {p: seqs[-1] for p, seqs in self._listing().items() if p is not None and seqs}
+
     def save(self, snapshot: SpeedSnapshot) -> str:
-        """Write durably as the next sequence number; older snapshots beyond `keep` go."""
+        """Write durably as the next sequence number of `snapshot.partition`; older snapshots
+        of that partition beyond `keep` go."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        snapshot.sequence = (self.latest_sequence() or 0) + 1
-        target = self.path(snapshot.sequence)
+        partition = snapshot.partition
+        snapshot.sequence = (self.latest_sequence(partition) or 0) + 1
+        target = self.path(snapshot.sequence, partition)
         write_durably(target, lambda handle: write_snapshot(handle, snapshot))
-        for old in self._sequences()[: -self.keep]:
-            self.path(old).unlink(missing_ok=True)
+        for old in self._sequences(partition)[: -self.keep]:
+            self.path(old, partition).unlink(missing_ok=True)
         return str(target)
 
-    def latest(self) -> SpeedSnapshot | None:
-        """The newest snapshot; `SnapshotUnreadable` when it cannot be used (an older one is
-        not read instead: it would be progress the stream has moved past).
+    def latest(self, partition: int | None = None) -> SpeedSnapshot | None:
+        """The newest snapshot (of `partition`; None: the unpartitioned ones);
+        `SnapshotUnreadable` when it cannot be used (an older one is not read instead: it
+        would be progress the stream has moved past).
 
         One a writer removed between listing and opening (it keeps only `keep`) has been
         replaced by a newer one, so the listing is simply read again."""
         for _ in range(5):  # each miss means a newer snapshot was saved meanwhile
-            sequence = self.latest_sequence()
+            sequence = (
+                self.latest_sequence() if partition is None else self.latest_sequence(partition)
+            )
             if sequence is None:
                 return None
-            path = self.path(sequence)
+            path = self.path(sequence, partition)
             try:
                 with path.open("rb") as handle:
                     return read_snapshot(handle, path, sequence)
             except FileNotFoundError:
                 continue
         raise FileNotFoundError(f"no snapshot in {self.directory} could be opened")
+
+    def latest_per_partition(self) -> dict[int, SpeedSnapshot]:
+        """Partition -> its newest snapshot, for every partition that has one.
+
+        Unpartitioned snapshots (written before consumer groups) are ignored, with a log line:
+        they would count their partitions' events twice. `SnapshotUnreadable` when one
+        partition's newest cannot be used."""
+        listing = self._listing()
+        if None in listing:
+            log.info(
+                "ignoring the unpartitioned snapshots in %s beside the per-partition ones",
+                self.directory,
+            )
+        found = {}
+        for partition in sorted(p for p in listing if p is not None):
+            snapshot = self.latest(partition)
+            if snapshot is not None:
+                found[partition] = snapshot
+        return found
+
+
+class SnapshotEnsemble:
+    """Per-partition models that cannot be added up (no `__add__`), answering as one: the
+    average of their `predict_proba_one`, over the union of their classes.
+
+    Serving and a group's workers use it for a configured River model that does not merge;
+    unlike a sum it is not the model of every event, only an approximation of it.
+    """
+
+    def __init__(self, models: list[Any]) -> None:
+        self.models = models
+
+    def predict_proba_one(self, x: dict) -> dict[Any, float]:
+        total: dict[Any, float] = {}
+        for model in self.models:
+            for label, p in model.predict_proba_one(x).items():
+                total[label] = total.get(label, 0.0) + p
+        return {label: p / len(self.models) for label, p in total.items()}
+
+    def predict_one(self, x: dict) -> Any:
+        probabilities = self.predict_proba_one(x)
+        return max(probabilities, key=probabilities.__getitem__) if probabilities else None
+
+
+def mergeable(model: Any) -> bool:
+    """Whether per-partition models of this kind add up exactly: they define `__add__` and
+    `count_table` (as `HashedTextNB` does; a River pipeline's `+` makes a union, not a sum)."""
+    return callable(getattr(model, "count_table", None)) and callable(
+        getattr(type(model), "__add__", None)
+    )
+
+
+def merge_models(models: list[Any]) -> Any:
+    """The sum of the models, in order, when they add up; else a `SnapshotEnsemble`."""
+    if len(models) == 1:
+        return models[0]
+    if all(mergeable(m) for m in models):
+        return functools.reduce(operator.add, models)
+    log.info(
+        "the speed model %s does not merge (no __add__): answering with the average of the "
+        "%d partitions' models",
+        type(models[0]).__name__,
+        len(models),
+    )
+    return SnapshotEnsemble(models)
+
+
+def merge_snapshots(snapshots: Mapping[int, SpeedSnapshot]) -> SpeedSnapshot:
+    """Every partition's newest snapshot as one: what serving answers with.
+
+    - model: the sum of the partitions' models in partition order (`HashedTextNB.__add__`:
+      counts add exactly, the temperature is the event-weighted mean of the log temperatures);
+      a model without `__add__` is served as a `SnapshotEnsemble`, the average of the
+      partitions' `predict_proba_one`;
+    - blender: the blender of the partition that learnt the most events (the lowest-numbered
+      on a tie), the one whose weights rest on the most evidence;
+    - offsets, base offsets: their union; events learnt: the sum; metrics: the busiest
+      partition's, with events learnt the sum;
+    - created_at: the newest (a partition without new events makes no new snapshots, which
+      does not make the others stale); sequence: the highest; header: the busiest's.
+    """
+    if not snapshots:
+        raise ValueError("no snapshots to merge")
+    parts = [snapshots[p] for p in sorted(snapshots)]
+    busiest = max(parts, key=lambda s: s.events_learnt)
+    offsets: dict[int, int] = {}
+    base_offsets: dict[int, int] = {}
+    for part in parts:
+        offsets |= part.offsets
+        base_offsets |= part.base_offsets
+    events = sum(part.events_learnt for part in parts)
+    return SpeedSnapshot(
+        model=merge_models([part.model for part in parts]),
+        blender=busiest.blender,
+        offsets=offsets,
+        events_learnt=events,
+        metrics=busiest.metrics | {"events_learnt": float(events)},
+        base_version=busiest.base_version,
+        base_offsets=base_offsets,
+        created_at=max(part.created_at for part in parts),
+        sequence=max(part.sequence for part in parts),
+        learnt_texts=busiest.learnt_texts,
+        header=busiest.header,
+        partition=None,
+    )

@@ -20,7 +20,7 @@ from pipelines.bench_cli import bench_app
 from pipelines.edge import settings as edge_settings
 from pipelines.produce import ReplayOptions, run_produce, run_publish_file
 from pipelines.serve_cli import serve
-from pipelines.services_cli import kafka_app, mlflow_app
+from pipelines.services_cli import kafka_app, mlflow_app, s3_app
 from streams.dataset import CLINC150_DATA
 from streams.producer import ProduceStats
 from streams.scenarios import DEFAULT_LATE_DOMAINS, ScenarioName
@@ -33,6 +33,7 @@ app = typer.Typer(
 console = Console()
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(mlflow_app, name="mlflow")
+app.add_typer(s3_app, name="s3")
 app.command()(serve)
 app.add_typer(bench_app, name="bench")
 
@@ -247,7 +248,9 @@ def archive(idle_exit: IdleExit = None) -> None:
 
     tree = edge_settings()
     batch = tree.batch
-    archiver = run_archive(tree.kafka, batch.master_dir, tree.archive, stop_on_signals(), idle_exit)
+    archiver = run_archive(
+        tree.kafka, batch.master_dir, tree.archive, stop_on_signals(), idle_exit, tree.storage
+    )
     console.print(f"archived {archiver.archived} events into {batch.master_dir}")
 
 
@@ -314,6 +317,7 @@ def retrain(
             tree.kafka.topic,
             label_shuffle_seed=shuffle_labels,
             on_stage=lambda stage: console.print(f"[dim]retrain: {stage}[/dim]"),
+            storage=tree.storage,
         )
     except NoData as exc:
         raise fail(str(exc)) from None
@@ -358,11 +362,12 @@ def schedule(
     except ValueError as exc:
         raise fail(str(exc)) from None
     scheduler = Scheduler(
-        lambda: run_retrain(batch, tracking, topic),
+        lambda: run_retrain(batch, tracking, topic, storage=tree.storage),
         cadence,
         batch.lock_path,
         signal_dir=tree.speed.signal_dir,
         skip_errors=(NothingNew,),
+        storage=tree.storage,
     )
     scheduler.run(stop_on_signals(), max_runs=max_runs)
 

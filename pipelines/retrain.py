@@ -31,7 +31,8 @@ import pyarrow.dataset as ds
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from common.settings import BatchSettings, MlflowSettings
+from common.settings import BatchSettings, MlflowSettings, StorageSettings
+from common.storage import Location, Storage
 from models.batch_model import (
     DistinctRowsClassifier,
     count_examples,
@@ -149,14 +150,18 @@ def _first_of_each_query(
 
 
 def read_history_split(
-    master_dir: Path, cutoff: dict[int, int], holdout_fraction: float
+    master_dir: Location | Storage,
+    cutoff: dict[int, int],
+    holdout_fraction: float,
+    storage: StorageSettings | None = None,
 ) -> HistorySplit:
     """Labelled, de-duplicated history up to `cutoff`, counted into distinct (text, intent)
     rows and split by text hash (`models.texts.in_holdout`), read column-pruned in batches.
 
     Duplicate query ids are the same event: only the first (lowest partition, offset) counts.
+    `master_dir` is a folder or an `s3://` URL on the store `storage` describes.
     """
-    dataset = history(master_dir, cutoff)
+    dataset = history(master_dir, cutoff, storage)
     labelled = pc.field("intent").is_valid()
     events = dataset.to_table(columns=KEY_COLUMNS, filter=labelled)
     if events.num_rows == 0:
@@ -238,6 +243,7 @@ def retrain(
     topic: str,
     label_shuffle_seed: int | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
+    storage: StorageSettings | None = None,
 ) -> RetrainResult:
     """One batch run, tracked and registered; raises on failure with the champion untouched,
     and `NothingNew` (registering nothing) when the history has not grown since the cut-off of
@@ -257,9 +263,9 @@ def retrain(
     asked = _Request(batch, topic, spec, label_shuffle_seed)
     with stages.run("read"):
         client = tracking_client(tracking)
-        cutoff = archived_positions(batch.master_dir)
+        cutoff = archived_positions(batch.master_dir, storage)
         _refuse_if_nothing_new(client, name, cutoff)
-        split = _read_training_history(batch, cutoff)
+        split = _read_training_history(batch, cutoff, storage)
         intents = _training_intents(split, label_shuffle_seed)
     with stages.run("fit"):
         split = _fit(model, split, intents)
@@ -308,10 +314,12 @@ class _Stages:
         return self.seconds | {"total": time.perf_counter() - self._started}
 
 
-def _read_training_history(batch: BatchSettings, cutoff: dict[int, int]) -> HistorySplit:
+def _read_training_history(
+    batch: BatchSettings, cutoff: dict[int, int], storage: StorageSettings | None = None
+) -> HistorySplit:
     """The history split up to `cutoff`; raises `NoData` if it has fewer training events than
     `batch.min_train_events`, too few to train on."""
-    split = read_history_split(batch.master_dir, cutoff, batch.holdout_fraction)
+    split = read_history_split(batch.master_dir, cutoff, batch.holdout_fraction, storage)
     found = int(split.weights.sum())
     if found < batch.min_train_events:
         raise NoData(f"only {found} labelled training events; need {batch.min_train_events}")

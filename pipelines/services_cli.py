@@ -1,4 +1,4 @@
-"""`lambda-ml kafka ...` and `lambda-ml mlflow ...`: the local services the pipeline runs on.
+"""`lambda-ml kafka|mlflow|s3 ...`: the local services the pipeline runs on.
 
 Settings come from the tree read once at the CLI edge (`pipelines.edge`). Expected failures (a
 missing tool, a busy port, a server that died at start-up) print one red line, plus the end of
@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from common.processes import ServiceError
-from pipelines import tracking_server
+from pipelines import object_store, tracking_server
 from pipelines.edge import settings as edge_settings
 from streams import broker
 
@@ -27,6 +27,10 @@ kafka_app = typer.Typer(
 )
 mlflow_app = typer.Typer(
     help="The MLflow tracking server: the project's own, or MLFLOW_TRACKING_URI.",
+    no_args_is_help=True,
+)
+s3_app = typer.Typer(
+    help="The S3-compatible object store: the project's own S3Proxy, or STORAGE_ENDPOINT_URL.",
     no_args_is_help=True,
 )
 console = Console(soft_wrap=True)
@@ -169,5 +173,64 @@ def mlflow_status() -> None:
     state = tracking_server.status(edge_settings().mlflow, edge_settings().local_mlflow)
     pid = f" (pid {state.pid})" if state.pid else ""
     console.print(f"MLflow at {state.uri}: {'running' if state.running else 'not running'}{pid}")
+    if state.log_file:
+        console.print(f"  log: {state.log_file}")
+
+
+@s3_app.command("fetch")
+def s3_fetch() -> None:
+    """Download S3Proxy's jar from Maven Central into STORAGE_HOME, once.
+
+    Needs java 17+ and mvn. Later calls return at once; `up` fetches too.
+    """
+    local = edge_settings().local_object_store
+    started = time.monotonic()
+    with _expected_failures():
+        jar = object_store.fetch(local)
+    console.print(
+        f"S3Proxy {local.s3proxy_version} jar at {jar} ({time.monotonic() - started:.1f}s)"
+    )
+
+
+@s3_app.command("up")
+def s3_up() -> None:
+    """Start the local S3Proxy in the background and create the bucket.
+
+    A no-op if it already runs. With STORAGE_ENDPOINT_URL set, start
+    nothing: check that store and create the bucket there if missing.
+    """
+    settings, local = edge_settings().storage, edge_settings().local_object_store
+    started = time.monotonic()
+    with _expected_failures():
+        was_started = object_store.up(settings, local)
+    seconds = time.monotonic() - started
+    state = object_store.status(settings, local) if was_started else None
+    _report_up(
+        f"S3Proxy {local.s3proxy_version}",
+        settings.endpoint,
+        settings.uses_local_server,
+        seconds,
+        (state.pid, state.log_file) if state else None,
+        external=f"Using the object store at {settings.endpoint}; bucket {settings.bucket} exists",
+    )
+
+
+@s3_app.command("down")
+def s3_down() -> None:
+    """Stop the local S3Proxy (its objects stay in STORAGE_HOME/data)."""
+    settings = edge_settings().storage
+    stopped = object_store.down(settings, edge_settings().local_object_store)
+    _report_down("S3Proxy", settings.endpoint, settings.uses_local_server, stopped)
+
+
+@s3_app.command("status")
+def s3_status() -> None:
+    """Show whether the object store runs, its pid, address, buckets and log file."""
+    state = object_store.status(edge_settings().storage, edge_settings().local_object_store)
+    pid = f" (pid {state.pid})" if state.pid else ""
+    running = "running" if state.running else "not running"
+    console.print(f"Object store at {state.endpoint}: {running}{pid}")
+    for bucket in state.buckets:
+        console.print(f"  bucket: {bucket}")
     if state.log_file:
         console.print(f"  log: {state.log_file}")

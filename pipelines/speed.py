@@ -11,9 +11,15 @@ and checked against River's contract before the first event. Each snapshot's hea
 the spec; a worker started with another spec than its newest snapshot's (or whose snapshot
 cannot be used) does not resume it, but re-bases on the current champion's cut-off, or on the
 stream's start without a champion, and replays forward.
+
+`GroupSpeedLayer` is the same loop for one of several workers of a consumer group: it keeps one
+`SpeedState` per partition it owns, snapshotted per partition, so a partition's model moves with
+the partition and the partitions' models add up to the model of the whole stream.
 """
 
+import functools
 import logging
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +33,14 @@ from models.contracts import check_speed_model
 from models.model_spec import ModelSpec
 from models.prequential import ViewScores, prequential_step
 from models.registry import ChampionModel
-from models.snapshot import SnapshotHeader, SnapshotStore, SnapshotUnreadable, SpeedSnapshot
+from models.snapshot import (
+    LocalSnapshotStore,
+    SnapshotHeader,
+    SnapshotStore,
+    SnapshotUnreadable,
+    SpeedSnapshot,
+    mergeable,
+)
 from models.speed_model import build_speed_model
 from models.texts import TextMemory
 from pipelines.speed_loop import (
@@ -36,7 +49,7 @@ from pipelines.speed_loop import (
     SnapshotSchedule,
     SpeedReport,
 )
-from streams.consumer import Consumed, EventReader
+from streams.consumer import Consumed, EventReader, GroupReader
 
 log = logging.getLogger(__name__)
 
@@ -328,3 +341,293 @@ class SpeedLayer:
     def _report(self, force: bool) -> None:
         if force or self.reporter.due():
             self.reporter.send(self.state.events_learnt, self.metrics, self.reader.lag)
+
+
+class GroupSpeedLayer:
+    """The prequential loop of one worker of a consumer group, with one state per partition.
+
+    Each partition it owns has its own `SpeedState` (model, blender, learnt texts, events
+    learnt, scores), resumed from that partition's newest snapshot when the group assigns it
+    (or re-based on the champion's cut-off, or the partition's start, as `SpeedLayer` does) and
+    made durable when the group revokes it: dead letters flushed, the partition's snapshot
+    saved, its offset committed. Every labelled event is learnt by its partition's model only,
+    so the per-partition snapshots add up exactly to one model of the whole topic.
+
+    For a model that merges (`models.snapshot.mergeable`), the worker predicts each event with
+    the view: its own partitions' live models added to the other partitions' newest snapshots,
+    read again every `settings.peer_refresh_s`; the view learns each event with its partition's
+    model, so it stays that sum in between. A model that does not merge predicts with its
+    partition's model alone. Snapshots are not registered in MLflow in this mode.
+
+    Parameters
+    ----------
+    reader
+        The group member; the layer installs its callbacks.
+    store
+        The shared snapshot folder (one snapshot per partition).
+    settings, current_champion, report
+        As for `SpeedLayer`.
+    """
+
+    def __init__(
+        self,
+        reader: GroupReader,
+        store: LocalSnapshotStore,
+        settings: SpeedSettings,
+        current_champion: Callable[[], ChampionModel | None] = lambda: None,
+        report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    ) -> None:
+        self.spec = ModelSpec.parse(settings.model, settings.model_params)
+        self._mergeable = mergeable(self.build_model())
+        if not self._mergeable:
+            log.info(
+                "the speed model %s does not merge: each partition predicts with its own model",
+                self.spec.describe(),
+            )
+        self.reader = reader
+        self.store = store
+        self.settings = settings
+        self.current_champion = current_champion
+        self.champion: ChampionModel | None = None
+        self.parts: dict[int, SpeedState] = {}
+        self.saved: dict[int, int | None] = {}
+        self.peers: dict[int, SpeedSnapshot] = {}
+        self._peer_sequences: dict[int, int] = {}
+        self._peers_read_at = -float("inf")
+        self._view: base.Classifier | None = None
+        self.learnt_here = 0
+        self.schedule = SnapshotSchedule(settings, 0, {})
+        self.drift = DriftWatch(settings.signal_dir)
+        self.reporter = SpeedReport(settings, report, 0)
+        reader.on_assigned = self._on_assigned
+        reader.on_revoked = self._on_revoked
+
+    def build_model(self) -> base.Classifier:
+        """A fresh model from the configured spec, checked against River's contract."""
+        return check_speed_model(self.spec.build(), f"the speed model {self.spec.factory}")
+
+    # The group's callbacks (on the consumer's IO thread, while `poll` waits).
+
+    def _on_assigned(self, partitions: list[int]) -> dict[int, int | None]:
+        starts: dict[int, int | None] = {}
+        for partition in partitions:
+            self.parts[partition], starts[partition] = self._load(partition)
+            self.saved[partition] = starts[partition]
+            self.peers.pop(partition, None)
+        self._view = None
+        log.info("assigned partitions %s, reading from %s", partitions, starts)
+        return starts
+
+    def _load(self, partition: int) -> tuple[SpeedState, int | None]:
+        """The partition's state and where to read it from: its newest snapshot when that is
+        of this model and on the current champion, else a fresh model from the champion's
+        cut-off (None: the partition's start)."""
+        champion = self.champion
+        reason = None
+        try:
+            snapshot = self.store.latest(partition)
+        except SnapshotUnreadable as exc:
+            snapshot, reason = None, str(exc)
+        if snapshot is not None:
+            if snapshot.header.model_spec != self.spec.as_record():
+                reason = f"the speed model changed from {snapshot.header.describe_model()}"
+            elif champion is not None and snapshot.base_version != champion.info.version:
+                reason = f"a new champion {champion.info.version}"
+            else:
+                log.info(
+                    "partition %s resumed from snapshot %s at %s",
+                    partition,
+                    snapshot.sequence,
+                    snapshot.offsets,
+                )
+                state = SpeedState.from_snapshot(snapshot, self.settings.window)
+                return state, snapshot.offsets.get(partition)
+        return self._fresh(partition, reason)
+
+    def _fresh(self, partition: int, reason: str | None) -> tuple[SpeedState, int | None]:
+        champion = self.champion
+        cutoff = champion.info.cutoff_offsets if champion is not None else {}
+        version = champion.info.version if champion is not None else None
+        if reason is not None:
+            log.warning("partition %s re-based on version %s: %s", partition, version, reason)
+        state = SpeedState.fresh(
+            self.settings.window, version, cutoff, build_model=self.build_model
+        )
+        return state, cutoff.get(partition)
+
+    def _on_revoked(self, partitions: list[int]) -> None:
+        self.reader.flush_dead_letters()
+        for partition in partitions:
+            if self._unsaved(partition):
+                self._save(partition)
+            self.parts.pop(partition, None)
+            self.saved.pop(partition, None)
+        self._view = None
+        log.info("revoked partitions %s, their progress durable", partitions)
+
+    # Progress.
+
+    def _unsaved(self, partition: int) -> bool:
+        position = self.reader.positions.get(partition)
+        return position is not None and self.saved.get(partition) != position
+
+    def snapshot_of(self, partition: int) -> SpeedSnapshot:
+        """Partition `partition`'s state as a snapshot, after its last event handed out."""
+        state = self.parts[partition]
+        return SpeedSnapshot(
+            model=state.model,
+            blender=state.blender,
+            offsets={partition: self.reader.positions[partition]},
+            events_learnt=state.events_learnt,
+            metrics=state.metrics(),
+            base_version=state.base_version,
+            base_offsets=state.base_offsets,
+            learnt_texts=state.learnt_texts,
+            header=SnapshotHeader.current(self.spec),
+            partition=partition,
+        )
+
+    def _save(self, partition: int) -> None:
+        snapshot = self.snapshot_of(partition)
+        self.store.save(snapshot)
+        self.saved[partition] = snapshot.offsets[partition]
+
+    def make_progress_durable(self) -> None:
+        """Dead letters, then each moved partition's snapshot, then the commit."""
+        self.reader.flush_dead_letters()
+        for partition in list(self.parts):
+            if self._unsaved(partition):
+                self._save(partition)
+        self.reporter.made_durable()
+        positions = dict(self.reader.positions)
+        self.reader.commit(positions)
+        self.schedule.taken(self.learnt_here, positions)
+
+    # Learning.
+
+    def _follow_champion(self) -> None:
+        """Take up a new champion: every owned partition not based on it is re-based."""
+        champion = self.current_champion()
+        if champion is None or champion is self.champion:
+            return
+        self.champion = champion
+        self.drift = DriftWatch(self.settings.signal_dir)
+        for partition in list(self.parts):
+            if self.parts[partition].base_version != champion.info.version:
+                self.parts[partition], start = self._fresh(partition, None)
+                self.saved[partition] = None
+                self.reader.seek_partition(partition, start)
+        self._view = None
+
+    def refresh_peers(self, force: bool = False) -> None:
+        """Read the other partitions' newest snapshots if `peer_refresh_s` have passed."""
+        now = time.monotonic()
+        if not self._mergeable or (
+            not force and now - self._peers_read_at < self.settings.peer_refresh_s
+        ):
+            return
+        self._peers_read_at = now
+        for partition, sequence in self.store.latest_sequences().items():
+            if partition in self.parts or self._peer_sequences.get(partition) == sequence:
+                continue
+            try:
+                snapshot = self.store.latest(partition)
+            except (SnapshotUnreadable, OSError) as exc:
+                log.warning("not predicting with partition %s's snapshot: %s", partition, exc)
+                continue
+            self._peer_sequences[partition] = sequence
+            if snapshot is None or snapshot.header.model_spec != self.spec.as_record():
+                continue
+            self.peers[partition] = snapshot
+            self._view = None
+
+    def view(self) -> base.Classifier | None:
+        """The sum of the own partitions' models and the others' newest snapshots' (None when
+        that is one model: it then predicts alone)."""
+        if self._view is None:
+            models = [self.parts[p].model for p in sorted(self.parts)]
+            models += [s.model for p, s in sorted(self.peers.items()) if p not in self.parts]
+            if len(models) < 2 or not self._mergeable:
+                return None
+            self._view = functools.reduce(operator.add, models)
+        return self._view
+
+    def learn(self, consumed: list[Consumed]) -> None:
+        """Predict with the view, score, and learn each event into its partition's model."""
+        champion = self.champion
+        labelled = [c for c in consumed if c.event.intent is not None]
+        texts = [c.event.text for c in labelled]
+        batch_rows = iter(champion.predict_proba_matrix(texts) if champion else ())
+        view = self.view()
+        for item in consumed:
+            state = self.parts[item.partition]
+            intent = item.event.intent
+            if intent is None:
+                state.unlabelled_seen += 1
+                continue
+            row = next(batch_rows, None)
+            batch = (champion.classes, row) if champion is not None and row is not None else None
+            batch_right = prequential_step(
+                view if view is not None else state.model,
+                state.blender,
+                state.scores,
+                item.event.text,
+                intent,
+                batch,
+                speed_texts=state.learnt_texts,
+                batch_texts=champion.training_texts if champion else None,
+                learners=(state.model,) if view is not None else (),
+            )
+            if batch_right is not None:
+                self.drift.update(float(not batch_right), self.learnt_here)
+            state.events_learnt += 1
+            self.learnt_here += 1
+            self.reporter.learnt(item.event.ts.timestamp())
+
+    @property
+    def state(self) -> SpeedState:
+        """A summary of the owned partitions: their events learnt, and the scores of the one
+        that learnt most."""
+        parts = list(self.parts.values())
+        busiest = max(parts, key=lambda s: s.events_learnt) if parts else None
+        return SpeedState(
+            model=self.view() or (busiest.model if busiest else self.build_model()),
+            blender=busiest.blender if busiest else HedgeBlender(),
+            events_learnt=sum(s.events_learnt for s in parts),
+            unlabelled_seen=sum(s.unlabelled_seen for s in parts),
+            scores=busiest.scores if busiest else ViewScores.with_window(self.settings.window),
+        )
+
+    def metrics(self) -> dict[str, float]:
+        return self.state.metrics() | {
+            "drift_detections": float(self.drift.detections),
+            "partitions_owned": float(len(self.parts)),
+        }
+
+    def run(
+        self, stop: Event, idle_exit_s: float | None = None, max_events: int | None = None
+    ) -> None:
+        """Loop until `stop`, `idle_exit_s` without events (a rebalance counts as activity),
+        or `max_events` learnt by this worker; always ends with its progress durable."""
+        idle_since = time.monotonic()
+        rebalances = self.reader.rebalances
+        while not stop.is_set():
+            self._follow_champion()
+            most = self.schedule.records_to_poll(self.learnt_here)
+            consumed = self.reader.poll(timeout_ms=200, max_records=most)
+            if consumed or self.reader.rebalances != rebalances:
+                rebalances = self.reader.rebalances
+                idle_since = time.monotonic()
+            if consumed:
+                self.learn(consumed)
+            elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                break
+            self.refresh_peers()
+            if self.schedule.due(self.learnt_here, self.reader.positions):
+                self.make_progress_durable()
+            if self.reporter.due():
+                self.reporter.send(self.learnt_here, self.metrics, self.reader.lag)
+            if max_events is not None and self.learnt_here >= max_events:
+                break
+        self.make_progress_durable()
+        self.reporter.send(self.learnt_here, self.metrics, self.reader.lag)

@@ -21,6 +21,7 @@ from models.snapshot import (
     SnapshotStore,
     SnapshotUnreadable,
     SpeedSnapshot,
+    merge_snapshots,
 )
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class ModelReloader:
         self.current = LoadedModels()
         self._champion = ChampionWatch(champions, self._accept_champion) if champions else None
         self._snapshot_sequence: int | None = None
+        self._partitioned_key: tuple[tuple[int, int], ...] | None = None
         self._snapshot_failures = FailureLog("loading the speed snapshot", log)
         self._thread: PollingThread | None = None
 
@@ -135,9 +137,21 @@ class ModelReloader:
         that does not load, such as one whose model's module is not importable here) is refused
         with one warning naming the file and the reason; the models in use keep answering, and
         that snapshot is not tried again, only a newer one.
+
+        A store of per-partition snapshots (a consumer group of speed workers) is served as
+        their merge, refreshed whenever any partition has a new one (`_refresh_partitioned`).
         """
         if self.snapshots is None:
             return False
+        per_partition = getattr(self.snapshots, "latest_sequences", None)
+        if per_partition is not None:
+            try:
+                sequences = per_partition()
+            except Exception as exc:
+                self._snapshot_failures.failed(exc)
+                return False
+            if sequences:
+                return self._refresh_partitioned(tuple(sorted(sequences.items())))
         try:
             sequence = self.snapshots.latest_sequence()
             if sequence is None or sequence == self._snapshot_sequence:
@@ -165,6 +179,43 @@ class ModelReloader:
         if not self._swap(replace(self.current, snapshot=snapshot)):
             return False
         log.info("speed snapshot %s in use (offsets %s)", snapshot.sequence, snapshot.offsets)
+        return True
+
+    def _refresh_partitioned(self, key: tuple[tuple[int, int], ...]) -> bool:
+        """Serve the merge of every partition's newest snapshot (`merge_snapshots`: the sum of
+        the models, or the average of their answers for a model that does not add up; the
+        blender of the partition that learnt most), when any partition has a new one."""
+        if key == self._partitioned_key:
+            self._snapshot_failures.succeeded()
+            return False
+        try:
+            snapshots = self.snapshots.latest_per_partition()  # type: ignore[union-attr]
+        except SnapshotUnreadable as exc:
+            self._snapshot_failures.succeeded()
+            self._partitioned_key = key
+            log.warning(
+                "refusing the speed snapshots: %s cannot be used (%s); the models in use keep "
+                "answering",
+                exc.path,
+                exc.reason,
+            )
+            return False
+        except Exception as exc:
+            self._snapshot_failures.failed(exc)
+            return False
+        self._snapshot_failures.succeeded()
+        self._partitioned_key = key
+        snapshots = {p: s for p, s in snapshots.items() if s.events_learnt > 0}
+        if not snapshots:
+            return False
+        merged = merge_snapshots(snapshots)
+        if not self._swap(replace(self.current, snapshot=merged)):
+            return False
+        log.info(
+            "speed snapshots of partitions %s merged and in use (offsets %s)",
+            sorted(snapshots),
+            merged.offsets,
+        )
         return True
 
     def _refuse(self, sequence: int, where: str, reason: str) -> None:

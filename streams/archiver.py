@@ -1,26 +1,27 @@
 """The archiver: the topic, copied exactly once into the master dataset.
 
 Events are buffered per partition and flushed as Parquet files named by their offset range.
-Each file is written to a temporary name, fsynced and renamed; the position to resume from is
-read back from the file names, so after kill -9 at any moment a restart neither loses nor
-repeats an event. Commits to the consumer group follow the files and only report lag.
+Each file is complete or absent: in a local folder it is written to a temporary name, fsynced
+and renamed; on S3 it is one PUT. The position to resume from is read back from the file names,
+so after kill -9 at any moment a restart neither loses nor repeats an event. Commits to the
+consumer group follow the files and only report lag.
+
+A flush that fails (the store unreachable, a full disk) is retried with exponential backoff,
+its events kept and nothing committed, until it succeeds or the archiver is stopped.
 """
 
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
 from threading import Event
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.durable import publish, stage
-from common.settings import ArchiveSettings
+from common.settings import ArchiveSettings, StorageSettings
+from common.storage import LocalStorage, Location, Storage
 from streams.consumer import Consumed, EventReader
-from streams.master_dataset import SCHEMA, FlushFile, scan
+from streams.master_dataset import SCHEMA, FlushFile, open_root, scan
 
 log = logging.getLogger(__name__)
 
@@ -40,48 +41,77 @@ def _table(events: list[Consumed]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 
-def _parquet_writer(table: pa.Table) -> Callable[[BinaryIO], None]:
-    return lambda handle: pq.write_table(table, handle, compression="zstd")
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
-def write_flush(root: Path, partition: int, first: int, last: int, events: list[Consumed]) -> int:
+def write_flush(
+    root: Location | Storage,
+    partition: int,
+    first: int,
+    last: int,
+    events: list[Consumed],
+    settings: StorageSettings | None = None,
+) -> int:
     """Durably write one partition's offsets first..last, one file per event date.
 
-    All files are fsynced under temporary names before any is renamed, and the folders are
-    fsynced after, so a flush is complete on disk before its range counts as archived.
+    Locally, all files are fsynced under temporary names before any is renamed, and the folders
+    are fsynced after; on S3 each file is one PUT. Either way a flush is complete before its
+    range counts as archived (a partial one is removed by `recover`).
     """
     by_date: dict[str, list[Consumed]] = defaultdict(list)
     for c in events:
         by_date[c.event.ts.strftime("%Y-%m-%d")].append(c)
     if not by_date:  # a range with only dead-lettered messages still needs a marker file
         by_date["1970-01-01"] = []
-    staged: list[tuple[Path, Path]] = []
-    for part, (date, rows) in enumerate(sorted(by_date.items()), start=1):
-        target = root / f"date={date}" / FlushFile.name(partition, first, last, part, len(by_date))
-        staged.append((stage(target, _parquet_writer(_table(rows))), target))
-    publish(staged, also_fsync=[root])
+    objects = {
+        f"date={date}/{FlushFile.name(partition, first, last, part, len(by_date))}": _parquet(
+            _table(rows)
+        )
+        for part, (date, rows) in enumerate(sorted(by_date.items()), start=1)
+    }
+    open_root(root, settings).write_all(objects)
     return len(events)
 
 
-def recover(root: Path) -> dict[int, int]:
+def recover(root: Location | Storage, settings: StorageSettings | None = None) -> dict[int, int]:
     """Remove what a crash left half-done and return where each partition resumes."""
-    root.mkdir(parents=True, exist_ok=True)
-    for leftover in root.glob("date=*/.*.tmp"):
-        leftover.unlink()
-    positions, incomplete = scan(root)
+    storage = open_root(root, settings)
+    if isinstance(storage, LocalStorage):  # temporary files exist in local folders only
+        storage.root.mkdir(parents=True, exist_ok=True)
+        for leftover in storage.root.glob("date=*/.*.tmp"):
+            leftover.unlink()
+    positions, incomplete = scan(storage)
     for f in incomplete:
-        log.warning("removing incomplete flush file %s", f.path.name)
-        f.path.unlink()
+        log.warning("removing incomplete flush file %s", f.key)
+        storage.delete(f.key)
     return positions
 
 
 class Archiver:
-    """Buffers validated events per partition and flushes them as complete offset ranges."""
+    """Buffers validated events per partition and flushes them as complete offset ranges.
 
-    def __init__(self, reader: EventReader, root: Path, settings: ArchiveSettings) -> None:
+    `root` is the master dataset's folder or URL; `storage` the object store's settings for an
+    `s3://` root (None: read from the environment). A failed flush is retried after
+    `retry_backoff_s`, doubling up to `max_retry_backoff_s`.
+    """
+
+    retry_backoff_s = 0.5
+    max_retry_backoff_s = 5.0
+
+    def __init__(
+        self,
+        reader: EventReader,
+        root: Location | Storage,
+        settings: ArchiveSettings,
+        storage: StorageSettings | None = None,
+    ) -> None:
         self.reader = reader
-        self.root = root
+        self.root = open_root(root, storage)
         self.settings = settings
+        self.failed_flushes = 0
         self.archived = 0
         self._flushed = dict(reader.positions)
         self._buffers: dict[int, list[Consumed]] = defaultdict(list)
@@ -90,18 +120,53 @@ class Archiver:
     def _pending(self) -> int:
         return sum(len(b) for b in self._buffers.values())
 
-    def flush(self) -> None:
-        """Write every partition whose position moved since its last flush."""
+    def flush(self, stop: Event | None = None) -> bool:
+        """Write every partition whose position moved since its last flush, then commit.
+
+        A write that fails is retried with backoff until it succeeds or `stop` is set; only the
+        partitions written are committed. False if `stop` ended the retries first.
+        """
         self.reader.flush_dead_letters()
+        done = True
         for partition, position in self.reader.positions.items():
             first = self._flushed.get(partition, 0)
             if position <= first:
                 continue
-            events = self._buffers.pop(partition, [])
-            self.archived += write_flush(self.root, partition, first, position - 1, events)
+            events = self._buffers.get(partition, [])
+            if not self._write_retrying(partition, first, position - 1, events, stop):
+                done = False
+                break
+            self._buffers.pop(partition, None)
+            self.archived += len(events)
             self._flushed[partition] = position
         self.reader.commit(self._flushed)
         self._last_flush = time.monotonic()
+        return done
+
+    def _write_retrying(
+        self, partition: int, first: int, last: int, events: list[Consumed], stop: Event | None
+    ) -> bool:
+        delay = self.retry_backoff_s
+        while True:
+            try:
+                write_flush(self.root, partition, first, last, events)
+                return True
+            except OSError as exc:  # StorageError included: the store is down or refused
+                self.failed_flushes += 1
+                log.warning(
+                    "flush of partition %d offsets %d-%d to %s failed, retrying in %.1fs: %s",
+                    partition, first, last, self.root.url, delay, exc,
+                )  # fmt: skip
+            if stop is not None and stop.wait(delay):
+                log.error(
+                    "stopped with offsets %d-%d of partition %d not archived; "
+                    "they are read again at the next start",
+                    first, last, partition,
+                )  # fmt: skip
+                return False
+            if stop is None:
+                time.sleep(delay)
+            delay = min(self.max_retry_backoff_s, delay * 2)
 
     def run(
         self, stop: Event, idle_exit_s: float | None = None, max_messages: int | None = None
@@ -120,8 +185,8 @@ class Archiver:
                 break
             due = time.monotonic() - self._last_flush >= self.settings.flush_every_s
             if self._pending() >= self.settings.flush_every_events or due:
-                self.flush()
+                self.flush(stop)
             passed = sum(self.reader.positions.values()) - started_at
             if max_messages is not None and passed >= max_messages:
                 break
-        self.flush()
+        self.flush(stop)

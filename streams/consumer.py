@@ -1,15 +1,20 @@
 """Reading the query stream: validated events with their offsets, bad messages dead-lettered.
 
 Both layers own their position (the speed layer in its snapshots, the archiver in its file
-names), so readers are assigned all partitions and seek explicitly; commits to the consumer
-group only report progress (lag) and are made after the work they cover is durable.
+names), so an `EventReader` is assigned all partitions and seeks explicitly; commits to the
+consumer group only report progress (lag) and are made after the work they cover is durable.
+
+A `GroupReader` instead subscribes as one member of a consumer group, so several speed workers
+share the partitions; its owner hears of each partition it loses or gains, makes the lost ones'
+progress durable and says where to read the gained ones from.
 """
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -139,3 +144,139 @@ class EventReader:
             log.warning("could not read the topic's end offsets: %s", exc)
             return None
         return sum(max(0, ends[tp] - self.positions[tp.partition]) for tp in self.partitions)
+
+
+class GroupReader(EventReader):
+    """An `EventReader` over the partitions the consumer group gives this member.
+
+    The group's callbacks run on the consumer's IO thread while `poll` waits, so they may not
+    call the consumer's blocking API: `on_revoked(partitions)` is to make those partitions'
+    progress durable without Kafka (the reader commits their positions itself, through the
+    coordinator's async commit), and `on_assigned(partitions)` returns partition -> the next
+    offset to read, or None for the partition's beginning (resolved after the poll).
+
+    Parameters
+    ----------
+    consumer, dlq_producer, settings, stage
+        As for `EventReader`; the consumer must not be assigned partitions.
+    on_assigned, on_revoked
+        The owner's callbacks, above.
+    """
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        dlq_producer: KafkaProducer,
+        settings: KafkaSettings,
+        stage: str,
+        on_assigned: Callable[[list[int]], Mapping[int, int | None]],
+        on_revoked: Callable[[list[int]], None],
+    ) -> None:
+        self._consumer = consumer
+        self._dead_letters = DeadLetters(dlq_producer, settings.dlq_topic, stage)
+        self._settings = settings
+        if not consumer.partitions_for_topic(settings.topic):
+            raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
+        self.partitions = []
+        self.positions = {}
+        self._committed = {}
+        self._unresolved: set[int] = set()
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+        self.rebalances = 0
+        consumer.subscribe([settings.topic], listener=_Listener(self))
+
+    def seek(self, offsets: Mapping[int, int]) -> None:
+        """Read next from these offsets; owned partitions not named start at their beginning."""
+        for tp in self.partitions:
+            self._seek_one(tp, offsets.get(tp.partition))
+
+    def seek_partition(self, partition: int, offset: int | None) -> None:
+        """Read `partition` next from `offset`, or from its beginning when None."""
+        self._seek_one(TopicPartition(self._settings.topic, partition), offset)
+
+    def _seek_one(self, tp: TopicPartition, offset: int | None) -> None:
+        if offset is None:
+            self._consumer.seek_to_beginning(tp)
+            self._unresolved.add(tp.partition)
+            self.positions.pop(tp.partition, None)
+        else:
+            self._consumer.seek(tp, offset)
+            self._unresolved.discard(tp.partition)
+            self.positions[tp.partition] = offset
+
+    def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
+        valid = super().poll(timeout_ms, max_records)
+        handed = {c.partition for c in valid}
+        for partition in sorted(self._unresolved):
+            if partition not in self.positions or partition not in handed:
+                tp = TopicPartition(self._settings.topic, partition)
+                self.positions[partition] = self._consumer.position(tp)
+        self._unresolved.clear()
+        return valid
+
+    def _revoked(self, partitions: Collection[TopicPartition]) -> list[int]:
+        numbers = sorted(tp.partition for tp in partitions if tp.topic == self._settings.topic)
+        if numbers:
+            self.on_revoked(numbers)
+        for p in numbers:
+            self.positions.pop(p, None)
+            self._committed.pop(p, None)
+            self._unresolved.discard(p)
+        self.partitions = [tp for tp in self.partitions if tp.partition not in numbers]
+        return numbers
+
+    def _assigned(self, partitions: Collection[TopicPartition]) -> None:
+        self.rebalances += 1
+        tps = sorted(
+            (tp for tp in partitions if tp.topic == self._settings.topic),
+            key=lambda tp: tp.partition,
+        )
+        self.partitions = sorted(
+            {*self.partitions, *tps}, key=lambda tp: tp.partition
+        )  # cooperative rebalances add to what is kept
+        starts = self.on_assigned([tp.partition for tp in tps])
+        for tp in tps:
+            self._seek_one(tp, starts.get(tp.partition))
+
+    def owned(self) -> list[int]:
+        """The partitions this member reads now."""
+        return [tp.partition for tp in self.partitions]
+
+    def commit(self, positions: Mapping[int, int]) -> None:
+        """As `EventReader.commit`, for the partitions this member still owns."""
+        mine = set(self.owned())
+        super().commit({p: o for p, o in positions.items() if p in mine})
+
+    def lag(self) -> int | None:
+        if self._unresolved or not self.partitions:
+            return None if self._unresolved else 0
+        return super().lag()
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """The group's callbacks, run on the consumer's IO thread (hence async: a commit there
+    must be awaited, not blocked on)."""
+
+    def __init__(self, reader: GroupReader) -> None:
+        self.reader = reader
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        reader = self.reader
+        before = dict(reader.positions)
+        numbers = reader._revoked(revoked)
+        offsets = {
+            TopicPartition(reader._settings.topic, p): OffsetAndMetadata(before[p], "", -1)
+            for p in numbers
+            if p in before
+        }
+        if not offsets:
+            return
+        coordinator = reader._consumer._coordinator
+        try:
+            await coordinator._commit_offsets_sync_async(offsets, timeout_ms=REPORT_TIMEOUT_MS)
+        except Exception as exc:  # progress reports only; the snapshots are the truth
+            log.warning("could not report revoked partitions' progress: %s", exc)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.reader._assigned(assigned)

@@ -4,15 +4,20 @@ Layout: `<root>/date=YYYY-MM-DD/p<partition>_o<first>-<last>_<k>of<n>.parquet`. 
 partition covers the offsets first..last and writes one file per event date (n files). The
 names alone say what is archived: the next offset of a partition is one past the highest
 `last` of its complete flushes, so restarts need no other bookkeeping.
+
+The root is a local folder or an `s3://bucket/prefix` URL (`common.storage`): every function
+takes either, or a `Storage` already opened, and reads Parquet in place through pyarrow.
 """
 
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+
+from common.settings import StorageSettings
+from common.storage import Location, Storage
 
 SCHEMA = pa.schema(
     [
@@ -31,9 +36,9 @@ _FILE = re.compile(r"^p(\d+)_o(\d+)-(\d+)_(\d+)of(\d+)\.parquet$")
 
 @dataclass(frozen=True)
 class FlushFile:
-    """One file of one flush, as its name describes it."""
+    """One file of one flush, as its name describes it; `key` is its name under the root."""
 
-    path: Path
+    key: str
     partition: int
     first: int
     last: int
@@ -45,24 +50,38 @@ class FlushFile:
         return f"p{partition:03d}_o{first:012d}-{last:012d}_{part}of{parts}.parquet"
 
 
-def _flush_files(root: Path) -> list[FlushFile]:
+def open_root(root: Location | Storage, settings: StorageSettings | None = None) -> Storage:
+    """The storage of a master dataset given by path, URL or an opened `Storage`."""
+    return root if isinstance(root, Storage) else Storage.from_url(root, settings)
+
+
+def _flush_files(
+    root: Location | Storage, settings: StorageSettings | None = None
+) -> list[FlushFile]:
     found = []
-    for path in root.glob("date=*/*.parquet"):
-        match = _FILE.match(path.name)
-        if match:
+    for key in open_root(root, settings).list("date="):
+        folder, _, name = key.rpartition("/")
+        match = _FILE.match(name)
+        if match and folder.startswith("date=") and "/" not in folder:
             p, first, last, part, parts = (int(g) for g in match.groups())
-            found.append(FlushFile(path, p, first, last, part, parts))
+            found.append(FlushFile(key, p, first, last, part, parts))
     return found
 
 
-def scan(root: Path) -> tuple[dict[int, int], list[FlushFile]]:
+def scan(
+    root: Location | Storage, settings: StorageSettings | None = None
+) -> tuple[dict[int, int], list[FlushFile]]:
     """Next offset per partition from the complete flushes, and the files of incomplete ones.
 
     A flush is complete when all its n files exist; a crash between two renames leaves an
     incomplete one, whose files must be removed before its range is archived again.
     """
+    return _scan(_flush_files(open_root(root, settings)))
+
+
+def _scan(files: list[FlushFile]) -> tuple[dict[int, int], list[FlushFile]]:
     groups: dict[tuple[int, int, int], list[FlushFile]] = defaultdict(list)
-    for f in _flush_files(root):
+    for f in files:
         groups[(f.partition, f.first, f.last)].append(f)
     positions: dict[int, int] = {}
     incomplete: list[FlushFile] = []
@@ -74,22 +93,29 @@ def scan(root: Path) -> tuple[dict[int, int], list[FlushFile]]:
     return positions, incomplete
 
 
-def archived_positions(root: Path) -> dict[int, int]:
+def archived_positions(
+    root: Location | Storage, settings: StorageSettings | None = None
+) -> dict[int, int]:
     """The next offset to archive in each partition: the cut-off of everything archived."""
-    return scan(root)[0]
+    return scan(root, settings)[0]
 
 
-def history(root: Path, cutoff: dict[int, int] | None = None) -> ds.Dataset:
+def history(
+    root: Location | Storage,
+    cutoff: dict[int, int] | None = None,
+    settings: StorageSettings | None = None,
+) -> ds.Dataset:
     """The archived events as a pyarrow dataset (lazy, column-prunable), complete flushes only.
 
     With `cutoff`, only events at offsets below it in each partition (partitions absent from
     `cutoff` are left out), so a batch run reads exactly the history it recorded.
     """
-    positions, incomplete = scan(root)
-    skip = {f.path for f in incomplete}
-    paths = [str(f.path) for f in _flush_files(root) if f.path not in skip]
+    storage = open_root(root, settings)
+    files = _flush_files(storage)
+    skip = {f.key for f in _scan(files)[1]}
+    paths = [storage.pyarrow_path(f.key) for f in files if f.key not in skip]
     dataset = (
-        ds.dataset(paths, schema=SCHEMA, format="parquet")
+        ds.dataset(paths, schema=SCHEMA, format="parquet", filesystem=storage.pyarrow_filesystem())
         if paths
         else ds.dataset(SCHEMA.empty_table())
     )

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from common.processes import free_ports
-from common.settings import KafkaSettings, LocalBrokerSettings, LocalMlflowSettings, MlflowSettings
+from common.settings import (
+    KafkaSettings,
+    LocalBrokerSettings,
+    LocalMlflowSettings,
+    LocalObjectStoreSettings,
+    MlflowSettings,
+    StorageSettings,
+)
 from pipelines import tracking_server
 from streams import broker
 
@@ -101,3 +108,39 @@ def mlflow_server(mlflow_launch: tuple[MlflowSettings, LocalMlflowSettings]) -> 
         yield mlflow_launch[0].uri
     finally:
         tracking_server.down(*mlflow_launch)
+
+
+@dataclass(frozen=True)
+class ObjectStoreService:
+    """The session's S3-compatible store: its settings, the launcher's, and fresh prefixes."""
+
+    settings: StorageSettings
+    local: LocalObjectStoreSettings
+
+    def new_url(self, name: str = "test") -> str:
+        """An `s3://` prefix no other test uses."""
+        return f"s3://{self.settings.bucket}/{name}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreService]:
+    """The environment's store if STORAGE_ENDPOINT_URL is set; otherwise the project's S3Proxy
+    on a free port in a throwaway home, sharing the usual jar cache (STORAGE_CACHE_DIR or
+    STORAGE_HOME), so that it does not fetch the jar again."""
+    from pipelines import object_store as launcher
+
+    configured, configured_local = StorageSettings(), LocalObjectStoreSettings()
+    if configured.uses_local_server:
+        (port,) = free_ports(1)
+        settings = StorageSettings(endpoint_url="", port=port)
+        local = LocalObjectStoreSettings(
+            home=tmp_path_factory.mktemp("s3proxy"),
+            cache_dir=(configured_local.cache_dir or configured_local.home).resolve(),
+        )
+    else:
+        settings, local = configured, configured_local
+    launcher.up(settings, local)
+    try:
+        yield ObjectStoreService(settings, local)
+    finally:
+        launcher.down(settings, local)

@@ -1,8 +1,11 @@
 """The master dataset: exactly-once by file names, incomplete flushes removed, cut-off reads."""
 
+import threading
 from datetime import UTC, datetime
 
-from streams.archiver import recover, write_flush
+from common.settings import ArchiveSettings
+from common.storage import LocalStorage, StorageError
+from streams.archiver import Archiver, recover, write_flush
 from streams.consumer import Consumed
 from streams.master_dataset import FlushFile, archived_positions, history
 from streams.schema import QueryEvent
@@ -55,3 +58,71 @@ def test_a_range_of_only_dead_lettered_messages_still_advances(tmp_path):
     write_flush(tmp_path, 2, 0, 2, [])
     assert archived_positions(tmp_path) == {2: 3}
     assert history(tmp_path).to_table().num_rows == 0
+
+
+class FlakyStorage(LocalStorage):
+    """A local folder whose first `failures` writes fail, as an unreachable store's would."""
+
+    def __init__(self, root, failures):
+        super().__init__(root)
+        self.failures = failures
+
+    def write_all(self, objects):
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("connection refused")
+        super().write_all(objects)
+
+
+class FakeReader:
+    def __init__(self, events):
+        self.positions = {}
+        self.pending = list(events)
+        self.commits = []
+
+    def poll(self, timeout_ms):
+        batch, self.pending = self.pending, []
+        for c in batch:
+            self.positions[c.partition] = c.offset + 1
+        return batch
+
+    def commit(self, positions):
+        self.commits.append(dict(positions))
+
+    def flush_dead_letters(self):
+        pass
+
+
+def test_a_failed_flush_is_retried_and_nothing_is_committed_before_it_lands(tmp_path):
+    storage = FlakyStorage(tmp_path, failures=3)
+    reader = FakeReader([consumed(0, o) for o in range(5)] + [consumed(1, o) for o in range(3)])
+    archiver = Archiver(reader, storage, ArchiveSettings(flush_every_s=0.0))
+    archiver.retry_backoff_s = 0.01
+    seen_commits = []
+    real_write = storage.write_all
+
+    def watching(objects):
+        seen_commits.append(list(reader.commits))
+        real_write(objects)
+
+    storage.write_all = watching
+    archiver.run(threading.Event(), max_messages=8)
+    assert archiver.failed_flushes == 3 and archiver.archived == 8
+    assert seen_commits[0] == []  # no offset committed while the first write kept failing
+    assert archived_positions(tmp_path) == {0: 5, 1: 3}
+    assert reader.commits[-1] == {0: 5, 1: 3}
+    assert history(tmp_path).count_rows() == 8
+
+
+def test_a_flush_stopped_during_an_outage_commits_only_what_was_written(tmp_path):
+    storage = FlakyStorage(tmp_path, failures=10**6)
+    reader = FakeReader([consumed(0, o) for o in range(5)])
+    archiver = Archiver(reader, storage, ArchiveSettings())
+    archiver.retry_backoff_s = 0.01
+    reader.poll(0)
+    archiver._buffers[0] = [consumed(0, o) for o in range(5)]
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    assert archiver.flush(stop) is False
+    assert reader.commits == [{}] and archiver.archived == 0
+    assert archived_positions(tmp_path) == {}

@@ -4,11 +4,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from pipelines.schedule import Cadence, Scheduler, run_locked
+from common.settings import StorageSettings
+from common.storage import Storage
+from pipelines.schedule import Cadence, Lease, Scheduler, lease_for, run_locked
 from pipelines.signals import raise_drift_signal
 
 
@@ -104,3 +107,91 @@ def test_runs_never_overlap_and_a_crashed_holder_leaves_no_stale_lock(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_lease_has_one_holder_until_it_expires(tmp_path):
+    store = Storage.from_url(tmp_path)
+    clock = FakeClock()
+    first = Lease(store, "retrain.lock", lease_s=60, owner="a", clock=clock)
+    second = Lease(store, "retrain.lock", lease_s=60, owner="b", clock=clock)
+    assert first.acquire() and first.held
+    assert not second.acquire() and not second.held
+    clock.now += 59  # not expired yet, and renewed: it lasts another lease_s
+    assert not second.acquire()
+    assert first.renew()
+    clock.now += 59
+    assert not second.acquire()
+    clock.now += 2  # expired: taken over, and the old holder's renewal finds it gone
+    assert second.acquire() and second.held
+    assert not first.renew() and not first.held
+    first.release()  # releasing a lost lease must not free the new holder's
+    assert not Lease(store, "retrain.lock", lease_s=60, owner="c", clock=clock).acquire()
+    second.release()
+    assert Lease(store, "retrain.lock", lease_s=60, owner="c", clock=clock).acquire()
+
+
+def test_a_renewal_on_a_changed_tag_stops_claiming_the_lease(tmp_path):
+    store = Storage.from_url(tmp_path)
+    lease = Lease(store, "lock", lease_s=60, owner="a", clock=FakeClock())
+    assert lease.acquire()
+    data, tag = store.read_tagged("lock")
+    assert store.replace_if("lock", data.replace(b'"a"', b'"intruder"'), tag)
+    assert lease.renew() is False and lease.held is False
+    assert b"intruder" in store.read_bytes("lock")
+
+
+def test_contending_leases_never_hold_at_once(tmp_path):
+    store = Storage.from_url(tmp_path)
+    clock = FakeClock()
+    leases = [Lease(store, "lock", lease_s=10, owner=str(i), clock=clock) for i in range(6)]
+    barrier = threading.Barrier(len(leases))
+    for _ in range(20):  # each round: the lease has expired, all contend for it at once
+        clock.now += 11
+        wins: list[str] = []
+
+        def contend(lease: Lease, wins: list[str] = wins) -> None:
+            barrier.wait()
+            if lease.acquire():
+                wins.append(lease.owner)
+
+        threads = [threading.Thread(target=contend, args=(lease,)) for lease in leases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1
+        assert sum(lease.held for lease in leases) <= 1
+
+
+def test_a_leased_run_is_renewed_while_it_lasts(tmp_path, monkeypatch):
+    store = Storage.from_url(tmp_path)
+    lease = Lease(store, "lock", lease_s=0.3, owner="runner")
+    monkeypatch.setattr("pipelines.schedule.lease_for", lambda *_: lease)
+    outcomes: list[bool] = []
+
+    def job() -> None:
+        for _ in range(4):  # outlasts the lease several times over: renewals keep it
+            time.sleep(0.25)
+            outcomes.append(Lease(store, "lock", lease_s=0.3, owner="other").acquire())
+        outcomes.append(lease.held)
+
+    assert run_locked(job, "s3://bucket/lock") is True
+    assert outcomes == [False, False, False, False, True]
+    assert not lease.held
+    assert Lease(store, "lock", lease_s=0.3, owner="next").acquire()  # released at the end
+
+
+def test_local_lock_paths_keep_the_file_lock():
+    assert lease_for("var/locks/retrain.lock") is None
+    assert lease_for("retrain.lock") is None
+    lease = lease_for("s3://bucket/locks/retrain.lock", StorageSettings(lease_s=12))
+    assert lease is not None and lease.name == "retrain.lock" and lease.lease_s == 12
+    assert lease.storage.url == "s3://bucket/locks"

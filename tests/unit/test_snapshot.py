@@ -178,3 +178,59 @@ def test_a_file_that_is_no_snapshot_is_refused(tmp_path, content):
     with pytest.raises(SnapshotUnreadable) as caught:
         LocalSnapshotStore(tmp_path).latest()
     assert caught.value.header is None and caught.value.sequence == 2
+
+
+def test_partitioned_snapshots_are_numbered_and_pruned_per_partition(tmp_path):
+    from models.snapshot import SpeedSnapshot as Snap
+
+    store = LocalSnapshotStore(tmp_path, keep=2)
+    store.save(make({0: 5}))  # an unpartitioned snapshot of before consumer groups
+    for offset in range(1, 5):
+        for partition in (0, 3):
+            snapshot = make({partition: offset}, learnt=offset)
+            snapshot.partition = partition
+            store.save(snapshot)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert "snapshot-p003-000000000004.pkl" in names and len(names) == 5
+    assert store.latest_sequences() == {0: 4, 3: 4}
+    latest = store.latest_per_partition()
+    assert {p: s.offsets for p, s in latest.items()} == {0: {0: 4}, 3: {3: 4}}
+    assert store.latest().offsets == {0: 5}  # the old unpartitioned one still loads
+    assert isinstance(latest[3], Snap) and latest[3].partition == 3
+
+
+def test_the_merge_of_partition_snapshots_is_the_model_of_all_their_events():
+    from models.snapshot import SnapshotEnsemble, SpeedSnapshot, merge_snapshots
+    from models.speed_model import build_speed_model
+
+    events = [("wake me at six", "alarm"), ("play jazz", "music"), ("set an alarm", "alarm")]
+    parts = [build_speed_model(), build_speed_model()]
+    single = build_speed_model()
+    for i, (text, intent) in enumerate(events):
+        parts[i % 2].learn_one({"text": text}, intent)
+        single.learn_one({"text": text}, intent)
+    blenders = [HedgeBlender(), HedgeBlender()]
+    snapshots = {
+        p: SpeedSnapshot(parts[p], blenders[p], {p: 9}, events_learnt=2 - p, partition=p)
+        for p in (0, 1)
+    }
+    merged = merge_snapshots(snapshots)
+    assert merged.model.count_table() == single.count_table()
+    assert merged.events_learnt == 3 and merged.offsets == {0: 9, 1: 9}
+    assert merged.blender is blenders[0]  # the partition that learnt most
+
+    class Plain:  # a River model without __add__
+        def __init__(self, answer):
+            self.answer = answer
+
+        def predict_proba_one(self, x):
+            return self.answer
+
+    ensemble = merge_snapshots(
+        {
+            0: SpeedSnapshot(Plain({"a": 1.0}), HedgeBlender(), {0: 1}, 1, partition=0),
+            1: SpeedSnapshot(Plain({"b": 1.0}), HedgeBlender(), {1: 1}, 1, partition=1),
+        }
+    ).model
+    assert isinstance(ensemble, SnapshotEnsemble)
+    assert ensemble.predict_proba_one({"text": "x"}) == {"a": 0.5, "b": 0.5}

@@ -1,0 +1,214 @@
+"""Shared storage on a real S3-compatible server (the project's S3Proxy): the storage API, the
+retrain lock's lease, and the master dataset archived there by a real `lambda-ml archive`,
+through a 30-second outage of the server."""
+
+import io
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from common.processes import ChildProcess
+from common.storage import S3Storage, Storage
+from pipelines import object_store as launcher
+from pipelines.produce import ReplayOptions, run_produce
+from pipelines.retrain import read_history_split
+from pipelines.schedule import Lease, lease_for, run_locked
+from pipelines.signals import drift_raised_at, raise_drift_signal
+from streams.master_dataset import _flush_files, archived_positions, history
+from tests.integration.cli_processes import CLI, cli_env, run_to_end
+
+pytestmark = pytest.mark.integration
+
+
+def storage_env(object_store) -> dict[str, str]:
+    s = object_store.settings
+    return {
+        "STORAGE_ENDPOINT_URL": s.endpoint,
+        "STORAGE_ACCESS_KEY": s.access_key,
+        "STORAGE_SECRET_KEY": s.secret_key,
+        "STORAGE_BUCKET": s.bucket,
+    }
+
+
+def test_the_s3_backend_writes_lists_and_writes_conditionally(object_store):
+    store = Storage.from_url(object_store.new_url(), object_store.settings)
+    assert isinstance(store, S3Storage) and store.list() == []
+    with pytest.raises(FileNotFoundError):
+        store.read_bytes("missing")
+    store.write_all({"a/b.txt": b"one", "a/c.txt": b"two", "d.txt": b"three"})
+    assert store.list() == ["a/b.txt", "a/c.txt", "d.txt"] and store.list("a/") == [
+        "a/b.txt",
+        "a/c.txt",
+    ]
+    store.delete("a/b.txt")
+    assert store.list("a/") == ["a/c.txt"]
+    assert store.create_exclusive("lease", b"first") is True
+    assert store.create_exclusive("lease", b"second") is False
+    data, tag = store.read_tagged("lease")
+    assert data == b"first"
+    assert store.replace_if("lease", b"v2", tag) is True
+    assert store.replace_if("lease", b"v3", tag) is False  # stale tag
+    assert store.replace_if("absent", b"x", tag) is False
+    assert store.read_bytes("lease") == b"v2"
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": [1, 2]}), sink)
+    store.write_bytes("t/x.parquet", sink.getvalue().to_pybytes())
+    table = pq.read_table(store.pyarrow_path("t/x.parquet"), filesystem=store.pyarrow_filesystem())
+    assert table["x"].to_pylist() == [1, 2]
+
+
+def test_the_drift_signal_by_url(object_store):
+    url = object_store.new_url("signals")
+    assert drift_raised_at(url, object_store.settings) is None
+    raise_drift_signal(url, {"source": "test"}, object_store.settings)
+    raised = drift_raised_at(url, object_store.settings)
+    assert raised is not None and abs(raised - time.time()) < 60
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_s3_leases_have_one_holder_and_expired_ones_are_taken_over(object_store):
+    store = Storage.from_url(object_store.new_url("locks"), object_store.settings)
+    clock = FakeClock()
+    first = Lease(store, "retrain.lock", lease_s=60, owner="a", clock=clock)
+    second = Lease(store, "retrain.lock", lease_s=60, owner="b", clock=clock)
+    assert first.acquire() and not second.acquire()
+    clock.now += 30
+    assert first.renew() and not second.acquire()
+    clock.now += 61  # expired: taken over; the old holder's renewal finds its tag changed
+    assert second.acquire() and second.held
+    assert not first.renew() and not first.held
+    first.release()  # must not free the new holder's lease
+    assert not Lease(store, "retrain.lock", lease_s=60, owner="c", clock=clock).acquire()
+    second.release()
+    assert Lease(store, "retrain.lock", lease_s=60, owner="c", clock=clock).acquire()
+
+
+def test_two_schedulers_on_one_s3_lock_never_run_at_once(object_store):
+    url = f"{object_store.new_url('locks')}/retrain.lock"
+    settings = object_store.settings.model_copy(update={"lease_s": 1.0})
+    lease = lease_for(url, settings)
+    assert lease is not None and not lease.storage.is_local
+    running = threading.Lock()
+    overlaps, runs = [], []
+
+    def job() -> None:
+        if not running.acquire(blocking=False):
+            overlaps.append(1)
+            return
+        try:
+            time.sleep(1.5)  # outlasts the lease: renewals must keep it
+            runs.append(1)
+        finally:
+            running.release()
+
+    results: list[bool] = []
+
+    def scheduler() -> None:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            results.append(run_locked(job, url, settings))
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=scheduler) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+    assert len(runs) >= 3 and results.count(True) == len(runs)
+    assert results.count(False) > 0  # the others found the lease held
+
+
+def replay(kafka, events: int, rate: float = 0.0):
+    settings = kafka.settings.model_copy(
+        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
+    )
+    options = ReplayOptions(limit=events, rate=rate, unlabelled_fraction=0.2, span_days=3)
+    return settings, lambda: run_produce(settings, options, Console(file=io.StringIO()))
+
+
+def archive_env(settings, master, object_store, **more):
+    return cli_env(
+        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
+        KAFKA_TOPIC=settings.topic,
+        KAFKA_DLQ_TOPIC=settings.dlq_topic,
+        BATCH_MASTER_DIR=master,
+        ARCHIVE_FLUSH_EVERY_EVENTS=1000,
+        ARCHIVE_FLUSH_EVERY_S=0.2,
+        ARCHIVE_GROUP_ID=f"archiver-{time.monotonic_ns()}",
+        **storage_env(object_store),
+        **more,
+    )
+
+
+def test_an_archive_on_s3_reads_back_like_a_local_one(kafka, object_store, tmp_path):
+    events = 5_000
+    settings, produce = replay(kafka, events)
+    produce()
+    url = f"{object_store.new_url()}/master"
+    local = tmp_path / "master"
+    for master in (url, local):
+        run_to_end(["archive", "--idle-exit", "3"], archive_env(settings, master, object_store))
+    positions = archived_positions(url, object_store.settings)
+    assert positions == archived_positions(local) and sum(positions.values()) == events
+    remote = history(url, settings=object_store.settings).to_table()
+    assert remote.num_rows == history(local).count_rows() == events
+    assert sorted(remote["query_id"].to_pylist()) == sorted(
+        history(local).to_table()["query_id"].to_pylist()
+    )
+    split_s3 = read_history_split(url, positions, 0.1, object_store.settings)
+    split_local = read_history_split(local, positions, 0.1)
+    assert len(split_s3.texts) == len(split_local.texts) > 0
+    assert len(split_s3.holdout_texts) == len(split_local.holdout_texts) > 0
+    assert split_s3.weights.sum() == split_local.weights.sum()
+
+
+def test_the_archiver_carries_on_after_a_30s_outage_of_the_store(kafka, object_store, tmp_path):
+    if not object_store.settings.uses_local_server:
+        pytest.skip("the outage needs the project's own S3Proxy")
+    events, rate = 12_000, 200  # a 60 s live replay: the outage falls in its middle
+    settings, produce = replay(kafka, events, rate)
+    url = f"{object_store.new_url()}/master"
+    env = archive_env(settings, url, object_store)
+    producer = threading.Thread(target=produce)
+    log = tmp_path / "archive.log"
+    archiver = ChildProcess(
+        "archive", CLI + ["archive", "--idle-exit", "20"], env=env, log_path=log
+    )
+    producer.start()
+    try:
+        with archiver as job:
+            deadline = time.monotonic() + 60
+            while not _flush_files(url, object_store.settings):
+                assert time.monotonic() < deadline and job.poll() is None, log.read_text()
+                time.sleep(0.1)
+            assert launcher.down(object_store.settings, object_store.local)
+            time.sleep(30)
+            assert job.poll() is None, log.read_text()[-3000:]  # it waited, not crashed
+            launcher.up(object_store.settings, object_store.local)
+            producer.join()
+            assert job.wait(timeout_s=120) == 0, log.read_text()[-3000:]
+    finally:
+        producer.join()
+    output = log.read_text()
+    assert "retrying" in output  # flushes did fail during the outage
+    table = history(url, settings=object_store.settings).to_table(
+        columns=["query_id", "partition", "offset"]
+    )
+    distinct = pc.count_distinct(table["query_id"]).as_py()
+    assert (table.num_rows, distinct) == (events, events)
+    pairs = set(zip(table["partition"].to_pylist(), table["offset"].to_pylist(), strict=True))
+    assert len(pairs) == events
+    assert sum(archived_positions(url, object_store.settings).values()) == events
