@@ -21,7 +21,7 @@ import functools
 import logging
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from threading import Event
 
@@ -31,7 +31,7 @@ from common.settings import SpeedSettings
 from models.blend import HedgeBlender
 from models.contracts import check_speed_model
 from models.model_spec import ModelSpec
-from models.prequential import ViewScores, prequential_step
+from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionModel
 from models.snapshot import (
     LocalSnapshotStore,
@@ -52,6 +52,18 @@ from pipelines.speed_loop import (
 from streams.consumer import Consumed, EventReader, GroupReader
 
 log = logging.getLogger(__name__)
+
+
+def champion_answers(
+    champion: ChampionModel | None, consumed: list[Consumed]
+) -> Iterator[tuple[Consumed, BatchAnswer | None]]:
+    """Each event of a poll with the champion's answer for it, from one vectorised call over
+    the poll's labelled events; None for an unlabelled event, or when there is no champion."""
+    labelled = [c.event.text for c in consumed if c.event.intent is not None]
+    rows = iter(champion.predict_proba_matrix(labelled) if champion else ())
+    for item in consumed:
+        row = next(rows, None) if item.event.intent is not None else None
+        yield item, (champion.classes, row) if champion is not None and row is not None else None
 
 
 @dataclass
@@ -249,16 +261,11 @@ class SpeedLayer:
         """Predict, score and learn each event in order."""
         state = self.state
         champion = self.champion
-        labelled = [c for c in consumed if c.event.intent is not None]
-        texts = [c.event.text for c in labelled]
-        batch_rows = iter(champion.predict_proba_matrix(texts) if champion else ())
-        for item in consumed:
+        for item, batch in champion_answers(champion, consumed):
             intent = item.event.intent
             if intent is None:
                 state.unlabelled_seen += 1
                 continue
-            row = next(batch_rows, None)
-            batch = (champion.classes, row) if champion is not None and row is not None else None
             batch_right = prequential_step(
                 state.model,
                 state.blender,
@@ -555,18 +562,13 @@ class GroupSpeedLayer:
     def learn(self, consumed: list[Consumed]) -> None:
         """Predict with the view, score, and learn each event into its partition's model."""
         champion = self.champion
-        labelled = [c for c in consumed if c.event.intent is not None]
-        texts = [c.event.text for c in labelled]
-        batch_rows = iter(champion.predict_proba_matrix(texts) if champion else ())
         view = self.view()
-        for item in consumed:
+        for item, batch in champion_answers(champion, consumed):
             state = self.parts[item.partition]
             intent = item.event.intent
             if intent is None:
                 state.unlabelled_seen += 1
                 continue
-            row = next(batch_rows, None)
-            batch = (champion.classes, row) if champion is not None and row is not None else None
             batch_right = prequential_step(
                 view if view is not None else state.model,
                 state.blender,
