@@ -16,11 +16,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # for postgresql:// URLs); the jobs themselves do not use it.
 ARG PSYCOPG_VERSION=3.3.9
 
+# Java for the batch layer's spark engine: the scheduler is the Spark driver (Spark 4.0 runs on
+# Java 17 or 21, whichever the distribution's default is).
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends default-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /build
 
-# Dependencies first, pinned by constraints.txt, in a layer that a change of code does not redo.
+# Dependencies first, pinned by constraints.txt, in a layer that a change of code does not redo:
+# the runtime's and the spark extra's (pyspark, for BATCH_ENGINE=spark).
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['spark']))" > requirements.txt \
     && pip install -c constraints.txt -r requirements.txt "psycopg[binary]==${PSYCOPG_VERSION}"
 
 # The project itself (the packages of pyproject's packages.find), installed, not editable; the

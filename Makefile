@@ -12,7 +12,7 @@ setup: $(STAMP)
 # Re-install only when the pins change: a warm `make setup` is a no-op.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,spark]'
 	touch $(STAMP)
 
 # Chromium for tests/e2e/test_mlflow_ui.py (apt-get, as root; a no-op once installed).

@@ -38,8 +38,8 @@ from common.processes import free_port
 from common.settings import BatchSettings, LocalMlflowSettings, MlflowSettings
 from models.batch_model import build_batch_model
 from pipelines import tracking_server
+from pipelines.history import read_history_split
 from pipelines.provenance import provenance
-from pipelines.retrain import read_history_split
 from streams.dataset import CLINC150_DATA, Example, load_dataset
 from streams.master_dataset import SCHEMA, FlushFile, archived_positions
 from streams.query_log import QueryLog
@@ -70,11 +70,17 @@ def tail_for(distinct: float, events: int, head_rows: int) -> float:
 
 
 def write_master(
-    root: Path, examples: list[Example], events: int, tail: float | None, seed: int
+    root: Path,
+    examples: list[Example],
+    events: int,
+    tail: float | None,
+    seed: int,
+    resent: float = 0.0,
 ) -> dict:
     """`events` archived events of a query-log replay of `examples` (with `tail=None`, the rows
     in shuffled passes), in the archiver's layout (one flush per partition and day over 30
-    days); returns what the stream holds."""
+    days), a `resent` share of them sent again (the event before, under its query id, in
+    another partition); returns what the stream holds."""
     log = None if tail is None else QueryLog(tail)
     scenario = Scenario("shuffle", length=events, seed=seed, query_log=log)
     texts, intents, synthetic = [], [], 0
@@ -82,8 +88,12 @@ def write_master(
         texts.append(item.example.text)
         intents.append(item.example.intent)
         synthetic += item.synthetic
-    text_array, intent_array = pa.array(texts), pa.array(intents)
     rng = np.random.default_rng(seed)
+    query_ids = [f"b{n % PARTITIONS}-{n // PARTITIONS}" for n in range(events)]
+    for n in np.flatnonzero(rng.random(events) < resent).tolist():
+        if n:
+            texts[n], intents[n], query_ids[n] = texts[n - 1], intents[n - 1], query_ids[n - 1]
+    text_array, intent_array, id_array = pa.array(texts), pa.array(intents), pa.array(query_ids)
     start = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1_000_000)
     ts = np.sort(start + rng.integers(0, 30 * 86_400 * 1_000_000, events))
     partition = np.arange(events) % PARTITIONS
@@ -97,7 +107,7 @@ def write_master(
             picks = pa.array(rows[chosen])
             table = pa.table(
                 {
-                    "query_id": pa.array([f"b{p}-{o}" for o in offsets[chosen]]),
+                    "query_id": id_array.take(picks),
                     "ts": pa.array(ts[rows][chosen], pa.timestamp("us", tz="UTC")),
                     "text": text_array.take(picks),
                     "intent": intent_array.take(picks),
@@ -114,6 +124,7 @@ def write_master(
             pq.write_table(table, folder / FlushFile.name(p, first, last, 1, 1))
     return {
         "events": events,
+        "resent": resent,
         "distinct_texts": len(set(texts)),
         "distinct_fraction": round(len(set(texts)) / events, 4),
         "synthetic_share": round(synthetic / events, 4),
@@ -216,8 +227,22 @@ def _key(events: int, distinct: float) -> str:
 
 
 def main(
-    repeats: int = 1, sizes: tuple[int, ...] = SIZES, distinct: tuple[float, ...] = DISTINCT
+    repeats: int = 1,
+    sizes: tuple[int, ...] = SIZES,
+    distinct: tuple[float, ...] = DISTINCT,
+    engines: tuple[str, ...] = ("local",),
 ) -> dict:
+    """The scale matrix of retrains; with the spark engine among `engines`, the engines'
+    comparison and the sampled fit instead (`bench.history_engines`). Figures a run does not
+    measure are kept from the result file."""
+    from bench import history_engines
+
+    previous = _previous()
+    if "spark" in engines:
+        kept = _kept_runs({})
+        matrix = summarise(previous["clinc150_test_accuracy"], kept) if kept else {}
+        figures = history_engines.main(repeats)
+        return save_figures("retrain", matrix | figures, {"repeats": repeats, "engines": engines})
     accuracy = clinc150_accuracy()
     print(f"clinc150_test_accuracy {accuracy:.4f}", flush=True)
     examples = in_scope(("train", "val"))
@@ -240,18 +265,20 @@ def main(
             tracking_server.down(tracking, local)
     return save_figures(
         "retrain",
-        summarise(accuracy, _kept_runs(runs) | runs),
+        summarise(accuracy, _kept_runs(runs) | runs) | history_engines.kept_figures(previous),
         {"repeats": repeats, "sizes": list(sizes), "distinct": list(distinct)},
     )
+
+
+def _previous() -> dict:
+    path = RESULTS_DIR / "retrain.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _kept_runs(measured: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """The configurations of the existing result file that this run did not measure, each
     with the stamp of the run that did: a run of some configurations replaces only those."""
-    path = RESULTS_DIR / "retrain.json"
-    if not path.exists():
-        return {}
-    previous = json.loads(path.read_text())
+    previous = _previous()
     kept = {key: runs for key, runs in previous.get("runs", {}).items() if key not in measured}
     for runs in kept.values():
         for run in runs:

@@ -1,11 +1,11 @@
 """Every setting of the project, as one tree built once at the edge and passed down.
 
 Each section reads its own environment prefix (`KAFKA_`, `MLFLOW_`, `BATCH_`, `SPEED_`,
-`ARCHIVE_`, `SERVING_`, `STORAGE_`) when it is constructed, and only `Settings.from_environment`
-constructs them for a running job: the CLI calls it once and hands each job the sections it
-needs, so no code below the CLI reads the environment. Connection settings (where Kafka, MLflow
-and the object store are) are apart from the settings of the local launchers that run them on
-this machine.
+`ARCHIVE_`, `SERVING_`, `STORAGE_`, `LOG_`) when it is constructed, and only
+`Settings.from_environment` constructs them for a running job: the CLI calls it once and hands
+each job the sections it needs, so no code below the CLI reads the environment. Connection
+settings (where Kafka, MLflow and the object store are) are apart from the settings of the local
+launchers that run them on this machine.
 
 >>> tree = Settings.from_environment()
 >>> tree.kafka.topic == tree.kafka.model_copy().topic
@@ -14,6 +14,7 @@ True
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -116,6 +117,13 @@ class BatchSettings(BaseSettings):
     `model` is the factory of the scikit-learn model a run trains (`package.module:factory`,
     read by `models.model_spec.ModelSpec`) and `model_params` its keyword arguments
     (`BATCH_MODEL_PARAMS` holds them as a JSON object).
+
+    `engine` runs the pass over the history (de-duplication, counting, holdout split) in this
+    process (`local`, pyarrow) or as a Spark job (`spark`) on `spark_master` (`local[*]`,
+    `spark://host:7077`, `k8s://...`), with `spark_conf` added to the session's configuration
+    (`BATCH_SPARK_CONF` holds it as a JSON object). When the distinct training rows exceed
+    `max_distinct_rows`, the fit takes a sample of them, drawn with `sample_seed`
+    (`pipelines.training_sample`).
     """
 
     model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
@@ -130,6 +138,11 @@ class BatchSettings(BaseSettings):
     gate_alpha: float = 0.05
     gate_max_intent_drop: float = 0.10
     gate_min_intent_texts: int = 20
+    engine: Literal["local", "spark"] = "local"
+    spark_master: str = "local[*]"
+    spark_conf: dict[str, str] = {}
+    max_distinct_rows: int = Field(default=2_000_000, gt=0)
+    sample_seed: int = 0
 
 
 class SpeedSettings(BaseSettings):
@@ -210,6 +223,16 @@ class ServingSettings(BaseSettings):
     max_header_bytes: int = Field(default=16_384, ge=1)
     host: str = "127.0.0.1"
     port: int = 3000
+    url: str = ""
+
+    @property
+    def address(self) -> str:
+        """Where clients reach the service: `url` if set, else this host's `port` (on the
+        loopback when the service binds every address)."""
+        if self.url:
+            return self.url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
 
 class StorageSettings(BaseSettings):
@@ -256,6 +279,16 @@ class LocalObjectStoreSettings(BaseSettings):
     heap: str = "256m"
 
 
+class LogSettings(BaseSettings):
+    """How every job and the service log: the level, and `rich` lines for a terminal or one
+    JSON object per line (`json`) for a log shipper."""
+
+    model_config = SettingsConfigDict(env_prefix="LOG_", frozen=True)
+
+    level: str = "INFO"
+    format: Literal["rich", "json"] = "rich"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole tree: one section per concern, connections apart from local launchers."""
@@ -270,6 +303,7 @@ class Settings:
     serving: ServingSettings = field(default_factory=ServingSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     local_object_store: LocalObjectStoreSettings = field(default_factory=LocalObjectStoreSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     @classmethod
     def from_environment(cls) -> "Settings":

@@ -14,11 +14,17 @@ Repeats = Annotated[int, typer.Option(min=1, help="Repetitions; figures are medi
 
 
 @bench_app.command()
-def speed(repeats: Repeats = 3) -> None:
-    """The speed layer with a champion vs a tuned River loop, end to end from Kafka; speed.json."""
+def speed(
+    repeats: Repeats = 3,
+    workers: Annotated[
+        str, typer.Option(help="Consumer-group sizes to measure on 4 partitions; '' skips.")
+    ] = "1,2",
+) -> None:
+    """The speed layer with a champion vs a tuned River loop, end to end from Kafka, and a
+    consumer group of each size in `workers`; speed.json."""
     from bench.speed import main
 
-    main(edge_settings(), repeats)
+    main(edge_settings(), repeats, workers=_numbers(workers, int))
 
 
 @bench_app.command()
@@ -28,12 +34,17 @@ def retrain(
     distinct: Annotated[
         str, typer.Option(help="Shares of distinct texts in the history.")
     ] = "0.02,0.1,0.3",
+    engine: Annotated[
+        str, typer.Option(help="Engines: `local,spark` compares the history pass instead.")
+    ] = "local",
 ) -> None:
     """CLINC150 test accuracy, and whole retrains against a bare fit of the same rows, by
-    history size and share of distinct texts; writes retrain.json."""
+    history size and share of distinct texts; or, with `--engine local,spark`, the history
+    pass on each engine and the sampled fit against the full one; writes retrain.json."""
     from bench.retrain import main
 
-    main(repeats, _numbers(sizes, int), _numbers(distinct, float))
+    engines = tuple(part.strip() for part in engine.split(",") if part.strip())
+    main(repeats, _numbers(sizes, int), _numbers(distinct, float), engines)
 
 
 def _numbers(value: str, kind: type) -> tuple:

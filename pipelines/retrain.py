@@ -11,9 +11,12 @@ of the champion (or the challenger) registers nothing.
 The model is the one `BatchSettings.model` and `model_params` choose (`BATCH_MODEL`,
 `BATCH_MODEL_PARAMS`), made ready by `models.batch_model.prepare_batch_model`. It is
 registered as a pyfunc model that loads without this repository (`models.pyfunc_model`).
+
+The pass over the history runs on the engine `BatchSettings.engine` names (`pipelines.history`:
+in this process, or as a Spark job); the run records the engine and, when the training rows
+were too many for the fit, the sample it took (`pipelines.training_sample`).
 """
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -24,18 +27,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from common.settings import BatchSettings, MlflowSettings, StorageSettings
-from common.storage import Location, Storage
 from models.batch_model import (
     DistinctRowsClassifier,
-    count_examples,
     fit_on_counts,
     prepare_batch_model,
     vocabulary_size,
@@ -56,39 +53,14 @@ from models.registry import (
     fluent_mlflow,
     load_champion,
 )
-from models.texts import in_holdout, text_keys
+from pipelines.history import HistorySplit, NoData, count_history, split_counts
 from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
 from pipelines.promotion import GateRules, Verdict, compare, first_version
 from pipelines.tracking import experiment_id, tracking_client
-from streams.master_dataset import archived_positions, history
+from pipelines.training_sample import sample_split
+from streams.master_dataset import archived_positions
 
 log = logging.getLogger(__name__)
-
-KEY_COLUMNS = ["query_id", "ts", "partition", "offset"]
-
-
-class NoData(RuntimeError):
-    """The master dataset has too little labelled history to train on."""
-
-
-@dataclass(frozen=True)
-class HistorySplit:
-    """Train counts and the holdout of one run, with the lineage of the data behind them."""
-
-    texts: list[str]
-    intents: list[str]
-    weights: np.ndarray
-    holdout_texts: list[str]
-    holdout_intents: list[str]
-    holdout_weights: np.ndarray
-    lineage: dict[str, str]
-    keys: np.ndarray  # `models.texts.text_key` of each training text
-    holdout_keys: np.ndarray
-
-    @property
-    def holdout(self) -> tuple[list[str], list[str], np.ndarray]:
-        """(texts, intents, weights) of the holdout, as `score_holdout` takes them."""
-        return self.holdout_texts, self.holdout_intents, self.holdout_weights
 
 
 @dataclass
@@ -114,89 +86,6 @@ class HoldoutEvaluation:
     champion_scores: HoldoutScores | None
     champion_version: str | None
     verdict: Verdict
-
-
-def _content_hash(paths: list[str], cutoff: dict[int, int]) -> str:
-    """Archived files are immutable and named by offset range, so their names and the cut-off
-    identify the training data exactly."""
-    digest = hashlib.sha256(encode_offsets(cutoff).encode())
-    for name in sorted(Path(p).name for p in paths):
-        digest.update(name.encode())
-    return digest.hexdigest()
-
-
-def _row_ids(table: pa.Table | pa.RecordBatch) -> np.ndarray:
-    """One int64 per row from (partition, offset): unique across the whole topic."""
-    partition = table["partition"].to_numpy().astype(np.int64)
-    return (partition << 40) | table["offset"].to_numpy()
-
-
-def _repeated_row_ids(events: pa.Table) -> np.ndarray:
-    """The row ids (`_row_ids`) of events whose query id came before: `events` sorted by
-    (partition, offset), so the first of each query id is the one kept."""
-    repeated = pd.Series(events["query_id"].to_numpy(zero_copy_only=False)).duplicated()
-    return _row_ids(events)[repeated.to_numpy()]
-
-
-def _first_of_each_query(
-    dataset: ds.Dataset, labelled: pc.Expression, dropped: np.ndarray
-) -> Iterator[pa.RecordBatch]:
-    """The (text, intent) rows of the labelled events, in batches and without the `dropped`
-    repeats, so the history is never read whole into memory."""
-    for batch in dataset.to_batches(columns=["text", "intent", *KEY_COLUMNS[2:]], filter=labelled):
-        keep = ~np.isin(_row_ids(batch), dropped) if len(dropped) else None
-        rows = batch.select(["text", "intent"])
-        yield rows if keep is None else rows.filter(pa.array(keep))
-
-
-def read_history_split(
-    master_dir: Location | Storage,
-    cutoff: dict[int, int],
-    holdout_fraction: float,
-    storage: StorageSettings | None = None,
-) -> HistorySplit:
-    """Labelled, de-duplicated history up to `cutoff`, counted into distinct (text, intent)
-    rows and split by text hash (`models.texts.in_holdout`), read column-pruned in batches.
-
-    Duplicate query ids are the same event: only the first (lowest partition, offset) counts.
-    `master_dir` is a folder or an `s3://` URL on the store `storage` describes.
-    """
-    dataset = history(master_dir, cutoff, storage)
-    labelled = pc.field("intent").is_valid()
-    events = dataset.to_table(columns=KEY_COLUMNS, filter=labelled)
-    if events.num_rows == 0:
-        raise NoData(f"no labelled events archived in {master_dir} up to {cutoff}")
-    events = events.sort_by([("partition", "ascending"), ("offset", "ascending")])
-    dropped = _repeated_row_ids(events)
-    texts, intents, weights = count_examples(_first_of_each_query(dataset, labelled, dropped))
-    keys = text_keys(texts)
-    holdout = in_holdout(keys, holdout_fraction)
-    train, held = np.flatnonzero(~holdout), np.flatnonzero(holdout)
-    ts = events["ts"]
-    lineage = {
-        "rows": str(events.num_rows - len(dropped)),
-        "duplicates_dropped": str(len(dropped)),
-        "train_rows": str(int(weights[train].sum())),
-        "holdout_rows": str(int(weights[held].sum())),
-        "distinct_train_texts": str(len(train)),
-        "distinct_holdout_texts": str(len(held)),
-        "holdout_split": f"text hash, fraction {holdout_fraction}",
-        "ts_min": pc.min(ts).as_py().isoformat(),
-        "ts_max": pc.max(ts).as_py().isoformat(),
-        "cutoff_offsets": encode_offsets(cutoff),
-        "content_hash": _content_hash(dataset.files, cutoff),
-    }
-    return HistorySplit(
-        [texts[i] for i in train],
-        [intents[i] for i in train],
-        weights[train],
-        [texts[i] for i in held],
-        [intents[i] for i in held],
-        weights[held],
-        lineage,
-        keys[train],
-        keys[held],
-    )
 
 
 def _gate(
@@ -317,13 +206,14 @@ class _Stages:
 def _read_training_history(
     batch: BatchSettings, cutoff: dict[int, int], storage: StorageSettings | None = None
 ) -> HistorySplit:
-    """The history split up to `cutoff`; raises `NoData` if it has fewer training events than
-    `batch.min_train_events`, too few to train on."""
-    split = read_history_split(batch.master_dir, cutoff, batch.holdout_fraction, storage)
+    """The history split up to `cutoff`, counted by `batch.engine`, its training rows sampled
+    down to `batch.max_distinct_rows` if there are more; raises `NoData` if it has fewer
+    training events than `batch.min_train_events`, too few to train on."""
+    split = split_counts(count_history(batch, cutoff, storage), batch.holdout_fraction)
     found = int(split.weights.sum())
     if found < batch.min_train_events:
         raise NoData(f"only {found} labelled training events; need {batch.min_train_events}")
-    return split
+    return sample_split(split, batch.max_distinct_rows, batch.sample_seed)
 
 
 def _training_intents(split: HistorySplit, label_shuffle_seed: int | None) -> list[str]:

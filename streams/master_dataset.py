@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from common.settings import StorageSettings
 from common.storage import Location, Storage
@@ -100,6 +101,15 @@ def archived_positions(
     return scan(root, settings)[0]
 
 
+def complete_files(
+    root: Location | Storage, settings: StorageSettings | None = None
+) -> list[FlushFile]:
+    """The files of the complete flushes: the ones every reader of the history reads."""
+    files = _flush_files(open_root(root, settings))
+    skip = {f.key for f in _scan(files)[1]}
+    return [f for f in files if f.key not in skip]
+
+
 def history(
     root: Location | Storage,
     cutoff: dict[int, int] | None = None,
@@ -111,9 +121,7 @@ def history(
     `cutoff` are left out), so a batch run reads exactly the history it recorded.
     """
     storage = open_root(root, settings)
-    files = _flush_files(storage)
-    skip = {f.key for f in _scan(files)[1]}
-    paths = [storage.pyarrow_path(f.key) for f in files if f.key not in skip]
+    paths = [storage.pyarrow_path(f.key) for f in complete_files(storage)]
     dataset = (
         ds.dataset(paths, schema=SCHEMA, format="parquet", filesystem=storage.pyarrow_filesystem())
         if paths
@@ -130,3 +138,17 @@ def history(
     for condition in conditions[1:]:
         combined = combined | condition
     return dataset.filter(combined)
+
+
+def footprint(root: Location | Storage, settings: StorageSettings | None = None) -> tuple[int, int]:
+    """(files, bytes) of the archived Parquet files, from one listing of the root."""
+    storage = open_root(root, settings)
+    selector = pafs.FileSelector(
+        storage.pyarrow_path("").rstrip("/"), recursive=True, allow_not_found=True
+    )
+    found = [
+        info
+        for info in storage.pyarrow_filesystem().get_file_info(selector)
+        if info.type == pafs.FileType.File and _FILE.match(info.base_name)
+    ]
+    return len(found), sum(info.size or 0 for info in found)

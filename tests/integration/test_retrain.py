@@ -23,8 +23,10 @@ from models.registry import (
     load_champion,
 )
 from pipelines import tracking_server
-from pipelines.cli import SKIPPED_EXIT_CODE, app
-from pipelines.retrain import NothingNew, read_history_split, retrain
+from pipelines.cli import app
+from pipelines.history import read_history_split
+from pipelines.retrain import NothingNew, retrain
+from pipelines.retrain_task import SKIPPED_EXIT_CODE
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
