@@ -49,7 +49,7 @@ from models.alternatives import river_softmax
 from models.batch_model import build_batch_model
 from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
-from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
 from pipelines.bento_server import SERVICE_NAME, SERVICE_TARGET, bentoml_overrides, bentoml_server
 from streams.dataset import CLINC150_DATA, load_dataset
@@ -64,9 +64,11 @@ RPS_GOAL = 0.8
 P99_GOAL = 1.5
 
 
-def make_models(workdir: Path) -> tuple[Path, dict[str, Path], list[dict]]:
+def make_models(workdir: Path, partitions: int = 1) -> tuple[Path, dict[str, Path], list[dict]]:
     """Train and save the models; return the champion file, the snapshot folder of each speed
-    model (the default, and a plain River one), and the request bodies."""
+    model (the default, and a plain River one; with `partitions` > 1 also "partitioned": the
+    default model's training split dealt over that many partitions' snapshots, which serving
+    adds up on load), and the request bodies."""
     examples = [e for e in load_dataset(CLINC150_DATA).examples if e.intent != "oos"]
     split = {name: [e for e in examples if e.split == name] for name in ("train", "val", "test")}
     train_texts = [e.text for e in split["train"]]
@@ -93,7 +95,7 @@ def make_models(workdir: Path) -> tuple[Path, dict[str, Path], list[dict]]:
         for example, batch in zip(split["val"], val_batch, strict=True):
             blender.learn(batch, speed.predict_proba_one({"text": example.text}), example.intent)
         snapshots[name] = workdir / f"snapshots-{name}"
-        LocalSnapshotStore(snapshots[name]).save(
+        SnapshotStore(snapshots[name]).save(
             SpeedSnapshot(
                 model=speed,
                 blender=blender,
@@ -101,20 +103,60 @@ def make_models(workdir: Path) -> tuple[Path, dict[str, Path], list[dict]]:
                 events_learnt=len(train_texts),
             )
         )
+        if name == "default" and partitions > 1:
+            snapshots["partitioned"] = workdir / "snapshots-partitioned"
+            _save_partitioned(snapshots["partitioned"], split["train"], blender, partitions)
     return champion_path, snapshots, [{"text": e.text} for e in split["test"]]
+
+
+def _save_partitioned(folder: Path, examples: list, blender: HedgeBlender, partitions: int) -> None:
+    """The examples dealt round-robin over `partitions` models, each saved as its partition's
+    snapshot (with the whole model's blender), as a consumer group's workers leave them."""
+    store = SnapshotStore(folder)
+    for partition in range(partitions):
+        mine = examples[partition::partitions]
+        model = build_speed_model()
+        for example in mine:
+            model.learn_one({"text": example.text}, example.intent)
+        store.save(
+            SpeedSnapshot(
+                model=model,
+                blender=blender,
+                offsets={partition: len(mine)},
+                events_learnt=len(mine),
+                partition=partition,
+            )
+        )
+
+
+def blend_server(
+    name: str,
+    workdir: Path,
+    champion_path: Path,
+    snapshots: Path,
+    workers: int,
+    metrics: bool = True,
+    target: str = SERVICE_TARGET,
+    service_name: str = SERVICE_NAME,
+) -> ChildProcess:
+    """A BentoML server of `target` (the service by default) on a free port, serving the
+    champion file and the snapshots in `snapshots`, logging under `workdir/logs`."""
+    env = {
+        "SERVING_CHAMPION_PATH": str(champion_path),
+        "SERVING_SNAPSHOT_DIR": str(snapshots),
+        "BENTOML_CONFIG_OVERRIDES": bentoml_overrides(service_name, workers, metrics=metrics),
+    }
+    log_path = workdir / "logs" / f"{name}.log"
+    return bentoml_server(name, free_port(), env, target=target, cwd=ROOT, log_path=log_path)
 
 
 def make_servers(
     workdir: Path, champion_path: Path, snapshots: dict[str, Path], workers: int, metrics: bool
 ) -> dict[str, ChildProcess]:
     def bentoml(name: str, target: str, service_name: str, snapshots: Path) -> ChildProcess:
-        env = {
-            "SERVING_CHAMPION_PATH": str(champion_path),
-            "SERVING_SNAPSHOT_DIR": str(snapshots),
-            "BENTOML_CONFIG_OVERRIDES": bentoml_overrides(service_name, workers, metrics=metrics),
-        }
-        log_path = workdir / "logs" / f"{name}.log"
-        return bentoml_server(name, free_port(), env, target=target, cwd=ROOT, log_path=log_path)
+        return blend_server(
+            name, workdir, champion_path, snapshots, workers, metrics, target, service_name
+        )
 
     def fastapi(name: str, target: str) -> ChildProcess:
         port = free_port()

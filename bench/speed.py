@@ -27,7 +27,10 @@ speed layer runs, timed from produce to the snapshot that holds them. The benchm
 broker if it started it and deletes the topics and consumer groups it created; writes
 `bench/results/speed.json`.
 
-    lambda-ml bench speed [--repeats 3]
+The scale-out half (`bench.speed_scale_out`) runs a consumer group of each of `--workers` on a
+4-partition topic of the same replay, and serving with one snapshot against four partitions'.
+
+    lambda-ml bench speed [--repeats 3] [--workers 1,2]
 """
 
 import io
@@ -52,11 +55,19 @@ from bench.river_baseline import (
     score_then_learn,
     tune_alpha,
 )
+from bench.speed_scale_out import (
+    GOAL_FIRST_SEEN_GAP_POINTS,
+    GOAL_P99_RATIO,
+    PARTITIONS,
+    partition_merge_p99,
+    scale_out_figures,
+)
+from bench.speed_scale_out import GOAL_RATIO as GOAL_SCALE_OUT_RATIO
 from common.settings import KafkaSettings, Settings, SpeedSettings
 from models.batch_model import build_batch_model, count_examples_from_pairs, fit_on_counts
 from models.metrics import SplitScore, WindowScore
 from models.registry import ChampionInfo, ChampionModel
-from models.snapshot import LocalSnapshotStore
+from models.snapshot import SnapshotStore
 from models.speed_model import build_speed_model
 from models.texts import TextMemory
 from pipelines.jobs import event_reader
@@ -76,6 +87,12 @@ GOAL_EVENTS_PER_S = 5_000
 GOAL_RATIO = 10.0
 FRESHNESS_RATE = 2000.0
 FRESHNESS_SECONDS = 15.0
+SCALE_OUT_HEADLINES = (
+    "ratio_2_workers_vs_1",
+    "merged_equals_single",
+    "first_seen_accuracy_gap_2_vs_1_points",
+    "p99_ratio_4_partitions_vs_1",
+)
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,7 @@ def speed_run(
     )
     with event_reader(kafka, group, "bench") as reader:
         layer = SpeedLayer(
-            reader, LocalSnapshotStore(folder), settings, current_champion=lambda: champion
+            reader, SnapshotStore(folder), settings, current_champion=lambda: champion
         )
         started, cpu_started = time.perf_counter(), time.process_time()
         layer.run(threading.Event(), max_events=events)
@@ -227,7 +244,7 @@ def freshness_run(
     )
     stop = threading.Event()
     with event_reader(kafka, group, "bench") as reader:
-        layer = SpeedLayer(reader, LocalSnapshotStore(folder), settings)
+        layer = SpeedLayer(reader, SnapshotStore(folder), settings)
         producer.start()
         runner = threading.Thread(target=layer.run, args=(stop,), kwargs={"idle_exit_s": 3.0})
         runner.start()
@@ -264,8 +281,16 @@ def _cpu_figure(runs: list[Run]) -> float:
     return float(f"{statistics.median(run.cpu_s_per_event for run in runs):.3g}")
 
 
-def main(settings: Settings, repeats: int = 3, events: int = EVENTS) -> dict[str, Any]:
-    """Tune both models, fit the champion, run the interleaved repeats and save the figures."""
+def main(
+    settings: Settings,
+    repeats: int = 3,
+    events: int = EVENTS,
+    workers: tuple[int, ...] = (1, 2),
+    merge_seconds: float = 10.0,
+) -> dict[str, Any]:
+    """Tune both models, fit the champion, run the interleaved repeats, then the consumer
+    group of each of `workers` (`bench.speed_scale_out`; none: skipped), and save the
+    figures."""
     grid = ALPHA_GRID
     print(f"tuning alpha over {list(grid)} on a {events:,}-event replay (seed {TUNING_SEED})")
     tuning = labelled_replay(_replay(TUNING_SEED, events, "bench-tune"))
@@ -312,11 +337,42 @@ def main(settings: Settings, repeats: int = 3, events: int = EVENTS) -> dict[str
                 rate=FRESHNESS_RATE,
                 seconds=FRESHNESS_SECONDS,
             )
+            scale_out: dict[str, Any] = {}
+            scale_out_recorded: dict[str, Any] = {}
+            if workers:
+                groups = cluster.fresh_topic("group", partitions=PARTITIONS)
+                run_produce(groups, measured, Console(file=io.StringIO()))
+                scale_out, scale_out_recorded = scale_out_figures(
+                    groups,
+                    cluster.fresh_group,
+                    list(workers),
+                    repeats,
+                    champion,
+                    speed_alpha,
+                    labelled_replay(measured),
+                    broker.end_offsets(groups.bootstrap, groups.topic),
+                    Path(scratch),
+                )
     finally:
         cluster.delete_all()
         if started_broker:
             broker.down(kafka, local)
 
+    if workers:
+        scale_out |= partition_merge_p99(repeats, merge_seconds)
+        scale_out["goal_met"] = {
+            f"ratio_2_workers_vs_1_at_least_{GOAL_SCALE_OUT_RATIO:g}": (
+                scale_out.get("ratio_2_workers_vs_1", 0.0) >= GOAL_SCALE_OUT_RATIO
+            ),
+            "merged_equals_single": scale_out["merged_equals_single"],
+            f"first_seen_gap_within_{GOAL_FIRST_SEEN_GAP_POINTS:g}_points": (
+                abs(scale_out.get("first_seen_accuracy_gap_2_vs_1_points", float("inf")))
+                <= GOAL_FIRST_SEEN_GAP_POINTS
+            ),
+            f"p99_ratio_4_partitions_vs_1_at_most_{GOAL_P99_RATIO:g}": (
+                scale_out["p99_ratio_4_partitions_vs_1"] <= GOAL_P99_RATIO
+            ),
+        }
     ratios = [s.events_per_s / r.events_per_s for r, s in zip(river, speed, strict=True)]
     views = [layer.state.scores for layer in layers]
     speed_rate = statistics.median(run.events_per_s for run in speed)
@@ -366,6 +422,8 @@ def main(settings: Settings, repeats: int = 3, events: int = EVENTS) -> dict[str
         "snapshot_bytes": int(statistics.median(snapshot_sizes)),
         "snapshot_write_ms": round(statistics.median(snapshot_ms), 1),
         "repeats": repeats,
+        **{key: scale_out[key] for key in SCALE_OUT_HEADLINES if key in scale_out},
+        "scale_out": scale_out,
     }
     recorded = {
         "measured_replay": {"seed": MEASURED_SEED, "limit": events, "tail_fraction": TAIL_FRACTION},
@@ -384,5 +442,6 @@ def main(settings: Settings, repeats: int = 3, events: int = EVENTS) -> dict[str
         "cpu_time": "time.process_time() around each loop: the whole process, all threads",
         "freshness": {"rate": FRESHNESS_RATE, "seconds": FRESHNESS_SECONDS, "champion": None},
         "broker_started_by_bench": started_broker,
+        "scale_out": scale_out_recorded,
     }
     return save_figures("speed", figures, recorded)

@@ -17,7 +17,7 @@ import pandas as pd
 from models.blend import HedgeBlender
 from models.contracts import has_vectorised_proba
 from models.metrics import SplitScore, row_outcome
-from models.texts import TextMemory, text_key
+from models.texts import TextMemories, TextMemory, text_key
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def prequential_step(
     text: str,
     intent: str,
     batch: BatchAnswer | None,
-    speed_texts: TextMemory,
+    speed_texts: TextMemory | TextMemories,
     batch_texts: TextMemory | None,
     learn: bool = True,
     learners: Sequence[Any] = (),

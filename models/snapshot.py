@@ -7,9 +7,10 @@ reader checks the header's format version before it unpickles the model, and a s
 model's module is gone still says which model it was. Files written before the header existed
 hold the `SpeedSnapshot` alone; they read as format version 1 of the default model.
 
-A snapshot is written durably (`common.durable`: fsynced, renamed, folder fsynced), so a
-reader or a restart after kill -9 sees either the previous snapshot or the new one, never half.
-The store is an interface so that an object store can stand in for the local folder.
+A snapshot is written whole (`common.storage`: in a folder fsynced, renamed, folder fsynced; on
+object storage one PUT), so a reader or a restart after kill -9 sees either the previous
+snapshot or the new one, never half. The store is a folder or an `s3://` prefix by the same
+code, so workers and serving replicas on several machines share one.
 
 Speed workers of one consumer group each snapshot the partitions they own, one snapshot per
 partition (`snapshot-p003-000000000012.pkl`: partition 3, its 12th), numbered and pruned per
@@ -20,6 +21,7 @@ field of the `SpeedSnapshot`, and its name.
 """
 
 import functools
+import io
 import logging
 import operator
 import pickle
@@ -30,10 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
-from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
-from common.durable import write_durably
+from common.settings import StorageSettings
+from common.storage import Location, Storage
 from models.blend import HedgeBlender
 from models.model_spec import ModelSpec
 from models.texts import TextMemory
@@ -147,7 +149,7 @@ class SnapshotUnreadable(Exception):
     """
 
     def __init__(
-        self, path: Path, sequence: int, reason: str, header: SnapshotHeader | None = None
+        self, path: Location, sequence: int, reason: str, header: SnapshotHeader | None = None
     ) -> None:
         super().__init__(f"snapshot {path} cannot be used: {reason}")
         self.path = path
@@ -226,24 +228,13 @@ class SpeedSnapshot:
         return max(0.0, time.time() - self.created_at)
 
 
-class SnapshotStore(Protocol):
-    """Where snapshots are kept: `save` numbers them, `latest` reads the newest (raising
-    `SnapshotUnreadable` when that one cannot be used)."""
-
-    def save(self, snapshot: SpeedSnapshot) -> str: ...
-
-    def latest(self) -> SpeedSnapshot | None: ...
-
-    def latest_sequence(self) -> int | None: ...
-
-
 def write_snapshot(handle: BinaryIO, snapshot: SpeedSnapshot) -> None:
     """The file's content: the header's record, then the snapshot."""
     pickle.dump(snapshot.header.as_record(), handle, protocol=pickle.HIGHEST_PROTOCOL)
     pickle.dump(snapshot, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def read_snapshot(handle: BinaryIO, path: Path, sequence: int) -> SpeedSnapshot:
+def read_snapshot(handle: BinaryIO, path: Location, sequence: int) -> SpeedSnapshot:
     """The snapshot in an open file, of either format; `SnapshotUnreadable` says why not.
 
     The header is read and its format checked before the model is unpickled. An `OSError`
@@ -284,31 +275,40 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class LocalSnapshotStore:
-    """Snapshots as numbered pickle files in one folder; the highest number is the newest, per
-    partition for the snapshots of a consumer group's workers.
+class SnapshotStore:
+    """Snapshots as numbered pickle objects under one location; the highest number is the
+    newest, per partition for the snapshots of a consumer group's workers.
 
-    Pickle runs code on load: point it only at a folder this pipeline writes.
+    The location is a folder (the embedded default) or an `s3://` prefix several machines share
+    (`common.storage`); a listing is the only index, so every worker and serving replica sees
+    the same newest snapshots. Pickle runs code on load: point it only at a location this
+    pipeline writes.
 
     Parameters
     ----------
-    directory
-        The folder; created on the first save.
+    location
+        The folder or URL; a folder is created on the first save.
     keep
         How many of the newest snapshots to keep (of each partition).
+    storage
+        The object store of an `s3://` location (the edge's `STORAGE_*` settings).
     """
 
-    def __init__(self, directory: Path, keep: int = 3) -> None:
-        self.directory = directory
+    def __init__(
+        self, location: Location, keep: int = 3, storage: StorageSettings | None = None
+    ) -> None:
+        self.storage = Storage.from_url(location, storage)
         self.keep = keep
+
+    @property
+    def location(self) -> str:
+        return self.storage.url
 
     def _listing(self) -> dict[int | None, list[int]]:
         """Partition (None: unpartitioned) -> its snapshots' numbers, ascending."""
         found: dict[int | None, list[int]] = {}
-        if not self.directory.is_dir():
-            return found
-        for path in self.directory.iterdir():
-            match = _NAME.match(path.name)
+        for name in self.storage.list():
+            match = _NAME.match(name)
             if match:
                 partition = int(match.group(1)) if match.group(1) is not None else None
                 found.setdefault(partition, []).append(int(match.group(2)))
@@ -317,11 +317,12 @@ class LocalSnapshotStore:
     def _sequences(self, partition: int | None = None) -> list[int]:
         return self._listing().get(partition, [])
 
-    def path(self, sequence: int, partition: int | None = None) -> Path:
-        """The file of snapshot `sequence` (of `partition`, if any)."""
+    @staticmethod
+    def name(sequence: int, partition: int | None = None) -> str:
+        """The object name of snapshot `sequence` (of `partition`, if any)."""
         if partition is None:
-            return self.directory / f"snapshot-{sequence:012d}.pkl"
-        return self.directory / f"snapshot-p{partition:03d}-{sequence:012d}.pkl"
+            return f"snapshot-{sequence:012d}.pkl"
+        return f"snapshot-p{partition:03d}-{sequence:012d}.pkl"
 
     def latest_sequence(self, partition: int | None = None) -> int | None:
         """The newest snapshot's number (of `partition`; None: the unpartitioned ones), or
@@ -335,16 +336,19 @@ class LocalSnapshotStore:
         return {p: seqs[-1] for p, seqs in self._listing().items() if p is not None and seqs}
 
     def save(self, snapshot: SpeedSnapshot) -> str:
-        """Write durably as the next sequence number of `snapshot.partition`; older snapshots
-        of that partition beyond `keep` go."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Write whole as the next sequence number of `snapshot.partition` (locally: fsynced
+        and renamed); older snapshots of that partition beyond `keep` go. The snapshot's
+        location is returned."""
         partition = snapshot.partition
-        snapshot.sequence = (self.latest_sequence(partition) or 0) + 1
-        target = self.path(snapshot.sequence, partition)
-        write_durably(target, lambda handle: write_snapshot(handle, snapshot))
-        for old in self._sequences(partition)[: -self.keep]:
-            self.path(old, partition).unlink(missing_ok=True)
-        return str(target)
+        sequences = self._sequences(partition)
+        snapshot.sequence = (sequences[-1] if sequences else 0) + 1
+        name = self.name(snapshot.sequence, partition)
+        buffer = io.BytesIO()
+        write_snapshot(buffer, snapshot)
+        self.storage.write_bytes(name, buffer.getvalue())
+        for old in [*sequences, snapshot.sequence][: -self.keep]:
+            self.storage.delete(self.name(old, partition))
+        return f"{self.location.rstrip('/')}/{name}"
 
     def latest(self, partition: int | None = None) -> SpeedSnapshot | None:
         """The newest snapshot (of `partition`; None: the unpartitioned ones);
@@ -354,18 +358,16 @@ class LocalSnapshotStore:
         One a writer removed between listing and opening (it keeps only `keep`) has been
         replaced by a newer one, so the listing is simply read again."""
         for _ in range(5):  # each miss means a newer snapshot was saved meanwhile
-            sequence = (
-                self.latest_sequence() if partition is None else self.latest_sequence(partition)
-            )
+            sequence = self.latest_sequence(partition)
             if sequence is None:
                 return None
-            path = self.path(sequence, partition)
+            name = self.name(sequence, partition)
             try:
-                with path.open("rb") as handle:
-                    return read_snapshot(handle, path, sequence)
+                data = self.storage.read_bytes(name)
             except FileNotFoundError:
                 continue
-        raise FileNotFoundError(f"no snapshot in {self.directory} could be opened")
+            return read_snapshot(io.BytesIO(data), f"{self.location}/{name}", sequence)
+        raise FileNotFoundError(f"no snapshot in {self.location} could be opened")
 
     def latest_per_partition(self) -> dict[int, SpeedSnapshot]:
         """Partition -> its newest snapshot, for every partition that has one.
@@ -377,7 +379,7 @@ class LocalSnapshotStore:
         if None in listing:
             log.info(
                 "ignoring the unpartitioned snapshots in %s beside the per-partition ones",
-                self.directory,
+                self.location,
             )
         found = {}
         for partition in sorted(p for p in listing if p is not None):

@@ -130,3 +130,27 @@ class TextMemory:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["keys"])  # type: ignore[misc]
+
+
+class TextMemories:
+    """Several memories read as one, new texts going to the first: what the merged view of a
+    consumer group's worker trained on (the event's partition's own memory, then the other
+    partitions', live or from their snapshots), so a text another partition taught the view is
+    counted as repeated, as it is for one worker that sees every partition.
+
+    >>> own, other = TextMemory(), TextMemory.of(["play jazz"])
+    >>> both = TextMemories(own, [other])
+    >>> both.add_key(text_key("set an alarm"))
+    >>> both.contains_key(text_key("play jazz")), "set an alarm" in own, len(other)
+    (True, True, 1)
+    """
+
+    def __init__(self, own: TextMemory, others: list[TextMemory]) -> None:
+        self.own = own
+        self.others = others
+
+    def contains_key(self, key: int) -> bool:
+        return self.own.contains_key(key) or any(m.contains_key(key) for m in self.others)
+
+    def add_key(self, key: int) -> None:
+        self.own.add_key(key)

@@ -1,10 +1,12 @@
 """Wiring the long-running jobs to Kafka, MLflow and the process's stop signals."""
 
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from threading import Event
+from typing import Any
 
 from common.settings import (
     ArchiveSettings,
@@ -14,7 +16,7 @@ from common.settings import (
     StorageSettings,
 )
 from models.champion_watch import ChampionWatch, RegistryChampions
-from models.snapshot import LocalSnapshotStore
+from models.snapshot import SnapshotStore
 from pipelines.speed import GroupSpeedLayer, SpeedLayer
 from pipelines.tracking import RunReporter, SnapshotRegistrar, tracking_client
 from streams.archiver import Archiver, recover
@@ -22,8 +24,8 @@ from streams.consumer import EventReader, GroupReader, make_consumer
 from streams.producer import make_producer
 
 REGISTRAR_STAGING = ".mlflow-outbox"
-"""The folder, inside the snapshot folder, of the snapshots waiting to be registered in MLflow
-(hard links, so the store may prune its own copies meanwhile; the store ignores the folder)."""
+"""The folder, inside a local snapshot folder, of the snapshots waiting to be registered in
+MLflow (copies, so the store may prune its own meanwhile; the store ignores the folder)."""
 
 
 def stop_on_signals() -> Event:
@@ -46,6 +48,70 @@ def event_reader(kafka: KafkaSettings, group_id: str, stage: str) -> Iterator[Ev
         consumer.close()
 
 
+@contextmanager
+def _speed_companions(
+    tracking: MlflowSettings | None,
+) -> Iterator[tuple[RunReporter | None, ChampionWatch | None]]:
+    """The MLflow run reporter and champion watch of a speed job (both None without
+    `tracking`), stopped and closed after it."""
+    reporter = RunReporter(tracking, "speed-layer", {"layer": "speed"}) if tracking else None
+    champion_watch = (
+        ChampionWatch(RegistryChampions(tracking_client(tracking), tracking.registered_model))
+        if tracking
+        else None
+    )
+    try:
+        yield reporter, champion_watch
+    finally:
+        if champion_watch:
+            champion_watch.stop()
+        if reporter:
+            reporter.close()
+
+
+def _layer_companions(
+    reporter: RunReporter | None,
+    champion_watch: ChampionWatch | None,
+    storage: StorageSettings | None,
+) -> dict[str, Any]:
+    """The keyword arguments both speed layers take for their champion, report and store."""
+    return {
+        "current_champion": champion_watch.loaded if champion_watch else (lambda: None),
+        "report": reporter or (lambda metrics, step: None),
+        "storage": storage,
+    }
+
+
+@contextmanager
+def group_member(
+    kafka: KafkaSettings, settings: SpeedSettings, stage: str
+) -> Iterator[GroupReader]:
+    """A `GroupReader` in the consumer group `settings.group_id` (its session timeout and
+    heartbeat), with its own dead-letter producer, closed after."""
+    consumer = make_consumer(
+        kafka,
+        settings.group_id,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+    )
+    producer = make_producer(kafka, client_id=f"lambda-ml-{stage}-dlq")
+    try:
+        yield GroupReader(
+            consumer, producer, kafka, stage, on_assigned=lambda ps: {}, on_revoked=lambda ps: None
+        )
+    finally:
+        producer.close()
+        consumer.close()
+
+
+def _registrar_staging(store: SnapshotStore, snapshot_dir: Path) -> Path:
+    """A local folder for the snapshots waiting to be registered: beside a local store's files
+    (which it ignores), or a temporary folder when the store is remote."""
+    if store.storage.is_local:
+        return snapshot_dir / REGISTRAR_STAGING
+    return Path(tempfile.mkdtemp(prefix="lambda-ml-outbox-"))
+
+
 def run_speed(
     kafka: KafkaSettings,
     settings: SpeedSettings,
@@ -53,32 +119,27 @@ def run_speed(
     stop: Event,
     idle_exit_s: float | None = None,
     from_offsets: dict[int, int] | None = None,
+    storage: StorageSettings | None = None,
 ) -> SpeedLayer | GroupSpeedLayer:
     """The speed layer until stopped; `from_offsets` forces a fresh model from those offsets.
 
     The model is `settings.model`'s; a factory that is not importable or not a River classifier
     fails here, before any event. With `tracking`, metrics go to an MLflow run and snapshots
-    are registered as versions of `<registered model>-speed` (`SnapshotRegistrar`).
+    are registered as versions of `<registered model>-speed` (`SnapshotRegistrar`). `storage`
+    is the object store of `s3://` snapshot and signal locations.
     """
     if settings.scale_out and from_offsets is None:
-        return run_speed_group(kafka, settings, tracking, stop, idle_exit_s)
-    store = LocalSnapshotStore(settings.snapshot_dir)
-    reporter = RunReporter(tracking, "speed-layer", {"layer": "speed"}) if tracking else None
-    champion_watch = (
-        ChampionWatch(RegistryChampions(tracking_client(tracking), tracking.registered_model))
-        if tracking
-        else None
-    )
-    with event_reader(kafka, settings.group_id, "speed") as reader:
+        return run_speed_group(kafka, settings, tracking, stop, idle_exit_s, storage)
+    store = SnapshotStore(settings.snapshot_dir, storage=storage)
+    with (
+        _speed_companions(tracking) as (reporter, champion_watch),
+        event_reader(kafka, settings.group_id, "speed") as reader,
+    ):
         layer = SpeedLayer(
-            reader,
-            store,
-            settings,
-            current_champion=champion_watch.loaded if champion_watch else (lambda: None),
-            report=reporter or (lambda metrics, step: None),
+            reader, store, settings, **_layer_companions(reporter, champion_watch, storage)
         )
         registrar = (
-            SnapshotRegistrar(tracking, reporter, settings.snapshot_dir / REGISTRAR_STAGING)
+            SnapshotRegistrar(tracking, reporter, _registrar_staging(store, settings.snapshot_dir))
             if tracking and reporter
             else None
         )
@@ -99,12 +160,8 @@ def run_speed(
         try:
             layer.run(stop, idle_exit_s=idle_exit_s)
         finally:
-            if champion_watch:
-                champion_watch.stop()
             if registrar:
                 registrar.close()
-            if reporter:
-                reporter.close()
     return layer
 
 
@@ -114,52 +171,22 @@ def run_speed_group(
     tracking: MlflowSettings | None,
     stop: Event,
     idle_exit_s: float | None = None,
+    storage: StorageSettings | None = None,
 ) -> GroupSpeedLayer:
     """One speed worker of the consumer group `settings.group_id` until stopped: it learns the
     partitions the group gives it, one model per partition (`GroupSpeedLayer`). Metrics go to
     an MLflow run with `tracking`; snapshots are not registered in this mode."""
-    store = LocalSnapshotStore(settings.snapshot_dir)
-    reporter = RunReporter(tracking, "speed-layer", {"layer": "speed"}) if tracking else None
-    champion_watch = (
-        ChampionWatch(RegistryChampions(tracking_client(tracking), tracking.registered_model))
-        if tracking
-        else None
-    )
-    consumer = make_consumer(
-        kafka,
-        settings.group_id,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-    )
-    producer = make_producer(kafka, client_id="lambda-ml-speed-dlq")
-    try:
-        reader = GroupReader(
-            consumer,
-            producer,
-            kafka,
-            "speed",
-            on_assigned=lambda ps: {},
-            on_revoked=lambda ps: None,
-        )
+    store = SnapshotStore(settings.snapshot_dir, storage=storage)
+    with (
+        group_member(kafka, settings, "speed") as reader,
+        _speed_companions(tracking) as (reporter, champion_watch),
+    ):
         layer = GroupSpeedLayer(
-            reader,
-            store,
-            settings,
-            current_champion=champion_watch.loaded if champion_watch else (lambda: None),
-            report=reporter or (lambda metrics, step: None),
+            reader, store, settings, **_layer_companions(reporter, champion_watch, storage)
         )
         if champion_watch:
             champion_watch.start(settings.champion_poll_s)
-        try:
-            layer.run(stop, idle_exit_s=idle_exit_s)
-        finally:
-            if champion_watch:
-                champion_watch.stop()
-            if reporter:
-                reporter.close()
-    finally:
-        producer.close()
-        consumer.close()
+        layer.run(stop, idle_exit_s=idle_exit_s)
     return layer
 
 

@@ -27,14 +27,13 @@ from threading import Event
 
 from river import base
 
-from common.settings import SpeedSettings
+from common.settings import SpeedSettings, StorageSettings
 from models.blend import HedgeBlender
 from models.contracts import check_speed_model
 from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionModel
 from models.snapshot import (
-    LocalSnapshotStore,
     SnapshotHeader,
     SnapshotStore,
     SnapshotUnreadable,
@@ -42,7 +41,7 @@ from models.snapshot import (
     mergeable,
 )
 from models.speed_model import build_speed_model
-from models.texts import TextMemory
+from models.texts import TextMemories, TextMemory
 from pipelines.speed_loop import (
     DriftWatch,
     RegistrationSchedule,
@@ -174,6 +173,7 @@ class SpeedLayer:
         current_champion: Callable[[], ChampionModel | None] = lambda: None,
         report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
         register: Callable[[str, SpeedSnapshot], None] | None = None,
+        storage: StorageSettings | None = None,
     ) -> None:
         self.spec = ModelSpec.parse(settings.model, settings.model_params)
         first_model = self.build_model()  # a wrong model fails here, before any event
@@ -182,6 +182,7 @@ class SpeedLayer:
         self.settings = settings
         self.current_champion = current_champion
         self.register = register
+        self.storage = storage
         self.champion: ChampionModel | None = None
         self.rebase_reason: str | None = None
         snapshot = self._resumable_snapshot()
@@ -194,7 +195,7 @@ class SpeedLayer:
         learnt = self.state.events_learnt
         self.schedule = SnapshotSchedule(settings, learnt, reader.positions)
         self.registration = RegistrationSchedule(settings)
-        self.drift = DriftWatch(settings.signal_dir)
+        self.drift = DriftWatch(settings.signal_dir, storage)
         self.reporter = SpeedReport(settings, report, learnt)
 
     def build_model(self) -> base.Classifier:
@@ -233,7 +234,8 @@ class SpeedLayer:
         self.state = SpeedState.fresh(
             self.settings.window, base_version, offsets, build_model=self.build_model
         )
-        self.drift = DriftWatch(self.settings.signal_dir)  # a new champion's error starts anew
+        # A new champion's error starts anew.
+        self.drift = DriftWatch(self.settings.signal_dir, self.storage)
         self.reader.seek(offsets)
         self.schedule.restart_count()
         self.reporter.restart_count()
@@ -299,13 +301,21 @@ class SpeedLayer:
             header=SnapshotHeader.current(self.spec),
         )
 
-    def make_progress_durable(self) -> SpeedSnapshot:
+    def make_progress_durable(self) -> SpeedSnapshot | None:
         """Dead letters first, then the snapshot, then the commit: each is durable before the
         next step claims it, so a crash between steps loses or repeats no event. The snapshot
-        is then handed to `register` when a registration is due."""
+        is then handed to `register` when a registration is due.
+
+        A store that cannot be written (down, or unreachable) is a warning: the layer goes on
+        learning and tries again a snapshot interval later; None is returned."""
         self.reader.flush_dead_letters()
         snapshot = self.snapshot_of_state()
-        path = self.store.save(snapshot)
+        try:
+            path = self.store.save(snapshot)
+        except OSError as exc:
+            log.warning("snapshot not saved, retrying in %.0f s: %s", self.schedule.every_s, exc)
+            self.schedule.failed(self.state.events_learnt)
+            return None
         self.reporter.made_durable()
         self.reader.commit(snapshot.offsets)
         self.schedule.taken(self.state.events_learnt, snapshot.offsets)
@@ -379,10 +389,11 @@ class GroupSpeedLayer:
     def __init__(
         self,
         reader: GroupReader,
-        store: LocalSnapshotStore,
+        store: SnapshotStore,
         settings: SpeedSettings,
         current_champion: Callable[[], ChampionModel | None] = lambda: None,
         report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+        storage: StorageSettings | None = None,
     ) -> None:
         self.spec = ModelSpec.parse(settings.model, settings.model_params)
         self._mergeable = mergeable(self.build_model())
@@ -394,6 +405,7 @@ class GroupSpeedLayer:
         self.reader = reader
         self.store = store
         self.settings = settings
+        self.storage = storage
         self.current_champion = current_champion
         self.champion: ChampionModel | None = None
         self.parts: dict[int, SpeedState] = {}
@@ -404,7 +416,7 @@ class GroupSpeedLayer:
         self._view: base.Classifier | None = None
         self.learnt_here = 0
         self.schedule = SnapshotSchedule(settings, 0, {})
-        self.drift = DriftWatch(settings.signal_dir)
+        self.drift = DriftWatch(settings.signal_dir, storage)
         self.reporter = SpeedReport(settings, report, 0)
         reader.on_assigned = self._on_assigned
         reader.on_revoked = self._on_revoked
@@ -432,7 +444,7 @@ class GroupSpeedLayer:
         champion = self.champion
         reason = None
         try:
-            snapshot = self.store.latest(partition)
+            snapshot = self._latest_waiting(partition)
         except SnapshotUnreadable as exc:
             snapshot, reason = None, str(exc)
         if snapshot is not None:
@@ -451,6 +463,23 @@ class GroupSpeedLayer:
                 return state, snapshot.offsets.get(partition)
         return self._fresh(partition, reason)
 
+    def _latest_waiting(self, partition: int) -> SpeedSnapshot | None:
+        """The partition's newest snapshot, waiting (with backoff) while the store cannot be
+        read: starting the partition without it would learn its events again."""
+        delay_s = 1.0
+        while True:
+            try:
+                return self.store.latest(partition)
+            except OSError as exc:
+                log.warning(
+                    "partition %s's snapshot cannot be read, retrying in %.0f s: %s",
+                    partition,
+                    delay_s,
+                    exc,
+                )
+                time.sleep(delay_s)
+                delay_s = min(2 * delay_s, 10.0)
+
     def _fresh(self, partition: int, reason: str | None) -> tuple[SpeedState, int | None]:
         champion = self.champion
         cutoff = champion.info.cutoff_offsets if champion is not None else {}
@@ -465,8 +494,12 @@ class GroupSpeedLayer:
     def _on_revoked(self, partitions: list[int]) -> None:
         self.reader.flush_dead_letters()
         for partition in partitions:
-            if self._unsaved(partition):
-                self._save(partition)
+            if self._unsaved(partition) and not self._save(partition):
+                log.warning(
+                    "partition %s revoked unsaved: its next owner learns again from its last "
+                    "snapshot",
+                    partition,
+                )
             self.parts.pop(partition, None)
             self.saved.pop(partition, None)
         self._view = None
@@ -494,17 +527,26 @@ class GroupSpeedLayer:
             partition=partition,
         )
 
-    def _save(self, partition: int) -> None:
+    def _save(self, partition: int) -> bool:
+        """Save the partition's snapshot; False (with a warning) when the store is down."""
         snapshot = self.snapshot_of(partition)
-        self.store.save(snapshot)
+        try:
+            self.store.save(snapshot)
+        except OSError as exc:
+            log.warning("partition %s's snapshot not saved: %s", partition, exc)
+            return False
         self.saved[partition] = snapshot.offsets[partition]
+        return True
 
     def make_progress_durable(self) -> None:
-        """Dead letters, then each moved partition's snapshot, then the commit."""
+        """Dead letters, then each moved partition's snapshot, then the commit. A store that
+        cannot be written leaves the progress unsaved, the offsets uncommitted, and the next
+        attempt a snapshot interval away."""
         self.reader.flush_dead_letters()
-        for partition in list(self.parts):
-            if self._unsaved(partition):
-                self._save(partition)
+        moved = [p for p in self.parts if self._unsaved(p)]
+        if not all([self._save(partition) for partition in moved]):
+            self.schedule.failed(self.learnt_here)
+            return
         self.reporter.made_durable()
         positions = dict(self.reader.positions)
         self.reader.commit(positions)
@@ -518,7 +560,7 @@ class GroupSpeedLayer:
         if champion is None or champion is self.champion:
             return
         self.champion = champion
-        self.drift = DriftWatch(self.settings.signal_dir)
+        self.drift = DriftWatch(self.settings.signal_dir, self.storage)
         for partition in list(self.parts):
             if self.parts[partition].base_version != champion.info.version:
                 self.parts[partition], start = self._fresh(partition, None)
@@ -534,7 +576,12 @@ class GroupSpeedLayer:
         ):
             return
         self._peers_read_at = now
-        for partition, sequence in self.store.latest_sequences().items():
+        try:
+            sequences = self.store.latest_sequences()
+        except OSError as exc:
+            log.warning("not refreshing the other partitions' snapshots: %s", exc)
+            return
+        for partition, sequence in sequences.items():
             if partition in self.parts or self._peer_sequences.get(partition) == sequence:
                 continue
             try:
@@ -559,10 +606,21 @@ class GroupSpeedLayer:
             self._view = functools.reduce(operator.add, models)
         return self._view
 
+    def _view_memories(self) -> dict[int, TextMemories]:
+        """Owned partition -> the texts the view trained on, its own memory first (where the
+        texts it learns go): first-seen means first seen by the model that answered."""
+        memories = {p: s.learnt_texts for p, s in self.parts.items()}
+        memories |= {p: s.learnt_texts for p, s in self.peers.items() if p not in self.parts}
+        return {
+            p: TextMemories(memories[p], [m for q, m in memories.items() if q != p])
+            for p in self.parts
+        }
+
     def learn(self, consumed: list[Consumed]) -> None:
         """Predict with the view, score, and learn each event into its partition's model."""
         champion = self.champion
         view = self.view()
+        memories = self._view_memories() if view is not None else {}
         for item, batch in champion_answers(champion, consumed):
             state = self.parts[item.partition]
             intent = item.event.intent
@@ -576,7 +634,7 @@ class GroupSpeedLayer:
                 item.event.text,
                 intent,
                 batch,
-                speed_texts=state.learnt_texts,
+                speed_texts=memories.get(item.partition, state.learnt_texts),
                 batch_texts=champion.training_texts if champion else None,
                 learners=(state.model,) if view is not None else (),
             )

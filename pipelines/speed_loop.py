@@ -9,12 +9,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from river import drift
 
-from common.settings import SpeedSettings
+from common.settings import SpeedSettings, StorageSettings
+from common.storage import Location
 from pipelines.signals import raise_drift_signal
 from streams.consumer import MAX_POLL_RECORDS
 
@@ -87,6 +87,12 @@ class SnapshotSchedule:
         self._taken_at = self.clock()
         self._events_at_snapshot = events_learnt
 
+    def failed(self, events_learnt: int) -> None:
+        """A snapshot could not be written (the store is down): the next attempt is a whole
+        interval away, and the progress since the last durable one stays unsaved."""
+        self._taken_at = self.clock()
+        self._events_at_snapshot = events_learnt
+
     def restart_count(self) -> None:
         """A re-base starts the layer's count of events again from zero."""
         self._events_at_snapshot = 0
@@ -141,7 +147,9 @@ class DriftWatch:
     Parameters
     ----------
     signal_dir
-        The folder the signal is written to, shared with the batch scheduler.
+        The folder or URL the signal is written to, shared with the batch scheduler.
+    storage
+        The object store of an `s3://` `signal_dir`.
 
     Attributes
     ----------
@@ -149,8 +157,9 @@ class DriftWatch:
         The rises detected since this watch began (the layer's start or its last re-base).
     """
 
-    def __init__(self, signal_dir: Path) -> None:
+    def __init__(self, signal_dir: Location, storage: StorageSettings | None = None) -> None:
         self.signal_dir = signal_dir
+        self.storage = storage
         self.detector = drift.ADWIN()
         self.detections = 0
 
@@ -170,10 +179,11 @@ class DriftWatch:
         log.warning(
             "drift: error rate rose to %.3f after %d events", self.error_rate, events_learnt
         )
-        raise_drift_signal(
-            self.signal_dir,
-            {"events_learnt": events_learnt, "error_rate": self.detector.estimation},
-        )
+        details = {"events_learnt": events_learnt, "error_rate": self.detector.estimation}
+        try:
+            raise_drift_signal(self.signal_dir, details, self.storage)
+        except OSError as exc:  # the store is down: the stream goes on, the next rise retries
+            log.warning("could not raise the drift signal in %s: %s", self.signal_dir, exc)
         return True
 
 
@@ -231,6 +241,12 @@ class SpeedReport:
         now = self.wall_clock()
         self.freshness_s.extend(now - ts for ts in self._awaiting_ts)
         self._awaiting_ts.clear()
+
+    def failed(self, events_learnt: int) -> None:
+        """A snapshot could not be written (the store is down): the next attempt is a whole
+        interval away, and the progress since the last durable one stays unsaved."""
+        self._taken_at = self.clock()
+        self._events_at_snapshot = events_learnt
 
     def restart_count(self) -> None:
         """A re-base: the events noted will be learnt again, and the count starts from zero."""

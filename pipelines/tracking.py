@@ -4,7 +4,6 @@ the speed model's snapshots registered off the stream's path."""
 import contextlib
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -15,9 +14,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from common.durable import write_durably
 from common.settings import MlflowSettings
 from models.registry import encode_offsets
-from models.snapshot import SpeedSnapshot
+from models.snapshot import SpeedSnapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,12 @@ class SnapshotRegistrar:
     """Registers speed snapshots as versions of `<registered model>-speed`, off the stream's
     path.
 
-    Called with a snapshot just saved, it links the file into `staging` (so the store may prune
-    it meanwhile) and hands it to a daemon thread, which logs it as an artifact of the speed
-    layer's run (`reporter`'s), registers that artifact as a new model version and tags the
-    version (`snapshot_tags`). Only the newest snapshot waits: one handed over while an older
-    one still waits replaces it. A failure (MLflow down) is a warning; the stream goes on.
+    Called with a snapshot just saved, it writes a copy into the local folder `staging` (so the
+    store may prune its own meanwhile, and may be remote) and hands it to a daemon thread,
+    which logs it as an artifact of the speed layer's run (`reporter`'s), registers that
+    artifact as a new model version and tags the version (`snapshot_tags`). Only the newest
+    snapshot waits: one handed over while an older one still waits replaces it. A failure
+    (MLflow down) is a warning; the stream goes on.
 
     Parameters
     ----------
@@ -142,8 +143,7 @@ class SnapshotRegistrar:
     reporter
         The run the snapshot files are logged to.
     staging
-        A folder on the snapshots' file system for the files waiting to be sent; emptied on
-        start.
+        A local folder for the files waiting to be sent; emptied on start.
     """
 
     def __init__(self, settings: MlflowSettings, reporter: RunReporter, staging: Path) -> None:
@@ -162,29 +162,21 @@ class SnapshotRegistrar:
         self._thread = threading.Thread(target=self._drain, name="mlflow-register", daemon=True)
         self._thread.start()
 
-    def __call__(self, path: str, snapshot: SpeedSnapshot) -> None:
-        """Hand over the snapshot saved at `path` (cheap: a hard link and a hand-off)."""
-        source = Path(path)
+    def __call__(self, location: str, snapshot: SpeedSnapshot) -> None:
+        """Hand over the snapshot just saved at `location`: a local copy of it is written to
+        `staging` (the store, local or remote, may prune its own meanwhile)."""
+        staged = self.staging / location.rsplit("/", 1)[-1]
         try:
-            staged = self._stage(source)
+            self.staging.mkdir(parents=True, exist_ok=True)
+            write_durably(staged, lambda handle: write_snapshot(handle, snapshot))
         except OSError as exc:
-            log.warning("could not stage speed snapshot %s for MLflow: %s", source, exc)
+            log.warning("could not stage speed snapshot %s for MLflow: %s", location, exc)
             return
         with self._changed:
             replaced, self._waiting = self._waiting, (staged, snapshot_tags(snapshot))
             self._changed.notify()
         if replaced is not None and replaced[0] != staged:
             replaced[0].unlink(missing_ok=True)
-
-    def _stage(self, source: Path) -> Path:
-        self.staging.mkdir(parents=True, exist_ok=True)
-        staged = self.staging / source.name
-        staged.unlink(missing_ok=True)
-        try:
-            os.link(source, staged)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(source, staged)
-        return staged
 
     def _drain(self) -> None:
         while True:

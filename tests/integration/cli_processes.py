@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common.processes import ChildProcess, ProcessGroup, ServiceError
 from common.settings import KafkaSettings
-from models.snapshot import LocalSnapshotStore
+from models.snapshot import SnapshotStore
 from streams.master_dataset import archived_positions
 
 CLI = [str(Path(sys.executable).parent / "lambda-ml")]
@@ -26,20 +26,31 @@ def cli_env(**settings: str | Path) -> dict[str, str]:
 def stream_jobs_env(kafka: KafkaSettings, workdir: Path, **settings: str | Path) -> dict[str, str]:
     """The environment of `speed` and `archive` on `kafka`'s topics, keeping their state under
     `workdir` (snapshots/, master/, signals/), snapshotting and flushing every 0.5 s, with an
-    unreachable MLflow: the stream must not need it."""
-    return cli_env(
-        KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap,
-        KAFKA_TOPIC=kafka.topic,
-        KAFKA_DLQ_TOPIC=kafka.dlq_topic,
-        SPEED_SNAPSHOT_DIR=workdir / "snapshots",
-        SPEED_SNAPSHOT_EVERY_S=0.5,
-        SPEED_SIGNAL_DIR=workdir / "signals",
-        BATCH_MASTER_DIR=workdir / "master",
-        ARCHIVE_FLUSH_EVERY_S=0.5,
-        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
-        **settings,
-    )
+    unreachable MLflow: the stream must not need it. `settings` add to these or replace them."""
+    defaults: dict[str, str | Path] = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "KAFKA_TOPIC": kafka.topic,
+        "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "SPEED_SNAPSHOT_DIR": workdir / "snapshots",
+        "SPEED_SNAPSHOT_EVERY_S": "0.5",
+        "SPEED_SIGNAL_DIR": workdir / "signals",
+        "BATCH_MASTER_DIR": workdir / "master",
+        "ARCHIVE_FLUSH_EVERY_S": "0.5",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    return cli_env(**(defaults | settings))
+
+
+def storage_env(object_store) -> dict[str, str]:
+    """The `STORAGE_*` settings of the test session's S3-compatible server."""
+    s = object_store.settings
+    return {
+        "STORAGE_ENDPOINT_URL": s.endpoint,
+        "STORAGE_ACCESS_KEY": s.access_key,
+        "STORAGE_SECRET_KEY": s.secret_key,
+        "STORAGE_BUCKET": s.bucket,
+    }
 
 
 def run_to_end(args: list[str], env: dict[str, str], timeout_s: float = 180) -> str:
@@ -117,7 +128,7 @@ class RunningJobs:
         self.logs = self.tails()
 
 
-def caught_up(store: LocalSnapshotStore, master: Path, ends: dict[int, int]) -> bool:
+def caught_up(store: SnapshotStore, master: Path, ends: dict[int, int]) -> bool:
     """The speed layer's newest snapshot and the master dataset both reach `ends`."""
     snapshot = store.latest()
     return (

@@ -1,9 +1,14 @@
 """Reading a whole test topic back, for assertions."""
 
 import time
+from collections import Counter
+from contextlib import suppress
 
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
+
+from models.speed_model import build_speed_model
+from streams.schema import InvalidEvent, parse_event
 
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:
@@ -40,3 +45,16 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: o for tp, o in consumer.end_offsets(partitions).items()}
     finally:
         consumer.close()
+
+
+def labelled_per_partition(bootstrap: str, topic: str, events: int):
+    """The labelled events of each partition of the topic, and one speed model that learnt
+    them all: what the per-partition snapshots of a consumer group must add up to."""
+    single, labelled = build_speed_model(), Counter()
+    for record in read_all(bootstrap, topic, events):
+        with suppress(InvalidEvent):
+            event = parse_event(record.value)
+            if event.intent is not None:
+                single.learn_one({"text": event.text}, event.intent)
+                labelled[record.partition] += 1
+    return labelled, single

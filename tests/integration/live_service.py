@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from common.processes import ChildProcess, free_port
 from models.blend import HedgeBlender
 from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets, fluent_mlflow
-from models.snapshot import LocalSnapshotStore, SpeedSnapshot
+from models.snapshot import SnapshotStore, SpeedSnapshot
 from pipelines.bento_server import SERVICE_NAME, bentoml_overrides, bentoml_server
 from streams.dataset import CLINC150_DATA, Example, load_dataset
 
@@ -110,7 +110,7 @@ def write_snapshot(directory: Path, rows, offsets: dict[int, int]) -> None:
     model = feature_extraction.BagOfWords(on="text") | naive_bayes.MultinomialNB()
     for example in rows:
         model.learn_one({"text": example.text}, example.intent)
-    LocalSnapshotStore(directory).save(
+    SnapshotStore(directory).save(
         SpeedSnapshot(model=model, blender=HedgeBlender(), offsets=offsets, events_learnt=len(rows))
     )
 

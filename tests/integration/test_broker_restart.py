@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 
 from common.settings import KafkaSettings, LocalBrokerSettings
-from models.snapshot import LocalSnapshotStore
+from models.snapshot import SnapshotStore
 from streams import broker
 from streams.master_dataset import archived_positions, history
 from streams.producer import ProduceStats, make_producer, publish
@@ -49,7 +49,7 @@ def own_broker(tmp_path):
         del LAUNCHERS[settings.bootstrap]
 
 
-def progress(store: LocalSnapshotStore, master, settings: KafkaSettings) -> dict[str, int]:
+def progress(store: SnapshotStore, master, settings: KafkaSettings) -> dict[str, int]:
     """How far each job has got: events on the topic, learnt, archived."""
     snapshot = store.latest()
     return {
@@ -92,7 +92,7 @@ def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
         "speed": ["speed"],
         "archive": ["archive"],
     }
-    store = LocalSnapshotStore(snapshots)
+    store = SnapshotStore(snapshots)
     recoveries: list[dict[str, float]] = []
     outage_s: list[float] = []
     with RunningJobs(jobs_args, env, tmp_path / "logs") as jobs:

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from models.snapshot import LocalSnapshotStore
+from models.snapshot import SnapshotStore
 from streams.dead_letters import MAX_DEAD_LETTER_BYTES, ORIGINAL_BYTES_HEADER, dead_letter_reason
 from streams.master_dataset import history
 from streams.producer import make_producer
@@ -91,7 +91,7 @@ def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_ex
 
     snapshots, master = tmp_path / "snapshots", tmp_path / "master"
     env = stream_jobs_env(settings, tmp_path)
-    store = LocalSnapshotStore(snapshots)
+    store = SnapshotStore(snapshots)
     with RunningJobs({"speed": ["speed"], "archive": ["archive"]}, env, tmp_path / "logs") as jobs:
         jobs.wait_until(lambda: caught_up(store, master, ends), "through the stream", timeout_s=180)
         still_running = sorted(set(jobs.jobs) - set(jobs.exited()))

@@ -1,10 +1,11 @@
 """Shared storage on a real S3-compatible server (the project's S3Proxy): the storage API, the
-retrain lock's lease, and the master dataset archived there by a real `lambda-ml archive`,
-through a 30-second outage of the server."""
+retrain lock's lease, and the master dataset and speed snapshots written there by real
+`lambda-ml archive` and `lambda-ml speed` jobs, through a 30-second outage of the server."""
 
 import io
 import threading
 import time
+from contextlib import ExitStack
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,25 +15,23 @@ from rich.console import Console
 
 from common.processes import ChildProcess
 from common.storage import S3Storage, Storage
+from models.snapshot import SnapshotStore, merge_snapshots
 from pipelines import object_store as launcher
+from pipelines.history import read_history_split
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.retrain import read_history_split
 from pipelines.schedule import Lease, lease_for, run_locked
 from pipelines.signals import drift_raised_at, raise_drift_signal
 from streams.master_dataset import _flush_files, archived_positions, history
-from tests.integration.cli_processes import CLI, cli_env, run_to_end
+from tests.integration.cli_processes import (
+    CLI,
+    cli_env,
+    run_to_end,
+    storage_env,
+    stream_jobs_env,
+)
+from tests.integration.kafka_reading import labelled_per_partition
 
 pytestmark = pytest.mark.integration
-
-
-def storage_env(object_store) -> dict[str, str]:
-    s = object_store.settings
-    return {
-        "STORAGE_ENDPOINT_URL": s.endpoint,
-        "STORAGE_ACCESS_KEY": s.access_key,
-        "STORAGE_SECRET_KEY": s.secret_key,
-        "STORAGE_BUCKET": s.bucket,
-    }
 
 
 def test_the_s3_backend_writes_lists_and_writes_conditionally(object_store):
@@ -175,35 +174,86 @@ def test_an_archive_on_s3_reads_back_like_a_local_one(kafka, object_store, tmp_p
     assert split_s3.weights.sum() == split_local.weights.sum()
 
 
-def test_the_archiver_carries_on_after_a_30s_outage_of_the_store(kafka, object_store, tmp_path):
+def owns_partitions(log_path) -> bool:
+    lines = log_path.read_text().splitlines() if log_path.exists() else []
+    return any("assigned partitions [" in line and "partitions []" not in line for line in lines)
+
+
+@pytest.mark.reliability
+def test_the_archiver_and_the_speed_workers_carry_on_after_a_30s_outage_of_the_store(
+    kafka, object_store, tmp_path, reliability
+):
     if not object_store.settings.uses_local_server:
         pytest.skip("the outage needs the project's own S3Proxy")
     events, rate = 12_000, 200  # a 60 s live replay: the outage falls in its middle
     settings, produce = replay(kafka, events, rate)
-    url = f"{object_store.new_url()}/master"
-    env = archive_env(settings, url, object_store)
-    producer = threading.Thread(target=produce)
-    log = tmp_path / "archive.log"
-    archiver = ChildProcess(
-        "archive", CLI + ["archive", "--idle-exit", "20"], env=env, log_path=log
+    shared = object_store.new_url()
+    url = f"{shared}/master"
+    env = stream_jobs_env(
+        settings,
+        tmp_path,
+        BATCH_MASTER_DIR=url,
+        ARCHIVE_FLUSH_EVERY_EVENTS="1000",
+        ARCHIVE_FLUSH_EVERY_S="0.2",
+        ARCHIVE_GROUP_ID=f"archiver-{time.monotonic_ns()}",
+        SPEED_SCALE_OUT="true",
+        SPEED_GROUP_ID=f"speed-{time.monotonic_ns()}",
+        SPEED_SNAPSHOT_DIR=f"{shared}/snapshots",
+        SPEED_SNAPSHOT_EVERY_S="0.5",
+        SPEED_SIGNAL_DIR=f"{shared}/signals",
+        SPEED_PEER_REFRESH_S="1",
+        **storage_env(object_store),
     )
+    snapshots = SnapshotStore(f"{shared}/snapshots", storage=object_store.settings)
+    producer = threading.Thread(target=produce)
+    jobs = {
+        name: ChildProcess(name, CLI + args, env=env, log_path=tmp_path / f"{name}.log")
+        for name, args in {
+            "archive": ["archive", "--idle-exit", "20"],
+            "speed-a": ["speed", "--idle-exit", "20"],
+            "speed-b": ["speed", "--idle-exit", "20"],
+        }.items()
+    }
+
+    def logs() -> str:
+        return "\n".join(f"{n}: {(tmp_path / f'{n}.log').read_text()[-2000:]}" for n in jobs)
+
     producer.start()
     try:
-        with archiver as job:
+        with ExitStack() as stack:
+            for job in jobs.values():
+                stack.enter_context(job)
             deadline = time.monotonic() + 60
-            while not _flush_files(url, object_store.settings):
-                assert time.monotonic() < deadline and job.poll() is None, log.read_text()
+            while not (
+                _flush_files(url, object_store.settings)
+                and snapshots.latest_sequences()
+                and all(owns_partitions(tmp_path / f"{n}.log") for n in ("speed-a", "speed-b"))
+            ):  # the outage is to find the group settled: a rebalance in it is another test
+                assert time.monotonic() < deadline, logs()
+                assert all(job.poll() is None for job in jobs.values()), logs()
                 time.sleep(0.1)
             assert launcher.down(object_store.settings, object_store.local)
             time.sleep(30)
-            assert job.poll() is None, log.read_text()[-3000:]  # it waited, not crashed
+            assert all(job.poll() is None for job in jobs.values()), logs()  # they waited
             launcher.up(object_store.settings, object_store.local)
+            back = time.monotonic()
+            before = snapshots.latest_sequences()
+            while snapshots.latest_sequences() == before:
+                assert time.monotonic() - back < 30, logs()
+                time.sleep(0.1)
+            resumed_s = time.monotonic() - back
             producer.join()
-            assert job.wait(timeout_s=120) == 0, log.read_text()[-3000:]
+            for job in jobs.values():
+                assert job.wait(timeout_s=120) == 0, logs()
     finally:
         producer.join()
-    output = log.read_text()
-    assert "retrying" in output  # flushes did fail during the outage
+    scenario = "the S3-compatible store down for 30 s"
+    reliability(
+        scenario, "seconds until the speed workers saved snapshots again", round(resumed_s, 1)
+    )
+    assert "retrying" in (tmp_path / "archive.log").read_text()  # flushes did fail meanwhile
+    speed_logs = "".join((tmp_path / f"{n}.log").read_text() for n in ("speed-a", "speed-b"))
+    assert "snapshot not saved" in speed_logs  # and so did snapshots
     table = history(url, settings=object_store.settings).to_table(
         columns=["query_id", "partition", "offset"]
     )
@@ -212,3 +262,7 @@ def test_the_archiver_carries_on_after_a_30s_outage_of_the_store(kafka, object_s
     pairs = set(zip(table["partition"].to_pylist(), table["offset"].to_pylist(), strict=True))
     assert len(pairs) == events
     assert sum(archived_positions(url, object_store.settings).values()) == events
+    labelled, single = labelled_per_partition(settings.bootstrap, settings.topic, events)
+    latest = snapshots.latest_per_partition()
+    assert {p: s.events_learnt for p, s in latest.items()} == dict(labelled)
+    assert merge_snapshots(latest).model.count_table() == single.count_table()

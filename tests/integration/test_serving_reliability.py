@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common.settings import LocalMlflowSettings, MlflowSettings
-from models.snapshot import LocalSnapshotStore
+from models.snapshot import SnapshotStore
 from pipelines import tracking_server
 from tests.integration.conftest import throwaway_mlflow
 from tests.integration.live_service import (
@@ -122,7 +122,7 @@ def test_many_promotions_and_snapshot_swaps_under_load_fail_no_request(
             }
             wait_until(lambda: settled_on(traffic, final))
             settle_s = time.monotonic() - last_swap
-            final_sequence = LocalSnapshotStore(snapshots).latest_sequence()
+            final_sequence = SnapshotStore(snapshots).latest_sequence()
             wait_until(lambda: workers_on(server.url, promoted[-1], final_sequence))
         log = server.log_path.read_text() if server.log_path else ""
 

@@ -1,6 +1,7 @@
 """Two speed workers in one consumer group share a 4-partition topic: every labelled event is
 learnt exactly once, by its partition's model, and the per-partition snapshots add up to the
-model of the whole topic, also after one worker is killed with SIGKILL mid-stream."""
+model of the whole topic, with the snapshots on the S3-compatible server (as workers on two
+machines share them), and in a local folder after one worker is killed with SIGKILL."""
 
 import io
 import os
@@ -8,19 +9,17 @@ import signal
 import time
 import uuid
 from collections import Counter
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from common.processes import ChildProcess
-from models.snapshot import LocalSnapshotStore, merge_snapshots
-from models.speed_model import build_speed_model
+from models.snapshot import SnapshotStore, merge_snapshots
 from pipelines.produce import ReplayOptions, run_produce
-from streams.schema import InvalidEvent, parse_event
-from tests.integration.cli_processes import CLI, stream_jobs_env
-from tests.integration.kafka_reading import end_offsets, read_all
+from tests.integration.cli_processes import CLI, storage_env, stream_jobs_env
+from tests.integration.kafka_reading import end_offsets, labelled_per_partition
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +39,11 @@ def stream(kafka):
         ReplayOptions(limit=EVENTS, unlabelled_fraction=0.1, run_id="group"),
         Console(file=io.StringIO()),
     )
-    single = build_speed_model()
-    labelled: Counter[int] = Counter()
-    for record in read_all(settings.bootstrap, settings.topic, EVENTS):
-        with suppress(InvalidEvent):
-            event = parse_event(record.value)
-            if event.intent is not None:
-                single.learn_one({"text": event.text}, event.intent)
-                labelled[record.partition] += 1
+    labelled, single = labelled_per_partition(settings.bootstrap, settings.topic, EVENTS)
     return settings, single, labelled
 
 
-def group_env(settings, workdir: Path) -> dict[str, str]:
+def group_env(settings, workdir: Path, **more: str) -> dict[str, str]:
     return stream_jobs_env(
         settings,
         workdir,
@@ -61,10 +53,11 @@ def group_env(settings, workdir: Path) -> dict[str, str]:
         SPEED_PEER_REFRESH_S=1,
         SPEED_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS,
         SPEED_HEARTBEAT_INTERVAL_MS=1000,
+        **more,
     )
 
 
-def all_caught_up(store: LocalSnapshotStore, ends: dict[int, int]) -> bool:
+def all_caught_up(store: SnapshotStore, ends: dict[int, int]) -> bool:
     latest = store.latest_per_partition()
     return set(latest) == set(ends) and all(latest[p].offsets == {p: ends[p]} for p in ends)
 
@@ -83,7 +76,7 @@ def owned_by(log_path: Path) -> list[str]:
     return [line for line in log_path.read_text().splitlines() if "assigned partitions" in line]
 
 
-def check_exact(store: LocalSnapshotStore, single, labelled: Counter) -> None:
+def check_exact(store: SnapshotStore, single, labelled: Counter) -> None:
     latest = store.latest_per_partition()
     for partition, snapshot in latest.items():
         assert snapshot.partition == partition
@@ -102,10 +95,19 @@ def start_workers(stack: ExitStack, env, log_dir: Path, names) -> dict[str, Chil
     }
 
 
-def test_two_workers_in_one_group_learn_every_event_once_and_merge_exactly(stream, tmp_path):
+def test_two_workers_in_one_group_learn_every_event_once_and_merge_exactly(
+    stream, object_store, tmp_path
+):
     settings, single, labelled = stream
-    env = group_env(settings, tmp_path)
-    store = LocalSnapshotStore(tmp_path / "snapshots")
+    shared = object_store.new_url()
+    env = group_env(
+        settings,
+        tmp_path,
+        SPEED_SNAPSHOT_DIR=f"{shared}/snapshots",
+        SPEED_SIGNAL_DIR=f"{shared}/signals",
+        **storage_env(object_store),
+    )
+    store = SnapshotStore(f"{shared}/snapshots", storage=object_store.settings)
     ends = end_offsets(settings.bootstrap, settings.topic)
     with ExitStack() as stack:
         jobs = start_workers(stack, env, tmp_path, ("a", "b"))
@@ -125,7 +127,7 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_merge_stays_exact(
 ):
     settings, single, labelled = stream
     env = group_env(settings, tmp_path)
-    store = LocalSnapshotStore(tmp_path / "snapshots")
+    store = SnapshotStore(tmp_path / "snapshots")
     ends = end_offsets(settings.bootstrap, settings.topic)
     with ExitStack() as stack:
         jobs = start_workers(stack, env, tmp_path, ("survivor", "victim"))

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from common.settings import SpeedSettings
 from models.registry import decode_offsets
-from models.snapshot import LocalSnapshotStore, read_snapshot
+from models.snapshot import SnapshotStore, read_snapshot
 from pipelines.jobs import run_speed
 from pipelines.produce import ReplayOptions, run_produce
 from pipelines.tracking import tracking_client
@@ -84,7 +84,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     assert layer.state.scores.speed.accuracy > 0.6
     # Freshness is kept for the most recent events only, not for every event ever learnt.
     assert len(layer.reporter.freshness_s) == min(labelled, reference_settings.freshness_window)
-    reference = LocalSnapshotStore(reference_settings.snapshot_dir).latest()
+    reference = SnapshotStore(reference_settings.snapshot_dir).latest()
 
     snapshots = tmp_path / "interrupted"
     env = cli_env(
@@ -98,7 +98,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
         MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
         MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
     )
-    store = LocalSnapshotStore(snapshots)
+    store = SnapshotStore(snapshots)
     rng = random.Random(11)
     kills = 0
     for _ in range(2 * KILLS):  # a job that ends before its kill is started again

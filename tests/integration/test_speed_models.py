@@ -12,7 +12,7 @@ from threading import Event
 import pytest
 
 from common.settings import KafkaSettings, SpeedSettings
-from models.snapshot import SNAPSHOT_FORMAT, LocalSnapshotStore
+from models.snapshot import SNAPSHOT_FORMAT, SnapshotStore
 from pipelines.jobs import run_speed
 from serving.model_state import ModelReloader
 from serving.predict import predict_texts
@@ -78,7 +78,7 @@ def speed_settings(tmp_path, monkeypatch, factory: str) -> SpeedSettings:
 
 def assert_serves_its_intents(settings: SpeedSettings) -> None:
     """Serving loads the newest snapshot and answers a trained text with its intent."""
-    reloader = ModelReloader(None, LocalSnapshotStore(settings.snapshot_dir))
+    reloader = ModelReloader(None, SnapshotStore(settings.snapshot_dir))
     assert reloader.refresh_snapshot()
     rows = training_rows()
     predictions = predict_texts(
@@ -100,7 +100,7 @@ def test_a_shipped_alternative_learns_the_stream_and_serves_its_intents(
     assert settings.model == factory
     layer = run_speed(kafka, settings, None, Event(), idle_exit_s=3)
     assert layer.state.events_learnt == labelled
-    snapshot = LocalSnapshotStore(settings.snapshot_dir).latest()
+    snapshot = SnapshotStore(settings.snapshot_dir).latest()
     assert snapshot.events_learnt == labelled
     assert snapshot.offsets == end_offsets(kafka.bootstrap, kafka.topic)
     assert snapshot.header.format_version == SNAPSHOT_FORMAT
@@ -119,14 +119,14 @@ def test_switching_the_model_re_bases_and_replays_the_stream(stream, tmp_path, m
     settings = speed_settings(tmp_path, monkeypatch, SOFTMAX)
     with caplog.at_level("WARNING", logger="pipelines.speed"):
         layer = run_speed(kafka, settings, None, Event(), idle_exit_s=3)
-    sequence = LocalSnapshotStore(settings.snapshot_dir).latest_sequence()
+    sequence = SnapshotStore(settings.snapshot_dir).latest_sequence()
     assert (
         f"re-basing on version None from offsets {{}}: the speed model changed from "
         f"{NAIVE_BAYES} {{}} (snapshot "
     ) in caplog.text
     assert f") to {SOFTMAX} {{}}" in caplog.text
     assert layer.state.events_learnt == labelled  # every event again, for the new model
-    snapshot = LocalSnapshotStore(settings.snapshot_dir).latest()
+    snapshot = SnapshotStore(settings.snapshot_dir).latest()
     assert snapshot.sequence == sequence and snapshot.header.model_spec["factory"] == SOFTMAX
     assert snapshot.events_learnt == labelled
     assert_serves_its_intents(settings)

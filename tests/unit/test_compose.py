@@ -49,6 +49,11 @@ THIRD_PARTY_SERVICES = {
     "kafka",
     # The official postgres image: POSTGRES_*.
     "postgres",
+    # The MinIO image, the shared S3-compatible store: MINIO_*.
+    "s3",
+    # The official apache/spark image: the batch layer's standalone cluster.
+    "spark-master",
+    "spark-worker",
     # MLflow's own server, started by mlflow/entrypoint.sh from the project image: the variables
     # are the script's (checked against it below).
     "mlflow",
@@ -71,10 +76,11 @@ THIRD_PARTY_ENV = {
 NEEDS = {
     ("kafka", "up"): {"kafka"},
     ("produce",): {"kafka"},
-    ("speed",): {"kafka", "mlflow"},
+    ("s3", "up"): {"storage"},
+    ("speed",): {"kafka", "mlflow", "storage"},
     ("archive",): {"kafka"},
-    ("schedule",): {"mlflow"},
-    ("serve",): {"mlflow"},
+    ("schedule",): {"mlflow", "storage"},
+    ("serve",): {"mlflow", "storage"},
 }
 
 # (writer, setting it writes) -> [(reader, setting it reads)]: the same folder, on one volume.
@@ -459,7 +465,7 @@ def test_job_environment_is_read_by_the_settings_classes():
 
 def test_jobs_reach_the_other_containers_not_localhost(monkeypatch):
     """Settings built from each service's environment point at the kafka and mlflow services."""
-    from common.settings import KafkaSettings, MlflowSettings
+    from common.settings import KafkaSettings, MlflowSettings, StorageSettings
 
     compose = resolved_compose()
     services = compose["services"]
@@ -492,13 +498,29 @@ def test_jobs_reach_the_other_containers_not_localhost(monkeypatch):
             assert url.hostname in services, f"{name}: MLflow at {mlflow.uri}, not a service"
             mlflow_env = environment(services[url.hostname])
             assert str(url.port) == mlflow_env["MLFLOW_PORT"], f"{name}: wrong MLflow port"
+        if "storage" in needs:
+            storage = StorageSettings()
+            assert not storage.uses_local_server, f"{name}: STORAGE_ENDPOINT_URL unset"
+            url = urlsplit(storage.endpoint)
+            assert url.hostname in services, f"{name}: the store at {url}, not a service"
+            store_env = environment(services[url.hostname])
+            assert (storage.access_key, storage.secret_key) == (
+                store_env["MINIO_ROOT_USER"],
+                store_env["MINIO_ROOT_PASSWORD"],
+            ), f"{name}: not the store's credentials"
 
 
-def test_writers_and_readers_share_folders_through_named_volumes():
+def test_writers_and_readers_share_folders_through_named_volumes_or_the_store():
     compose = resolved_compose()
     services, declared = compose["services"], set(compose.get("volumes") or {})
     for (writer, setting), readers in SHARED_FOLDERS.items():
         folder = environment(services[writer]).get(setting)
+        if folder and folder.startswith("s3://"):  # on the shared store: the same URL
+            for reader, reader_setting in readers:
+                assert environment(services[reader]).get(reader_setting) == folder, (
+                    f"{reader}: {reader_setting} is not {writer}'s {setting} ({folder})"
+                )
+            continue
         assert folder and folder.startswith("/"), f"{writer}: {setting} must be an absolute path"
         written = mounted_volume(services[writer], folder)
         assert written, f"{writer}: {setting}={folder} is on no volume"
@@ -522,6 +544,18 @@ def test_published_ports_are_on_the_loopback_only():
     for name, service in resolved_compose()["services"].items():
         for port in service.get("ports") or []:
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is open to the network"
+
+
+def test_every_job_logs_json_lines(monkeypatch):
+    """Each lambda-ml service's settings, built from its environment, log JSON: a container's
+    log goes to a shipper, not to a terminal."""
+    from common.settings import LogSettings
+
+    for name, service in job_services(resolved_compose()).items():
+        monkeypatch.delenv("LOG_FORMAT", raising=False)
+        for variable, value in environment(service).items():
+            monkeypatch.setenv(variable, value)
+        assert LogSettings().format == "json", f"{name}: logs Rich lines, not JSON"
 
 
 def test_healthchecks_ask_the_right_port_and_path():
@@ -639,3 +673,13 @@ def test_depends_on_check_sees_missing_services_and_unmeetable_conditions():
     }
     problems = depends_on_problems(services)
     assert len(problems) == 3, problems
+
+
+def test_the_speed_layer_runs_as_a_consumer_group_of_two_workers_on_the_shared_store():
+    speed = resolved_compose()["services"]["speed"]
+    env = environment(speed)
+    assert int(speed["deploy"]["replicas"]) >= 2
+    assert env["SPEED_SCALE_OUT"] == "true"
+    assert int(read_env_file()["KAFKA_PARTITIONS"]) >= int(speed["deploy"]["replicas"])
+    assert env["SPEED_SNAPSHOT_DIR"].startswith("s3://")
+    assert not speed.get("volumes"), "workers on several machines share no volume"

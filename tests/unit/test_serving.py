@@ -41,7 +41,7 @@ from models.contracts import has_vectorised_proba
 from models.model_spec import ModelSpec
 from models.prequential import speed_probabilities
 from models.registry import ChampionInfo, ChampionModel
-from models.snapshot import LocalSnapshotStore, SnapshotHeader, SpeedSnapshot
+from models.snapshot import SnapshotHeader, SnapshotStore, SpeedSnapshot
 from models.speed_model import HashedTextNB
 from models.texts import TextMemory
 from pipelines.bento_server import SERVICE_NAME, bentoml_overrides
@@ -85,7 +85,7 @@ def speed_model(examples):
 
 
 def write_snapshot(directory: Path, model, offsets: dict[int, int], age_s: float = 0.0) -> None:
-    LocalSnapshotStore(directory).save(
+    SnapshotStore(directory).save(
         SpeedSnapshot(
             model=model,
             blender=HedgeBlender(),
@@ -502,7 +502,7 @@ def test_gauges_report_the_models_in_use(tmp_path, batch_model, speed_model):
     gauges = ModelGauges(registry)
     state = ModelReloader(
         FileChampion(tmp_path / "champion.pkl"),
-        LocalSnapshotStore(tmp_path / "snapshots"),
+        SnapshotStore(tmp_path / "snapshots"),
         on_poll=gauges.publish,
     )
     assert state.refresh()
@@ -770,12 +770,12 @@ def save_vanishing_snapshot(directory: Path) -> Path:
             model=module.Vanishing(), blender=HedgeBlender(), offsets={0: 50}, events_learnt=9
         )
         snapshot.header = SnapshotHeader.current(ModelSpec("custom_speed_models:Vanishing"))
-        return Path(LocalSnapshotStore(directory).save(snapshot))
+        return Path(SnapshotStore(directory).save(snapshot))
     finally:
         del sys.modules["custom_speed_models"]
 
 
-class CountingStore(LocalSnapshotStore):
+class CountingStore(SnapshotStore):
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
         self.reads = 0
@@ -814,7 +814,7 @@ def test_a_snapshot_whose_model_cannot_be_imported_is_refused_once(examples, tmp
 
 
 def test_a_snapshot_of_an_unknown_format_is_refused_once(examples, tmp_path, caplog):
-    store = LocalSnapshotStore(tmp_path)
+    store = SnapshotStore(tmp_path)
     store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200))
     reloader = ModelReloader(None, store)
     assert reloader.refresh_snapshot()
@@ -837,7 +837,7 @@ def test_an_old_snapshot_without_a_header_is_served(examples, tmp_path):
     old = SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200, sequence=1)
     del old.__dict__["header"]
     (tmp_path / "snapshot-000000000001.pkl").write_bytes(pickle.dumps(old))
-    reloader = ModelReloader(None, LocalSnapshotStore(tmp_path))
+    reloader = ModelReloader(None, SnapshotStore(tmp_path))
     assert reloader.refresh_snapshot()
     assert reloader.current.snapshot.header.format_version == 1
     (answer,) = predict_texts(

@@ -16,8 +16,8 @@ from models.model_spec import ModelSpec
 from models.snapshot import (
     DEFAULT_MODEL_SPEC,
     SNAPSHOT_FORMAT,
-    LocalSnapshotStore,
     SnapshotHeader,
+    SnapshotStore,
     SnapshotUnreadable,
     SpeedSnapshot,
 )
@@ -30,12 +30,12 @@ def make(offsets, learnt=0):
 
 
 def test_empty_store_has_no_snapshot(tmp_path):
-    store = LocalSnapshotStore(tmp_path / "none")
+    store = SnapshotStore(tmp_path / "none")
     assert store.latest() is None and store.latest_sequence() is None
 
 
 def test_newest_snapshot_wins_and_old_ones_are_pruned(tmp_path):
-    store = LocalSnapshotStore(tmp_path, keep=2)
+    store = SnapshotStore(tmp_path, keep=2)
     for i in range(5):
         store.save(make({0: i * 10, 1: i}, learnt=i))
     latest = store.latest()
@@ -47,7 +47,7 @@ def test_newest_snapshot_wins_and_old_ones_are_pruned(tmp_path):
 
 
 def test_a_half_written_temporary_file_is_never_read(tmp_path):
-    store = LocalSnapshotStore(tmp_path)
+    store = SnapshotStore(tmp_path)
     store.save(make({0: 7}))
     (tmp_path / "snapshot-000000000002.tmp-999").write_bytes(b"\x80\x05garbage")
     assert store.latest().offsets == {0: 7}
@@ -55,12 +55,12 @@ def test_a_half_written_temporary_file_is_never_read(tmp_path):
 
 
 def test_a_snapshot_pruned_between_listing_and_opening_gives_way_to_the_newer_one(tmp_path):
-    store, writer = LocalSnapshotStore(tmp_path), LocalSnapshotStore(tmp_path, keep=1)
+    store, writer = SnapshotStore(tmp_path), SnapshotStore(tmp_path, keep=1)
     writer.save(make({0: 1}))
     listed = store.latest_sequence
 
-    def list_then_let_a_writer_replace_it() -> int | None:
-        sequence = listed()
+    def list_then_let_a_writer_replace_it(partition: int | None = None) -> int | None:
+        sequence = listed(partition)
         if sequence == 1:
             writer.save(make({0: 2}))  # saves 2 and prunes 1 before the reader opens 1
         return sequence
@@ -93,8 +93,8 @@ def test_a_snapshot_header_records_the_format_the_model_spec_and_the_library_ver
     spec = ModelSpec.parse("models.alternatives:river_naive_bayes", '{"alpha": 0.5}')
     snapshot = make({0: 3})
     snapshot.header = SnapshotHeader.current(spec)
-    LocalSnapshotStore(tmp_path).save(snapshot)
-    header = LocalSnapshotStore(tmp_path).latest().header
+    SnapshotStore(tmp_path).save(snapshot)
+    header = SnapshotStore(tmp_path).latest().header
     assert header.format_version == SNAPSHOT_FORMAT == 2
     assert header.model_spec == {
         "factory": "models.alternatives:river_naive_bayes",
@@ -111,14 +111,14 @@ def test_the_header_is_read_before_the_model_and_needs_no_model_code(tmp_path):
     snapshot = make({0: 3})
     snapshot.header = SnapshotHeader.current(ModelSpec("vanishing_models:build"))
     snapshot.model = vanishing_model()
-    path = LocalSnapshotStore(tmp_path).save(snapshot)
+    path = SnapshotStore(tmp_path).save(snapshot)
     with open(path, "rb") as handle:
         assert pickle.load(handle) == snapshot.header.as_record()  # plain dicts and strings
 
 
 def test_a_snapshot_made_without_a_header_records_no_model(tmp_path):
-    LocalSnapshotStore(tmp_path).save(make({0: 1}))
-    header = LocalSnapshotStore(tmp_path).latest().header
+    SnapshotStore(tmp_path).save(make({0: 1}))
+    header = SnapshotStore(tmp_path).latest().header
     assert header.format_version == SNAPSHOT_FORMAT and header.model_spec is None
     assert header.describe_model() == "an unrecorded model"
 
@@ -127,7 +127,7 @@ def test_a_snapshot_written_before_headers_reads_as_format_1_of_the_default_mode
     old = make({0: 9}, learnt=4)
     del old.__dict__["header"], old.__dict__["learnt_texts"]  # as the old code pickled it
     tmp_path.joinpath("snapshot-000000000001.pkl").write_bytes(pickle.dumps(old))
-    snapshot = LocalSnapshotStore(tmp_path).latest()
+    snapshot = SnapshotStore(tmp_path).latest()
     assert (snapshot.offsets, snapshot.events_learnt, snapshot.sequence) == ({0: 9}, 4, 0)
     assert snapshot.header == SnapshotHeader.legacy()
     assert snapshot.header.format_version == 1
@@ -151,9 +151,9 @@ def test_a_format_this_code_does_not_know_is_refused_without_unpickling_the_mode
         pickle.dump(header, handle)
         handle.write(b"not a pickle at all")
     with pytest.raises(SnapshotUnreadable) as caught:
-        LocalSnapshotStore(tmp_path).latest()
+        SnapshotStore(tmp_path).latest()
     error = caught.value
-    assert (error.path, error.sequence, error.header.format_version) == (path, 4, 99)
+    assert (error.path, error.sequence, error.header.format_version) == (str(path), 4, 99)
     assert error.reason == "format version 99 is not one this code reads (1, 2)"
     assert str(path) in str(error)
 
@@ -162,10 +162,10 @@ def test_a_snapshot_whose_model_module_is_gone_is_refused_with_its_header(tmp_pa
     snapshot = make({0: 3})
     snapshot.header = SnapshotHeader.current(ModelSpec("vanishing_models:build"))
     snapshot.model = vanishing_model()
-    LocalSnapshotStore(tmp_path).save(snapshot)
+    SnapshotStore(tmp_path).save(snapshot)
     del sys.modules["vanishing_models"]
     with pytest.raises(SnapshotUnreadable) as caught:
-        LocalSnapshotStore(tmp_path).latest()
+        SnapshotStore(tmp_path).latest()
     error = caught.value
     assert error.reason.startswith("ModuleNotFoundError: No module named 'vanishing_models'")
     assert "(its model: vanishing_models:build {})" in error.reason
@@ -176,14 +176,14 @@ def test_a_snapshot_whose_model_module_is_gone_is_refused_with_its_header(tmp_pa
 def test_a_file_that_is_no_snapshot_is_refused(tmp_path, content):
     tmp_path.joinpath("snapshot-000000000002.pkl").write_bytes(content)
     with pytest.raises(SnapshotUnreadable) as caught:
-        LocalSnapshotStore(tmp_path).latest()
+        SnapshotStore(tmp_path).latest()
     assert caught.value.header is None and caught.value.sequence == 2
 
 
 def test_partitioned_snapshots_are_numbered_and_pruned_per_partition(tmp_path):
     from models.snapshot import SpeedSnapshot as Snap
 
-    store = LocalSnapshotStore(tmp_path, keep=2)
+    store = SnapshotStore(tmp_path, keep=2)
     store.save(make({0: 5}))  # an unpartitioned snapshot of before consumer groups
     for offset in range(1, 5):
         for partition in (0, 3):
