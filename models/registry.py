@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from models.texts import TextMemory
@@ -57,14 +58,22 @@ def fetch_champion(client: MlflowClient, name: str) -> ChampionInfo | None:
     return fetch_alias(client, name, CHAMPION)
 
 
-def fetch_alias(client: MlflowClient, name: str, alias: str) -> ChampionInfo | None:
-    """The version `alias` points at (as `fetch_champion` does for the champion), or None."""
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The registry's record of the version `alias` points at, or None when the model or the
+    alias does not exist yet."""
     try:
-        version = client.get_model_version_by_alias(name, alias)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def fetch_alias(client: MlflowClient, name: str, alias: str) -> ChampionInfo | None:
+    """The version `alias` points at (as `fetch_champion` does for the champion), or None."""
+    version = alias_version(client, name, alias)
+    if version is None:
+        return None
     return ChampionInfo(
         name=name,
         version=str(version.version),

@@ -6,14 +6,16 @@ passed down to the jobs.
 
 import json
 import logging
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
+from common import logs
+from common.logs import LogFormat
 from common.settings import KafkaSettings, Settings
 from models.model_spec import ModelSpec, ModelSpecError
 from pipelines.bench_cli import bench_app
@@ -24,6 +26,8 @@ from pipelines.services_cli import kafka_app, mlflow_app, s3_app
 from streams.dataset import CLINC150_DATA
 from streams.producer import ProduceStats
 from streams.scenarios import DEFAULT_LATE_DOMAINS, ScenarioName
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="lambda-ml: a Lambda-architecture retraining pipeline for query understanding.",
@@ -40,13 +44,27 @@ app.add_typer(bench_app, name="bench")
 
 @app.callback()
 def main(
-    log_level: Annotated[str, typer.Option(help="Logging level of the jobs.")] = "INFO",
+    context: typer.Context,
+    log_level: Annotated[
+        str | None, typer.Option(help="Logging level of the jobs (default: LOG_LEVEL, INFO).")
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            help="rich: lines for a terminal; json: one JSON object per line, for a log "
+            "shipper (default: LOG_FORMAT, rich)."
+        ),
+    ] = None,
 ) -> None:
     """Set up logging once for whichever subcommand runs."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    if log_format is not None:
+        os.environ["LOG_FORMAT"] = log_format  # and for the processes a command starts
+    settings = edge_settings().log
+    if (log_format or settings.format) == "json":
+        # MLflow's loggers then propagate to the JSON handler instead of printing their own.
+        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    logs.configure(
+        log_level or settings.level, log_format or settings.format, context.invoked_subcommand or ""
     )
     for noisy in ("kafka", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -54,10 +72,6 @@ def main(
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-# Exit code of a retrain that had nothing new to train on (Airflow's BashOperator: skipped).
-SKIPPED_EXIT_CODE = 99
 
 
 def fail(message: str) -> typer.Exit:
@@ -266,6 +280,7 @@ def _run_speed(
         stop_on_signals(),
         idle_exit,
         from_offsets,
+        tree.storage,
     )
     scores = layer.state.scores
     console.print(
@@ -304,33 +319,72 @@ def retrain(
     ] = None,
     batch_model: BatchModelOption = None,
     batch_model_params: BatchParamsOption = None,
+    engine: Annotated[
+        Literal["local", "spark"] | None,
+        typer.Option(help="Engine of the history pass (default: BATCH_ENGINE)."),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="When another run (the scheduler's) holds the retrain lock, wait for it "
+            "instead of failing at once."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the outcome as one JSON object.")
+    ] = False,
 ) -> None:
-    """One batch run: history -> train -> evaluate -> MLflow run -> registry -> promotion gate."""
-    from pipelines.retrain import NoData, NothingNew
+    """One batch run: history -> train -> evaluate -> MLflow run -> registry -> promotion gate.
+
+    Exits 0 when it registered a version (champion or challenger), 99 when nothing was archived
+    since the cut-off of the champion or the challenger (nothing registered), 1 when it failed
+    or another run held the lock.
+    """
     from pipelines.retrain import retrain as run_retrain
+    from pipelines.retrain_task import retrain_task
 
     tree = _with_models(batch_model=batch_model, batch_params=batch_model_params)
-    try:
-        result = run_retrain(
+    if engine is not None:
+        tree = replace(tree, batch=tree.batch.model_copy(update={"engine": engine}))
+    if as_json:  # MLflow prints a run's address on stdout, which holds the outcome only
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+    def announce(stage: str) -> None:
+        if as_json:
+            log.info("retrain: %s", stage)
+        else:
+            console.print(f"[dim]retrain: {stage}[/dim]")
+
+    outcome = retrain_task(
+        lambda: run_retrain(
             tree.batch,
             tree.mlflow,
             tree.kafka.topic,
             label_shuffle_seed=shuffle_labels,
-            on_stage=lambda stage: console.print(f"[dim]retrain: {stage}[/dim]"),
+            on_stage=announce,
             storage=tree.storage,
-        )
-    except NoData as exc:
-        raise fail(str(exc)) from None
-    except NothingNew as exc:
-        console.print(f"[yellow]skipped:[/yellow] {exc}")
-        raise typer.Exit(SKIPPED_EXIT_CODE) from None
-    verdict = "[green]champion[/green]" if result.promoted else "[yellow]challenger[/yellow]"
-    scores = result.scores
-    console.print(
-        f"version {result.version} ({verdict}): first-seen holdout accuracy "
-        f"{scores.first_seen_accuracy:.4f} on {scores.distinct_texts} texts, macro-F1 "
-        f"{scores.macro_f1:.4f}; {result.reason}; {result.seconds['total']:.1f}s"
+        ),
+        tree.mlflow,
+        tree.batch.lock_path,
+        tree.storage,
+        wait=wait,
     )
+    if as_json:
+        typer.echo(json.dumps(outcome.as_record()))
+    elif outcome.kind in ("champion", "challenger"):
+        colour = "green" if outcome.kind == "champion" else "yellow"
+        scores, seconds = outcome.scores or {}, outcome.seconds or {}
+        console.print(
+            f"version {outcome.version} ([{colour}]{outcome.kind}[/{colour}]): first-seen "
+            f"holdout accuracy {scores['first_seen_accuracy']:.4f} on "
+            f"{scores['distinct_texts']:.0f} texts, macro-F1 {scores['macro_f1']:.4f}; "
+            f"{outcome.reason}; {seconds['total']:.1f}s"
+        )
+    elif outcome.kind == "skipped":
+        console.print(f"[yellow]skipped:[/yellow] {outcome.reason}")
+    else:
+        console.print(f"[red]error:[/red] {outcome.reason}")
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command()
@@ -349,6 +403,7 @@ def schedule(
     from pipelines.jobs import stop_on_signals
     from pipelines.retrain import NothingNew
     from pipelines.retrain import retrain as run_retrain
+    from pipelines.retrain_task import attempt
     from pipelines.schedule import Cadence, Scheduler
 
     tree = _with_models(batch_model=batch_model, batch_params=batch_model_params)
@@ -362,7 +417,9 @@ def schedule(
     except ValueError as exc:
         raise fail(str(exc)) from None
     scheduler = Scheduler(
-        lambda: run_retrain(batch, tracking, topic, storage=tree.storage),
+        lambda: attempt(
+            lambda: run_retrain(batch, tracking, topic, storage=tree.storage), tracking
+        ).reraise(),
         cadence,
         batch.lock_path,
         signal_dir=tree.speed.signal_dir,
@@ -370,6 +427,29 @@ def schedule(
         storage=tree.storage,
     )
     scheduler.run(stop_on_signals(), max_runs=max_runs)
+
+
+@app.command()
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the status as one JSON object.")
+    ] = False,
+) -> None:
+    """The whole system at a glance: broker and topic, consumer groups' lag, the master
+    dataset, champion and challenger, speed snapshots, the service, the last retrain.
+
+    Exits 1 when the broker, the registry or the master dataset cannot be read, else 0.
+    """
+    from pipelines.status import render, system_status
+
+    # An unreachable broker is reported in its row; the client's retries would only be noise.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    found = system_status(edge_settings())
+    if as_json:
+        typer.echo(json.dumps(found.as_record()))
+    else:
+        console.print(render(found))
+    raise typer.Exit(found.exit_code)
 
 
 @app.command()

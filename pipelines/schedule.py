@@ -210,9 +210,13 @@ def lease_for(lock_path: Location, storage: StorageSettings | None = None) -> Le
 
 
 def run_locked(
-    job: Callable[[], object], lock_path: Location, storage: StorageSettings | None = None
+    job: Callable[[], object],
+    lock_path: Location,
+    storage: StorageSettings | None = None,
+    wait: bool = False,
 ) -> bool:
-    """Run `job` under the lock; returns False (without running) if another run holds it.
+    """Run `job` under the lock; returns False (without running) if another run holds it,
+    or with `wait`, waits until the lock is free.
 
     `lock_path` is a local file (an OS file lock) or an `s3://` URL (a `Lease` there, on the
     store `storage` describes).
@@ -220,7 +224,11 @@ def run_locked(
     lease = lease_for(lock_path, storage)
     if lease is not None:
         if not lease.acquire():
-            return False
+            if not wait:
+                return False
+            log.info("waiting for the lock %s, held by another run", lock_path)
+            while not lease.acquire():
+                time.sleep(min(1.0, lease.lease_s / 10))
         with lease.renewing():
             job()
         return True
@@ -230,7 +238,10 @@ def run_locked(
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        return False
+        if not wait:
+            return False
+        log.info("waiting for the lock %s, held by another run", lock_path)
+        lock.acquire()
     try:
         job()
     finally:

@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import attrs
@@ -22,9 +22,10 @@ from mlflow import MlflowClient
 from pydantic import ValidationError
 from starlette.types import ASGIApp
 
-from common.settings import MlflowSettings, ServingSettings
+from common.logs import format_as_json
+from common.settings import LogSettings, MlflowSettings, ServingSettings, StorageSettings
 from models.champion_watch import ChampionStore, RegistryChampions
-from models.snapshot import LocalSnapshotStore
+from models.snapshot import SnapshotStore
 from serving.metrics import process_gauges
 from serving.middleware import BoundedRequests, JsonBodiesOnly
 from serving.model_state import FileChampion, LoadedModels, ModelReloader
@@ -41,7 +42,7 @@ REQUEST_BODIES = (PredictRequest, PredictBatchRequest)
 
 @dataclass(frozen=True)
 class ServingEnvironment:
-    """The settings of a serving process: the service's own, and where MLflow is.
+    """The settings of a serving process: the service's own, where MLflow is, and the store.
 
     Parameters
     ----------
@@ -49,10 +50,16 @@ class ServingEnvironment:
         `SERVING_*`: model sources, reload interval, request limits.
     mlflow
         `MLFLOW_*`: the tracking server and the registered model.
+    storage
+        `STORAGE_*`: the object store of an `s3://` snapshot location.
+    log
+        `LOG_*`: BentoML's lines, or one JSON object per line.
     """
 
     serving: ServingSettings
     mlflow: MlflowSettings
+    storage: StorageSettings
+    log: LogSettings = field(default_factory=LogSettings)
 
 
 @functools.cache
@@ -61,7 +68,12 @@ def process_settings() -> ServingEnvironment:
 
     A test that changes the environment between services calls `process_settings.cache_clear()`.
     """
-    return ServingEnvironment(serving=ServingSettings(), mlflow=MlflowSettings())
+    return ServingEnvironment(
+        serving=ServingSettings(),
+        mlflow=MlflowSettings(),
+        storage=StorageSettings(),
+        log=LogSettings(),
+    )
 
 
 SERVICE_DESCRIPTION = """Intent classification for voice-assistant queries: the batch champion from
@@ -127,7 +139,7 @@ def start_worker(probe: Callable[[LoadedModels], object]) -> ModelReloader:
     settings = process_settings()
     reloader = ModelReloader(
         champion_store(settings.serving, settings.mlflow),
-        LocalSnapshotStore(settings.serving.snapshot_dir),
+        SnapshotStore(settings.serving.snapshot_dir, storage=settings.storage),
         probe=probe,
         on_poll=process_gauges().publish,
     )
@@ -161,10 +173,17 @@ def mlflow_client(settings: MlflowSettings) -> MlflowClient:
 
 def configure_logging() -> None:
     """BentoML's server log shows warnings only, but which models came in is worth seeing; and
-    a client's invalid body is the client's fault, not a traceback in the server's log."""
+    a client's invalid body is the client's fault, not a traceback in the server's log. With
+    `LOG_FORMAT=json` the worker's lines are JSON objects, as the jobs' are."""
     for name in ("serving", "models.champion_watch"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
+    if process_settings().log.format == "json":
+        format_as_json(("", "bentoml"), "serve", drop=_BENTOML_LAYOUT_FIELDS)
+
+
+# What BentoML's log filter adds to a record only to lay out its own lines.
+_BENTOML_LAYOUT_FIELDS = ("levelname_bracketed", "trace_msg")
 
 
 def tune_gc() -> None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from common.durable import write_durably
@@ -169,6 +170,34 @@ def topic_partitions(bootstrap: str) -> dict[str, int]:
         topic["name"]: len(topic["partitions"])
         for topic in sorted(described, key=lambda topic: topic["name"])
         if not topic.get("is_internal")
+    }
+
+
+def end_offsets(bootstrap: str, topic: str, timeout_ms: int = 10_000) -> dict[int, int]:
+    """Each partition of `topic` -> its end offset (the next offset a write gets)."""
+    with _admin(bootstrap, timeout_ms) as admin:
+        (described,) = admin.describe_topics([topic])
+        if described["error_code"] or not described["partitions"]:
+            raise ServiceError(f"Kafka at {bootstrap}: no topic {topic!r}")
+        specs = {
+            TopicPartition(topic, p["partition_index"]): OffsetSpec.LATEST
+            for p in described["partitions"]
+        }
+        found = admin.list_partition_offsets(specs)
+    return {tp.partition: found[tp].offset for tp in sorted(found)}
+
+
+def committed_offsets(
+    bootstrap: str, topic: str, timeout_ms: int = 10_000
+) -> dict[str, dict[int, int]]:
+    """Each consumer group that has committed offsets on `topic` -> partition -> offset."""
+    with _admin(bootstrap, timeout_ms) as admin:
+        groups = [group["group_id"] for group in admin.list_groups()]
+        committed = admin.list_group_offsets(groups) if groups else {}
+    return {
+        group: {tp.partition: o.offset for tp, o in sorted(offsets.items()) if tp.topic == topic}
+        for group, offsets in sorted(committed.items())
+        if any(tp.topic == topic for tp in offsets)
     }
 
 
