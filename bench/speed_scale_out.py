@@ -2,15 +2,19 @@
 topic, each worker its own process with the batch champion loaded, against one worker of the
 same group code in the same run.
 
-Every worker count reads the same replay from the same topic with a fresh group and a fresh
-snapshot folder, and repeats alternate the counts so drift of the machine hits each alike.
+Every worker count reads the same replay with a fresh group and a fresh snapshot folder, twice:
+from a topic filled beforehand (the workers as fast as they go: throughput, and the worst case
+for accuracy, since peers' snapshots are then many events old), and from a topic the replay is
+produced onto live at `LIVE_RATE` (peers' snapshots as old as at a steady rate). Repeats
+alternate the counts so drift of the machine hits each alike.
 A worker is `GroupSpeedLayer` over a real `GroupReader`, started from a spawned process
 (nothing shared with the parent but a pickled champion file); the parent only watches the
 snapshots until every partition's newest one holds the topic's end, then stops the workers.
 
 - labelled events/s: every worker's labelled events over the span from the first event any
   worker learnt to the last (rebalances included), median over repeats; the ratio is the
-  median of the per-repeat ratios to one worker;
+  median of the per-repeat ratios to one worker; the cores the workers and the local broker
+  used over that span say what the machine had left;
 - the merge: every partition's newest snapshot added up (`merge_snapshots`) against one model
   that learnt the whole replay in process, count for count;
 - prequential accuracy of the merged view, on first-seen texts (texts neither the view nor
@@ -22,6 +26,7 @@ model of the training split, one with the same split as four partitions' snapsho
 merges on load, and loads them in turn (`bench.serve.load`) for the added p99 of merging.
 """
 
+import io
 import json
 import multiprocessing
 import pickle
@@ -29,9 +34,13 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import psutil
+from rich.console import Console
 
 from bench.serve import BENCH_DIR, blend_server, load, make_models
 from common.settings import KafkaSettings, SpeedSettings
@@ -40,7 +49,9 @@ from models.registry import ChampionModel
 from models.snapshot import SnapshotStore, merge_snapshots
 from models.speed_model import build_speed_model
 from pipelines.jobs import group_member
+from pipelines.produce import ReplayOptions, run_produce
 from pipelines.speed import GroupSpeedLayer
+from streams import broker
 from streams.consumer import Consumed
 
 PARTITIONS = 4
@@ -48,6 +59,11 @@ GOAL_RATIO = 1.7
 GOAL_FIRST_SEEN_GAP_POINTS = 0.5
 GOAL_P99_RATIO = 1.1
 WAIT_S = 600.0
+SNAPSHOT_EVERY_S = 1.0
+PEER_REFRESH_S = 1.0
+LIVE_RATE = 2_000.0
+LIVE = f"_live_{LIVE_RATE:g}_per_s"
+"""The suffix of the figures measured over the replay produced live at `LIVE_RATE`."""
 
 
 @dataclass(frozen=True)
@@ -134,11 +150,17 @@ def _worker(
 
 @dataclass(frozen=True)
 class GroupRun:
-    """One pass of a group of workers over the topic."""
+    """One pass of a group of workers over the topic, and the broker's CPU time meanwhile."""
 
     workers: int
     results: list[WorkerResult]
     merged_equals_single: bool
+    broker_cpu_seconds: float | None
+
+    @property
+    def span_s(self) -> float:
+        working = [r for r in self.results if r.learnt]
+        return max(r.last_learnt_at for r in working) - min(r.first_learnt_at for r in working)
 
     @property
     def learnt(self) -> int:
@@ -146,9 +168,12 @@ class GroupRun:
 
     @property
     def events_per_s(self) -> float:
-        working = [r for r in self.results if r.learnt]
-        span = max(r.last_learnt_at for r in working) - min(r.first_learnt_at for r in working)
-        return self.learnt / span
+        return self.learnt / self.span_s
+
+    @property
+    def worker_cores(self) -> float:
+        """The workers' CPU time over the span: how many of the machine's cores they used."""
+        return sum(r.cpu_seconds for r in self.results) / self.span_s
 
     def accuracy(self, group: str) -> float:
         seen = sum(getattr(r, group)[0] for r in self.results)
@@ -167,18 +192,23 @@ def group_run(
     champion_file: Path,
     alpha: float,
     single_counts: dict,
-    ends: dict[int, int],
+    feed: Callable[[], dict[int, int]],
+    broker_pid: int | None,
 ) -> GroupRun:
     """`workers` processes of one fresh group over the whole topic, stopped once every
-    partition's newest snapshot holds the topic's end."""
+    partition's newest snapshot holds the topic's end.
+
+    `feed` runs on a thread once the workers are ready and returns the topic's end offsets
+    when every event is on it: at once for a topic filled before, or after producing it live.
+    """
     settings = SpeedSettings(
         model="models.speed_model:build_speed_model",
         model_params={"alpha": alpha},
         group_id=group,
         snapshot_dir=folder,
         signal_dir=folder / "signals",
-        snapshot_every_s=1.0,
-        peer_refresh_s=1.0,
+        snapshot_every_s=SNAPSHOT_EVERY_S,
+        peer_refresh_s=PEER_REFRESH_S,
         scale_out=True,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=1_000,
@@ -196,13 +226,18 @@ def group_run(
     for process in processes:
         process.start()
     store = SnapshotStore(folder)
+    ends: dict[int, int] = {}
     try:
         ready.wait(timeout=300)
+        broker_cpu_started = _cpu_seconds(broker_pid)
+        feeder = threading.Thread(target=lambda: ends.update(feed()), daemon=True)
+        feeder.start()
         deadline = time.monotonic() + WAIT_S
-        while not _caught_up(store, ends):
+        while feeder.is_alive() or not store.reached(ends):
             if time.monotonic() > deadline or not all(p.is_alive() for p in processes):
                 raise RuntimeError(f"{workers} worker(s) did not reach the end of the topic")
             time.sleep(0.2)
+        broker_cpu = _cpu_seconds(broker_pid)
         stop.set()
         collected = [results.get(timeout=120) for _ in processes]
     finally:
@@ -212,12 +247,19 @@ def group_run(
             if process.is_alive():
                 process.kill()
     merged = merge_snapshots(store.latest_per_partition())
-    return GroupRun(workers, collected, merged.model.count_table() == single_counts)
+    equal = merged.model.count_table() == single_counts
+    spent = None
+    if broker_cpu is not None and broker_cpu_started is not None:
+        spent = broker_cpu - broker_cpu_started
+    return GroupRun(workers, collected, equal, spent)
 
 
-def _caught_up(store: SnapshotStore, ends: dict[int, int]) -> bool:
-    latest = store.latest_per_partition()
-    return set(latest) == set(ends) and all(latest[p].offsets == {p: ends[p]} for p in ends)
+def _cpu_seconds(pid: int | None) -> float | None:
+    """The CPU time so far of process `pid` (the local broker), or None without one."""
+    if pid is None:
+        return None
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def single_model_counts(labelled: list[tuple[str, str]], alpha: float) -> dict:
@@ -229,65 +271,104 @@ def single_model_counts(labelled: list[tuple[str, str]], alpha: float) -> dict:
 
 
 def scale_out_figures(
-    kafka: KafkaSettings,
-    fresh_group: Any,
+    fresh_topic: Callable[[str, int], KafkaSettings],
+    fresh_group: Callable[[str], str],
     workers: list[int],
     repeats: int,
     champion: ChampionModel,
     alpha: float,
+    replay: ReplayOptions,
     labelled: list[tuple[str, str]],
-    ends: dict[int, int],
+    broker_pid: int | None,
     scratch: Path,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The group runs for each worker count, interleaved over `repeats`: (figures, what was
-    measured how)."""
+    """The group runs for each worker count, interleaved over `repeats`: over the replay
+    produced beforehand (throughput: the workers as fast as they go), and over the same replay
+    produced live at `LIVE_RATE` (accuracy: peers' snapshots as old as at a steady rate).
+    Returns (figures, what was measured how)."""
     champion_file = scratch / "champion.pkl"
     champion_file.write_bytes(pickle.dumps(champion))
     single = single_model_counts(labelled, alpha)
-    runs: dict[int, list[GroupRun]] = {n: [] for n in workers}
+    filled = fresh_topic("group", PARTITIONS)
+    run_produce(filled, replay, Console(file=io.StringIO()))
+    ends = broker.end_offsets(filled.bootstrap, filled.topic)
+
+    def live_topic() -> tuple[KafkaSettings, Callable[[], dict[int, int]]]:
+        topic = fresh_topic("live", PARTITIONS)
+
+        def feed() -> dict[int, int]:
+            run_produce(topic, replace(replay, rate=LIVE_RATE), Console(file=io.StringIO()))
+            return broker.end_offsets(topic.bootstrap, topic.topic)
+
+        return topic, feed
+
+    runs: dict[str, dict[int, list[GroupRun]]] = {"full": {}, "live": {}}
     for repeat in range(repeats):
-        for n in workers:
-            folder = scratch / f"group-{n}-{repeat}"
-            run = group_run(
-                kafka, n, fresh_group(f"w{n}"), folder, champion_file, alpha, single, ends
-            )
-            runs[n].append(run)
-            print(
-                f"repeat {repeat + 1}/{repeats}: {n} worker(s) {run.events_per_s:,.0f} "
-                f"labelled events/s, merged = single: {run.merged_equals_single}"
-            )
+        for kind in runs:
+            for n in workers:
+                topic, feed = (filled, lambda: ends) if kind == "full" else live_topic()
+                folder = scratch / f"{kind}-{n}-{repeat}"
+                group = fresh_group(f"{kind}-w{n}")
+                run = group_run(
+                    topic, n, group, folder, champion_file, alpha, single, feed, broker_pid
+                )
+                runs[kind].setdefault(n, []).append(run)
+                print(
+                    f"repeat {repeat + 1}/{repeats}, {kind}: {n} worker(s) "
+                    f"{run.events_per_s:,.0f} labelled events/s, first-seen accuracy "
+                    f"{run.accuracy('first_seen'):.4f}, merged = single: "
+                    f"{run.merged_equals_single}"
+                )
     figures: dict[str, Any] = {}
-    for n, done in runs.items():
-        per_run: dict[str, Any] = {
-            "events_per_s": lambda r: r.events_per_s,
-            "first_seen_accuracy": lambda r: r.accuracy("first_seen"),
-            "repeated_accuracy": lambda r: r.accuracy("repeated"),
-            "first_seen_share": lambda r: r.share("first_seen"),
-            "blend_first_seen_accuracy": lambda r: r.accuracy("blend_first_seen"),
-        }
-        for key, value in per_run.items():
-            figures[f"workers_{n}_{key}"] = round(statistics.median(map(value, done)), 4)
-        cpu = statistics.median(sum(x.cpu_seconds for x in r.results) / r.learnt for r in done)
-        figures[f"workers_{n}_cpu_s_per_event"] = float(f"{cpu:.3g}")
-    every = [run for done in runs.values() for run in done]
+    per_run: dict[str, Callable[[GroupRun], float]] = {
+        "events_per_s": lambda r: r.events_per_s,
+        "first_seen_accuracy": lambda r: r.accuracy("first_seen"),
+        "repeated_accuracy": lambda r: r.accuracy("repeated"),
+        "first_seen_share": lambda r: r.share("first_seen"),
+        "blend_first_seen_accuracy": lambda r: r.accuracy("blend_first_seen"),
+        "worker_cores": lambda r: r.worker_cores,
+    }
+    for kind, by_workers in runs.items():
+        suffix = "" if kind == "full" else LIVE
+        for n, done in by_workers.items():
+            for key, value in per_run.items():
+                median = statistics.median(map(value, done))
+                figures[f"workers_{n}_{key}{suffix}"] = round(median, 4)
+            if kind == "full":
+                cpu = statistics.median(
+                    sum(x.cpu_seconds for x in r.results) / r.learnt for r in done
+                )
+                figures[f"workers_{n}_cpu_s_per_event"] = float(f"{cpu:.3g}")
+                broker_cores = [
+                    r.broker_cpu_seconds / r.span_s for r in done if r.broker_cpu_seconds
+                ]
+                if broker_cores:
+                    figures[f"workers_{n}_broker_cores"] = round(statistics.median(broker_cores), 3)
+        if 1 in by_workers and 2 in by_workers:
+            gap = 100 * (
+                figures[f"workers_2_first_seen_accuracy{suffix}"]
+                - figures[f"workers_1_first_seen_accuracy{suffix}"]
+            )
+            figures[f"first_seen_accuracy_gap_2_vs_1_points{suffix}"] = round(gap, 2)
+    every = [run for by_workers in runs.values() for done in by_workers.values() for run in done]
     figures["merged_equals_single"] = all(run.merged_equals_single for run in every)
     figures["events_learnt_per_run"] = sorted({run.learnt for run in every})
-    if 1 in runs and 2 in runs:
-        ratios = [
-            two.events_per_s / one.events_per_s for one, two in zip(runs[1], runs[2], strict=True)
-        ]
-        gap = 100 * (
-            figures["workers_2_first_seen_accuracy"] - figures["workers_1_first_seen_accuracy"]
-        )
+    if 1 in runs["full"] and 2 in runs["full"]:
+        pairs = zip(runs["full"][1], runs["full"][2], strict=True)
+        ratios = [two.events_per_s / one.events_per_s for one, two in pairs]
         figures["ratio_2_workers_vs_1"] = round(statistics.median(ratios), 3)
         figures["ratio_2_workers_vs_1_per_repeat"] = [round(r, 3) for r in ratios]
-        figures["first_seen_accuracy_gap_2_vs_1_points"] = round(gap, 2)
     recorded = {
         "topic_partitions": PARTITIONS,
         "workers": workers,
         "worker": "GroupSpeedLayer in a spawned process, champion loaded, snapshots every 1 s",
+        "peer_refresh_s": PEER_REFRESH_S,
+        "snapshot_every_s": SNAPSHOT_EVERY_S,
+        "live_rate_events_per_s": LIVE_RATE,
         "events_per_s": "labelled events / (last learnt - first learnt, over all workers)",
-        "cpu": "each worker process's time.process_time(), summed; the broker's is not in it",
+        "cores": "CPU seconds over that span: the workers' summed, the local broker's",
+        "first_seen": "texts neither the merged view (own and peers' models) nor the champion "
+        "had trained on, summed over partitions",
     }
     return figures, recorded
 

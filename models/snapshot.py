@@ -388,6 +388,12 @@ class SnapshotStore:
                 found[partition] = snapshot
         return found
 
+    def reached(self, ends: Mapping[int, int]) -> bool:
+        """Whether there is a snapshot for each partition of `ends` and each partition's newest
+        holds its offset there (a consumer group has learnt up to `ends`)."""
+        latest = self.latest_per_partition()
+        return set(latest) == set(ends) and all(latest[p].offsets == {p: ends[p]} for p in ends)
+
 
 class SnapshotEnsemble:
     """Per-partition models that cannot be added up (no `__add__`), answering as one: the

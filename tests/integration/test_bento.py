@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from common.processes import ChildProcess, free_port
-from common.settings import MlflowSettings, ServingSettings
+from common.settings import MlflowSettings, ServingSettings, StorageSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -23,7 +23,11 @@ def test_the_bento_lists_the_project_dependencies_and_documents_every_setting():
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert bentofile["python"]["packages"] == dependencies
     documented = (ROOT / "serving" / "README.md").read_text()
-    for prefix, cls in (("SERVING_", ServingSettings), ("MLFLOW_", MlflowSettings)):
+    for prefix, cls in (
+        ("SERVING_", ServingSettings),
+        ("MLFLOW_", MlflowSettings),
+        ("STORAGE_", StorageSettings),
+    ):
         for name in cls.model_fields:
             assert f"{prefix}{name.upper()}" in documented, f"{prefix}{name.upper()} undocumented"
 

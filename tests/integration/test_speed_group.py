@@ -57,11 +57,6 @@ def group_env(settings, workdir: Path, **more: str) -> dict[str, str]:
     )
 
 
-def all_caught_up(store: SnapshotStore, ends: dict[int, int]) -> bool:
-    latest = store.latest_per_partition()
-    return set(latest) == set(ends) and all(latest[p].offsets == {p: ends[p]} for p in ends)
-
-
 def wait(condition, what: str, timeout_s: float, jobs=()) -> float:
     start = time.monotonic()
     while not condition():
@@ -111,9 +106,7 @@ def test_two_workers_in_one_group_learn_every_event_once_and_merge_exactly(
     ends = end_offsets(settings.bootstrap, settings.topic)
     with ExitStack() as stack:
         jobs = start_workers(stack, env, tmp_path, ("a", "b"))
-        wait(
-            lambda: all_caught_up(store, ends), "both workers to reach the end", 120, jobs.values()
-        )
+        wait(lambda: store.reached(ends), "both workers to reach the end", 120, jobs.values())
         for job in jobs.values():
             job.send_signal(signal.SIGTERM)
             assert job.wait(30) == 0, job.log_tail()
@@ -140,7 +133,7 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_merge_stays_exact(
                     "partition" in line and "assigned partitions [" in line and "[]" not in line
                     for line in (tmp_path / "victim.log").read_text().splitlines()
                 )
-                and not all_caught_up(store, ends)
+                and not store.reached(ends)
             )
 
         wait(victim_working, "the victim to work", 90, jobs.values())
@@ -154,7 +147,7 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_the_merge_stays_exact(
             [jobs["survivor"]],
         )
         takeover_s = time.monotonic() - killed_at
-        wait(lambda: all_caught_up(store, ends), "the survivor to reach the end", 120)
+        wait(lambda: store.reached(ends), "the survivor to reach the end", 120)
         jobs["survivor"].send_signal(signal.SIGTERM)
         assert jobs["survivor"].wait(30) == 0, jobs["survivor"].log_tail()
     scenario = "speed worker of a group killed with SIGKILL"

@@ -234,3 +234,15 @@ def test_the_merge_of_partition_snapshots_is_the_model_of_all_their_events():
     ).model
     assert isinstance(ensemble, SnapshotEnsemble)
     assert ensemble.predict_proba_one({"text": "x"}) == {"a": 0.5, "b": 0.5}
+
+
+def test_the_store_has_reached_offsets_only_when_every_partition_s_newest_holds_them(tmp_path):
+    store = SnapshotStore(tmp_path)
+    for partition, offset in ((0, 5), (1, 3), (1, 7)):
+        snapshot = make({partition: offset})
+        snapshot.partition = partition
+        store.save(snapshot)
+    assert store.reached({0: 5, 1: 7})
+    assert not store.reached({0: 5, 1: 3})  # partition 1's newest is past it
+    assert not store.reached({0: 5, 1: 7, 2: 1})  # partition 2 has no snapshot
+    assert not store.reached({0: 5})  # a partition beyond the ends
