@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,spark]'
 	touch $(STAMP)
 
-# Chromium for tests/e2e/test_mlflow_ui.py (apt-get, as root; a no-op once installed).
+# Chromium for tests/e2e/test_mlflow_ui.py and Prometheus for tests/integration/test_job_metrics.py
+# (apt-get, as root; a no-op once installed).
 system-deps:
 	scripts/install-system-deps.sh
 

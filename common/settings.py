@@ -1,7 +1,7 @@
 """Every setting of the project, as one tree built once at the edge and passed down.
 
 Each section reads its own environment prefix (`KAFKA_`, `MLFLOW_`, `BATCH_`, `SPEED_`,
-`ARCHIVE_`, `SERVING_`, `STORAGE_`, `LOG_`) when it is constructed, and only
+`ARCHIVE_`, `SERVING_`, `STORAGE_`, `METRICS_`, `LOG_`) when it is constructed, and only
 `Settings.from_environment` constructs them for a running job: the CLI calls it once and hands
 each job the sections it needs, so no code below the CLI reads the environment. Connection
 settings (where Kafka, MLflow and the object store are) are apart from the settings of the local
@@ -279,6 +279,26 @@ class LocalObjectStoreSettings(BaseSettings):
     heap: str = "256m"
 
 
+class MetricsSettings(BaseSettings):
+    """Where each long-running job answers `/metrics` (Prometheus' text format) and `/healthz`,
+    and how long its loop may go without a heartbeat before `/healthz` says it has stalled.
+
+    Each job has its own port (0: no endpoint), on `host`. `stall_s` bounds one turn of a loop
+    (the speed layer's poll, the archiver's poll and flush, the scheduler's wait, the service's
+    model reload round); `retrain_stall_s` bounds a retrain the scheduler runs, during which its
+    wait loop does not turn.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="METRICS_", frozen=True)
+
+    host: str = "127.0.0.1"
+    speed_port: int = Field(default=9101, ge=0, lt=65536)
+    archive_port: int = Field(default=9102, ge=0, lt=65536)
+    schedule_port: int = Field(default=9103, ge=0, lt=65536)
+    stall_s: float = Field(default=120.0, gt=0)
+    retrain_stall_s: float = Field(default=7200.0, gt=0)
+
+
 class LogSettings(BaseSettings):
     """How every job and the service log: the level, and `rich` lines for a terminal or one
     JSON object per line (`json`) for a log shipper."""
@@ -303,6 +323,7 @@ class Settings:
     serving: ServingSettings = field(default_factory=ServingSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     local_object_store: LocalObjectStoreSettings = field(default_factory=LocalObjectStoreSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @classmethod

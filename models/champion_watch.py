@@ -66,6 +66,8 @@ class ChampionWatch:
         Where the champion comes from.
     accept
         Called with each newly loaded champion before it is used; False rejects it.
+    on_failure
+        Called once for each failed look-up or download (for a counter of them).
 
     Attributes
     ----------
@@ -77,10 +79,11 @@ class ChampionWatch:
         self,
         store: ChampionStore,
         accept: Callable[[ChampionModel], bool] | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.accept = accept
-        self.failures = FailureLog("reading the batch champion")
+        self.failures = FailureLog("reading the batch champion", on_failure=on_failure)
         self._loaded: ChampionModel | None = None
         self._rejected: ChampionInfo | None = None
         self._thread: PollingThread | None = None
@@ -197,16 +200,26 @@ class FailureLog:
         What the step does, as the start of a sentence ("reading the batch champion").
     logger
         Where the lines go; this module's logger unless given.
+    on_failure
+        Called once for each failure, besides the log.
     """
 
-    def __init__(self, step: str, logger: logging.Logger = log) -> None:
+    def __init__(
+        self,
+        step: str,
+        logger: logging.Logger = log,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.step = step
         self.logger = logger
+        self.on_failure = on_failure
         self.failures = 0
 
     def failed(self, exc: BaseException, what: str | None = None) -> None:
         """Log `exc`: `what` failed, the step itself unless a part of it is named."""
         self.failures += 1
+        if self.on_failure is not None:
+            self.on_failure()
         self.logger.warning(
             "%s failed (%s; %d in a row); keeping the models in use",
             self.step if what is None else what,

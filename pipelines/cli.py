@@ -7,6 +7,8 @@ passed down to the jobs.
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,6 +17,7 @@ import typer
 from rich.console import Console
 
 from common import logs
+from common.job_metrics import Heartbeat, JobEndpoint, MetricsPortInUse
 from common.logs import LogFormat
 from common.settings import KafkaSettings, Settings
 from models.model_spec import ModelSpec, ModelSpecError
@@ -68,6 +71,26 @@ def main(
     )
     for noisy in ("kafka", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def job_endpoint(
+    job: Literal["speed", "archive", "schedule"], tree: Settings
+) -> Iterator[JobEndpoint]:
+    """The job's `/metrics` and `/healthz` on `METRICS_<JOB>_PORT` for the length of the block; a
+    port another process holds fails the command at once, before any work."""
+    settings = tree.metrics
+    port = getattr(settings, f"{job}_port")
+    try:
+        endpoint = JobEndpoint(
+            job, settings.host, port, Heartbeat(settings.stall_s), f"METRICS_{job.upper()}_PORT"
+        )
+    except MetricsPortInUse as exc:
+        raise fail(str(exc)) from None
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -262,9 +285,16 @@ def archive(idle_exit: IdleExit = None) -> None:
 
     tree = edge_settings()
     batch = tree.batch
-    archiver = run_archive(
-        tree.kafka, batch.master_dir, tree.archive, stop_on_signals(), idle_exit, tree.storage
-    )
+    with job_endpoint("archive", tree) as endpoint:
+        archiver = run_archive(
+            tree.kafka,
+            batch.master_dir,
+            tree.archive,
+            stop_on_signals(),
+            idle_exit,
+            tree.storage,
+            endpoint,
+        )
     console.print(f"archived {archiver.archived} events into {batch.master_dir}")
 
 
@@ -273,15 +303,17 @@ def _run_speed(
 ) -> None:
     from pipelines.jobs import run_speed, stop_on_signals
 
-    layer = run_speed(
-        tree.kafka,
-        tree.speed,
-        tree.mlflow,
-        stop_on_signals(),
-        idle_exit,
-        from_offsets,
-        tree.storage,
-    )
+    with job_endpoint("speed", tree) as endpoint:
+        layer = run_speed(
+            tree.kafka,
+            tree.speed,
+            tree.mlflow,
+            stop_on_signals(),
+            idle_exit,
+            from_offsets,
+            tree.storage,
+            endpoint,
+        )
     scores = layer.state.scores
     console.print(
         f"learnt {layer.state.events_learnt} events; prequential accuracy speed "
@@ -400,6 +432,7 @@ def schedule(
     batch_model_params: BatchParamsOption = None,
 ) -> None:
     """Retrain on an interval or a cron expression, and early when the speed layer signals drift."""
+    from pipelines.job_figures import schedule_collector
     from pipelines.jobs import stop_on_signals
     from pipelines.retrain import NothingNew
     from pipelines.retrain import retrain as run_retrain
@@ -416,17 +449,21 @@ def schedule(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
-    scheduler = Scheduler(
-        lambda: attempt(
-            lambda: run_retrain(batch, tracking, topic, storage=tree.storage), tracking
-        ).reraise(),
-        cadence,
-        batch.lock_path,
-        signal_dir=tree.speed.signal_dir,
-        skip_errors=(NothingNew,),
-        storage=tree.storage,
-    )
-    scheduler.run(stop_on_signals(), max_runs=max_runs)
+    with job_endpoint("schedule", tree) as endpoint:
+        scheduler = Scheduler(
+            lambda: attempt(
+                lambda: run_retrain(batch, tracking, topic, storage=tree.storage), tracking
+            ).reraise(),
+            cadence,
+            batch.lock_path,
+            signal_dir=tree.speed.signal_dir,
+            skip_errors=(NothingNew,),
+            storage=tree.storage,
+            heartbeat=endpoint.heartbeat,
+            run_stall_s=tree.metrics.retrain_stall_s,
+        )
+        endpoint.register(schedule_collector(scheduler))
+        scheduler.run(stop_on_signals(), max_runs=max_runs)
 
 
 @app.command()

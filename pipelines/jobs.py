@@ -8,6 +8,7 @@ from pathlib import Path
 from threading import Event
 from typing import Any
 
+from common.job_metrics import JobEndpoint
 from common.settings import (
     ArchiveSettings,
     KafkaSettings,
@@ -17,6 +18,7 @@ from common.settings import (
 )
 from models.champion_watch import ChampionWatch, RegistryChampions
 from models.snapshot import SnapshotStore
+from pipelines.job_figures import archive_collector, speed_collector
 from pipelines.speed import GroupSpeedLayer, SpeedLayer
 from pipelines.tracking import RunReporter, SnapshotRegistrar, tracking_client
 from streams.archiver import Archiver, recover
@@ -73,12 +75,15 @@ def _layer_companions(
     reporter: RunReporter | None,
     champion_watch: ChampionWatch | None,
     storage: StorageSettings | None,
+    endpoint: JobEndpoint | None,
 ) -> dict[str, Any]:
-    """The keyword arguments both speed layers take for their champion, report and store."""
+    """The keyword arguments both speed layers take for their champion, report, store and
+    heartbeat."""
     return {
         "current_champion": champion_watch.loaded if champion_watch else (lambda: None),
         "report": reporter or (lambda metrics, step: None),
         "storage": storage,
+        "heartbeat": endpoint.heartbeat.beat if endpoint else (lambda: None),
     }
 
 
@@ -120,24 +125,31 @@ def run_speed(
     idle_exit_s: float | None = None,
     from_offsets: dict[int, int] | None = None,
     storage: StorageSettings | None = None,
+    endpoint: JobEndpoint | None = None,
 ) -> SpeedLayer | GroupSpeedLayer:
     """The speed layer until stopped; `from_offsets` forces a fresh model from those offsets.
 
     The model is `settings.model`'s; a factory that is not importable or not a River classifier
     fails here, before any event. With `tracking`, metrics go to an MLflow run and snapshots
     are registered as versions of `<registered model>-speed` (`SnapshotRegistrar`). `storage`
-    is the object store of `s3://` snapshot and signal locations.
+    is the object store of `s3://` snapshot and signal locations. The layer's figures and its
+    heartbeat go to `endpoint`'s `/metrics` and `/healthz`.
     """
     if settings.scale_out and from_offsets is None:
-        return run_speed_group(kafka, settings, tracking, stop, idle_exit_s, storage)
+        return run_speed_group(kafka, settings, tracking, stop, idle_exit_s, storage, endpoint)
     store = SnapshotStore(settings.snapshot_dir, storage=storage)
     with (
         _speed_companions(tracking) as (reporter, champion_watch),
         event_reader(kafka, settings.group_id, "speed") as reader,
     ):
         layer = SpeedLayer(
-            reader, store, settings, **_layer_companions(reporter, champion_watch, storage)
+            reader,
+            store,
+            settings,
+            **_layer_companions(reporter, champion_watch, storage, endpoint),
         )
+        if endpoint:
+            endpoint.register(speed_collector(layer))
         registrar = (
             SnapshotRegistrar(tracking, reporter, _registrar_staging(store, settings.snapshot_dir))
             if tracking and reporter
@@ -172,18 +184,25 @@ def run_speed_group(
     stop: Event,
     idle_exit_s: float | None = None,
     storage: StorageSettings | None = None,
+    endpoint: JobEndpoint | None = None,
 ) -> GroupSpeedLayer:
     """One speed worker of the consumer group `settings.group_id` until stopped: it learns the
     partitions the group gives it, one model per partition (`GroupSpeedLayer`). Metrics go to
-    an MLflow run with `tracking`; snapshots are not registered in this mode."""
+    an MLflow run with `tracking` and to `endpoint`; snapshots are not registered in this
+    mode."""
     store = SnapshotStore(settings.snapshot_dir, storage=storage)
     with (
         group_member(kafka, settings, "speed") as reader,
         _speed_companions(tracking) as (reporter, champion_watch),
     ):
         layer = GroupSpeedLayer(
-            reader, store, settings, **_layer_companions(reporter, champion_watch, storage)
+            reader,
+            store,
+            settings,
+            **_layer_companions(reporter, champion_watch, storage, endpoint),
         )
+        if endpoint:
+            endpoint.register(speed_collector(layer))
         if champion_watch:
             champion_watch.start(settings.champion_poll_s)
         layer.run(stop, idle_exit_s=idle_exit_s)
@@ -197,12 +216,22 @@ def run_archive(
     stop: Event,
     idle_exit_s: float | None = None,
     storage: StorageSettings | None = None,
+    endpoint: JobEndpoint | None = None,
 ) -> Archiver:
     """The archiver until stopped, resuming from what the master dataset already holds;
-    `storage` is needed when the master dataset is on object storage."""
+    `storage` is needed when the master dataset is on object storage. Its counters and its
+    heartbeat go to `endpoint`'s `/metrics` and `/healthz`."""
     positions = recover(master_dir, storage)
     with event_reader(kafka, settings.group_id, "archive") as reader:
         reader.seek(positions)
-        archiver = Archiver(reader, master_dir, settings, storage=storage)
+        archiver = Archiver(
+            reader,
+            master_dir,
+            settings,
+            storage=storage,
+            heartbeat=endpoint.heartbeat.beat if endpoint else (lambda: None),
+        )
+        if endpoint:
+            endpoint.register(archive_collector(archiver))
         archiver.run(stop, idle_exit_s=idle_exit_s)
     return archiver

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event
+from typing import Literal
 
 from croniter import croniter
 from filelock import FileLock, Timeout
 
+from common.job_metrics import Heartbeat
 from common.settings import StorageSettings
 from common.storage import Location, Storage
 from pipelines.signals import drift_raised_at
@@ -55,6 +57,10 @@ class Cadence:
         return float(croniter(self.cron, start).get_next(float))
 
 
+Outcome = Literal["succeeded", "skipped", "failed"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "skipped", "failed")
+
+
 @dataclass
 class RunRecord:
     started_at: float
@@ -62,6 +68,13 @@ class RunRecord:
     reason: str  # "schedule", "drift" or "retry"
     error: str = ""
     skipped: str = ""  # why the job had nothing to do, when it said so
+    seconds: float = 0.0
+
+    @property
+    def outcome(self) -> Outcome:
+        if not self.ok:
+            return "failed"
+        return "skipped" if self.skipped else "succeeded"
 
 
 class Lease:
@@ -257,6 +270,16 @@ class Scheduler:
 
     An exception of a type in `skip_errors` means the job had nothing to do (say, nothing new
     to train on): the run is logged as skipped, with the reason, and is not retried early.
+
+    `heartbeat` is beaten at every turn of the wait loop, and before each run with the bound
+    `run_stall_s`: a run holds the loop for as long as it lasts.
+
+    Attributes
+    ----------
+    history
+        Every run so far.
+    next_at
+        When the next run is due on the cadence (epoch seconds); drift may come first.
     """
 
     def __init__(
@@ -270,8 +293,12 @@ class Scheduler:
         run_at_start: bool = True,
         skip_errors: tuple[type[Exception], ...] = (),
         storage: StorageSettings | None = None,
+        heartbeat: Heartbeat | None = None,
+        run_stall_s: float | None = None,
     ) -> None:
         self.job = job
+        self.heartbeat = heartbeat
+        self.run_stall_s = run_stall_s
         self.storage = storage
         self.skip_errors = skip_errors
         self.cadence = cadence
@@ -281,12 +308,12 @@ class Scheduler:
         self.max_backoff_s = max_backoff_s
         self.history: list[RunRecord] = []
         now = time.time()
-        self._next_at = now if run_at_start else cadence.next_after(now)
+        self.next_at = now if run_at_start else cadence.next_after(now)
         self._failures = 0
         self._last_started = 0.0
 
     def _due(self, now: float) -> str | None:
-        if now >= self._next_at:
+        if now >= self.next_at:
             return "retry" if self._failures else "schedule"
         raised = drift_raised_at(self.signal_dir, self.storage) if self.signal_dir else None
         if raised is not None and raised > self._last_started:
@@ -300,6 +327,9 @@ class Scheduler:
             return None
         self._last_started = now
         record = RunRecord(started_at=now, ok=True, reason=reason)
+        if self.heartbeat is not None:
+            self.heartbeat.beat(self.run_stall_s, doing=f"a retrain ({reason})")
+        started = time.monotonic()
         try:
             if not run_locked(self.job, self.lock_path, self.storage):
                 record.ok, record.error = False, "another run holds the lock"
@@ -307,9 +337,10 @@ class Scheduler:
             record.skipped = str(exc)
         except Exception as exc:  # a failed run must not end the scheduler
             record.ok, record.error = False, f"{type(exc).__name__}: {exc}"
+        record.seconds = time.monotonic() - started
         if record.ok:
             self._failures = 0
-            self._next_at = self.cadence.next_after(now)
+            self.next_at = self.cadence.next_after(now)
             if record.skipped:
                 log.info("retrain (%s) skipped: %s", reason, record.skipped)
             else:
@@ -317,7 +348,7 @@ class Scheduler:
         else:
             self._failures += 1
             delay = min(self.max_backoff_s, self.backoff_s * 2 ** (self._failures - 1))
-            self._next_at = min(now + delay, self.cadence.next_after(now))
+            self.next_at = min(now + delay, self.cadence.next_after(now))
             log.error("retrain (%s) failed, retrying in %.0fs: %s", reason, delay, record.error)
         self.history.append(record)
         return record
@@ -325,6 +356,8 @@ class Scheduler:
     def run(self, stop: Event, max_runs: int | None = None, poll_s: float = 1.0) -> None:
         """Tick until `stop` is set or `max_runs` runs have succeeded."""
         while not stop.is_set():
+            if self.heartbeat is not None:
+                self.heartbeat.beat()
             self.tick(time.time())
             if max_runs is not None and sum(r.ok for r in self.history) >= max_runs:
                 return

@@ -142,6 +142,8 @@ class SpeedLayer:
         Called as `register(path, snapshot)` with a snapshot just made durable, when
         `RegistrationSchedule` says so; it must return at once (see
         `pipelines.tracking.SnapshotRegistrar`).
+    heartbeat
+        Called once a turn of the loop, for the job's liveness check.
 
     Raises
     ------
@@ -174,6 +176,7 @@ class SpeedLayer:
         report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
         register: Callable[[str, SpeedSnapshot], None] | None = None,
         storage: StorageSettings | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.spec = ModelSpec.parse(settings.model, settings.model_params)
         first_model = self.build_model()  # a wrong model fails here, before any event
@@ -183,6 +186,7 @@ class SpeedLayer:
         self.current_champion = current_champion
         self.register = register
         self.storage = storage
+        self.heartbeat = heartbeat
         self.champion: ChampionModel | None = None
         self.rebase_reason: str | None = None
         snapshot = self._resumable_snapshot()
@@ -338,6 +342,7 @@ class SpeedLayer:
             self.rebase_on_current_champion(self.rebase_reason)
         idle_since = time.monotonic()
         while not stop.is_set():
+            self.heartbeat()
             self._follow_champion()
             most = self.schedule.records_to_poll(self.state.events_learnt)
             consumed = self.reader.poll(timeout_ms=200, max_records=most)
@@ -357,7 +362,7 @@ class SpeedLayer:
 
     def _report(self, force: bool) -> None:
         if force or self.reporter.due():
-            self.reporter.send(self.state.events_learnt, self.metrics, self.reader.lag)
+            self.reporter.send(self.state.events_learnt, self.metrics, self.reader.partition_lag)
 
 
 class GroupSpeedLayer:
@@ -382,7 +387,7 @@ class GroupSpeedLayer:
         The group member; the layer installs its callbacks.
     store
         The shared snapshot folder (one snapshot per partition).
-    settings, current_champion, report
+    settings, current_champion, report, heartbeat
         As for `SpeedLayer`.
     """
 
@@ -394,6 +399,7 @@ class GroupSpeedLayer:
         current_champion: Callable[[], ChampionModel | None] = lambda: None,
         report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
         storage: StorageSettings | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.spec = ModelSpec.parse(settings.model, settings.model_params)
         self._mergeable = mergeable(self.build_model())
@@ -406,6 +412,7 @@ class GroupSpeedLayer:
         self.store = store
         self.settings = settings
         self.storage = storage
+        self.heartbeat = heartbeat
         self.current_champion = current_champion
         self.champion: ChampionModel | None = None
         self.parts: dict[int, SpeedState] = {}
@@ -415,6 +422,7 @@ class GroupSpeedLayer:
         self._peers_read_at = -float("inf")
         self._view: base.Classifier | None = None
         self.learnt_here = 0
+        self._store_failing = False
         self.schedule = SnapshotSchedule(settings, 0, {})
         self.drift = DriftWatch(settings.signal_dir, storage)
         self.reporter = SpeedReport(settings, report, 0)
@@ -492,9 +500,12 @@ class GroupSpeedLayer:
         return state, cutoff.get(partition)
 
     def _on_revoked(self, partitions: list[int]) -> None:
+        """Make the revoked partitions durable, unless the store failed the last save: the
+        rebalance then goes on at once (saves that fail slowly would outlast the group's
+        session), and each partition's next owner learns again from its last snapshot."""
         self.reader.flush_dead_letters()
         for partition in partitions:
-            if self._unsaved(partition) and not self._save(partition):
+            if self._unsaved(partition) and (self._store_failing or not self._save(partition)):
                 log.warning(
                     "partition %s revoked unsaved: its next owner learns again from its last "
                     "snapshot",
@@ -503,7 +514,7 @@ class GroupSpeedLayer:
             self.parts.pop(partition, None)
             self.saved.pop(partition, None)
         self._view = None
-        log.info("revoked partitions %s, their progress durable", partitions)
+        log.info("revoked partitions %s", partitions)
 
     # Progress.
 
@@ -534,7 +545,9 @@ class GroupSpeedLayer:
             self.store.save(snapshot)
         except OSError as exc:
             log.warning("partition %s's snapshot not saved: %s", partition, exc)
+            self._store_failing = True
             return False
+        self._store_failing = False
         self.saved[partition] = snapshot.offsets[partition]
         return True
 
@@ -672,6 +685,7 @@ class GroupSpeedLayer:
         idle_since = time.monotonic()
         rebalances = self.reader.rebalances
         while not stop.is_set():
+            self.heartbeat()
             self._follow_champion()
             most = self.schedule.records_to_poll(self.learnt_here)
             consumed = self.reader.poll(timeout_ms=200, max_records=most)
@@ -686,8 +700,8 @@ class GroupSpeedLayer:
             if self.schedule.due(self.learnt_here, self.reader.positions):
                 self.make_progress_durable()
             if self.reporter.due():
-                self.reporter.send(self.learnt_here, self.metrics, self.reader.lag)
+                self.reporter.send(self.learnt_here, self.metrics, self.reader.partition_lag)
             if max_events is not None and self.learnt_here >= max_events:
                 break
         self.make_progress_durable()
-        self.reporter.send(self.learnt_here, self.metrics, self.reader.lag)
+        self.reporter.send(self.learnt_here, self.metrics, self.reader.partition_lag)

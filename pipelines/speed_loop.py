@@ -8,7 +8,7 @@ can be tested alone; the clocks are parameters for the same reason.
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from river import drift
@@ -189,10 +189,12 @@ class DriftWatch:
 
 class SpeedReport:
     """Hands the speed layer's metrics to `report` every `metrics_every_s` seconds, with the
-    rate since the last report, the lag and the freshness of the latest events.
+    rate since the last report, the lag (in all and per partition), the age of the last durable
+    snapshot and the freshness of the latest events; the last of them stay in `latest`, which
+    the job's `/metrics` reads.
 
     Freshness is the time from an event's timestamp to the snapshot that made it durable. Only
-    the latest `freshness_window` events are kept, so memory and the percentile's cost stay
+    the latest `freshness_window` events are kept, so memory and the percentiles' cost stay
     bounded however long the layer runs. A failing `report` is logged, not raised: metrics are
     for people, and the stream goes on without them.
 
@@ -213,7 +215,11 @@ class SpeedReport:
     ----------
     freshness_s
         Seconds from event to durable snapshot, for the latest `freshness_window` events.
+    latest
+        The figures of the last report (empty before the first).
     """
+
+    FRESHNESS_PERCENTILES = (50, 95, 99)
 
     def __init__(
         self,
@@ -229,6 +235,8 @@ class SpeedReport:
         self.wall_clock = wall_clock
         self.freshness_s: deque[float] = deque(maxlen=settings.freshness_window)
         self._awaiting_ts: list[float] = []
+        self._durable_at: float | None = None
+        self.latest: dict[str, float] = {}
         self._events_at_report = events_learnt
         self._reported_at = clock()
 
@@ -238,24 +246,22 @@ class SpeedReport:
 
     def made_durable(self) -> None:
         """The events noted so far are in a saved snapshot now: measure their freshness."""
-        now = self.wall_clock()
+        now = self._durable_at = self.wall_clock()
         self.freshness_s.extend(now - ts for ts in self._awaiting_ts)
         self._awaiting_ts.clear()
-
-    def failed(self, events_learnt: int) -> None:
-        """A snapshot could not be written (the store is down): the next attempt is a whole
-        interval away, and the progress since the last durable one stays unsaved."""
-        self._taken_at = self.clock()
-        self._events_at_snapshot = events_learnt
 
     def restart_count(self) -> None:
         """A re-base: the events noted will be learnt again, and the count starts from zero."""
         self._awaiting_ts.clear()
         self._events_at_report = 0
 
-    def freshness_p95_s(self) -> float | None:
-        """The 95th percentile of `freshness_s`, or None before any snapshot held an event."""
-        return float(np.percentile(self.freshness_s, 95)) if self.freshness_s else None
+    def freshness_percentiles_s(self) -> dict[int, float]:
+        """Percentile -> seconds of `freshness_s` (`FRESHNESS_PERCENTILES`), or nothing before
+        any snapshot held an event."""
+        if not self.freshness_s:
+            return {}
+        values = np.percentile(self.freshness_s, self.FRESHNESS_PERCENTILES)
+        return dict(zip(self.FRESHNESS_PERCENTILES, map(float, values), strict=True))
 
     def due(self) -> bool:
         """Whether `metrics_every_s` have passed since the last report."""
@@ -265,9 +271,10 @@ class SpeedReport:
         self,
         events_learnt: int,
         figures: Callable[[], dict[str, float]],
-        lag: Callable[[], int | None],
+        lag: Callable[[], Mapping[int, int] | None],
     ) -> dict[str, float]:
-        """Report `figures()` with the rate since the last report, `lag()` (when known) and the
+        """Report `figures()` with the rate since the last report, `lag()` (partition -> events
+        behind; when known, as `lag` and `lag_p<partition>`), the snapshot's age and the
         freshness; returns what was reported.
 
         The interval is measured before `lag()` is asked, since that may wait on the broker.
@@ -279,10 +286,13 @@ class SpeedReport:
         self._events_at_report = events_learnt
         behind = lag()
         if behind is not None:
-            metrics["lag"] = float(behind)
-        p95 = self.freshness_p95_s()
-        if p95 is not None:
-            metrics["freshness_p95_s"] = p95
+            metrics["lag"] = float(sum(behind.values()))
+            metrics |= {f"lag_p{p}": float(n) for p, n in sorted(behind.items())}
+        if self._durable_at is not None:
+            metrics["snapshot_age_s"] = self.wall_clock() - self._durable_at
+        for percentile, seconds in self.freshness_percentiles_s().items():
+            metrics[f"freshness_p{percentile}_s"] = seconds
+        self.latest = metrics
         try:
             self.report(metrics, events_learnt)
         except Exception as exc:  # metrics are for people; the stream goes on without them

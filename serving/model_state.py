@@ -106,6 +106,9 @@ class ModelReloader:
         A prediction with a candidate set; an exception rejects the set.
     on_poll
         Called with the current set after every round, to publish gauges.
+    on_failure
+        Called with `"champion"` or `"snapshot"` for each failed reload of that model (the
+        store unreachable, the load or the probe failed), to count them.
 
     Attributes
     ----------
@@ -119,15 +122,23 @@ class ModelReloader:
         snapshots: SnapshotStore | None,
         probe: Callable[[LoadedModels], object] | None = None,
         on_poll: Callable[[LoadedModels], None] | None = None,
+        on_failure: Callable[[str], None] = lambda model: None,
     ) -> None:
         self.snapshots = snapshots
         self.probe = probe
         self.on_poll = on_poll
+        self.on_failure = on_failure
         self.current = LoadedModels()
-        self._champion = ChampionWatch(champions, self._accept_champion) if champions else None
+        self._champion = (
+            ChampionWatch(champions, self._accept_champion, lambda: on_failure("champion"))
+            if champions
+            else None
+        )
         self._snapshot_sequence: int | None = None
         self._partitioned_key: tuple[tuple[int, int], ...] | None = None
-        self._snapshot_failures = FailureLog("loading the speed snapshot", log)
+        self._snapshot_failures = FailureLog(
+            "loading the speed snapshot", log, lambda: on_failure("snapshot")
+        )
         self._thread: PollingThread | None = None
 
     def refresh_snapshot(self) -> bool:
@@ -176,7 +187,7 @@ class ModelReloader:
         if snapshot.events_learnt == 0:
             log.info("speed snapshot %s has learnt nothing yet; not used", snapshot.sequence)
             return False
-        if not self._swap(replace(self.current, snapshot=snapshot)):
+        if not self._swap(replace(self.current, snapshot=snapshot), "snapshot"):
             return False
         log.info("speed snapshot %s in use (offsets %s)", snapshot.sequence, snapshot.offsets)
         return True
@@ -209,7 +220,7 @@ class ModelReloader:
         if not snapshots:
             return False
         merged = merge_snapshots(snapshots)
-        if not self._swap(replace(self.current, snapshot=merged)):
+        if not self._swap(replace(self.current, snapshot=merged), "snapshot"):
             return False
         log.info(
             "speed snapshots of partitions %s merged and in use (offsets %s)",
@@ -230,15 +241,16 @@ class ModelReloader:
         return self._champion.poll() if self._champion is not None else False
 
     def _accept_champion(self, champion: ChampionModel) -> bool:
-        return self._swap(replace(self.current, champion=champion))
+        return self._swap(replace(self.current, champion=champion), "champion")
 
-    def _swap(self, candidate: LoadedModels) -> bool:
-        """Make `candidate` current if it passes the probe."""
+    def _swap(self, candidate: LoadedModels, model: str) -> bool:
+        """Make `candidate`, new in its `model`, current if it passes the probe."""
         if self.probe is not None:
             try:
                 self.probe(candidate)
             except Exception:
                 log.exception("new models fail a probe prediction; keeping the models in use")
+                self.on_failure(model)
                 return False
         self.current = candidate
         return True

@@ -22,11 +22,18 @@ from mlflow import MlflowClient
 from pydantic import ValidationError
 from starlette.types import ASGIApp
 
+from common.job_metrics import Heartbeat
 from common.logs import format_as_json
-from common.settings import LogSettings, MlflowSettings, ServingSettings, StorageSettings
+from common.settings import (
+    LogSettings,
+    MetricsSettings,
+    MlflowSettings,
+    ServingSettings,
+    StorageSettings,
+)
 from models.champion_watch import ChampionStore, RegistryChampions
 from models.snapshot import SnapshotStore
-from serving.metrics import process_gauges
+from serving.metrics import process_metrics
 from serving.middleware import BoundedRequests, JsonBodiesOnly
 from serving.model_state import FileChampion, LoadedModels, ModelReloader
 from serving.schemas import PredictBatchRequest, PredictRequest
@@ -54,12 +61,15 @@ class ServingEnvironment:
         `STORAGE_*`: the object store of an `s3://` snapshot location.
     log
         `LOG_*`: BentoML's lines, or one JSON object per line.
+    metrics
+        `METRICS_*`: the stall bound of the model reloader's round, for `/livez`.
     """
 
     serving: ServingSettings
     mlflow: MlflowSettings
     storage: StorageSettings
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 @functools.cache
@@ -73,6 +83,7 @@ def process_settings() -> ServingEnvironment:
         mlflow=MlflowSettings(),
         storage=StorageSettings(),
         log=LogSettings(),
+        metrics=MetricsSettings(),
     )
 
 
@@ -128,8 +139,9 @@ class _ProcessRequestLimits(BoundedRequests):
         super().__init__(app, process_settings().serving)
 
 
-def start_worker(probe: Callable[[LoadedModels], object]) -> ModelReloader:
-    """Everything a worker does before it takes requests; the reloader keeps its models.
+def start_worker(probe: Callable[[LoadedModels], object], heartbeat: Heartbeat) -> ModelReloader:
+    """Everything a worker does before it takes requests; the reloader keeps its models, and
+    beats `heartbeat` at the end of every round.
 
     The models are loaded once before the worker answers: workers share one socket, so a worker
     still loading would answer 503 while `/readyz`, served by another worker, says ready. A
@@ -137,11 +149,18 @@ def start_worker(probe: Callable[[LoadedModels], object]) -> ModelReloader:
     """
     configure_logging()
     settings = process_settings()
+    metrics = process_metrics()
+
+    def polled(models: LoadedModels) -> None:
+        metrics.publish(models)
+        heartbeat.beat(doing="the model reloader")
+
     reloader = ModelReloader(
         champion_store(settings.serving, settings.mlflow),
         SnapshotStore(settings.serving.snapshot_dir, storage=settings.storage),
         probe=probe,
-        on_poll=process_gauges().publish,
+        on_poll=polled,
+        on_failure=metrics.reload_failed,
     )
     tune_gc()
     try:

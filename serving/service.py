@@ -6,23 +6,27 @@ holds the service and its endpoints; what the process sets up around them (setti
 BentoML defaults below (workers, access log off) can be overridden with
 `BENTOML_CONFIG_OVERRIDES`.
 Concurrent requests of a worker are scored together (`serving.batching`); bodies are JSON only.
-Besides the prediction endpoints, BentoML provides `/livez` and `/healthz` (200 while the
-process runs), `/readyz` (503 until a model can answer), `/metrics` and the OpenAPI spec
-(`/docs.json`). Invalid input is a 400 naming the field (BentoML's validation status), too many
-texts a 413, a body that is not JSON a 415, and no usable model a 503 that says so; before
-BentoML parses anything, a body over `SERVING_MAX_BODY_BYTES` is a 413, a body not all sent
-within `SERVING_BODY_TIMEOUT_S` of the request's headers a 408 and headers over
-`SERVING_MAX_HEADER_BYTES` a 431.
+Besides the prediction endpoints, BentoML provides `/livez` and `/healthz` (503 once the model
+reloader's round is overdue by `METRICS_STALL_S`: a worker whose models can no longer change),
+`/readyz` (503 until a model can answer), `/metrics` (`serving.metrics` adds the service's own)
+and the OpenAPI spec (`/docs.json`). Invalid input is a 400 naming the field (BentoML's
+validation status), too many texts a 413, a body that is not JSON a 415, and no usable model a
+503 that says so; before BentoML parses anything, a body over `SERVING_MAX_BODY_BYTES` is a
+413, a body not all sent within `SERVING_BODY_TIMEOUT_S` of the request's headers a 408 and
+headers over `SERVING_MAX_HEADER_BYTES` a 431.
 """
 
+import logging
 import math
 from http import HTTPStatus
 
 import bentoml
 from starlette.responses import JSONResponse
 
+from common.job_metrics import Heartbeat
 from common.settings import REQUEST_TIMEOUT_S
 from serving.batching import Coalescer
+from serving.metrics import process_metrics
 from serving.model_state import LoadedModels
 from serving.predict import NoModelError, predict_texts
 from serving.runtime import (
@@ -41,6 +45,8 @@ from serving.schemas import (
 )
 
 PROBE_TEXT = "set an alarm for seven tomorrow morning"
+
+log = logging.getLogger(__name__)
 
 
 def _error(status: HTTPStatus, message: str, field: str | None = None) -> JSONResponse:
@@ -65,16 +71,20 @@ class IntentClassifier:
 
     def __init__(self) -> None:
         self.settings = process_settings().serving
-        self.reloader = start_worker(probe=self._probe)
+        self.heartbeat = Heartbeat(process_settings().metrics.stall_s)
+        self.reloader = start_worker(probe=self._probe, heartbeat=self.heartbeat)
+        self.metrics = process_metrics()
         self.coalescer = Coalescer(self._predict_many, self.settings.max_batch)
 
     def _predict_many(self, texts: list[str]) -> list[Prediction]:
-        return predict_texts(
+        predictions = predict_texts(
             self.reloader.current,
             texts,
             top_k=self.settings.top_k,
             max_snapshot_age_s=self.settings.max_snapshot_age_s,
         )
+        self.metrics.answered(predictions)
+        return predictions
 
     @staticmethod
     def _probe(models: LoadedModels) -> None:
@@ -84,6 +94,14 @@ class IntentClassifier:
     @bentoml.on_shutdown
     def stop_reloading(self) -> None:
         self.reloader.stop()
+
+    def __is_alive__(self) -> bool:
+        """Alive while the model reloader's rounds go on: BentoML's `/livez` answers 503 once
+        one is overdue (the reason is in the worker's log)."""
+        problem = self.heartbeat.stalled()
+        if problem is not None:
+            log.error("the service is stalled: %s", problem)
+        return problem is None
 
     def __is_ready__(self) -> bool:
         """Ready once a model can answer: BentoML's `/readyz` answers 503 until then."""

@@ -13,6 +13,7 @@ its events kept and nothing committed, until it succeeds or the archiver is stop
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from threading import Event
 
 import pyarrow as pa
@@ -54,8 +55,9 @@ def write_flush(
     last: int,
     events: list[Consumed],
     settings: StorageSettings | None = None,
-) -> int:
-    """Durably write one partition's offsets first..last, one file per event date.
+) -> tuple[int, int]:
+    """Durably write one partition's offsets first..last, one file per event date; returns the
+    files and the bytes written.
 
     Locally, all files are fsynced under temporary names before any is renamed, and the folders
     are fsynced after; on S3 each file is one PUT. Either way a flush is complete before its
@@ -73,7 +75,7 @@ def write_flush(
         for part, (date, rows) in enumerate(sorted(by_date.items()), start=1)
     }
     open_root(root, settings).write_all(objects)
-    return len(events)
+    return len(objects), sum(map(len, objects.values()))
 
 
 def recover(root: Location | Storage, settings: StorageSettings | None = None) -> dict[int, int]:
@@ -95,7 +97,13 @@ class Archiver:
 
     `root` is the master dataset's folder or URL; `storage` the object store's settings for an
     `s3://` root (None: read from the environment). A failed flush is retried after
-    `retry_backoff_s`, doubling up to `max_retry_backoff_s`.
+    `retry_backoff_s`, doubling up to `max_retry_backoff_s`. `heartbeat` is called once a turn
+    of the loop, for the job's liveness check; a flush that keeps failing holds the loop, so it
+    stops the heartbeat too.
+
+    The counters (`archived`, `files_written`, `bytes_written`, `failed_flushes`) and, as of the
+    last flush, `events_per_s` and `lag` (partition -> events on the topic not yet read, None
+    while the broker is away) are what the job's `/metrics` shows.
     """
 
     retry_backoff_s = 0.5
@@ -107,12 +115,18 @@ class Archiver:
         root: Location | Storage,
         settings: ArchiveSettings,
         storage: StorageSettings | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.reader = reader
         self.root = open_root(root, storage)
         self.settings = settings
+        self.heartbeat = heartbeat
         self.failed_flushes = 0
         self.archived = 0
+        self.files_written = 0
+        self.bytes_written = 0
+        self.events_per_s = 0.0
+        self.lag: dict[int, int] | None = None
         self._flushed = dict(reader.positions)
         self._buffers: dict[int, list[Consumed]] = defaultdict(list)
         self._last_flush = time.monotonic()
@@ -127,6 +141,7 @@ class Archiver:
         partitions written are committed. False if `stop` ended the retries first.
         """
         self.reader.flush_dead_letters()
+        archived_before = self.archived
         done = True
         for partition, position in self.reader.positions.items():
             first = self._flushed.get(partition, 0)
@@ -140,7 +155,10 @@ class Archiver:
             self.archived += len(events)
             self._flushed[partition] = position
         self.reader.commit(self._flushed)
-        self._last_flush = time.monotonic()
+        now = time.monotonic()
+        self.events_per_s = (self.archived - archived_before) / max(now - self._last_flush, 1e-9)
+        self._last_flush = now
+        self.lag = self.reader.partition_lag()
         return done
 
     def _write_retrying(
@@ -149,7 +167,9 @@ class Archiver:
         delay = self.retry_backoff_s
         while True:
             try:
-                write_flush(self.root, partition, first, last, events)
+                files, written = write_flush(self.root, partition, first, last, events)
+                self.files_written += files
+                self.bytes_written += written
                 return True
             except OSError as exc:  # StorageError included: the store is down or refused
                 self.failed_flushes += 1
@@ -176,6 +196,7 @@ class Archiver:
         idle_since = time.monotonic()
         started_at = sum(self.reader.positions.values())
         while not stop.is_set():
+            self.heartbeat()
             consumed = self.reader.poll(timeout_ms=200)
             for c in consumed:
                 self._buffers[c.partition].append(c)

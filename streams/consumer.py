@@ -136,14 +136,17 @@ class EventReader:
         else:
             self._committed = dict(positions)
 
-    def lag(self) -> int | None:
-        """Events on the topic not yet read by this reader; None while the broker is away."""
+    def partition_lag(self) -> dict[int, int] | None:
+        """Partition -> events on the topic not yet read by this reader; None while the broker
+        is away."""
         try:
             ends = self._consumer.end_offsets(self.partitions, timeout_ms=REPORT_TIMEOUT_MS)
         except KafkaError as exc:
             log.warning("could not read the topic's end offsets: %s", exc)
             return None
-        return sum(max(0, ends[tp] - self.positions[tp.partition]) for tp in self.partitions)
+        return {
+            tp.partition: max(0, ends[tp] - self.positions[tp.partition]) for tp in self.partitions
+        }
 
 
 class GroupReader(EventReader):
@@ -248,10 +251,10 @@ class GroupReader(EventReader):
         mine = set(self.owned())
         super().commit({p: o for p, o in positions.items() if p in mine})
 
-    def lag(self) -> int | None:
+    def partition_lag(self) -> dict[int, int] | None:
         if self._unresolved or not self.partitions:
-            return None if self._unresolved else 0
-        return super().lag()
+            return None if self._unresolved else {}
+        return super().partition_lag()
 
 
 class _Listener(AsyncConsumerRebalanceListener):

@@ -17,9 +17,15 @@ from streams.master_dataset import archived_positions
 CLI = [str(Path(sys.executable).parent / "lambda-ml")]
 
 
+# Jobs of a test run side by side (two schedulers, two speed workers): no metrics endpoint unless
+# a test asks for one on a port of its own.
+NO_METRICS_ENDPOINTS = {f"METRICS_{job}_PORT": "0" for job in ("SPEED", "ARCHIVE", "SCHEDULE")}
+
+
 def cli_env(**settings: str | Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MLFLOW_", "SPEED_"))}
-    env.update({k: str(v) for k, v in settings.items()})
+    prefixes = ("KAFKA_", "MLFLOW_", "SPEED_", "METRICS_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(NO_METRICS_ENDPOINTS | {k: str(v) for k, v in settings.items()})
     return env
 
 

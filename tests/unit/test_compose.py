@@ -572,6 +572,27 @@ def test_healthchecks_ask_the_right_port_and_path():
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
 
 
+def test_the_long_running_jobs_healthchecks_ask_their_own_healthz(monkeypatch):
+    """Each job's healthcheck asks `/healthz` on the port its settings give it, and serve's
+    start and the scheduler's wait on those checks."""
+    from common.settings import MetricsSettings
+
+    services = resolved_compose()["services"]
+    for job in ("speed", "archive", "schedule"):
+        for variable in list(os.environ):
+            if variable.startswith("METRICS_"):
+                monkeypatch.delenv(variable)
+        for variable, value in environment(services[job]).items():
+            monkeypatch.setenv(variable, value)
+        settings = MetricsSettings()
+        port = getattr(settings, f"{job}_port")
+        assert port and settings.host == "0.0.0.0", f"{job}: no metrics endpoint for Prometheus"
+        check = " ".join(services[job]["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/healthz" in check, f"{job}: {check}"
+    assert services["serve"]["depends_on"]["speed"]["condition"] == "service_healthy"
+    assert services["schedule"]["depends_on"]["archive"]["condition"] == "service_healthy"
+
+
 def test_kafka_is_a_single_kraft_node_with_internal_topics_replicated_once():
     env = environment(load_compose()["services"]["kafka"])
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"

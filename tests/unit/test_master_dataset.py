@@ -92,6 +92,9 @@ class FakeReader:
     def flush_dead_letters(self):
         pass
 
+    def partition_lag(self):
+        return {partition: 0 for partition in self.positions}
+
 
 def test_a_failed_flush_is_retried_and_nothing_is_committed_before_it_lands(tmp_path):
     storage = FlakyStorage(tmp_path, failures=3)
@@ -112,6 +115,10 @@ def test_a_failed_flush_is_retried_and_nothing_is_committed_before_it_lands(tmp_
     assert archived_positions(tmp_path) == {0: 5, 1: 3}
     assert reader.commits[-1] == {0: 5, 1: 3}
     assert history(tmp_path).count_rows() == 8
+    files = sorted(tmp_path.glob("date=*/*.parquet"))
+    assert archiver.files_written == len(files) == 2
+    assert archiver.bytes_written == sum(f.stat().st_size for f in files)
+    assert archiver.lag == {0: 0, 1: 0}
 
 
 def test_a_flush_stopped_during_an_outage_commits_only_what_was_written(tmp_path):

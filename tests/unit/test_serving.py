@@ -48,7 +48,7 @@ from pipelines.bento_server import SERVICE_NAME, bentoml_overrides
 from pipelines.serve_cli import serve as serve_command
 from serving import runtime
 from serving.batching import Coalescer
-from serving.metrics import ModelGauges
+from serving.metrics import ServiceMetrics
 from serving.middleware import BoundedRequests
 from serving.model_state import FileChampion, LoadedModels, ModelReloader
 from serving.predict import predict_texts
@@ -499,7 +499,7 @@ def test_gauges_report_the_models_in_use(tmp_path, batch_model, speed_model):
     save_champion_file(tmp_path / "champion.pkl", batch_model, "12")
     write_snapshot(tmp_path / "snapshots", speed_model, {0: 1}, age_s=30)
     registry = CollectorRegistry()
-    gauges = ModelGauges(registry)
+    gauges = ServiceMetrics(registry)
     state = ModelReloader(
         FileChampion(tmp_path / "champion.pkl"),
         SnapshotStore(tmp_path / "snapshots"),
@@ -510,6 +510,25 @@ def test_gauges_report_the_models_in_use(tmp_path, batch_model, speed_model):
     assert registry.get_sample_value("lambda_ml_speed_snapshot_sequence") == 1
     assert 29 < registry.get_sample_value("lambda_ml_speed_snapshot_age_seconds") < 60
     assert not state.refresh()  # nothing new: nothing reloaded
+
+
+def test_answers_are_counted_by_source_with_their_confidence_and_call_size(speed_model):
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    texts = ["wake me up at seven", "what's the weather", "set a timer"]
+    predictions = predict_texts(speed_only(speed_model), texts, top_k=1, max_snapshot_age_s=1e9)
+    metrics.answered(predictions)
+    metrics.answered(predictions[:1])
+    value = registry.get_sample_value
+    assert value("lambda_ml_answers_total", {"source": "speed"}) == 4
+    assert value("lambda_ml_answers_total", {"source": "blend"}) is None
+    assert value("lambda_ml_coalesced_batch_size_count") == 2
+    assert value("lambda_ml_coalesced_batch_size_sum") == 4
+    assert value("lambda_ml_coalesced_batch_size_bucket", {"le": "2.0"}) == 1
+    confidences = [p.confidence for p in predictions] + [predictions[0].confidence]
+    assert value("lambda_ml_answer_confidence_sum", {"source": "speed"}) == pytest.approx(
+        sum(confidences)
+    )
 
 
 def test_serve_command_runs_bentoml_with_the_options(monkeypatch):

@@ -185,13 +185,20 @@ def test_a_report_holds_the_figures_the_rate_the_lag_and_the_freshness(tmp_path)
     report.learnt(49_999.0)
     report.made_durable()
     clock.now += 4
-    second = report.send(170, lambda: {"events_learnt": 170.0}, lambda: 7)
+    wall.now += 2
+    second = report.send(170, lambda: {"events_learnt": 170.0}, lambda: {0: 7, 1: 3})
     assert second == {
         "events_learnt": 170.0,
         "events_per_s": 5.0,  # 20 events in 4 s: only since the last report
-        "lag": 7.0,
+        "lag": 10.0,
+        "lag_p0": 7.0,
+        "lag_p1": 3.0,
+        "snapshot_age_s": 2.0,
+        "freshness_p50_s": 1.0,
         "freshness_p95_s": 1.0,
+        "freshness_p99_s": 1.0,
     }
+    assert report.latest == second
     assert sent == [(first, 150), (second, 170)]
 
 
@@ -211,7 +218,7 @@ def test_a_rebase_forgets_the_events_not_yet_durable(tmp_path):
     report.learnt(1.0)
     report.restart_count()
     report.made_durable()
-    assert not report.freshness_s and report.freshness_p95_s() is None
+    assert not report.freshness_s and report.freshness_percentiles_s() == {}
     clock.now += 10
     assert report.send(30, dict, lambda: None)["events_per_s"] == 3.0  # counted from zero
 
@@ -250,8 +257,8 @@ class FakeReader:
         self.calls.append("commit")
         self.committed.append(dict(positions))
 
-    def lag(self) -> int | None:
-        return len(self.events) - self.positions[0]
+    def partition_lag(self) -> dict[int, int] | None:
+        return {0: len(self.events) - self.positions[0]}
 
 
 class FakeStore:
@@ -366,12 +373,22 @@ def test_the_layers_last_report_has_the_same_metrics_keys(tmp_path):
         "speed_weight",
         "batch_weight_on_batch_trained_texts",
         "drift_detections",
-        "events_per_s",
-        "lag",
-        "freshness_p95_s",
+        *REPORTED_ONLY,
     }
-    assert metrics["events_learnt"] == 30.0 and metrics["lag"] == 0.0
-    assert set(store.saved[-1].metrics) == set(metrics) - {"events_per_s", "lag", "freshness_p95_s"}
+    assert metrics["events_learnt"] == 30.0 and metrics["lag"] == metrics["lag_p0"] == 0.0
+    assert set(store.saved[-1].metrics) == set(metrics) - REPORTED_ONLY
+
+
+# What a report adds to the layer's own figures (a snapshot keeps those only).
+REPORTED_ONLY = {
+    "events_per_s",
+    "lag",
+    "lag_p0",
+    "snapshot_age_s",
+    "freshness_p50_s",
+    "freshness_p95_s",
+    "freshness_p99_s",
+}
 
 
 def test_the_layer_keeps_freshness_for_its_window_of_latest_events_only(tmp_path):
