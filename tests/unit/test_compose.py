@@ -54,6 +54,8 @@ THIRD_PARTY_SERVICES = {
     # The official apache/spark image: the batch layer's standalone cluster.
     "spark-master",
     "spark-worker",
+    # The official prom/prometheus image: its configuration is a mounted file, no variables.
+    "prometheus",
     # MLflow's own server, started by mlflow/entrypoint.sh from the project image: the variables
     # are the script's (checked against it below).
     "mlflow",
@@ -704,3 +706,61 @@ def test_the_speed_layer_runs_as_a_consumer_group_of_two_workers_on_the_shared_s
     assert int(read_env_file()["KAFKA_PARTITIONS"]) >= int(speed["deploy"]["replicas"])
     assert env["SPEED_SNAPSHOT_DIR"].startswith("s3://")
     assert not speed.get("volumes"), "workers on several machines share no volume"
+
+
+def prometheus_targets(config: Mapping[str, Any]) -> dict[str, set[tuple[str, int]]]:
+    """Job name -> the (host, port) pairs it scrapes: static targets, and DNS names."""
+    targets: dict[str, set[tuple[str, int]]] = {}
+    for job in config["scrape_configs"]:
+        found = targets.setdefault(job["job_name"], set())
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                found.add((host, int(port)))
+        for dns in job.get("dns_sd_configs", []):
+            found |= {(name, int(dns["port"])) for name in dns["names"]}
+    return targets
+
+
+def prometheus_problems(config: Mapping[str, Any], services: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the scrape configuration against the compose services: each
+    long-running job scraped once, at the port compose serves its metrics on."""
+    ports = {
+        "speed": environment(services["speed"])["METRICS_SPEED_PORT"],
+        "archive": environment(services["archive"])["METRICS_ARCHIVE_PORT"],
+        "schedule": environment(services["schedule"])["METRICS_SCHEDULE_PORT"],
+        "serve": environment(services["serve"])["SERVING_PORT"],
+    }
+    targets = prometheus_targets(config)
+    problems = [f"{job} is not scraped" for job in ports if job not in targets]
+    problems += [f"{job} is not a long-running job" for job in targets if job not in ports]
+    for job, port in ports.items():
+        if job in targets and targets[job] != {(job, int(port))}:
+            problems.append(f"{job}: scraped at {sorted(targets[job])}, serves on {job}:{port}")
+    return problems
+
+
+def prometheus_config(services: Mapping[str, Any]) -> dict[str, Any]:
+    (mount,) = [v for v in services["prometheus"]["volumes"] if v.endswith("prometheus.yml:ro")]
+    return yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+
+
+def test_prometheus_scrapes_every_long_running_job_where_compose_serves_its_metrics():
+    services = resolved_compose()["services"]
+    config = prometheus_config(services)
+    assert prometheus_problems(config, services) == []
+    speed = next(job for job in config["scrape_configs"] if job["job_name"] == "speed")
+    assert "dns_sd_configs" in speed  # every replica of the speed service, not one of them
+    assert environment(services["speed"]).get("METRICS_HOST") == "0.0.0.0"
+
+
+def test_a_prometheus_target_on_the_wrong_port_or_missing_is_caught():
+    services = resolved_compose()["services"]
+    config = prometheus_config(services)
+    archive = next(job for job in config["scrape_configs"] if job["job_name"] == "archive")
+    archive["static_configs"] = [{"targets": ["archive:9"]}]
+    config["scrape_configs"] = [j for j in config["scrape_configs"] if j["job_name"] != "serve"]
+    assert prometheus_problems(config, services) == [
+        "serve is not scraped",
+        "archive: scraped at [('archive', 9)], serves on archive:9102",
+    ]
