@@ -70,17 +70,29 @@ class EventReader:
         stage: str,
         start_offsets: Mapping[int, int] | None = None,
     ) -> None:
+        partitions = self._attach(consumer, dlq_producer, settings, stage)
+        self.partitions = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
+        consumer.assign(self.partitions)
+        self.positions: dict[int, int] = {}
+        self.seek(start_offsets or {})
+        self._committed: dict[int, int] = {}
+
+    def _attach(
+        self,
+        consumer: KafkaConsumer,
+        dlq_producer: KafkaProducer,
+        settings: KafkaSettings,
+        stage: str,
+    ) -> set[int]:
+        """Keep the consumer, the dead letters and the settings; the topic's partitions, or a
+        clear error when the topic does not exist."""
         self._consumer = consumer
         self._dead_letters = DeadLetters(dlq_producer, settings.dlq_topic, stage)
         self._settings = settings
         partitions = consumer.partitions_for_topic(settings.topic)
         if not partitions:
             raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
-        self.partitions = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
-        consumer.assign(self.partitions)
-        self.positions: dict[int, int] = {}
-        self.seek(start_offsets or {})
-        self._committed: dict[int, int] = {}
+        return partitions
 
     def seek(self, offsets: Mapping[int, int]) -> None:
         """Read next from these offsets; partitions not named start at their beginning."""
@@ -175,11 +187,7 @@ class GroupReader(EventReader):
         on_assigned: Callable[[list[int]], Mapping[int, int | None]],
         on_revoked: Callable[[list[int]], None],
     ) -> None:
-        self._consumer = consumer
-        self._dead_letters = DeadLetters(dlq_producer, settings.dlq_topic, stage)
-        self._settings = settings
-        if not consumer.partitions_for_topic(settings.topic):
-            raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
+        self._attach(consumer, dlq_producer, settings, stage)
         self.partitions = []
         self.positions = {}
         self._committed = {}
