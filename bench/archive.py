@@ -20,7 +20,7 @@ from bench import save_figures
 from common.settings import ArchiveSettings, KafkaSettings, Settings
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, run_produce
-from streams import broker
+from pipelines.services import broker
 from streams.archiver import Archiver
 from streams.master_dataset import history
 

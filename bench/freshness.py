@@ -27,7 +27,7 @@ from common.processes import ProcessGroup, free_port, http_ready
 from common.settings import KafkaSettings, Settings
 from pipelines.demo import lambda_ml
 from pipelines.produce import ReplayOptions, run_produce
-from streams import broker
+from pipelines.services import broker
 
 WORDS = ["zorbl", "quixa", "vamble", "prindo", "tuskel", "morvan", "glimsy", "fendro"]
 

@@ -9,7 +9,7 @@
   the same distinct rows, the same counts, the same holdout texts.
 - The sampled fit: on a smaller history of the same shape, where the full fit still runs, the
   batch model fitted on every distinct training row and on a sample of a tenth of them
-  (`pipelines.training_sample`), both scored first-seen on the same holdout.
+  (`pipelines.batch.training_sample`), both scored first-seen on the same holdout.
 
 Part of `lambda-ml bench retrain --engine local,spark`; the figures go to retrain.json.
 """
@@ -23,10 +23,10 @@ import numpy as np
 
 from bench.retrain import HOLDOUT_FRACTION, _child, in_scope, tail_for, write_master
 from models.batch_model import build_batch_model, fit_on_counts
-from pipelines.history import read_history_split
-from pipelines.holdout_report import score_holdout
+from pipelines.batch.history import read_history_split
+from pipelines.batch.holdout_report import score_holdout
+from pipelines.batch.training_sample import sample_split
 from pipelines.provenance import provenance
-from pipelines.training_sample import sample_split
 from streams.master_dataset import archived_positions
 
 PASS_EVENTS = 10_000_000
@@ -43,14 +43,14 @@ HISTORY_PASS = """
 import json, pickle, resource, sys, time
 from pathlib import Path
 from common.settings import BatchSettings
-from pipelines.history import count_history, split_counts
+from pipelines.batch.history import count_history, split_counts
 from streams.master_dataset import archived_positions
 engine, master, out, repeats, fraction, spark_master = sys.argv[1:7]
 batch = BatchSettings(master_dir=Path(master), engine=engine, spark_master=spark_master)
 cutoff = archived_positions(batch.master_dir)
 start = 0.0
 if engine == "spark":
-    from pipelines.history_spark import spark_session
+    from pipelines.batch.history_spark import spark_session
     mark = time.perf_counter()
     spark_session(spark_master, batch.spark_conf)
     start = time.perf_counter() - mark

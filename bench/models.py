@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bench import save_figures
 from models.model_spec import ModelSpec
-from pipelines import evaluation_report
-from pipelines.evaluate import EvaluationPlan, run_evaluation
+from pipelines.evaluation import report as evaluation_report
+from pipelines.evaluation.evaluate import EvaluationPlan, run_evaluation
 from pipelines.produce import ReplayOptions
 from pipelines.provenance import PROJECT_ROOT
 

@@ -37,9 +37,9 @@ from bench import RESULTS_DIR, save_figures
 from common.processes import free_port
 from common.settings import BatchSettings, LocalMlflowSettings, MlflowSettings
 from models.batch_model import build_batch_model
-from pipelines import tracking_server
-from pipelines.history import read_history_split
+from pipelines.batch.history import read_history_split
 from pipelines.provenance import provenance
+from pipelines.services import tracking_server
 from streams.dataset import CLINC150_DATA, Example, load_dataset
 from streams.master_dataset import SCHEMA, FlushFile, archived_positions
 from streams.query_log import QueryLog
@@ -145,7 +145,7 @@ RUN_RETRAIN = """
 import json, resource, sys, time
 from pathlib import Path
 from common.settings import BatchSettings, MlflowSettings
-from pipelines.retrain import retrain
+from pipelines.batch.retrain import retrain
 master, uri, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 started, cpu_started = time.perf_counter(), time.process_time()
 tracking = MlflowSettings(tracking_uri=uri, registered_model=name, experiment=name)

@@ -51,7 +51,12 @@ from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
-from pipelines.bento_server import SERVICE_NAME, SERVICE_TARGET, bentoml_overrides, bentoml_server
+from pipelines.services.bento_server import (
+    SERVICE_NAME,
+    SERVICE_TARGET,
+    bentoml_overrides,
+    bentoml_server,
+)
 from streams.dataset import CLINC150_DATA, load_dataset
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -72,8 +72,8 @@ from models.speed_model import build_speed_model
 from models.texts import TextMemory
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, replay_messages, run_produce
-from pipelines.speed import SpeedLayer
-from streams import broker
+from pipelines.services import broker
+from pipelines.speed.layer import SpeedLayer
 from streams.dataset import CLINC150_DATA, load_dataset
 from streams.schema import parse_event
 

@@ -50,8 +50,8 @@ from models.snapshot import SnapshotStore, merge_snapshots
 from models.speed_model import build_speed_model
 from pipelines.jobs import group_member
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.speed import GroupSpeedLayer
-from streams import broker
+from pipelines.services import broker
+from pipelines.speed.layer import GroupSpeedLayer
 from streams.consumer import Consumed
 
 PARTITIONS = 4

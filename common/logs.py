@@ -4,11 +4,11 @@ line (`LOG_FORMAT=json`) that a collector can parse without guessing at the layo
 Every JSON line names the job, the level, the time, the logger and the message, and carries the
 `extra` fields the call gave, so a log search can filter on them:
 
->>> record = logging.LogRecord("pipelines.retrain", logging.INFO, "", 0, "done", None, None)
+>>> record = logging.LogRecord("pipelines.batch.retrain", logging.INFO, "", 0, "done", None, None)
 >>> record.version = "3"
 >>> line = json.loads(JsonFormatter("retrain").format(record))
 >>> line["job"], line["level"], line["logger"], line["message"], line["version"]
-('retrain', 'INFO', 'pipelines.retrain', 'done', '3')
+('retrain', 'INFO', 'pipelines.batch.retrain', 'done', '3')
 """
 
 import json

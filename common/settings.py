@@ -112,7 +112,7 @@ class BatchSettings(BaseSettings):
 
     `holdout_fraction` of the distinct texts (by hash) are held out; keep it fixed, so that no
     version ever trains on another's holdout. The `gate_*` settings are the promotion gate's
-    rules (`pipelines.promotion.GateRules`).
+    rules (`pipelines.batch.promotion.GateRules`).
 
     `model` is the factory of the scikit-learn model a run trains (`package.module:factory`,
     read by `models.model_spec.ModelSpec`) and `model_params` its keyword arguments
@@ -123,7 +123,7 @@ class BatchSettings(BaseSettings):
     `spark://host:7077`, `k8s://...`), with `spark_conf` added to the session's configuration
     (`BATCH_SPARK_CONF` holds it as a JSON object). When the distinct training rows exceed
     `max_distinct_rows`, the fit takes a sample of them, drawn with `sample_seed`
-    (`pipelines.training_sample`).
+    (`pipelines.batch.training_sample`).
     """
 
     model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
@@ -157,7 +157,7 @@ class SpeedSettings(BaseSettings):
     `<registered model>-speed`, besides after every re-base; 0 registers after re-bases only.
 
     `scale_out` makes the worker one member of the consumer group `group_id`, sharing the
-    partitions with the other workers (`pipelines.speed.GroupSpeedLayer`), each keeping one
+    partitions with the other workers (`pipelines.speed.layer.GroupSpeedLayer`), each keeping one
     model per partition; it predicts with its own partitions' models added to the others'
     newest snapshots, read again every `peer_refresh_s`. `session_timeout_ms` and
     `heartbeat_interval_ms` are the group's: a worker that dies loses its partitions after

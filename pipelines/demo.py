@@ -25,9 +25,8 @@ from rich.table import Table
 
 from common.processes import ProcessGroup, http_ready
 from common.settings import KafkaSettings, MlflowSettings, Settings
-from pipelines import tracking_server
 from pipelines.produce import ReplayOptions, run_produce
-from streams import broker
+from pipelines.services import broker, tracking_server
 
 LAMBDA_ML = [str(Path(sys.executable).parent / "lambda-ml")]
 REPORTS = Path("reports")

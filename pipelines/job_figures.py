@@ -10,8 +10,8 @@ import re
 from collections.abc import Iterator, Mapping
 
 from common.job_metrics import Family, FiguresCollector, Sample
-from pipelines.schedule import OUTCOMES, Scheduler
-from pipelines.speed import GroupSpeedLayer, SpeedLayer
+from pipelines.batch.schedule import OUTCOMES, Scheduler
+from pipelines.speed.layer import GroupSpeedLayer, SpeedLayer
 from streams.archiver import Archiver
 
 SPEED = "lambda_ml_speed"

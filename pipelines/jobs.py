@@ -19,7 +19,7 @@ from common.settings import (
 from models.champion_watch import ChampionWatch, RegistryChampions
 from models.snapshot import SnapshotStore
 from pipelines.job_figures import archive_collector, speed_collector
-from pipelines.speed import GroupSpeedLayer, SpeedLayer
+from pipelines.speed.layer import GroupSpeedLayer, SpeedLayer
 from pipelines.tracking import RunReporter, SnapshotRegistrar, tracking_client
 from streams.archiver import Archiver, recover
 from streams.consumer import EventReader, GroupReader, make_consumer

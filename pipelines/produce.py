@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.settings import KafkaSettings
-from streams.broker import topic_partitions
+from pipelines.services.broker import topic_partitions
 from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
 from streams.producer import ProduceStats, Timeline, event_messages, make_producer, publish
 from streams.query_log import QueryLog

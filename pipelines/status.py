@@ -25,10 +25,10 @@ from common.processes import ServiceError
 from common.settings import Settings
 from models.registry import CHALLENGER, CHAMPION, CUTOFF_TAG, alias_version, decode_offsets
 from models.snapshot import SnapshotStore, SpeedSnapshot
-from pipelines.retrain_task import last_outcome
+from pipelines.batch.retrain_task import last_outcome
+from pipelines.services import broker
+from pipelines.services.tracking_server import is_healthy
 from pipelines.tracking import tracking_client
-from pipelines.tracking_server import is_healthy
-from streams import broker
 from streams.master_dataset import archived_positions, footprint, open_root
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pipelines import edge
+from pipelines.cli import edge
 from tests.reliability_report import ReliabilityReport
 
 _report = ReliabilityReport()

@@ -31,9 +31,9 @@ import pytest
 
 from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHAMPION, fetch_champion
-from pipelines import tracking_server
+from pipelines.batch.retrain import RetrainResult, retrain
 from pipelines.provenance import PROJECT_ROOT
-from pipelines.retrain import RetrainResult, retrain
+from pipelines.services import tracking_server
 from pipelines.tracking import tracking_client
 from streams.archiver import write_flush
 from streams.consumer import Consumed

@@ -21,8 +21,7 @@ from common.settings import (
     MlflowSettings,
     StorageSettings,
 )
-from pipelines import tracking_server
-from streams import broker
+from pipelines.services import broker, tracking_server
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
     """The environment's store if STORAGE_ENDPOINT_URL is set; otherwise the project's S3Proxy
     on a free port in a throwaway home, sharing the usual jar cache (STORAGE_CACHE_DIR or
     STORAGE_HOME), so that it does not fetch the jar again."""
-    from pipelines import object_store as launcher
+    from pipelines.services import object_store as launcher
 
     configured, configured_local = StorageSettings(), LocalObjectStoreSettings()
     if configured.uses_local_server:

@@ -22,7 +22,7 @@ from common.processes import ChildProcess, free_port
 from models.blend import HedgeBlender
 from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets, fluent_mlflow
 from models.snapshot import SnapshotStore, SpeedSnapshot
-from pipelines.bento_server import SERVICE_NAME, bentoml_overrides, bentoml_server
+from pipelines.services.bento_server import SERVICE_NAME, bentoml_overrides, bentoml_server
 from streams.dataset import CLINC150_DATA, Example, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ import pytest
 
 from common.settings import KafkaSettings, LocalBrokerSettings
 from models.snapshot import SnapshotStore
-from streams import broker
+from pipelines.services import broker
 from streams.master_dataset import archived_positions, history
 from streams.producer import ProduceStats, make_producer, publish
 from streams.schema import parse_event

@@ -14,9 +14,9 @@ from mlflow import MlflowClient
 
 from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHALLENGER, CHAMPION, fetch_alias
-from pipelines.history import NoData, count_history_local, split_counts
-from pipelines.history_spark import count_history_spark
-from pipelines.retrain import retrain
+from pipelines.batch.history import NoData, count_history_local, split_counts
+from pipelines.batch.history_spark import count_history_spark
+from pipelines.batch.retrain import retrain
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset

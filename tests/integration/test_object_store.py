@@ -17,10 +17,10 @@ from rich.console import Console
 from common.processes import ChildProcess
 from common.storage import S3Storage, Storage
 from models.snapshot import SnapshotStore, merge_snapshots
-from pipelines import object_store as launcher
-from pipelines.history import read_history_split
+from pipelines.batch.history import read_history_split
+from pipelines.batch.schedule import Lease, lease_for, run_locked
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.schedule import Lease, lease_for, run_locked
+from pipelines.services import object_store as launcher
 from pipelines.signals import drift_raised_at, raise_drift_signal
 from streams.master_dataset import _flush_files, archived_positions, history
 from tests.integration.cli_processes import (

@@ -23,7 +23,7 @@ import pytest
 from common.processes import ChildProcess, free_port
 from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHAMPION, fluent_mlflow
-from pipelines.retrain import RetrainResult, retrain
+from pipelines.batch.retrain import RetrainResult, retrain
 from tests.integration.test_retrain import archive, clinc_rows, settings_for
 
 pytestmark = pytest.mark.integration

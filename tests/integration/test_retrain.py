@@ -22,11 +22,11 @@ from models.registry import (
     fetch_champion,
     load_champion,
 )
-from pipelines import tracking_server
-from pipelines.cli import app
-from pipelines.history import read_history_split
-from pipelines.retrain import NothingNew, retrain
-from pipelines.retrain_task import SKIPPED_EXIT_CODE
+from pipelines.batch.history import read_history_split
+from pipelines.batch.retrain import NothingNew, retrain
+from pipelines.batch.retrain_task import SKIPPED_EXIT_CODE
+from pipelines.cli.main import app
+from pipelines.services import tracking_server
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset

@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 
 from common.settings import BatchSettings
 from common.storage import Storage
-from pipelines.retrain import NothingNew, retrain
-from pipelines.retrain_task import SKIPPED_EXIT_CODE, attempt, last_outcome
-from pipelines.schedule import Cadence, Lease, Scheduler
+from pipelines.batch.retrain import NothingNew, retrain
+from pipelines.batch.retrain_task import SKIPPED_EXIT_CODE, attempt, last_outcome
+from pipelines.batch.schedule import Cadence, Lease, Scheduler
 from tests.integration.cli_processes import CLI, cli_env, storage_env
 from tests.integration.test_retrain import archive, clinc_rows, settings_for
 from tests.unit.test_deploy import CRONJOB, retrain_container, script
@@ -67,7 +67,7 @@ def test_retrain_exits_by_what_it_registered_and_says_so_in_json(mlflow_server, 
     assert outcome["cutoff_offsets"] == {str(p): o for p, o in offsets.items()}
     assert outcome["scores"]["first_seen_accuracy"] > 0.85
     assert {line["job"] for line in logs} == {"retrain"}
-    done = [line for line in logs if line["logger"] == "pipelines.retrain"]
+    done = [line for line in logs if line["logger"] == "pipelines.batch.retrain"]
     assert done and done[-1]["message"].startswith("version 1 (champion)")
     assert all({"timestamp", "level", "message"} <= set(line) for line in logs)
 

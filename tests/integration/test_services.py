@@ -7,8 +7,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from mlflow import MlflowClient
 
-from pipelines import tracking_server
-from streams import broker
+from pipelines.services import broker, tracking_server
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import pytest
 
 from common.settings import LocalMlflowSettings, MlflowSettings
 from models.snapshot import SnapshotStore
-from pipelines import tracking_server
+from pipelines.services import tracking_server
 from tests.integration.conftest import throwaway_mlflow
 from tests.integration.live_service import (
     Traffic,

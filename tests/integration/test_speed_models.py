@@ -117,7 +117,7 @@ def test_switching_the_model_re_bases_and_replays_the_stream(stream, tmp_path, m
     first = run_speed(kafka, speed_settings(tmp_path, monkeypatch, NAIVE_BAYES), None, Event(), 3)
     assert first.state.events_learnt == labelled
     settings = speed_settings(tmp_path, monkeypatch, SOFTMAX)
-    with caplog.at_level("WARNING", logger="pipelines.speed"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer = run_speed(kafka, settings, None, Event(), idle_exit_s=3)
     sequence = SnapshotStore(settings.snapshot_dir).latest_sequence()
     assert (

@@ -7,7 +7,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from pipelines.cli.main import app
 from pipelines.produce import ReplayOptions, replay_messages, run_produce
 from streams.consumer import EventReader, make_consumer
 from streams.dead_letters import dead_letter_reason

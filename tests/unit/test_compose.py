@@ -26,7 +26,7 @@ import typer
 import yaml
 from pydantic_settings import BaseSettings
 
-from pipelines.cli import app
+from pipelines.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -632,7 +632,7 @@ def test_dockerfile_installs_the_project_and_runs_lambda_ml_as_a_user():
     arguments = {keyword: [a for k, a in instructions if k == keyword] for keyword in keywords}
     assert arguments["FROM"] == ["python:3.11-slim"]
     assert arguments["ENTRYPOINT"][-1] == '["lambda-ml"]'
-    assert PYPROJECT["project"]["scripts"]["lambda-ml"] == "pipelines.cli:app"
+    assert PYPROJECT["project"]["scripts"]["lambda-ml"] == "pipelines.cli.main:app"
     assert any("pip install -c constraints.txt ." in run for run in arguments["RUN"])
     user = arguments["USER"][-1]
     assert user not in ("root", "0"), "the image must not run as root"

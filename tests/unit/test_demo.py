@@ -17,9 +17,9 @@ from rich.console import Console
 
 from common.processes import ProcessGroup, ServiceError
 from common.settings import KafkaSettings, MlflowSettings, Settings
-from pipelines import demo, tracking_server
+from pipelines import demo
 from pipelines.demo import DemoPlan, Service, demo_jobs, lambda_ml, run_demo, shut_down
-from streams import broker
+from pipelines.services import broker, tracking_server
 
 FAKE_JOB = "import time; time.sleep(60)  # a stand-in lambda-ml job"
 LAYERS = ["speed", "archive", "schedule", "serve"]

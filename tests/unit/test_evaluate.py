@@ -6,8 +6,8 @@ import random
 from typer.testing import CliRunner
 
 from models.texts import normalise
-from pipelines.cli import app
-from pipelines.evaluate import _split_probes
+from pipelines.cli.main import app
+from pipelines.evaluation.evaluate import _split_probes
 from streams.dataset import Example
 
 WORDS = {

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.history_spark import SparkUnavailable, java_version, session_conf
+from pipelines.batch.history_spark import SparkUnavailable, java_version, session_conf
 
 
 def test_local_mode_is_quiet_and_shuffles_into_two_partitions_a_core():

@@ -19,7 +19,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 RUNTIME = ("common", "streams", "models", "serving", "pipelines", "bench")
 # The modules that read the environment into settings: the CLI's edge, and the serving
 # process's own (BentoML imports the service in each worker, with no CLI above it).
-EDGES = {"pipelines/edge.py", "serving/runtime.py"}
+EDGES = {"pipelines/cli/edge.py", "serving/runtime.py"}
 SETTINGS_TYPES = {
     name
     for name, value in vars(settings_module).items()
@@ -53,7 +53,7 @@ def test_a_wrong_import_breaks_a_contract(tmp_path: Path):
         )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     init = tmp_path / "serving" / "__init__.py"
-    init.write_text(init.read_text() + "\nimport pipelines.cli  # noqa\n")
+    init.write_text(init.read_text() + "\nimport pipelines.cli.main  # noqa\n")
     done = lint_imports(tmp_path)
     assert done.returncode != 0
     assert "serving is not allowed to import pipelines" in done.stdout

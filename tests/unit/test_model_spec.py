@@ -13,7 +13,7 @@ from models.contracts import (
     has_vectorised_proba,
 )
 from models.model_spec import ModelSpec, ModelSpecError
-from pipelines.cli import app
+from pipelines.cli.main import app
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.promotion import GateRules, compare, first_version
+from pipelines.batch.promotion import GateRules, compare, first_version
 
 
 def paired(wins: int, losses: int, both_right: int = 50, both_wrong: int = 10):

@@ -11,7 +11,7 @@ import pytest
 
 from common.settings import StorageSettings
 from common.storage import Storage
-from pipelines.schedule import Cadence, Lease, Scheduler, lease_for, run_locked
+from pipelines.batch.schedule import Cadence, Lease, Scheduler, lease_for, run_locked
 from pipelines.signals import raise_drift_signal
 
 
@@ -174,7 +174,7 @@ def test_contending_leases_never_hold_at_once(tmp_path):
 def test_a_leased_run_is_renewed_while_it_lasts(tmp_path, monkeypatch):
     store = Storage.from_url(tmp_path)
     lease = Lease(store, "lock", lease_s=0.3, owner="runner")
-    monkeypatch.setattr("pipelines.schedule.lease_for", lambda *_: lease)
+    monkeypatch.setattr("pipelines.batch.schedule.lease_for", lambda *_: lease)
     outcomes: list[bool] = []
 
     def job() -> None:

@@ -44,8 +44,8 @@ from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import SnapshotHeader, SnapshotStore, SpeedSnapshot
 from models.speed_model import HashedTextNB
 from models.texts import TextMemory
-from pipelines.bento_server import SERVICE_NAME, bentoml_overrides
-from pipelines.serve_cli import serve as serve_command
+from pipelines.cli.serve import serve as serve_command
+from pipelines.services.bento_server import SERVICE_NAME, bentoml_overrides
 from serving import runtime
 from serving.batching import Coalescer
 from serving.metrics import ServiceMetrics

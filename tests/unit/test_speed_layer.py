@@ -23,10 +23,15 @@ from models.snapshot import (
     SnapshotUnreadable,
     SpeedSnapshot,
 )
-from pipelines import speed_loop
 from pipelines.signals import SIGNAL_FILE, drift_raised_at
-from pipelines.speed import GroupSpeedLayer, SpeedLayer
-from pipelines.speed_loop import DriftWatch, RegistrationSchedule, SnapshotSchedule, SpeedReport
+from pipelines.speed import schedules as speed_loop
+from pipelines.speed.layer import GroupSpeedLayer, SpeedLayer
+from pipelines.speed.schedules import (
+    DriftWatch,
+    RegistrationSchedule,
+    SnapshotSchedule,
+    SpeedReport,
+)
 from pipelines.tracking import RunReporter, SnapshotRegistrar, snapshot_tags
 from streams.consumer import MAX_POLL_RECORDS, Consumed
 from streams.schema import QueryEvent
@@ -314,7 +319,7 @@ def test_a_store_that_is_down_delays_the_snapshot_and_commit_but_not_the_learnin
     calls: list[str] = []
     reader, store = FakeReader(250, calls), DownStore(calls, down={1, 2})
     layer = SpeedLayer(reader, store, speed_settings(tmp_path, snapshot_every_events=100))
-    with caplog.at_level("WARNING", logger="pipelines.speed"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer.run(Event(), max_events=250)
     assert "snapshot not saved" in caplog.text and "store unreachable" in caplog.text
     assert layer.state.events_learnt == 250
@@ -344,7 +349,7 @@ def test_a_drift_signal_the_store_refuses_is_a_warning(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(speed_loop, "raise_drift_signal", refused)
     watch = DriftWatch(tmp_path)
-    with caplog.at_level("WARNING", logger="pipelines.speed_loop"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.schedules"):
         at = feed_until_detected(watch, [0.0] * 2000 + [1.0] * 500)
     assert at is not None and watch.detections == 1
     assert "could not raise the drift signal" in caplog.text
@@ -455,7 +460,7 @@ def test_a_changed_spec_re_bases_from_the_start_without_a_champion_and_says_why(
         f'{NAIVE_BAYES} {{"alpha": 0.5}}'
     )
     assert layer.rebase_reason == reason
-    with caplog.at_level("WARNING", logger="pipelines.speed"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer.run(Event(), max_events=30)
     assert f"re-basing on version None from offsets {{}}: {reason}" in caplog.text
     assert layer.rebase_reason is None
@@ -472,7 +477,7 @@ def test_a_changed_spec_re_bases_from_the_current_champions_cut_off(tmp_path, ca
     first.run(Event(), max_events=20)  # re-based on the champion: events 10 to 30
     assert (store.saved[-1].base_version, store.saved[-1].offsets) == ("3", {0: 30})
     layer, reader = make_layer(tmp_path, store, model=NAIVE_BAYES, champion=champion)
-    with caplog.at_level("WARNING", logger="pipelines.speed"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer.run(Event(), max_events=15)
     assert "re-basing on version 3 from offsets {0: 10}: the speed model changed" in caplog.text
     assert layer.champion is champion
@@ -492,7 +497,7 @@ def test_a_snapshot_that_cannot_be_read_is_re_based_on_with_the_reason(tmp_path,
         layer.rebase_reason
         == f"snapshot {tmp_path}/snapshot-000000000007.pkl cannot be used: EOFError"
     )
-    with caplog.at_level("WARNING", logger="pipelines.speed"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer.run(Event(), max_events=10)
     assert "cannot be used: EOFError" in caplog.text
     assert layer.state.events_learnt == 10
@@ -575,7 +580,7 @@ def test_a_failing_registration_is_logged_and_the_stream_goes_on(tmp_path, caplo
         tmp_path, FakeStore([]), events=30, register=broken, snapshot_every_events=10
     )
     layer.rebase({}, None)
-    with caplog.at_level("WARNING", logger="pipelines.speed"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer.run(Event(), max_events=30)
     assert "could not hand snapshot snapshot-1 over for registration: disk full" in caplog.text
     assert layer.state.events_learnt == 30
@@ -658,7 +663,7 @@ def test_a_group_worker_commits_nothing_while_the_store_refuses_its_snapshots(tm
     reader, store = FakeGroupReader(250, calls), PartitionedDownStore(calls, down={1})
     layer = GroupSpeedLayer(reader, store, speed_settings(tmp_path, snapshot_every_events=100))
     reader.assign()
-    with caplog.at_level("WARNING", logger="pipelines.speed"):
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer.run(Event(), max_events=250)
     assert "partition 0's snapshot not saved: store unreachable" in caplog.text
     assert layer.learnt_here == 250

@@ -6,8 +6,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from pipelines.history import HistoryCounts, split_counts
-from pipelines.training_sample import sample_rows, sample_split
+from pipelines.batch.history import HistoryCounts, split_counts
+from pipelines.batch.training_sample import sample_rows, sample_split
 
 
 def long_tail(intents: int = 8, seed: int = 0) -> tuple[list[str], np.ndarray]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.settings import MlflowSettings
 from models.registry import fluent_mlflow
-from pipelines.evaluate import VIEWS, EvaluationResult
+from pipelines.evaluation.evaluate import VIEWS, EvaluationResult
 from pipelines.provenance import provenance
 
 JSON_NAME, TABLE_NAME, PLOT_NAME = "evaluation.json", "evaluation.md", "evaluation.png"

@@ -20,10 +20,10 @@ from mlflow.exceptions import MlflowException
 
 from common.settings import MlflowSettings, StorageSettings
 from common.storage import Location
-from pipelines.retrain import NothingNew, RetrainResult
-from pipelines.schedule import run_locked
+from pipelines.batch.retrain import NothingNew, RetrainResult
+from pipelines.batch.schedule import run_locked
+from pipelines.services.tracking_server import is_healthy
 from pipelines.tracking import tracking_client
-from pipelines.tracking_server import is_healthy
 
 log = logging.getLogger(__name__)
 

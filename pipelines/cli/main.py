@@ -1,6 +1,6 @@
 """The `lambda-ml` command line: one subcommand per job.
 
-Settings are read from the environment here, at the edge (`pipelines.edge`), once, and
+Settings are read from the environment here, at the edge (`pipelines.cli.edge`), once, and
 passed down to the jobs.
 """
 
@@ -21,11 +21,11 @@ from common.job_metrics import Heartbeat, JobEndpoint, MetricsPortInUse
 from common.logs import LogFormat
 from common.settings import KafkaSettings, Settings
 from models.model_spec import ModelSpec, ModelSpecError
-from pipelines.bench_cli import bench_app
-from pipelines.edge import settings as edge_settings
+from pipelines.cli.bench import bench_app
+from pipelines.cli.edge import settings as edge_settings
+from pipelines.cli.serve import serve
+from pipelines.cli.services import kafka_app, mlflow_app, s3_app
 from pipelines.produce import ReplayOptions, run_produce, run_publish_file
-from pipelines.serve_cli import serve
-from pipelines.services_cli import kafka_app, mlflow_app, s3_app
 from streams.dataset import CLINC150_DATA
 from streams.producer import ProduceStats
 from streams.scenarios import DEFAULT_LATE_DOMAINS, ScenarioName
@@ -372,8 +372,8 @@ def retrain(
     since the cut-off of the champion or the challenger (nothing registered), 1 when it failed
     or another run held the lock.
     """
-    from pipelines.retrain import retrain as run_retrain
-    from pipelines.retrain_task import retrain_task
+    from pipelines.batch.retrain import retrain as run_retrain
+    from pipelines.batch.retrain_task import retrain_task
 
     tree = _with_models(batch_model=batch_model, batch_params=batch_model_params)
     if engine is not None:
@@ -432,12 +432,12 @@ def schedule(
     batch_model_params: BatchParamsOption = None,
 ) -> None:
     """Retrain on an interval or a cron expression, and early when the speed layer signals drift."""
+    from pipelines.batch.retrain import NothingNew
+    from pipelines.batch.retrain import retrain as run_retrain
+    from pipelines.batch.retrain_task import attempt
+    from pipelines.batch.schedule import Cadence, Scheduler
     from pipelines.job_figures import schedule_collector
     from pipelines.jobs import stop_on_signals
-    from pipelines.retrain import NothingNew
-    from pipelines.retrain import retrain as run_retrain
-    from pipelines.retrain_task import attempt
-    from pipelines.schedule import Cadence, Scheduler
 
     tree = _with_models(batch_model=batch_model, batch_params=batch_model_params)
     batch, tracking, topic = tree.batch, tree.mlflow, tree.kafka.topic
@@ -532,9 +532,9 @@ def evaluate(
     """Replay a scenario offline, prequentially: batch only vs speed only vs the blend."""
     from rich.progress import Progress
 
-    from pipelines import evaluation_report
-    from pipelines.evaluate import EvaluationPlan, run_evaluation
-    from pipelines.tracking_server import is_healthy
+    from pipelines.evaluation import report as evaluation_report
+    from pipelines.evaluation.evaluate import EvaluationPlan, run_evaluation
+    from pipelines.services.tracking_server import is_healthy
 
     options = ReplayOptions(
         data=data,

@@ -4,7 +4,7 @@ The cut-off is the archived offsets at the start of the run, recorded on the run
 registered version, so the speed layer knows exactly which events the new model has seen.
 The holdout is split by a hash of the normalised text, so no text sits on both sides and every
 version's holdout shares no text with any version's training data. The alias `champion` moves
-only if the new version passes the gate of `pipelines.promotion` against the current champion
+only if the new version passes the gate of `pipelines.batch.promotion` against the current champion
 on that holdout; otherwise it gets `challenger`. A run with nothing archived since the cut-off
 of the champion (or the challenger) registers nothing.
 
@@ -12,9 +12,9 @@ The model is the one `BatchSettings.model` and `model_params` choose (`BATCH_MOD
 `BATCH_MODEL_PARAMS`), made ready by `models.batch_model.prepare_batch_model`. It is
 registered as a pyfunc model that loads without this repository (`models.pyfunc_model`).
 
-The pass over the history runs on the engine `BatchSettings.engine` names (`pipelines.history`:
-in this process, or as a Spark job); the run records the engine and, when the training rows
-were too many for the fit, the sample it took (`pipelines.training_sample`).
+The pass over the history runs on the engine `BatchSettings.engine` names
+(`pipelines.batch.history`: in this process, or as a Spark job); the run records the engine and,
+when the training rows were too many for the fit, the sample it took (`pipelines.batch.training_sample`).
 """
 
 import json
@@ -53,11 +53,11 @@ from models.registry import (
     fluent_mlflow,
     load_champion,
 )
-from pipelines.history import HistorySplit, NoData, count_history, split_counts
-from pipelines.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
-from pipelines.promotion import GateRules, Verdict, compare, first_version
+from pipelines.batch.history import HistorySplit, NoData, count_history, split_counts
+from pipelines.batch.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
+from pipelines.batch.promotion import GateRules, Verdict, compare, first_version
+from pipelines.batch.training_sample import sample_split
 from pipelines.tracking import experiment_id, tracking_client
-from pipelines.training_sample import sample_split
 from streams.master_dataset import archived_positions
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,13 @@ from typing import Annotated
 
 import typer
 
-from pipelines.bento_server import SERVICE_NAME, SERVICE_TARGET, bentoml_argv, bentoml_overrides
-from pipelines.edge import settings as edge_settings
+from pipelines.cli.edge import settings as edge_settings
+from pipelines.services.bento_server import (
+    SERVICE_NAME,
+    SERVICE_TARGET,
+    bentoml_argv,
+    bentoml_overrides,
+)
 
 
 def serve(

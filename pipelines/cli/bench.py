@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from bench import RESULTS_DIR
-from pipelines.edge import settings as edge_settings
+from pipelines.cli.edge import settings as edge_settings
 
 bench_app = typer.Typer(help="Benchmarks: figures printed and saved under bench/results/.")
 Repeats = Annotated[int, typer.Option(min=1, help="Repetitions; figures are medians.")]

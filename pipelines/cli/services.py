@@ -1,6 +1,6 @@
 """`lambda-ml kafka|mlflow|s3 ...`: the local services the pipeline runs on.
 
-Settings come from the tree read once at the CLI edge (`pipelines.edge`). Expected failures (a
+Settings come from the tree read once at the CLI edge (`pipelines.cli.edge`). Expected failures (a
 missing tool, a busy port, a server that died at start-up) print one red line, plus the end of
 the service's log when there is one, and exit with status 1 instead of a traceback.
 """
@@ -17,9 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from common.processes import ServiceError
-from pipelines import object_store, tracking_server
-from pipelines.edge import settings as edge_settings
-from streams import broker
+from pipelines.cli.edge import settings as edge_settings
+from pipelines.services import broker, object_store, tracking_server
 
 kafka_app = typer.Typer(
     help="The Kafka broker: the project's own single-node broker, or KAFKA_BOOTSTRAP_SERVERS.",

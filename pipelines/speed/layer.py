@@ -42,7 +42,7 @@ from models.snapshot import (
 )
 from models.speed_model import build_speed_model
 from models.texts import TextMemories, TextMemory
-from pipelines.speed_loop import (
+from pipelines.speed.schedules import (
     DriftWatch,
     RegistrationSchedule,
     SnapshotSchedule,

@@ -1,8 +1,8 @@
 """The speed layer's collaborators: when a snapshot is due, when one is registered in MLflow,
 whether the champion's error has drifted, and what the layer reports.
 
-Each has one job and no Kafka, so `pipelines.speed.SpeedLayer` stays a short loop and each part
-can be tested alone; the clocks are parameters for the same reason.
+Each has one job and no Kafka, so `pipelines.speed.layer.SpeedLayer` stays a short loop and each
+part can be tested alone; the clocks are parameters for the same reason.
 """
 
 import logging

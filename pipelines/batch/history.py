@@ -2,10 +2,10 @@
 query id, counted into distinct (text, intent) rows and split by text hash.
 
 Two engines count the same thing (`HistoryCounts`): `local` reads the Parquet files in place
-with pyarrow, in this process; `spark` runs the pass as a Spark job (`pipelines.history_spark`)
-for a history that outgrows one machine, and only the aggregate reaches this process. The
-holdout split and its lineage are then made from the aggregate by `split_counts`, one function
-for both engines, so the two engines' holdouts agree by construction.
+with pyarrow, in this process; `spark` runs the pass as a Spark job
+(`pipelines.batch.history_spark`) for a history that outgrows one machine, and only the aggregate
+reaches this process. The holdout split and its lineage are then made from the aggregate by
+`split_counts`, one function for both engines, so the two engines' holdouts agree by construction.
 """
 
 import hashlib
@@ -147,7 +147,7 @@ def count_history(
     """The history of `batch.master_dir` up to `cutoff`, counted by the engine `batch.engine`
     names."""
     if batch.engine == "spark":
-        from pipelines.history_spark import count_history_spark
+        from pipelines.batch.history_spark import count_history_spark
 
         return count_history_spark(
             batch.master_dir, cutoff, storage, batch.spark_master, batch.spark_conf

@@ -1,11 +1,11 @@
 """The history pass as a Spark job, for a master dataset that outgrows one machine.
 
-It counts what the local engine counts (`pipelines.history.count_history_local`): Spark reads
+It counts what the local engine counts (`pipelines.batch.history.count_history_local`): Spark reads
 the Parquet files of the complete flushes in place (a folder through `file://`, an `s3://`
 master dataset through `s3a://`), keeps the labelled events below the cut-off, drops every
 repeat of a query id but its lowest (partition, offset), and counts the distinct (text, intent)
 rows. Only that aggregate and three totals reach this process; the holdout split is made from
-the aggregate here, by the same function as the local engine's (`pipelines.history`).
+the aggregate here, by the same function as the local engine's (`pipelines.batch.history`).
 
 The job is Spark SQL only, with no Python on the executors, so a cluster's workers need Java
 and nothing of this project. One session is kept per process and reused by every run.
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from common.settings import StorageSettings
 from common.storage import Location, Storage
-from pipelines.history import HistoryCounts, NoData, pass_lineage
+from pipelines.batch.history import HistoryCounts, NoData, pass_lineage
 from streams.master_dataset import SCHEMA, FlushFile, complete_files, open_root
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""The `lambda-ml` command line: one subcommand per job."""

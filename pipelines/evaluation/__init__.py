@@ -1,0 +1,1 @@
+"""Offline, prequential evaluation of the three views and the report it leaves."""

@@ -1,0 +1,1 @@
+"""The speed layer: one worker, a consumer group of one or more, learning the stream online."""
