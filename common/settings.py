@@ -29,6 +29,8 @@ class KafkaSettings(BaseSettings):
 
     `bootstrap_servers` left empty means "the project's own single-node broker on
     localhost:`port`" (`LocalBrokerSettings` says how it runs); set it to use a cluster.
+    `feedback_topic` takes the labels that arrive after their queries; both topics are keyed by
+    query id and have `partitions` partitions, so that a label lands on its query's partition.
     """
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True)
@@ -37,6 +39,7 @@ class KafkaSettings(BaseSettings):
     port: int = 9092
     topic: str = "queries"
     dlq_topic: str = "queries.dlq"
+    feedback_topic: str = "queries.feedback"
     partitions: int = 4
     # Clients retry a lost broker with exponential backoff up to this cap (kafka-python's own
     # cap is 30 s): a broker back from a restart is used within about this long.
@@ -208,6 +211,12 @@ class ServingSettings(BaseSettings):
     are all in, must stay under the service's request timeout (`REQUEST_TIMEOUT_S`), or a slow
     body is answered by BentoML's 504 instead of a 408; `max_header_bytes` is what the HTTP
     parser (h11) takes in a header block sent in pieces.
+
+    `query_log` on writes every answered query (with the `query_log_top_k` best intents served)
+    to `KAFKA_TOPIC`, and `/feedback` labels to `KAFKA_FEEDBACK_TOPIC`, through a journal in
+    `query_log_journal_dir` (a folder per worker) that keeps them while Kafka is away, up to
+    `query_log_journal_max_bytes` per worker (the oldest are dropped past it); the journal is
+    fsynced every `query_log_fsync_s` (0: before every answer). See `streams.outbox`.
     """
 
     model_config = SettingsConfigDict(env_prefix="SERVING_", frozen=True)
@@ -221,6 +230,11 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     body_timeout_s: float = Field(default=10.0, gt=0, lt=REQUEST_TIMEOUT_S)
     max_header_bytes: int = Field(default=16_384, ge=1)
+    query_log: bool = True
+    query_log_journal_dir: Path = Path("var/query-log")
+    query_log_journal_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    query_log_fsync_s: float = Field(default=1.0, ge=0)
+    query_log_top_k: int = Field(default=3, ge=1)
     host: str = "127.0.0.1"
     port: int = 3000
     url: str = ""
