@@ -25,6 +25,7 @@ from pipelines.cli.bench import bench_app
 from pipelines.cli.edge import settings as edge_settings
 from pipelines.cli.serve import serve
 from pipelines.cli.services import kafka_app, mlflow_app, s3_app
+from pipelines.cli.settings_reference import settings_reference
 from pipelines.produce import ReplayOptions, run_produce, run_publish_file
 from streams.dataset import CLINC150_DATA
 from streams.producer import ProduceStats
@@ -43,6 +44,7 @@ app.add_typer(mlflow_app, name="mlflow")
 app.add_typer(s3_app, name="s3")
 app.command()(serve)
 app.add_typer(bench_app, name="bench")
+app.command()(settings_reference)
 
 
 @app.callback()
