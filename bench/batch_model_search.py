@@ -28,8 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.batch_model import build_batch_model, count_examples, fit_on_counts
+from models.batch.recipe import build_batch_model, fit_on_counts
 from models.losses import capped_log_losses
+from pipelines.batch.counts import count_examples
 from streams.dataset import CLINC150_DATA, load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "batch_model_search.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.retrain import HOLDOUT_FRACTION, _child, in_scope, tail_for, write_master
-from models.batch_model import build_batch_model, fit_on_counts
+from models.batch.recipe import build_batch_model, fit_on_counts
 from pipelines.batch.history import read_history_split
 from pipelines.batch.holdout_report import score_holdout
 from pipelines.batch.training_sample import sample_split

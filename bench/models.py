@@ -21,7 +21,7 @@ from pipelines.provenance import PROJECT_ROOT
 DOCS = PROJECT_ROOT / "docs" / "models"
 LIMIT = 40_000
 DEFAULT_SPEED = "models.speed_model:build_speed_model"
-DEFAULT_BATCH = "models.batch_model:build_batch_model"
+DEFAULT_BATCH = "models.batch.recipe:build_batch_model"
 CONFIGURATIONS = {
     "defaults": (DEFAULT_SPEED, DEFAULT_BATCH),
     "river_naive_bayes": ("models.alternatives:river_naive_bayes", DEFAULT_BATCH),

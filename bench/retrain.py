@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from bench import RESULTS_DIR, save_figures
 from common.processes import free_port
 from common.settings import BatchSettings, LocalMlflowSettings, MlflowSettings
-from models.batch_model import build_batch_model
+from models.batch.recipe import build_batch_model
 from pipelines.batch.history import read_history_split
 from pipelines.provenance import provenance
 from pipelines.services import tracking_server
@@ -162,7 +162,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "stages": result.sec
 BARE_FIT = """
 import json, pickle, resource, sys, time
 from sklearn.base import clone
-from models.batch_model import build_batch_model
+from models.batch.recipe import build_batch_model
 with open(sys.argv[1], "rb") as handle:
     texts, intents, weights = pickle.load(handle)
 pipeline = clone(build_batch_model().estimator)

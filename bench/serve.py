@@ -46,7 +46,7 @@ from bench import provenance, save_figures
 from bench.champion_file import save_champion_file
 from common.processes import ChildProcess, free_port
 from models.alternatives import river_softmax
-from models.batch_model import build_batch_model
+from models.batch.recipe import build_batch_model
 from models.blend import HedgeBlender
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import SnapshotStore, SpeedSnapshot

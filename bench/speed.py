@@ -64,12 +64,13 @@ from bench.speed_scale_out import (
 )
 from bench.speed_scale_out import GOAL_RATIO as GOAL_SCALE_OUT_RATIO
 from common.settings import KafkaSettings, Settings, SpeedSettings
-from models.batch_model import build_batch_model, count_examples_from_pairs, fit_on_counts
+from models.batch.recipe import build_batch_model, fit_on_counts
 from models.metrics import SplitScore, WindowScore
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import SnapshotStore
 from models.speed_model import build_speed_model
 from models.texts import TextMemory
+from pipelines.batch.counts import count_examples_from_pairs
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, replay_messages, run_produce
 from pipelines.services import broker

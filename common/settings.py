@@ -131,7 +131,7 @@ class BatchSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BATCH_", frozen=True)
 
-    model: str = "models.batch_model:build_batch_model"
+    model: str = "models.batch.recipe:build_batch_model"
     model_params: dict[str, object] = {}
     master_dir: Path = Path("var/master")
     holdout_fraction: float = 0.1

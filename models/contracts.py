@@ -84,7 +84,8 @@ def check_batch_model(estimator: Any, where: str = "the batch model") -> Any:
     """`estimator` if it is a scikit-learn estimator that gives probabilities or margins.
 
     A margin-only estimator (`decision_function`, no `predict_proba`) passes here; the batch
-    layer wraps it in the project's temperature calibration (`batch_model.prepare_batch_model`).
+    layer wraps it in the project's temperature calibration
+    (`models.batch.recipe.prepare_batch_model`).
     """
     missing = _missing(estimator, ("fit", "get_params"))
     if missing:

@@ -10,8 +10,9 @@ version.
 
 Only the imports a module runs when it is imported are followed (module level, class bodies,
 `try`/`if` blocks, but not `if TYPE_CHECKING:`): an import inside a function is lazy, made by
-code that loading and scoring a model do not run (`models.batch_model` imports pyarrow only to
-count Parquet batches). Pass such a module in `modules` if a model does need it.
+code that loading and scoring a model do not run (`models.pyfunc_model` imports `mlflow.sklearn`
+only to load versions logged in MLflow's scikit-learn flavour). Pass such a module in `modules`
+if a model does need it.
 """
 
 import ast

@@ -25,7 +25,8 @@ __all__ = ["SPEED_TOKEN_PATTERN", "HashedTextNB", "Query", "build_speed_model"]
 
 SPEED_TOKEN_PATTERN = r"(?u)\b\w[\w\-]+\b"
 """The speed model's default tokens, River's `BagOfWords` default: words of two or more
-characters, hyphens allowed. (The batch model has its own, `batch_model.BATCH_TOKEN_PATTERN`.)"""
+characters, hyphens allowed. (The batch model has its own,
+`models.batch.recipe.BATCH_TOKEN_PATTERN`.)"""
 
 # Bounds for the online temperature, so a pathological stream cannot make it collapse or blow up.
 _MIN_LOG_TEMPERATURE = math.log(0.05)

@@ -21,9 +21,9 @@ import pyarrow.dataset as ds
 
 from common.settings import BatchSettings, StorageSettings
 from common.storage import Location, Storage
-from models.batch_model import count_examples
 from models.registry import encode_offsets
 from models.texts import in_holdout, text_keys
+from pipelines.batch.counts import count_examples
 from streams.master_dataset import history
 
 KEY_COLUMNS = ["query_id", "ts", "partition", "offset"]

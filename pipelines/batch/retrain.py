@@ -9,7 +9,7 @@ on that holdout; otherwise it gets `challenger`. A run with nothing archived sin
 of the champion (or the challenger) registers nothing.
 
 The model is the one `BatchSettings.model` and `model_params` choose (`BATCH_MODEL`,
-`BATCH_MODEL_PARAMS`), made ready by `models.batch_model.prepare_batch_model`. It is
+`BATCH_MODEL_PARAMS`), made ready by `models.batch.recipe.prepare_batch_model`. It is
 registered as a pyfunc model that loads without this repository (`models.pyfunc_model`).
 
 The pass over the history runs on the engine `BatchSettings.engine` names
@@ -31,12 +31,8 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from common.settings import BatchSettings, MlflowSettings, StorageSettings
-from models.batch_model import (
-    DistinctRowsClassifier,
-    fit_on_counts,
-    prepare_batch_model,
-    vocabulary_size,
-)
+from models.batch.distinct_rows import DistinctRowsClassifier
+from models.batch.recipe import fit_on_counts, prepare_batch_model, vocabulary_size
 from models.model_spec import ModelSpec
 from models.pyfunc_model import log_intent_model
 from models.registry import (

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from models.batch_model import count_examples_from_pairs, fit_on_counts, prepare_batch_model
+from models.batch.recipe import fit_on_counts, prepare_batch_model
 from models.blend import HedgeBlender
 from models.contracts import check_speed_model
 from models.metrics import SplitScore
@@ -24,6 +24,7 @@ from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionInfo, ChampionModel
 from models.texts import TextMemory, normalise
+from pipelines.batch.counts import count_examples_from_pairs
 from pipelines.produce import ReplayOptions, scenario_for
 from streams.dataset import Example, load_dataset
 from streams.scenarios import Scenario, StreamItem, replay
@@ -46,7 +47,7 @@ class EvaluationPlan:
     window: int = 1000
     probe_fraction: float = 0.0
     speed_model: ModelSpec = ModelSpec("models.speed_model:build_speed_model")
-    batch_model: ModelSpec = ModelSpec("models.batch_model:build_batch_model")
+    batch_model: ModelSpec = ModelSpec("models.batch.recipe:build_batch_model")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probe_fraction < 1.0:

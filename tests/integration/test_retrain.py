@@ -118,7 +118,7 @@ def test_a_retrain_registers_a_champion_with_its_lineage(mlflow_server, master):
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "report")}
     assert artifacts == {"report/per_intent_report.json", "report/confusion_matrix.png"}
     params = run.data.params
-    assert params["model.factory"] == "models.batch_model:build_batch_model"
+    assert params["model.factory"] == "models.batch.recipe:build_batch_model"
     assert params["model.params"] == "{}"
     assert params["estimator.features__words__ngram_range"] == "(1, 2)"
     assert params["estimator.classifier__svm__estimator__C"] == "1.0"

@@ -17,19 +17,17 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
-import models.batch_model
+import models.batch.distinct_rows
+import models.batch.recipe
+import models.batch.temperature
+import pipelines.batch.counts
 from models.alternatives import linear_svc, tfidf_logistic
-from models.batch_model import (
-    ColumnMajorMultinomialNB,
-    DistinctRowsClassifier,
-    TemperatureCalibratedClassifier,
-    build_batch_model,
-    count_examples,
-    count_examples_from_pairs,
-    fit_on_counts,
-    prepare_batch_model,
-)
+from models.batch.distinct_rows import DistinctRowsClassifier
+from models.batch.naive_bayes import ColumnMajorMultinomialNB
+from models.batch.recipe import build_batch_model, fit_on_counts, prepare_batch_model
+from models.batch.temperature import TemperatureCalibratedClassifier
 from models.contracts import ModelContractError
+from pipelines.batch.counts import count_examples, count_examples_from_pairs
 from streams.dataset import CLINC150_DATA, load_dataset
 
 INTENTS = 20  # the first intents in sorted order, to keep fits around a second
@@ -150,7 +148,7 @@ def test_count_examples_merges_batches_and_skips_unlabelled(monkeypatch):
     rng.shuffle(rows)
     expected = sorted(Counter(pairs).items())
 
-    monkeypatch.setattr(models.batch_model, "_MERGE_SLACK", 10)  # merge every few batches
+    monkeypatch.setattr(pipelines.batch.counts, "_MERGE_SLACK", 10)  # merge every few batches
     for size in (1000, 33):
         texts, intents, weights = count_examples(_batches(rows, size))
         assert list(zip(zip(texts, intents, strict=True), weights.tolist(), strict=True)) == [
@@ -233,7 +231,7 @@ def test_an_estimator_without_weights_is_fitted_on_repeated_rows(clinc, monkeypa
         match=r"Pipeline \(ending in KNeighborsClassifier\) takes no sample_weight.*not whole",
     ):
         DistinctRowsClassifier(pipeline).fit(texts, intents, sample_weight=weights + 0.5)
-    monkeypatch.setattr(models.batch_model, "MAX_EXPANDED_ROWS", 100)
+    monkeypatch.setattr(models.batch.distinct_rows, "MAX_EXPANDED_ROWS", 100)
     with pytest.raises(ValueError, match="more than MAX_EXPANDED_ROWS"):
         DistinctRowsClassifier(pipeline).fit(texts, intents, sample_weight=weights)
 
@@ -286,8 +284,17 @@ def test_prepare_refuses_what_is_not_a_batch_model():
         prepare_batch_model(KNeighborsRegressor(), where="BATCH_MODEL")
 
 
-def test_docstring_examples():
-    result = doctest.testmod(models.batch_model)
+@pytest.mark.parametrize(
+    "module",
+    [
+        models.batch.distinct_rows,
+        models.batch.recipe,
+        models.batch.temperature,
+        pipelines.batch.counts,
+    ],
+)
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
 

@@ -19,7 +19,7 @@ from sklearn.preprocessing import FunctionTransformer
 import models.requirements
 from common.processes import free_port
 from models.alternatives import linear_svc, tfidf_logistic
-from models.batch_model import build_batch_model, prepare_batch_model
+from models.batch.recipe import build_batch_model, prepare_batch_model
 from models.pyfunc_model import IntentProbabilities, load_estimator, log_intent_model
 from models.registry import fluent_mlflow
 from models.requirements import (
@@ -48,7 +48,7 @@ def test_the_default_model_requires_what_it_is_made_of():
     for line in requirements:
         name, pinned = line.split("==")
         assert pinned == version(name), line
-    # pyarrow only counts Parquet batches (a lazy import); the project itself is shipped.
+    # pyarrow only counts Parquet batches (in pipelines/); the project itself is shipped.
     assert not {"pyarrow", "lambda-ml", "river", "models"} & set(names(requirements))
 
 
@@ -58,7 +58,7 @@ def test_an_alternative_pipeline_requires_only_what_it_imports():
     assert names(model_requirements(pipeline, always=())) == ["numpy", "scikit-learn"]
     prepared, _ = prepare_batch_model(linear_svc())
     requirements = names(model_requirements(prepared.fit(TEXTS, INTENTS), modules=PYFUNC))
-    assert "scikit-learn" in requirements and "scipy" in requirements  # models.batch_model's
+    assert "scikit-learn" in requirements and "scipy" in requirements  # models.batch's
     assert "pyarrow" not in requirements and "river" not in requirements
 
 
@@ -151,8 +151,9 @@ def test_the_logged_model_records_them_and_loads_back(tmp_path):
         pyfunc = mlflow.pyfunc.load_model(info.model_uri)
     recorded = (local / "requirements.txt").read_text().split()
     assert recorded == model_requirements(model, modules=PYFUNC)
-    shipped = {path.name for path in (local / "code" / "models").glob("*.py")}
-    assert {"__init__.py", "batch_model.py", "pyfunc_model.py"} <= shipped
+    code = local / "code" / "models"
+    shipped = {path.relative_to(code).as_posix() for path in code.rglob("*.py")}
+    assert {"__init__.py", "batch/distinct_rows.py", "pyfunc_model.py"} <= shipped
 
     answer = pyfunc.predict(pd.DataFrame({"text": ["a flight to rome", "play a tune"]}))
     assert list(answer.columns) == ["music", "travel"]
