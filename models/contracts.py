@@ -1,48 +1,18 @@
 """What a speed model and a batch model must be, checked when one is configured.
 
 A speed model is a River classifier: it learns one event at a time and gives a probability per
-intent. A batch model is a scikit-learn classifier with `predict_proba` and `classes_`. Any
-model that keeps these contracts runs the whole pipeline (Kafka, snapshots, the registry, the
-HTTP answer); a model that breaks one is refused with an error naming what is missing, before
-it learns anything.
+intent. A batch model is a scikit-learn classifier that gives probabilities (`predict_proba`)
+or margins (`decision_function`, which the batch layer calibrates). Any model that keeps these
+contracts runs the whole pipeline (Kafka, snapshots, the registry, the HTTP answer); a model
+that breaks one is refused with an error naming what is missing, before it learns anything.
 """
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from collections.abc import Iterable
+from typing import Any
 
 
 class ModelContractError(TypeError):
     """A configured model lacks what the pipeline needs; the message says what."""
-
-
-@runtime_checkable
-class SpeedModel(Protocol):
-    """River's classifier contract, the part the speed layer and serving use.
-
-    A model may also have a vectorised `predict_proba_many`; `speed_probability_matrix` uses
-    it when its final step really has one and its answers agree with `predict_proba_one`.
-    """
-
-    def learn_one(self, x: dict, y: Any) -> None: ...
-
-    def predict_proba_one(self, x: dict) -> dict: ...
-
-
-@runtime_checkable
-class BatchModel(Protocol):
-    """scikit-learn's probabilistic classifier contract, as the batch layer and serving use it.
-
-    Attributes
-    ----------
-    classes_ : ndarray
-        The intents, in the order of `predict_proba`'s columns.
-    """
-
-    def fit(self, X: Sequence[str], y: Sequence[str], **fit_params: Any) -> Any: ...
-
-    def predict_proba(self, X: Sequence[str]) -> np.ndarray: ...
 
 
 def _missing(model: Any, methods: Iterable[str]) -> list[str]:

@@ -129,8 +129,3 @@ class DeadLetters:
         except KafkaError as exc:  # no metadata, a full buffer, or a record it cannot take
             log.warning("could not hand a dead letter to the producer: %s", exc)
             letter.refused = exc
-
-
-def dead_letter_reason(headers: list[tuple[str, bytes]]) -> dict[str, str]:
-    """The dlq.* headers of a consumed dead-letter record, decoded."""
-    return {name: value.decode() for name, value in headers if name.startswith("dlq.")}

@@ -11,9 +11,10 @@ from collections import Counter
 import pytest
 
 from models.snapshot import SnapshotStore
-from streams.dead_letters import MAX_DEAD_LETTER_BYTES, ORIGINAL_BYTES_HEADER, dead_letter_reason
+from streams.dead_letters import MAX_DEAD_LETTER_BYTES, ORIGINAL_BYTES_HEADER
 from streams.master_dataset import history
 from streams.producer import make_producer
+from tests.dead_letter_headers import dead_letter_reason
 from tests.fuzz_events import FuzzEvent, fuzz_corpus
 from tests.integration.cli_processes import RunningJobs, caught_up, run_to_end, stream_jobs_env
 from tests.integration.kafka_reading import end_offsets, read_all

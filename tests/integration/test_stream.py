@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from pipelines.cli.main import app
 from pipelines.produce import ReplayOptions, replay_messages, run_produce
 from streams.consumer import EventReader, make_consumer
-from streams.dead_letters import dead_letter_reason
 from streams.producer import make_producer, publish
 from streams.schema import parse_event
+from tests.dead_letter_headers import dead_letter_reason
 from tests.integration.kafka_reading import read_all
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from streams.dead_letters import (
     ORIGINAL_BYTES_HEADER,
     DeadLetters,
     Source,
-    dead_letter_reason,
 )
+from tests.dead_letter_headers import dead_letter_reason
 
 
 class ScriptedProducer:
