@@ -43,7 +43,8 @@ HISTORY_PASS = """
 import json, pickle, resource, sys, time
 from pathlib import Path
 from common.settings import BatchSettings
-from pipelines.batch.history import count_history, split_counts
+from pipelines.batch.counts import split_counts
+from pipelines.batch.history import count_history
 from streams.master_dataset import archived_positions
 engine, master, out, repeats, fraction, spark_master = sys.argv[1:7]
 batch = BatchSettings(master_dir=Path(master), engine=engine, spark_master=spark_master)

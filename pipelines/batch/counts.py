@@ -4,14 +4,25 @@ trains on, so that millions of repeated events cost what the distinct ones cost.
 The master dataset repeats texts (replays, popular queries). `count_examples` streams Arrow
 batches into distinct pairs with counts; `models.batch.recipe.fit_on_counts` fits on them with
 the counts as weights: exactly the model the repeated rows would give.
+
+Every engine of the history pass (`pipelines.batch.history`, `pipelines.batch.history_spark`)
+returns its counts as `HistoryCounts` with the lineage `pass_lineage` makes, and `split_counts`
+splits them into train and holdout: one function for both engines, so that their holdouts
+agree by construction.
 """
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from models.registry import encode_offsets
+from models.texts import in_holdout, text_keys
 
 # Counts held per batch are merged once they outgrow twice the merged table plus this many rows.
 _MERGE_SLACK = 100_000
@@ -87,3 +98,91 @@ def count_examples_from_pairs(
     texts = [text for (text, _), _ in counts]
     intents = [intent for (_, intent), _ in counts]
     return texts, intents, np.array([count for _, count in counts], dtype=np.float64)
+
+
+class NoData(RuntimeError):
+    """The master dataset has too little labelled history to train on."""
+
+
+@dataclass(frozen=True)
+class HistoryCounts:
+    """The distinct labelled (text, intent) rows of the history up to a cut-off, sorted by text
+    then intent, how often each occurred, and the lineage of the pass that counted them."""
+
+    texts: list[str]
+    intents: list[str]
+    counts: np.ndarray
+    lineage: dict[str, str]
+
+
+@dataclass(frozen=True)
+class HistorySplit:
+    """Train counts and the holdout of one run, with the lineage of the data behind them."""
+
+    texts: list[str]
+    intents: list[str]
+    weights: np.ndarray
+    holdout_texts: list[str]
+    holdout_intents: list[str]
+    holdout_weights: np.ndarray
+    lineage: dict[str, str]
+    keys: np.ndarray  # `models.texts.text_key` of each training text
+    holdout_keys: np.ndarray
+
+    @property
+    def holdout(self) -> tuple[list[str], list[str], np.ndarray]:
+        """(texts, intents, weights) of the holdout, as `score_holdout` takes them."""
+        return self.holdout_texts, self.holdout_intents, self.holdout_weights
+
+
+def content_hash(names: list[str], cutoff: dict[int, int]) -> str:
+    """Archived files are immutable and named by offset range, so their names and the cut-off
+    identify the training data exactly."""
+    digest = hashlib.sha256(encode_offsets(cutoff).encode())
+    for name in sorted(Path(p).name for p in names):
+        digest.update(name.encode())
+    return digest.hexdigest()
+
+
+def pass_lineage(
+    rows: int, dropped: int, ts_min: str, ts_max: str, names: list[str], cutoff: dict[int, int]
+) -> dict[str, str]:
+    """The lineage every engine records of its pass: the events counted, the repeats dropped,
+    their time span, the cut-off and the content hash of the files (`content_hash`)."""
+    return {
+        "rows": str(rows),
+        "duplicates_dropped": str(dropped),
+        "ts_min": ts_min,
+        "ts_max": ts_max,
+        "cutoff_offsets": encode_offsets(cutoff),
+        "content_hash": content_hash(names, cutoff),
+    }
+
+
+def split_counts(counts: HistoryCounts, holdout_fraction: float) -> HistorySplit:
+    """The counted rows split by text hash (`models.texts.in_holdout`) into train and holdout,
+    with the engine's lineage and the split's sizes: the driver's part of the pass, the same
+    for every engine."""
+    keys = text_keys(counts.texts)
+    holdout = in_holdout(keys, holdout_fraction)
+    train, held = np.flatnonzero(~holdout), np.flatnonzero(holdout)
+    weights = counts.counts
+    lineage = counts.lineage | {
+        "aggregate_rows": str(len(counts.texts)),
+        "train_rows": str(int(weights[train].sum())),
+        "holdout_rows": str(int(weights[held].sum())),
+        "distinct_train_texts": str(len(train)),
+        "distinct_holdout_texts": str(len(held)),
+        "holdout_split": f"text hash, fraction {holdout_fraction}",
+    }
+    return HistorySplit(
+        [counts.texts[i] for i in train],
+        [counts.intents[i] for i in train],
+        weights[train],
+        [counts.texts[i] for i in held],
+        [counts.intents[i] for i in held],
+        weights[held],
+        lineage,
+        keys[train],
+        keys[held],
+    )

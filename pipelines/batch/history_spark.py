@@ -5,7 +5,8 @@ the Parquet files of the complete flushes in place (a folder through `file://`, 
 master dataset through `s3a://`), keeps the labelled events below the cut-off, drops every
 repeat of a query id but its lowest (partition, offset), and counts the distinct (text, intent)
 rows. Only that aggregate and three totals reach this process; the holdout split is made from
-the aggregate here, by the same function as the local engine's (`pipelines.batch.history`).
+the aggregate here, by the same function as the local engine's
+(`pipelines.batch.counts.split_counts`).
 
 The job is Spark SQL only, with no Python on the executors, so a cluster's workers need Java
 and nothing of this project. One session is kept per process and reused by every run.
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 
 from common.settings import StorageSettings
 from common.storage import Location, Storage
-from pipelines.batch.history import HistoryCounts, NoData, pass_lineage
+from pipelines.batch.counts import HistoryCounts, NoData, pass_lineage
 from streams.master_dataset import SCHEMA, FlushFile, complete_files, open_root
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ registered as a pyfunc model that loads without this repository (`models.pyfunc_
 
 The pass over the history runs on the engine `BatchSettings.engine` names
 (`pipelines.batch.history`: in this process, or as a Spark job); the run records the engine and,
-when the training rows were too many for the fit, the sample it took (`pipelines.batch.training_sample`).
+when the training rows were too many for the fit, the sample it took
+(`pipelines.batch.training_sample`).
 """
 
 import json
@@ -49,7 +50,8 @@ from models.registry import (
     fluent_mlflow,
     load_champion,
 )
-from pipelines.batch.history import HistorySplit, NoData, count_history, split_counts
+from pipelines.batch.counts import HistorySplit, NoData, split_counts
+from pipelines.batch.history import count_history
 from pipelines.batch.holdout_report import HoldoutScores, score_holdout, write_report_artifacts
 from pipelines.batch.promotion import GateRules, Verdict, compare, first_version
 from pipelines.batch.training_sample import sample_split

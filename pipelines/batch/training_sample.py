@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipelines.batch.history import HistorySplit
+from pipelines.batch.counts import HistorySplit
 
 RULE = "per intent: repeated head up to half its share, uniform tail sample reweighted"
 

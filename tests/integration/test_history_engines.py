@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 
 from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHALLENGER, CHAMPION, fetch_alias
-from pipelines.batch.history import NoData, count_history_local, split_counts
+from pipelines.batch.counts import NoData, split_counts
+from pipelines.batch.history import count_history_local
 from pipelines.batch.history_spark import count_history_spark
 from pipelines.batch.retrain import retrain
 from streams.archiver import write_flush

@@ -6,7 +6,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from pipelines.batch.history import HistoryCounts, split_counts
+from pipelines.batch.counts import HistoryCounts, split_counts
 from pipelines.batch.training_sample import sample_rows, sample_split
 
 
