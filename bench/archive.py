@@ -20,7 +20,7 @@ from bench import save_figures
 from common.settings import ArchiveSettings, KafkaSettings, Settings
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.services import broker
+from pipelines.services.broker import KafkaLauncher, ensure_topics
 from streams.archiver import Archiver
 from streams.master_dataset import history
 
@@ -35,18 +35,13 @@ def archive_once(kafka: KafkaSettings, archive: ArchiveSettings, root: Path, eve
 
 
 def main(settings: Settings, repeats: int = 3, events: int = 200_000) -> dict:
-    kafka, local = settings.kafka, settings.local_broker
-    started_broker = broker.up(kafka, local)  # True only if this call started the local broker
-    try:
-        return _measure(kafka, settings.archive, repeats, events)
-    finally:
-        if started_broker:
-            broker.down(kafka, local)
+    with KafkaLauncher.of(settings).running():  # stops only a broker it started
+        return _measure(settings.kafka, settings.archive, repeats, events)
 
 
 def _measure(kafka: KafkaSettings, archive: ArchiveSettings, repeats: int, events: int) -> dict:
     topic = f"bench-archive-{time.time_ns()}"
-    broker.ensure_topics(kafka.bootstrap, {topic: 4, f"{topic}.dlq": 1})
+    ensure_topics(kafka.bootstrap, {topic: 4, f"{topic}.dlq": 1})
     stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
     produced = run_produce(
         stream, ReplayOptions(limit=events, span_days=7), Console(file=io.StringIO())

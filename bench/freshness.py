@@ -27,7 +27,7 @@ from common.processes import ProcessGroup, free_port, http_ready
 from common.settings import KafkaSettings, Settings
 from pipelines.demo import lambda_ml
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.services import broker
+from pipelines.services.broker import KafkaLauncher, ensure_topics
 
 WORDS = ["zorbl", "quixa", "vamble", "prindo", "tuskel", "morvan", "glimsy", "fendro"]
 
@@ -45,13 +45,8 @@ def new_intent_file(folder: Path, name: str, word: str, count: int = 40) -> Path
 
 
 def main(settings: Settings, repeats: int = 3) -> dict:
-    kafka, local = settings.kafka, settings.local_broker
-    started_broker = broker.up(kafka, local)  # True only if this call started the local broker
-    try:
-        seconds = _measure(kafka, repeats)
-    finally:
-        if started_broker:  # leave a broker someone else started running
-            broker.down(kafka, local)
+    with KafkaLauncher.of(settings).running():  # stops only a broker it started
+        seconds = _measure(settings.kafka, repeats)
     return save_figures(
         "freshness",
         {
@@ -66,7 +61,7 @@ def main(settings: Settings, repeats: int = 3) -> dict:
 def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
     """The seconds from the end of each burst to the service answering its new intent."""
     topic = f"bench-fresh-e2e-{time.time_ns()}"
-    broker.ensure_topics(kafka.bootstrap, {topic: 2, f"{topic}.dlq": 1})
+    ensure_topics(kafka.bootstrap, {topic: 2, f"{topic}.dlq": 1})
     stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
     port = free_port()
     url = f"http://127.0.0.1:{port}"

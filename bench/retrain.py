@@ -39,7 +39,7 @@ from common.settings import BatchSettings, LocalMlflowSettings, MlflowSettings
 from models.batch.recipe import build_batch_model
 from pipelines.batch.history import read_history_split
 from pipelines.provenance import provenance
-from pipelines.services import tracking_server
+from pipelines.services.tracking_server import MlflowLauncher
 from streams.dataset import CLINC150_DATA, Example, load_dataset
 from streams.master_dataset import SCHEMA, FlushFile, archived_positions
 from streams.query_log import QueryLog
@@ -250,8 +250,8 @@ def main(
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as folder:
         scratch = Path(folder)
         tracking = MlflowSettings(tracking_uri="", port=free_port())
-        local = LocalMlflowSettings(home=scratch / "mlflow")
-        if not tracking_server.up(tracking, local):
+        server = MlflowLauncher(tracking, LocalMlflowSettings(home=scratch / "mlflow"))
+        if not server.up():
             raise RuntimeError("the benchmark's own MLflow server did not start")
         try:
             for run in range(repeats):
@@ -262,7 +262,7 @@ def main(
                         runs.setdefault(_key(events, fraction), []).append(figures)
                         print(f"{_key(events, fraction)} run {run + 1}: {figures}", flush=True)
         finally:
-            tracking_server.down(tracking, local)
+            server.down()
     return save_figures(
         "retrain",
         summarise(accuracy, _kept_runs(runs) | runs) | history_engines.kept_figures(previous),

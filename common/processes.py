@@ -8,8 +8,8 @@ still alive at the timeout. Failures carry the end of the log, which is where th
 
 - `ChildProcess`: one child owned by this process (a server, a job), for as long as it runs.
 - `ProcessGroup`: named children started and stopped together, none of which may exit.
-- `DetachedService`: a service that outlives the command that started it (the local broker
-  and tracking server), found again through its pid file.
+- `DetachedService`: a service that outlives the command that started it (Kafka, S3Proxy and
+  MLflow, run by `pipelines.services`), found again through its pid file.
 """
 
 from __future__ import annotations

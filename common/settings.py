@@ -53,7 +53,7 @@ class KafkaSettings(BaseSettings):
         }
 
     @property
-    def uses_local_broker(self) -> bool:
+    def uses_local_server(self) -> bool:
         return not self.bootstrap_servers
 
     @property

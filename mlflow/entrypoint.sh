@@ -1,7 +1,8 @@
 #!/bin/sh
 # The docker-compose MLflow service: runs and the model registry in Postgres, artifacts on a
 # volume, served through this server so that clients need only its URL.
-# Keep the flags in step with `server_command` in pipelines/services/tracking_server.py (the local server).
+# Keep the flags in step with `MlflowLauncher.start_command` in
+# pipelines/services/tracking_server.py (the local server).
 set -eu
 
 : "${MLFLOW_BACKEND_STORE_URI:?set it to the Postgres URL, e.g. postgresql://mlflow:mlflow@postgres:5432/mlflow}"

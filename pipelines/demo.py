@@ -4,32 +4,41 @@ Starts Kafka and MLflow locally (unless pointed at existing ones), then runs eve
 own process, exactly as in production: the speed layer, the archiver, the batch scheduler
 (retraining at a short interval) and the BentoML server. It replays CLINC150 with the
 `new-domain` scenario, sends sample queries and prints the blended answers with the model
-versions behind them, writes the offline evaluation report, and stops what it started (with
-`--keep-running`, the jobs go on until Ctrl-C and Kafka and MLflow stay up after it).
+versions behind them, prints a summary of the offline evaluation (its full per-window report
+is a file in the run's folder), and stops what it started (with `--keep-running`, the jobs go
+on until Ctrl-C and Kafka and MLflow stay up after it). What it prints fits 80 columns.
 
-Each demo run gets its own topic, data folder and registered model, so runs never mix.
+Each demo run gets its own topic, data folder, report and registered model, so runs never mix.
 """
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from common.processes import ProcessGroup, http_ready
 from common.settings import KafkaSettings, MlflowSettings, Settings
+from pipelines.evaluation.evaluate import PHASES, VIEWS
+from pipelines.evaluation.report import JSON_NAME, PLOT_NAME, TABLE_NAME
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.services import broker, tracking_server
+from pipelines.services.broker import KafkaLauncher, ensure_topics
+from pipelines.services.launcher import Launcher
+from pipelines.services.tracking_server import MlflowLauncher
 
 LAMBDA_ML = [str(Path(sys.executable).parent / "lambda-ml")]
-REPORTS = Path("reports")
+# A service the demo runs on, and whether the demo started it (then it stops it at the end).
+Started = tuple[Launcher[Any, Any], bool]
 
 SAMPLE_QUERIES = [  # the `late` ones belong to the travel and utility domains, seen only late
     "what's my checking account balance",
@@ -37,8 +46,8 @@ SAMPLE_QUERIES = [  # the `late` ones belong to the travel and utility domains, 
     "add milk to my shopping list",
     "set an alarm for 6 in the morning",  # late
     "how do i say thank you in french",  # late
-    "book a flight to denver for next tuesday",  # late
-    "what is the exchange rate from dollars to euros",  # late
+    "book a flight to denver on tuesday",  # late
+    "exchange rate from dollars to euros",  # late
     "roll a dice for me",  # late
 ]
 
@@ -59,20 +68,10 @@ class DemoPlan:
         """Where the demo's BentoML service answers."""
         return f"http://127.0.0.1:{self.serve_port}"
 
-
-@dataclass(frozen=True)
-class Service:
-    """A service the demo runs on, whether this demo started it, and how to stop it.
-
-    `local` is False for one configured elsewhere (KAFKA_BOOTSTRAP_SERVERS, MLFLOW_TRACKING_URI):
-    the demo neither starts nor stops it.
-    """
-
-    name: str
-    local: bool
-    started: bool
-    down_command: str
-    down: Callable[[], object]
+    @property
+    def reports(self) -> Path:
+        """Where the offline evaluation writes its report, table and plot."""
+        return self.home / "reports"
 
 
 def lambda_ml(*args: str) -> list[str]:
@@ -91,7 +90,7 @@ def demo_jobs(plan: DemoPlan) -> dict[str, tuple[list[str], bool]]:
         "archive": (["archive"], False),
         "schedule": (["schedule", "--interval", str(plan.retrain_every_s)], False),
         "serve": (["serve", "--workers", "1"], False),
-        "evaluate": ([*evaluate, "--output", str(REPORTS)], True),
+        "evaluate": ([*evaluate, "--output", str(plan.reports)], True),
     }
 
 
@@ -127,22 +126,55 @@ def _offsets_text(offsets: dict[str, int] | None) -> str:
     return " ".join(f"p{p}:{o}" for p, o in sorted(offsets.items())) if offsets else "-"
 
 
-def _answers_table(url: str) -> Table:
-    table = Table(title="Blended answers from the BentoML service")
-    for column in ("query", "intent", "p", "source", "batch version", "speed snapshot offsets"):
-        table.add_column(column)
-    with httpx.Client(timeout=10) as client:
-        for text in SAMPLE_QUERIES:
-            body = client.post(f"{url}/predict", json={"text": text}).json()
-            models = body["models"]
-            table.add_row(
-                text,
-                body["intent"],
-                f"{body['confidence']:.2f}",
-                body["source"],
-                str(models.get("batch_version") or "-"),
-                _offsets_text(models.get("speed_snapshot_offsets")),
-            )
+def answers_table(answers: dict[str, dict[str, Any]]) -> Table:
+    """The sample queries' answers (text -> `/predict` body), with the models behind them
+    under the table rather than in columns, so that it fits 80 columns."""
+    table = Table(
+        title="Blended answers from the BentoML service", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    table.add_column("query")
+    table.add_column("intent")
+    table.add_column("p", justify="right")
+    table.add_column("source")
+    models = set()
+    for text, body in answers.items():
+        table.add_row(text, body["intent"], f"{body['confidence']:.2f}", body["source"])
+        found = body["models"]
+        batch, offsets = found.get("batch_version"), found.get("speed_snapshot_offsets")
+        models.add(f"batch version {batch or '-'}, speed snapshot {_offsets_text(offsets)}")
+    table.caption = "\n".join(sorted(models))
+    return table
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def evaluation_summary(figures: dict[str, Any]) -> Table:
+    """The offline evaluation's accuracy per phase, on novel texts and on all texts, from its
+    JSON; the per-window detail stays in the report file."""
+    table = Table(
+        title="Offline evaluation: accuracy %, novel texts | all texts",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("phase", no_wrap=True)
+    for group in ("novel", "all"):
+        for view in VIEWS:
+            table.add_column(f"{group}: {view}" if view == VIEWS[0] else view, justify="right")
+    for phase in PHASES:
+        key = phase.replace(" ", "_")
+        cells = [
+            _percent(figures.get(f"{key}_{view}_{group}_accuracy"))
+            for group in ("novel", "all")
+            for view in VIEWS
+        ]
+        table.add_row(phase, *cells)
+    table.caption = (
+        f"blend vs batch after the drift: "
+        f"{figures['first_seen_post_drift_gain_vs_batch_points']:+.1f} points on novel texts, "
+        f"{figures['post_drift_gain_vs_batch_points']:+.1f} on all"
+    )
     return table
 
 
@@ -153,7 +185,7 @@ def run_demo(
     started = time.monotonic()
     console.rule("lambda-ml demo")
     env = demo_environment(plan, settings)
-    services: list[Service] = []
+    services: list[Started] = []
     jobs = ProcessGroup(plan.home / "logs", env=env)
     try:
         start_services(settings, services)
@@ -169,31 +201,11 @@ def run_demo(
         console.print(shut_down(jobs, services, keep_services=keep_running))
 
 
-def start_services(settings: Settings, services: list[Service]) -> None:
+def start_services(settings: Settings, services: list[Started]) -> None:
     """Start Kafka and MLflow unless they run already, adding each to `services` once it is up,
     so that a failure part-way still stops what was started."""
-    kafka, local_broker = settings.kafka, settings.local_broker
-    started = broker.up(kafka, local_broker)
-    services.append(
-        Service(
-            "Kafka",
-            kafka.uses_local_broker,
-            started,
-            "lambda-ml kafka down",
-            lambda: broker.down(kafka, local_broker),
-        )
-    )
-    tracking, local_mlflow = settings.mlflow, settings.local_mlflow
-    started = tracking_server.up(tracking, local_mlflow)
-    services.append(
-        Service(
-            "MLflow",
-            tracking.uses_local_server,
-            started,
-            "lambda-ml mlflow down",
-            lambda: tracking_server.down(tracking, local_mlflow),
-        )
-    )
+    for launcher in (KafkaLauncher.of(settings), MlflowLauncher.of(settings)):
+        services.append((launcher, launcher.up()))
 
 
 def create_topics(kafka: KafkaSettings, env: dict[str, str]) -> KafkaSettings:
@@ -201,7 +213,7 @@ def create_topics(kafka: KafkaSettings, env: dict[str, str]) -> KafkaSettings:
     stream = kafka.model_copy(
         update={"topic": env["KAFKA_TOPIC"], "dlq_topic": env["KAFKA_DLQ_TOPIC"]}
     )
-    broker.ensure_topics(kafka.bootstrap, {stream.topic: kafka.partitions, stream.dlq_topic: 1})
+    ensure_topics(kafka.bootstrap, {stream.topic: kafka.partitions, stream.dlq_topic: 1})
     return stream
 
 
@@ -209,20 +221,19 @@ def start_jobs(jobs: ProcessGroup, plan: DemoPlan, console: Console) -> None:
     """Start every layer as its own process, exactly as in production, and the evaluation."""
     for name, (args, finishes) in demo_jobs(plan).items():
         jobs.start(name, lambda_ml(*args), finishes=finishes)
-        console.print(f"started the {name} job (log: {jobs[name].log_path})")
+    console.print(f"started the jobs {', '.join(jobs.children)}")
+    console.print(f"their logs: {jobs.log_dir}")
 
 
 def replay(stream: KafkaSettings, plan: DemoPlan, jobs: ProcessGroup, console: Console) -> None:
     """Send CLINC150 to the demo's topic, with new intents appearing halfway."""
-    console.print(
-        f"replaying {plan.events} CLINC150 queries at {plan.rate:.0f}/s "
-        "(new-domain: travel and utility intents appear halfway)"
-    )
+    console.print(f"replaying {plan.events:,} CLINC150 queries at {plan.rate:,.0f}/s")
+    console.print("scenario new-domain: travel and utility intents appear halfway")
     options = ReplayOptions(
         scenario="new-domain", limit=plan.events, rate=plan.rate, run_id=plan.home.name
     )
     stats = run_produce(stream, options, console)
-    console.print(f"produced {stats.sent} events ({stats.events_per_s:,.0f}/s)")
+    console.print(f"produced {stats.sent:,} events ({stats.events_per_s:,.0f}/s)")
     jobs.check()
 
 
@@ -234,7 +245,12 @@ def show_answers(plan: DemoPlan, jobs: ProcessGroup, console: Console) -> None:
     jobs.wait_until(ready, f"the service at {plan.url} to be ready", timeout_s=180, interval_s=1)
     time.sleep(plan.retrain_every_s)
     jobs.check()
-    console.print(_answers_table(plan.url))
+    with httpx.Client(timeout=10) as client:
+        answers = {
+            text: client.post(f"{plan.url}/predict", json={"text": text}).json()
+            for text in SAMPLE_QUERIES
+        }
+    console.print(answers_table(answers))
 
 
 def report(
@@ -244,20 +260,28 @@ def report(
     jobs: ProcessGroup,
     console: Console,
 ) -> None:
-    """The offline evaluation's report, once written, and where to look next."""
+    """The offline evaluation's summary, once written, and where to look next."""
     jobs.wait_for("evaluate")
-    console.print((REPORTS / "evaluation.md").read_text())
-    console.print(f"evaluation plot: {REPORTS / 'evaluation.png'}")
-    model = env["MLFLOW_REGISTERED_MODEL"]
-    console.print(f"MLflow UI: {tracking.uri}  (experiment {tracking.experiment}, model {model})")
-    console.print(f"service: {plan.url}/predict  (OpenAPI at {plan.url}/docs)")
+    console.print(evaluation_summary(json.loads((plan.reports / JSON_NAME).read_text())))
+    where = Table.grid(padding=(0, 2))
+    where.add_column(no_wrap=True)
+    where.add_column(overflow="fold")
+    for name, value in (
+        ("per-window report", plan.reports / TABLE_NAME),
+        ("plot", plan.reports / PLOT_NAME),
+        ("MLflow UI", f"{tracking.uri} (experiment {tracking.experiment})"),
+        ("registered model", env["MLFLOW_REGISTERED_MODEL"]),
+        ("service", f"{plan.url}/predict (OpenAPI at /docs)"),
+    ):
+        where.add_row(name, str(value))
+    console.print(where)
 
 
 def keep_jobs_running(jobs: ProcessGroup, console: Console) -> None:
     """Watch the jobs until one fails or Ctrl-C, which ends the demo normally, not as an error."""
     with contextlib.suppress(KeyboardInterrupt):
         console.print(
-            "[bold]--keep-running: the jobs go on; press Ctrl-C to stop them "
+            "[bold]--keep-running: the jobs go on; Ctrl-C stops them "
             "(Kafka and MLflow stay up)[/bold]"
         )
         while True:
@@ -265,27 +289,27 @@ def keep_jobs_running(jobs: ProcessGroup, console: Console) -> None:
             time.sleep(2)
 
 
-def shut_down(jobs: ProcessGroup, services: Sequence[Service], keep_services: bool) -> str:
+def shut_down(jobs: ProcessGroup, services: Sequence[Started], keep_services: bool) -> str:
     """Stop the jobs, and the services this demo started unless `keep_services`; the closing
     message, which says what was stopped and what is still running."""
     jobs.stop()
-    for service in reversed(services):
-        if service.started and not keep_services:
-            service.down()
+    for launcher, started in reversed(services):
+        if started and not keep_services:
+            launcher.down()
     return closing_message(list(jobs.children), services, keep_services)
 
 
-def closing_message(jobs: Sequence[str], services: Sequence[Service], kept: bool) -> str:
+def closing_message(jobs: Sequence[str], services: Sequence[Started], kept: bool) -> str:
     """What the demo stopped, and which local services still run with how to stop them."""
     lines = [f"stopped the demo's jobs ({', '.join(jobs)})" if jobs else "no job was started"]
-    for service in services:
-        if not service.local:
+    for launcher, started in services:
+        if not launcher.uses_local_server:
             continue  # configured elsewhere: not the demo's to stop
-        if service.started and not kept:
-            lines.append(f"stopped {service.name}")
+        if started and not kept:
+            lines.append(f"stopped {launcher.name}")
         else:
-            why = "--keep-running" if service.started else "it was running before the demo"
+            why = "--keep-running" if started else "it ran before the demo"
             lines.append(
-                f"{service.name} is still running ({why}); stop it with `{service.down_command}`"
+                f"{launcher.name} still runs ({why}): `lambda-ml {launcher.command} down` stops it"
             )
     return "\n".join(lines)

@@ -1,8 +1,9 @@
-"""The project's own single-node Apache Kafka broker (KRaft mode), without Docker.
+"""The project's own single-node Apache Kafka broker (KRaft mode), without Docker, and the
+admin calls the pipeline makes on any cluster (topics, end and committed offsets).
 
 Maven resolves the broker's runtime classpath from Maven Central once (`fetch`), and the broker
-runs as a detached JVM tracked by `DetachedService` (`up`, `down`, `status`). With
-`KAFKA_BOOTSTRAP_SERVERS` set, nothing is started: `up` only checks the cluster and its topics.
+runs as a detached JVM (`KafkaLauncher`). With `KAFKA_BOOTSTRAP_SERVERS` set, nothing is
+started: `up` only checks the cluster and creates the pipeline's topics there.
 
 A single broker keeps no replicas: an acknowledged write is as durable as this machine's disk.
 """
@@ -10,156 +11,155 @@ A single broker keeps no replicas: an acknowledged write is as durable as this m
 from __future__ import annotations
 
 import base64
-import functools
-import re
 import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from common.durable import write_durably
-from common.processes import DetachedService, ServiceError, port_is_free
-from common.settings import KafkaSettings, LocalBrokerSettings
+from common.processes import ServiceError
+from common.settings import KafkaSettings, LocalBrokerSettings, Settings
+from pipelines.services.java import (
+    JVM_FLAGS,
+    cache_folder,
+    fetch_once,
+    java_version,
+    require_java,
+    run_tool,
+    write_properties,
+)
+from pipelines.services.launcher import Launcher
 
 _RESOURCES = Path(__file__).parent / "kafka"
 _HOST = "127.0.0.1"
-# The C1-only JIT and the serial GC make the broker ready sooner on a small machine, and
-# throughput is unchanged because Python clients are the bottleneck.
-_JVM_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
-_INSTALL_HINT = {"java": "openjdk-17-jre-headless", "mvn": "maven"}
+_LOG_CONFIG = f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.properties'}"
 
 
-@dataclass(frozen=True)
-class BrokerStatus:
-    """What `status` reports; `pid` and `log_file` are None for an external cluster."""
+class KafkaLauncher(Launcher[KafkaSettings, LocalBrokerSettings]):
+    """The local broker, or the cluster at KAFKA_BOOTSTRAP_SERVERS."""
 
-    bootstrap: str
-    running: bool
-    pid: int | None
-    log_file: Path | None
-    topics: dict[str, int]
+    name = product = "Kafka"
+    command, prefix, address_variable = "kafka", "KAFKA_", "KAFKA_BOOTSTRAP_SERVERS"
+    client_loggers = ("kafka",)
 
+    def __init__(self, settings: KafkaSettings, local: LocalBrokerSettings) -> None:
+        super().__init__(settings, local, settings.bootstrap, local.kafka_version)
+        self.libs = cache_folder(local, f"libs-{local.kafka_version}")
 
-def libs_dir(local: LocalBrokerSettings) -> Path:
-    """Where the jars of `local.kafka_version` are kept (shared by every Kafka home)."""
-    return (local.cache_dir or local.home).resolve() / f"libs-{local.kafka_version}"
+    @classmethod
+    def of(cls, tree: Settings) -> KafkaLauncher:
+        return cls(tree.kafka, tree.local_broker)
 
+    def fetch(self) -> Path:
+        """Copy the broker's jars from Maven Central into KAFKA_HOME, once (needs java 17+
+        and mvn)."""
+        goal = ["dependency:copy-dependencies", f"-Dkafka.version={self.version}"]
+        return fetch_once(self.libs, f"Kafka {self.version}", goal, _RESOURCES / "pom.xml")
 
-def fetch(local: LocalBrokerSettings) -> Path:
-    """Copy the broker's runtime classpath from Maven into `libs_dir`, once; returns that dir.
+    def ports(self) -> dict[str, int]:
+        return {
+            "KAFKA_PORT": self.settings.port,
+            "KAFKA_CONTROLLER_PORT": self.local.controller_port,
+        }
 
-    A marker file written last makes an interrupted fetch start over instead of leaving a
-    broker with missing jars; the lock lets concurrent fetches (tests, CLI) share one download.
-    """
-    libs = libs_dir(local)
-    marker = libs / ".complete"
-    if marker.exists():
-        return libs
-    _require_tools(maven=True)
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(libs.parent / ".fetch.lock"):
-        if marker.exists():
-            return libs
-        shutil.rmtree(libs, ignore_errors=True)
-        # Maven runs on a copy of the pom so the repository stays clean.
-        pom = libs.parent / "pom.xml"
-        shutil.copyfile(_RESOURCES / "pom.xml", pom)
-        command = [
-            "mvn",
-            "-q",
-            "-B",
-            "-Dstyle.color=never",
-            "-f",
-            str(pom),
-            "dependency:copy-dependencies",
-            f"-Dkafka.version={local.kafka_version}",
-            f"-DoutputDirectory={libs}",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-            raise ServiceError(f"Maven could not fetch Kafka {local.kafka_version}:", tail)
-        marker.write_text(f"{local.kafka_version}\n")
-    return libs
-
-
-def up(settings: KafkaSettings, local: LocalBrokerSettings, timeout: float = 90.0) -> bool:
-    """Start the local broker and create the pipeline's topics; True if this call started it.
-
-    Already running, or an external cluster configured: nothing is started, but missing
-    topics are still created (a new KAFKA_TOPIC needs only another `up`).
-    """
-    topics = {settings.topic: settings.partitions, settings.dlq_topic: 1}
-    if not settings.uses_local_broker or _process(local).is_running():
-        ensure_topics(settings.bootstrap, topics)
-        return False
-    process = _process(local)
-    libs = fetch(local)
-    java = _require_tools(maven=False)
-    busy = [port for port in (settings.port, local.controller_port) if not port_is_free(port)]
-    if busy:
-        raise ServiceError(
-            f"port {', '.join(map(str, busy))} on {_HOST} is already in use; "
-            "stop what listens there or set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
-        )
-    config = _write_server_properties(settings, local)
-    if not (_data_dir(local) / "meta.properties").exists():
-        _format_storage(java, libs, config)
-    process.start(
-        [
+    def start_command(self) -> list[str]:
+        libs = self.fetch()
+        java = require_java()
+        config = _write_server_properties(self.settings, self.local)
+        if not (self.local.home.resolve() / "data" / "meta.properties").exists():
+            _format_storage(java, libs, config)
+        return [
             java,
-            f"-Xmx{local.heap}",
-            *_JVM_FLAGS,
-            _class_sharing_flag(local, java),
-            f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.properties'}",
+            f"-Xmx{self.local.heap}",
+            *JVM_FLAGS,
+            self._class_sharing_flag(java),
+            _LOG_CONFIG,
             "-cp",
             f"{libs}/*",
             "kafka.Kafka",
             str(config),
         ]
-    )
-    try:
-        process.wait_ready(lambda: _answers(settings), timeout)
-        ensure_topics(settings.bootstrap, topics)
-    except BaseException:
-        process.stop()
-        raise
-    return True
 
-
-def down(settings: KafkaSettings, local: LocalBrokerSettings) -> bool:
-    """Stop the local broker; False if it was not running (or the cluster is external)."""
-    if not settings.uses_local_broker:
-        return False
-    stopped = _process(local).stop()
-    _adopt_class_archive(local)
-    return stopped
-
-
-def status(settings: KafkaSettings, local: LocalBrokerSettings) -> BrokerStatus:
-    """Whether the broker runs, where, and its topics with their partition counts."""
-    if settings.uses_local_broker:
-        process = _process(local)
-        pid, log_file = process.pid(), process.log_file
-        running = pid is not None
-    else:
-        pid, log_file, running = None, None, True
-    topics: dict[str, int] = {}
-    if running:
+    def answers(self) -> bool:
+        """The port accepts connections and a client can list topics (the cheap socket check
+        comes first because a failed admin client costs a timeout)."""
         try:
-            topics = topic_partitions(settings.bootstrap)
-        except ServiceError:
-            running = settings.uses_local_broker  # a local broker may still be starting
-    return BrokerStatus(settings.bootstrap, running, pid, log_file, topics)
+            socket.create_connection((_HOST, self.settings.port), timeout=1.0).close()
+            with _admin(self.address, timeout_ms=3_000) as admin:
+                admin.list_topics()
+        except (OSError, ServiceError):
+            return False
+        return True
+
+    def prepare(self) -> None:
+        """Create the pipeline's topics that are missing."""
+        settings = self.settings
+        ensure_topics(self.address, {settings.topic: settings.partitions, settings.dlq_topic: 1})
+
+    def contents(self) -> list[str]:
+        return [
+            f"{topic}: {count} partition{'s' if count != 1 else ''}"
+            for topic, count in topic_partitions(self.address).items()
+        ]
+
+    def down(self) -> bool:
+        stopped = super().down()
+        self._adopt_class_archive()
+        return stopped
+
+    def _class_archive(self, java: str) -> Path:
+        """The shared AppCDS archive of the broker's classes: it makes the JVM ready sooner.
+
+        Keyed by the Kafka and Java versions, as no other JVM build or classpath can use it.
+        """
+        return self.libs.parent / f"kafka-{self.version}-java-{java_version(java)}.jsa"
+
+    @property
+    def _pending_archive(self) -> Path:
+        return self.local.home.resolve() / "classes.jsa"
+
+    def _class_sharing_flag(self, java: str) -> str:
+        archive = self._class_archive(java)
+        if archive.exists():
+            return f"-XX:SharedArchiveFile={archive}"
+        # Without one yet, the JVM records the classes it loaded when it exits; `down` adopts
+        # them.
+        return f"-XX:ArchiveClassesAtExit={self._pending_archive}"
+
+    def _adopt_class_archive(self) -> None:
+        """Move a broker's recorded class archive to the shared place, if it is sound.
+
+        A truncated archive (broker killed while writing it) would crash every later JVM, so
+        it must first map cleanly with `-Xshare:on`; the move is atomic, as brokers may share
+        it.
+        """
+        pending = self._pending_archive
+        if not pending.exists():
+            return
+        java = require_java()
+        archive = self._class_archive(java)
+        check = [
+            java,
+            *JVM_FLAGS,
+            "-Xshare:on",
+            f"-XX:SharedArchiveFile={pending}",
+            "-XX:ErrorFile=/dev/null",
+            "-cp",
+            f"{self.libs}/*",
+            "-version",
+        ]
+        sound = subprocess.run(check, capture_output=True, cwd=pending.parent).returncode == 0
+        if sound and not archive.exists():
+            with pending.open("rb") as source:
+                write_durably(archive, lambda h: shutil.copyfileobj(source, h))
+        pending.unlink()
 
 
 def topic_partitions(bootstrap: str) -> dict[str, int]:
@@ -220,14 +220,6 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
     return sorted(missing)
 
 
-def _process(local: LocalBrokerSettings) -> DetachedService:
-    return DetachedService("kafka", local.home.resolve())
-
-
-def _data_dir(local: LocalBrokerSettings) -> Path:
-    return local.home.resolve() / "data"
-
-
 @contextmanager
 def _admin(bootstrap: str, timeout_ms: int = 10_000) -> Iterator[KafkaAdminClient]:
     """An admin client; Kafka errors become ServiceError (an unreachable cluster is expected)."""
@@ -246,52 +238,6 @@ def _admin(bootstrap: str, timeout_ms: int = 10_000) -> Iterator[KafkaAdminClien
         raise ServiceError(f"Kafka at {bootstrap}: {exc}") from exc
 
 
-def _answers(settings: KafkaSettings) -> bool:
-    """Readiness: the port accepts connections and a client can list topics.
-
-    The cheap socket check comes first because a failed admin client costs a timeout.
-    """
-    try:
-        socket.create_connection((_HOST, settings.port), timeout=1.0).close()
-        with _admin(settings.bootstrap, timeout_ms=3_000) as admin:
-            admin.list_topics()
-    except (OSError, ServiceError):
-        return False
-    return True
-
-
-def _require_tools(maven: bool) -> str:
-    """The path of a Java 17+ `java` (and check `mvn` if `maven`), or a clear error."""
-    problems: dict[str, str] = {}
-    java = shutil.which("java")
-    if java is None:
-        problems["java"] = "java not found (Kafka 4 needs Java 17+)"
-    elif _major(version := _java_version(java)) < 17:
-        problems["java"] = f"java {version} found, Kafka 4 needs Java 17+"
-    if maven and shutil.which("mvn") is None:
-        problems["mvn"] = "mvn not found (Maven fetches the Kafka jars)"
-    if problems or java is None:
-        packages = " ".join(_INSTALL_HINT[tool] for tool in problems)
-        raise ServiceError(
-            f"{'; '.join(problems.values())}; install with: sudo apt-get install {packages}"
-        )
-    return java
-
-
-@functools.cache
-def _java_version(java: str) -> str:
-    """The version `java -version` reports, e.g. "17.0.15" (or "1.8.0_402" on Java 8)."""
-    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
-    found = re.search(r'version "([^"]+)"', output)
-    return found.group(1) if found else "0"
-
-
-def _major(version: str) -> int:
-    """17 for "17.0.15", 8 for the old scheme "1.8.0_402"."""
-    parts = [int(part) for part in re.findall(r"\d+", version)[:2]] + [0]
-    return parts[1] if parts[0] == 1 else parts[0]
-
-
 def _write_server_properties(settings: KafkaSettings, local: LocalBrokerSettings) -> Path:
     """The single combined broker+controller node's configuration, rewritten at every `up`."""
     home = local.home.resolve()
@@ -306,7 +252,7 @@ def _write_server_properties(settings: KafkaSettings, local: LocalBrokerSettings
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "controller.quorum.bootstrap.servers": controller,
-        "log.dirs": str(_data_dir(local)),
+        "log.dirs": str(home / "data"),
         # One broker: internal topics cannot have more than one replica.
         "offsets.topic.replication.factor": "1",
         "transaction.state.log.replication.factor": "1",
@@ -318,18 +264,15 @@ def _write_server_properties(settings: KafkaSettings, local: LocalBrokerSettings
         # A lone consumer joins its group at once instead of waiting for others.
         "group.initial.rebalance.delay.ms": "0",
     }
-    path = home / "server.properties"
-    home.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
-    return path
+    return write_properties(home / "server.properties", properties)
 
 
 def _format_storage(java: str, libs: Path, config: Path) -> None:
     """Format the empty log dir once, as a standalone KRaft controller of a new cluster."""
     command = [
         java,
-        *_JVM_FLAGS,
-        f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.properties'}",
+        *JVM_FLAGS,
+        _LOG_CONFIG,
         "-cp",
         f"{libs}/*",
         "kafka.tools.StorageTool",
@@ -340,59 +283,7 @@ def _format_storage(java: str, libs: Path, config: Path) -> None:
         str(config),
         "--standalone",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-        raise ServiceError("formatting the Kafka log dir failed:", tail)
-
-
-def _class_archive(local: LocalBrokerSettings, java: str) -> Path:
-    """The shared AppCDS archive of the broker's classes: it makes the JVM ready sooner.
-
-    Keyed by the Kafka and Java versions, as no other JVM build or classpath can use it.
-    """
-    name = f"kafka-{local.kafka_version}-java-{_java_version(java)}.jsa"
-    return libs_dir(local).parent / name
-
-
-def _pending_archive(local: LocalBrokerSettings) -> Path:
-    return local.home.resolve() / "classes.jsa"
-
-
-def _class_sharing_flag(local: LocalBrokerSettings, java: str) -> str:
-    archive = _class_archive(local, java)
-    if archive.exists():
-        return f"-XX:SharedArchiveFile={archive}"
-    # Without one yet, the JVM records the classes it loaded when it exits; `down` adopts them.
-    return f"-XX:ArchiveClassesAtExit={_pending_archive(local)}"
-
-
-def _adopt_class_archive(local: LocalBrokerSettings) -> None:
-    """Move a broker's recorded class archive to the shared place, if it is sound.
-
-    A truncated archive (broker killed while writing it) would crash every later JVM, so it
-    must first map cleanly with `-Xshare:on`; the move is atomic, as brokers may share it.
-    """
-    pending = _pending_archive(local)
-    if not pending.exists():
-        return
-    java = _require_tools(maven=False)
-    archive = _class_archive(local, java)
-    check = [
-        java,
-        *_JVM_FLAGS,
-        "-Xshare:on",
-        f"-XX:SharedArchiveFile={pending}",
-        "-XX:ErrorFile=/dev/null",
-        "-cp",
-        f"{libs_dir(local)}/*",
-        "-version",
-    ]
-    sound = subprocess.run(check, capture_output=True, cwd=pending.parent).returncode == 0
-    if sound and not archive.exists():
-        with pending.open("rb") as source:
-            write_durably(archive, lambda h: shutil.copyfileobj(source, h))
-    pending.unlink()
+    run_tool(command, "formatting the Kafka log dir failed:")
 
 
 def _new_cluster_id() -> str:

@@ -1,9 +1,9 @@
 """The project's own S3-compatible server (S3Proxy on its filesystem backend), without Docker.
 
 Maven copies S3Proxy's single jar from Maven Central once (`fetch`), and the server runs as a
-detached JVM tracked by `DetachedService` (`up`, `down`, `status`), keeping its objects under
-`<home>/data`, so a restart keeps them. With `STORAGE_ENDPOINT_URL` set, nothing is started:
-`up` only checks that store and creates the bucket there.
+detached JVM (`ObjectStoreLauncher`), keeping its objects under `<home>/data`, so a restart
+keeps them. With `STORAGE_ENDPOINT_URL` set, nothing is started: `up` only checks that store and
+creates the bucket there.
 
 S3Proxy 3 honours conditional writes (`If-None-Match`, `If-Match`), which the retrain lock's
 lease relies on; older releases ignore them silently, so the version is pinned by default.
@@ -11,128 +11,76 @@ lease relies on; older releases ignore them silently, so the version is pinned b
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from filelock import FileLock
-
-from common.processes import DetachedService, ServiceError, port_is_free
-from common.settings import LocalObjectStoreSettings, StorageSettings
+from common.processes import ServiceError
+from common.settings import LocalObjectStoreSettings, Settings, StorageSettings
 from common.storage import s3_client
+from pipelines.services.java import (
+    JVM_FLAGS,
+    cache_folder,
+    fetch_once,
+    require_java,
+    write_properties,
+)
+from pipelines.services.launcher import Launcher
 
 _HOST = "127.0.0.1"
-_JVM_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 
-@dataclass(frozen=True)
-class ObjectStoreStatus:
-    """What `status` reports; `pid` and `log_file` are None for an external store."""
+class ObjectStoreLauncher(Launcher[StorageSettings, LocalObjectStoreSettings]):
+    """The local S3Proxy, or the store at STORAGE_ENDPOINT_URL."""
 
-    endpoint: str
-    running: bool
-    pid: int | None
-    log_file: Path | None
-    buckets: list[str]
+    name, product, command = "Object store", "S3Proxy", "s3"
+    prefix, address_variable = "STORAGE_", "STORAGE_ENDPOINT_URL"
+    start_timeout_s = 60.0
 
+    def __init__(self, settings: StorageSettings, local: LocalObjectStoreSettings) -> None:
+        super().__init__(settings, local, settings.endpoint, local.s3proxy_version)
+        folder = cache_folder(local, f"s3proxy-{self.version}")
+        self.jar = folder / f"s3proxy-{self.version}-jar-with-dependencies.jar"
 
-def jar_path(local: LocalObjectStoreSettings) -> Path:
-    """Where the jar of `local.s3proxy_version` is kept (shared by every home)."""
-    folder = (local.cache_dir or local.home).resolve() / f"s3proxy-{local.s3proxy_version}"
-    return folder / f"s3proxy-{local.s3proxy_version}-jar-with-dependencies.jar"
+    @classmethod
+    def of(cls, tree: Settings) -> ObjectStoreLauncher:
+        return cls(tree.storage, tree.local_object_store)
 
+    def fetch(self) -> Path:
+        """Copy S3Proxy's jar from Maven Central into STORAGE_HOME, once (needs java 17+ and
+        mvn)."""
+        artifact = f"org.gaul:s3proxy:{self.version}:jar:jar-with-dependencies"
+        goal = ["dependency:copy", f"-Dartifact={artifact}"]
+        fetch_once(self.jar.parent, f"S3Proxy {self.version}", goal)
+        return self.jar
 
-def fetch(local: LocalObjectStoreSettings) -> Path:
-    """Copy S3Proxy's jar from Maven into `jar_path`, once; returns the jar.
+    def start_command(self) -> list[str]:
+        jar = self.fetch()
+        java = require_java()
+        config = _write_properties(self.settings, self.local)
+        heap = f"-Xmx{self.local.heap}"
+        return [java, heap, *JVM_FLAGS, "-jar", str(jar), "--properties", str(config)]
 
-    A marker file written last makes an interrupted fetch start over; the lock lets concurrent
-    fetches (tests, CLI) share one download.
-    """
-    jar = jar_path(local)
-    marker = jar.parent / ".complete"
-    if marker.exists():
-        return jar
-    _require_tools(maven=True)
-    jar.parent.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(jar.parent.parent / ".s3proxy-fetch.lock"):
-        if marker.exists():
-            return jar
-        shutil.rmtree(jar.parent, ignore_errors=True)
-        command = [
-            "mvn",
-            "-q",
-            "-B",
-            "-Dstyle.color=never",
-            "dependency:copy",
-            f"-Dartifact=org.gaul:s3proxy:{local.s3proxy_version}:jar:jar-with-dependencies",
-            f"-DoutputDirectory={jar.parent}",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not jar.exists():
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-            raise ServiceError(f"Maven could not fetch S3Proxy {local.s3proxy_version}:", tail)
-        marker.write_text(f"{local.s3proxy_version}\n")
-    return jar
-
-
-def up(settings: StorageSettings, local: LocalObjectStoreSettings, timeout: float = 60.0) -> bool:
-    """Start the local S3Proxy and create the bucket; True if this call started it.
-
-    Already running, or an external store configured: nothing is started, but a missing
-    bucket is still created.
-    """
-    process = _process(local)
-    if not settings.uses_local_server or process.is_running():
-        ensure_bucket(settings)
-        return False
-    jar = fetch(local)
-    java = _require_tools(maven=False)
-    if not port_is_free(settings.port):
-        raise ServiceError(
-            f"port {settings.port} on {_HOST} is already in use; "
-            "stop what listens there or set STORAGE_PORT"
-        )
-    config = _write_properties(settings, local)
-    process.start(
-        [java, f"-Xmx{local.heap}", *_JVM_FLAGS, "-jar", str(jar), "--properties", str(config)]
-    )
-    try:
-        process.wait_ready(lambda: _answers(settings), timeout)
-        ensure_bucket(settings)
-    except BaseException:
-        process.stop()
-        raise
-    return True
-
-
-def down(settings: StorageSettings, local: LocalObjectStoreSettings) -> bool:
-    """Stop the local S3Proxy (its data stays); False if it was not running or is external."""
-    if not settings.uses_local_server:
-        return False
-    return _process(local).stop()
-
-
-def status(settings: StorageSettings, local: LocalObjectStoreSettings) -> ObjectStoreStatus:
-    """Whether the store runs, where, and its buckets."""
-    if settings.uses_local_server:
-        process = _process(local)
-        pid, log_file = process.pid(), process.log_file
-        running = pid is not None
-    else:
-        pid, log_file, running = None, None, True
-    buckets: list[str] = []
-    if running:
+    def answers(self) -> bool:
+        """The port accepts connections and the store lists its buckets."""
+        endpoint = urlsplit(self.address)
         try:
-            buckets = list_buckets(settings)
-        except ServiceError:
-            running = settings.uses_local_server  # a local server may still be starting
-    return ObjectStoreStatus(settings.endpoint, running, pid, log_file, buckets)
+            socket.create_connection((endpoint.hostname, endpoint.port), timeout=1.0).close()
+            _buckets(self.settings)
+        except (OSError, ServiceError):
+            return False
+        return True
+
+    def prepare(self) -> None:
+        """Create the bucket if it is missing."""
+        _ensure_bucket(self.settings)
+
+    def contents(self) -> list[str]:
+        return [f"bucket: {bucket}" for bucket in _buckets(self.settings)]
 
 
-def list_buckets(settings: StorageSettings) -> list[str]:
+def _buckets(settings: StorageSettings) -> list[str]:
+    """The store's buckets; a ServiceError if it cannot be reached."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -142,11 +90,11 @@ def list_buckets(settings: StorageSettings) -> list[str]:
     return sorted(bucket["Name"] for bucket in answer.get("Buckets", []))
 
 
-def ensure_bucket(settings: StorageSettings) -> bool:
+def _ensure_bucket(settings: StorageSettings) -> bool:
     """Create `settings.bucket` if it is missing; True if this call created it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    if settings.bucket in list_buckets(settings):
+    if settings.bucket in _buckets(settings):
         return False
     try:
         s3_client(settings).create_bucket(Bucket=settings.bucket)
@@ -162,10 +110,6 @@ def ensure_bucket(settings: StorageSettings) -> bool:
     return True
 
 
-def _process(local: LocalObjectStoreSettings) -> DetachedService:
-    return DetachedService("s3proxy", local.home.resolve())
-
-
 def _write_properties(settings: StorageSettings, local: LocalObjectStoreSettings) -> Path:
     """S3Proxy's configuration, rewritten at every `up`: its data folder is kept."""
     home = local.home.resolve()
@@ -179,28 +123,4 @@ def _write_properties(settings: StorageSettings, local: LocalObjectStoreSettings
         "jclouds.provider": "filesystem",
         "jclouds.filesystem.basedir": str(data),
     }
-    path = home / "s3proxy.properties"
-    path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
-    return path
-
-
-def _answers(settings: StorageSettings) -> bool:
-    """Readiness: the port accepts connections and the store lists its buckets."""
-    endpoint = urlsplit(settings.endpoint)
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port), timeout=1.0).close()
-        list_buckets(settings)
-    except (OSError, ServiceError):
-        return False
-    return True
-
-
-def _require_tools(maven: bool) -> str:
-    """The path of `java` (and check `mvn` if `maven`), or a clear error."""
-    java = shutil.which("java")
-    missing = [] if java else ["java (openjdk-17-jre-headless)"]
-    if maven and shutil.which("mvn") is None:
-        missing.append("mvn (maven)")
-    if missing or java is None:
-        raise ServiceError(f"not found: {', '.join(missing)}; install with apt-get")
-    return java
+    return write_properties(home / "s3proxy.properties", properties)

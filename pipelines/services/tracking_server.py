@@ -8,14 +8,16 @@ nothing is started: `up` only checks that server's health.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
-from common.processes import DetachedService, ServiceError, port_is_free
-from common.settings import LocalMlflowSettings, MlflowSettings
+from common.processes import ServiceError
+from common.settings import LocalMlflowSettings, MlflowSettings, Settings
+from pipelines.services.launcher import Launcher
 
 _HOST = "127.0.0.1"
 # The server's background job runner (GenAI evaluation jobs, unused here) would add eight
@@ -23,78 +25,53 @@ _HOST = "127.0.0.1"
 _SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-@dataclass(frozen=True)
-class ServerStatus:
-    """What `status` reports; `pid` and `log_file` are None for an external server."""
+class MlflowLauncher(Launcher[MlflowSettings, LocalMlflowSettings]):
+    """The local tracking server, or the one at MLFLOW_TRACKING_URI."""
 
-    uri: str
-    running: bool
-    pid: int | None
-    log_file: Path | None
+    name = product = "MLflow"
+    command, prefix, address_variable = "mlflow", "MLFLOW_", "MLFLOW_TRACKING_URI"
+    start_timeout_s = 120.0
 
+    def __init__(self, settings: MlflowSettings, local: LocalMlflowSettings) -> None:
+        super().__init__(settings, local, settings.uri, importlib.metadata.version("mlflow"))
 
-def server_command(settings: MlflowSettings, local: LocalMlflowSettings) -> list[str]:
-    """The `mlflow server` command line of the local server (the entrypoint mirrors it)."""
-    home = local.home.resolve()
-    return [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{home / 'mlflow.db'}",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(home / "artifacts"),
-        "--host",
-        _HOST,
-        "--port",
-        str(settings.port),
-        "--workers",
-        "1",
-    ]
+    @classmethod
+    def of(cls, tree: Settings) -> MlflowLauncher:
+        return cls(tree.mlflow, tree.local_mlflow)
 
+    def fetch(self) -> Path:
+        """Check that this environment has the `mlflow` command (MLflow is installed with the
+        project: there is nothing to download)."""
+        executable = Path(sys.executable).with_name("mlflow")
+        if not executable.exists():
+            raise ServiceError(f"{executable} not found: install MLflow into this environment")
+        return executable
 
-def up(settings: MlflowSettings, local: LocalMlflowSettings, timeout: float = 120.0) -> bool:
-    """Start the local server and wait until it is healthy; True if this call started it.
+    def start_command(self) -> list[str]:
+        """The `mlflow server` command line of the local server (the entrypoint mirrors it)."""
+        home = self.local.home.resolve()
+        return [
+            str(self.fetch()),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--host",
+            _HOST,
+            "--port",
+            str(self.settings.port),
+            "--workers",
+            "1",
+        ]
 
-    Already running, or an external server configured: nothing is started (an external
-    server must answer its health check).
-    """
-    if not settings.uses_local_server:
-        if not is_healthy(settings.uri):
-            raise ServiceError(f"the MLflow server at {settings.uri} does not answer /health")
-        return False
-    process = _process(local)
-    if process.is_running():
-        return False
-    if not port_is_free(settings.port, _HOST):
-        raise ServiceError(
-            f"port {settings.port} on {_HOST} is already in use; "
-            "stop what listens there or set MLFLOW_PORT"
-        )
-    command = server_command(settings, local)
-    if not Path(command[0]).exists():
-        raise ServiceError(f"{command[0]} not found: install MLflow into this environment")
-    process.start(command, env={**os.environ, **_SERVER_ENV})
-    try:
-        process.wait_ready(lambda: is_healthy(settings.uri), timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return True
+    def environment(self) -> Mapping[str, str]:
+        return {**os.environ, **_SERVER_ENV}
 
-
-def down(settings: MlflowSettings, local: LocalMlflowSettings) -> bool:
-    """Stop the local server; False if it was not running (or the server is external)."""
-    return settings.uses_local_server and _process(local).stop()
-
-
-def status(settings: MlflowSettings, local: LocalMlflowSettings) -> ServerStatus:
-    """Whether the server runs (a local one: its pid; any: it answers /health) and where."""
-    if not settings.uses_local_server:
-        return ServerStatus(settings.uri, is_healthy(settings.uri), None, None)
-    process = _process(local)
-    pid = process.pid()
-    return ServerStatus(settings.uri, pid is not None, pid, process.log_file)
+    def answers(self) -> bool:
+        """It answers /health."""
+        return is_healthy(self.address)
 
 
 def is_healthy(uri: str) -> bool:
@@ -104,7 +81,3 @@ def is_healthy(uri: str) -> bool:
             return response.status == 200
     except OSError:  # refused, timed out, or an HTTP error status
         return False
-
-
-def _process(local: LocalMlflowSettings) -> DetachedService:
-    return DetachedService("mlflow", local.home.resolve())

@@ -33,7 +33,6 @@ from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHAMPION, fetch_champion
 from pipelines.batch.retrain import RetrainResult, retrain
 from pipelines.provenance import PROJECT_ROOT
-from pipelines.services import tracking_server
 from pipelines.tracking import tracking_client
 from streams.archiver import write_flush
 from streams.consumer import Consumed
@@ -290,9 +289,8 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
     must show exactly this run and this registry, and the restart needs a server we own.
     """
     home = tmp_path_factory.mktemp("mlflow-ui")
-    settings, local = throwaway_mlflow(
-        home / "mlflow", experiment=EXPERIMENT, registered_model=MODEL
-    )
+    server = throwaway_mlflow(home / "mlflow", experiment=EXPERIMENT, registered_model=MODEL)
+    settings = server.settings
     master = home / "master"
     rows = write_master_dataset(master)
     batch = BatchSettings(
@@ -303,20 +301,20 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
         lock_path=home / "retrain.lock",
     )
     try:
-        tracking_server.up(settings, local)
+        server.up()
         result = retrain(batch, settings, topic="queries")
         assert result.promoted, result.reason
         assert int(result.lineage["rows"]) == rows
         # A restart on the same SQLite store and artifact folder: what the UI shows next
         # must come from disk, not from the first server's memory.
-        assert tracking_server.down(settings, local)
-        assert tracking_server.up(settings, local)
+        assert server.down()
+        assert server.up()
         client = tracking_client(settings)
         experiment = client.get_experiment_by_name(EXPERIMENT)
         assert experiment is not None
         yield Tracked(settings, result, experiment.experiment_id)
     finally:
-        tracking_server.down(settings, local)
+        server.down()
 
 
 # --- the test ---------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""One real Kafka broker and one real MLflow server per test session.
+"""One real Kafka broker, MLflow server and S3-compatible store per test session.
 
 Each runs from a throwaway home on ports picked free at start, so a developer's own services
 (and their data) are untouched, and each is stopped at the end even when tests fail. Set
-KAFKA_BOOTSTRAP_SERVERS or MLFLOW_TRACKING_URI to run the tests against existing ones instead.
+KAFKA_BOOTSTRAP_SERVERS, MLFLOW_TRACKING_URI or STORAGE_ENDPOINT_URL to run the tests against
+existing ones instead. The fixtures start them with the same launchers as `lambda-ml kafka up`.
 """
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -21,100 +23,123 @@ from common.settings import (
     MlflowSettings,
     StorageSettings,
 )
-from pipelines.services import broker, tracking_server
+from pipelines.services.broker import KafkaLauncher, ensure_topics
+from pipelines.services.launcher import Launcher
+from pipelines.services.object_store import ObjectStoreLauncher
+from pipelines.services.tracking_server import MlflowLauncher
+
+AnyLauncher = TypeVar("AnyLauncher", bound=Launcher[Any, Any])
+
+
+def throwaway_broker(home: Path, **kafka: object) -> KafkaLauncher:
+    """A local broker on free ports in `home`, sharing the usual jar cache (KAFKA_CACHE_DIR or
+    KAFKA_HOME), so that it does not fetch the jars again."""
+    configured = LocalBrokerSettings()
+    port, controller_port = free_ports(2)
+    return KafkaLauncher(
+        KafkaSettings(bootstrap_servers="", port=port, **kafka),
+        LocalBrokerSettings(
+            home=home,
+            cache_dir=(configured.cache_dir or configured.home).resolve(),
+            controller_port=controller_port,
+        ),
+    )
+
+
+def throwaway_mlflow(home: Path, **mlflow: object) -> MlflowLauncher:
+    """A local MLflow server on a free port, keeping its data in `home`."""
+    (port,) = free_ports(1)
+    return MlflowLauncher(
+        MlflowSettings(tracking_uri="", port=port, **mlflow), LocalMlflowSettings(home=home)
+    )
+
+
+def throwaway_object_store(home: Path) -> ObjectStoreLauncher:
+    """A local S3Proxy on a free port in `home`, sharing the usual jar cache (STORAGE_CACHE_DIR
+    or STORAGE_HOME), so that it does not fetch the jar again."""
+    configured = LocalObjectStoreSettings()
+    (port,) = free_ports(1)
+    return ObjectStoreLauncher(
+        StorageSettings(endpoint_url="", port=port),
+        LocalObjectStoreSettings(
+            home=home, cache_dir=(configured.cache_dir or configured.home).resolve()
+        ),
+    )
+
+
+def _session_launcher(
+    configured: AnyLauncher,
+    throwaway: Callable[[Path], AnyLauncher],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AnyLauncher:
+    """The environment's service if it names one; otherwise a local one in a throwaway home."""
+    if not configured.uses_local_server:
+        return configured
+    return throwaway(tmp_path_factory.mktemp(configured.command))
+
+
+@pytest.fixture(scope="session")
+def kafka_launcher(tmp_path_factory: pytest.TempPathFactory) -> KafkaLauncher:
+    configured = KafkaLauncher(KafkaSettings(), LocalBrokerSettings())
+    return _session_launcher(configured, throwaway_broker, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(kafka_launcher: KafkaLauncher) -> KafkaSettings:
+    return kafka_launcher.settings
 
 
 @dataclass(frozen=True)
-class KafkaService:
-    """The session's broker: where it is, and a factory of fresh topics for one test."""
+class SessionService(Generic[AnyLauncher]):
+    """A service of the test session: its launcher, and the settings its clients use."""
 
-    bootstrap: str
-    settings: KafkaSettings
-    local: LocalBrokerSettings
+    launcher: AnyLauncher
+
+    @property
+    def settings(self) -> Any:
+        return self.launcher.settings
+
+
+class KafkaService(SessionService[KafkaLauncher]):
+    """The session's broker: where it is, and fresh topics for one test."""
+
+    @property
+    def bootstrap(self) -> str:
+        return self.launcher.address
 
     def new_topic(self, partitions: int = 1) -> str:
         """Create a topic no other test uses, so tests never see each other's messages."""
         name = f"test-{uuid.uuid4().hex[:12]}"
-        broker.ensure_topics(self.bootstrap, {name: partitions})
+        ensure_topics(self.bootstrap, {name: partitions})
         return name
 
 
-def throwaway_broker(home: Path, **kafka: object) -> tuple[KafkaSettings, LocalBrokerSettings]:
-    """Settings of a local broker on free ports in `home`, sharing the usual jar cache
-    (KAFKA_CACHE_DIR or KAFKA_HOME), so that it does not fetch the jars again."""
-    configured = LocalBrokerSettings()
-    port, controller_port = free_ports(2)
-    return KafkaSettings(bootstrap_servers="", port=port, **kafka), LocalBrokerSettings(
-        home=home,
-        cache_dir=(configured.cache_dir or configured.home).resolve(),
-        controller_port=controller_port,
-    )
+@pytest.fixture(scope="session")
+def kafka(kafka_launcher: KafkaLauncher) -> Iterator[KafkaService]:
+    with kafka_launcher.running():
+        yield KafkaService(kafka_launcher)
 
 
 @pytest.fixture(scope="session")
-def kafka_launch(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[KafkaSettings, LocalBrokerSettings]:
-    """The environment's cluster if set; otherwise a local broker in a throwaway home."""
-    configured = KafkaSettings()
-    if not configured.uses_local_broker:
-        return configured, LocalBrokerSettings()
-    return throwaway_broker(tmp_path_factory.mktemp("kafka"))
+def mlflow_launcher(tmp_path_factory: pytest.TempPathFactory) -> MlflowLauncher:
+    configured = MlflowLauncher(MlflowSettings(), LocalMlflowSettings())
+    return _session_launcher(configured, throwaway_mlflow, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def kafka_settings(kafka_launch: tuple[KafkaSettings, LocalBrokerSettings]) -> KafkaSettings:
-    return kafka_launch[0]
+def mlflow_settings(mlflow_launcher: MlflowLauncher) -> MlflowSettings:
+    return mlflow_launcher.settings
 
 
 @pytest.fixture(scope="session")
-def kafka(kafka_launch: tuple[KafkaSettings, LocalBrokerSettings]) -> Iterator[KafkaService]:
-    settings, local = kafka_launch
-    broker.up(settings, local)
-    try:
-        yield KafkaService(settings.bootstrap, settings, local)
-    finally:
-        broker.down(settings, local)
-
-
-def throwaway_mlflow(home: Path, **mlflow: object) -> tuple[MlflowSettings, LocalMlflowSettings]:
-    """Settings of a local MLflow server on a free port, keeping its data in `home`."""
-    (port,) = free_ports(1)
-    return MlflowSettings(tracking_uri="", port=port, **mlflow), LocalMlflowSettings(home=home)
-
-
-@pytest.fixture(scope="session")
-def mlflow_launch(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[MlflowSettings, LocalMlflowSettings]:
-    """The environment's server if set; otherwise a local one in a throwaway home."""
-    configured = MlflowSettings()
-    if not configured.uses_local_server:
-        return configured, LocalMlflowSettings()
-    return throwaway_mlflow(tmp_path_factory.mktemp("mlflow"))
-
-
-@pytest.fixture(scope="session")
-def mlflow_settings(mlflow_launch: tuple[MlflowSettings, LocalMlflowSettings]) -> MlflowSettings:
-    return mlflow_launch[0]
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(mlflow_launch: tuple[MlflowSettings, LocalMlflowSettings]) -> Iterator[str]:
+def mlflow_server(mlflow_launcher: MlflowLauncher) -> Iterator[str]:
     """The tracking URI of the session's MLflow server."""
-    tracking_server.up(*mlflow_launch)
-    try:
-        yield mlflow_launch[0].uri
-    finally:
-        tracking_server.down(*mlflow_launch)
+    with mlflow_launcher.running():
+        yield mlflow_launcher.address
 
 
-@dataclass(frozen=True)
-class ObjectStoreService:
-    """The session's S3-compatible store: its settings, the launcher's, and fresh prefixes."""
-
-    settings: StorageSettings
-    local: LocalObjectStoreSettings
+class ObjectStoreService(SessionService[ObjectStoreLauncher]):
+    """The session's S3-compatible store, and fresh prefixes on it."""
 
     def new_url(self, name: str = "test") -> str:
         """An `s3://` prefix no other test uses."""
@@ -123,23 +148,7 @@ class ObjectStoreService:
 
 @pytest.fixture(scope="session")
 def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStoreService]:
-    """The environment's store if STORAGE_ENDPOINT_URL is set; otherwise the project's S3Proxy
-    on a free port in a throwaway home, sharing the usual jar cache (STORAGE_CACHE_DIR or
-    STORAGE_HOME), so that it does not fetch the jar again."""
-    from pipelines.services import object_store as launcher
-
-    configured, configured_local = StorageSettings(), LocalObjectStoreSettings()
-    if configured.uses_local_server:
-        (port,) = free_ports(1)
-        settings = StorageSettings(endpoint_url="", port=port)
-        local = LocalObjectStoreSettings(
-            home=tmp_path_factory.mktemp("s3proxy"),
-            cache_dir=(configured_local.cache_dir or configured_local.home).resolve(),
-        )
-    else:
-        settings, local = configured, configured_local
-    launcher.up(settings, local)
-    try:
-        yield ObjectStoreService(settings, local)
-    finally:
-        launcher.down(settings, local)
+    configured = ObjectStoreLauncher(StorageSettings(), LocalObjectStoreSettings())
+    launcher = _session_launcher(configured, throwaway_object_store, tmp_path_factory)
+    with launcher.running():
+        yield ObjectStoreService(launcher)

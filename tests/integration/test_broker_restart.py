@@ -10,14 +10,15 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import psutil
 import pyarrow.compute as pc
 import pytest
 
-from common.settings import KafkaSettings, LocalBrokerSettings
+from common.settings import KafkaSettings
 from models.snapshot import SnapshotStore
-from pipelines.services import broker
+from pipelines.services.broker import KafkaLauncher
 from streams.master_dataset import archived_positions, history
 from streams.producer import ProduceStats, make_producer, publish
 from streams.schema import parse_event
@@ -33,20 +34,13 @@ RATE = 400  # events/s: a 100 s stream, longer than two outages and their recove
 PARTITIONS = 3
 OUTAGE_S = 8.0
 RECOVERY_BOUND_S = 30.0
-# How each test's own broker is run, by its address.
-LAUNCHERS: dict[str, LocalBrokerSettings] = {}
 
 
 @pytest.fixture
-def own_broker(tmp_path):
-    settings, local = throwaway_broker(tmp_path / "kafka", partitions=PARTITIONS)
-    LAUNCHERS[settings.bootstrap] = local
-    broker.up(settings, local)
-    try:
-        yield settings
-    finally:
-        broker.down(settings, local)
-        del LAUNCHERS[settings.bootstrap]
+def own_broker(tmp_path) -> Iterator[KafkaLauncher]:
+    launcher = throwaway_broker(tmp_path / "kafka", partitions=PARTITIONS)
+    with launcher.running():
+        yield launcher
 
 
 def progress(store: SnapshotStore, master, settings: KafkaSettings) -> dict[str, int]:
@@ -59,13 +53,13 @@ def progress(store: SnapshotStore, master, settings: KafkaSettings) -> dict[str,
     }
 
 
-def outage(settings: KafkaSettings, hard: bool) -> float:
+def outage(launcher: KafkaLauncher, hard: bool) -> float:
     """Stop the broker (SIGTERM, or SIGKILL to its process and children), wait `OUTAGE_S`,
     start it again; returns the seconds from the stop to the broker answering again (a broker
     stopped cleanly first shuts down in order, a killed one recovers its logs at start)."""
     stopping = time.monotonic()
     if hard:
-        pid = broker.status(settings, LAUNCHERS[settings.bootstrap]).pid
+        pid = launcher.status().pid
         assert pid is not None
         java = psutil.Process(pid)
         tree = [java, *java.children(recursive=True)]
@@ -73,16 +67,16 @@ def outage(settings: KafkaSettings, hard: bool) -> float:
             process.kill()
         psutil.wait_procs(tree, timeout=10)
     else:
-        broker.down(settings, LAUNCHERS[settings.bootstrap])
+        launcher.down()
     time.sleep(OUTAGE_S)
-    broker.up(settings, LAUNCHERS[settings.bootstrap])
+    launcher.up()
     return time.monotonic() - stopping
 
 
 def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
-    own_broker: KafkaSettings, tmp_path, reliability
+    own_broker: KafkaLauncher, tmp_path, reliability
 ):
-    settings = own_broker
+    settings = own_broker.settings
     run_id = f"restart-{uuid.uuid4().hex[:8]}"
     snapshots, master = tmp_path / "snapshots", tmp_path / "master"
     env = stream_jobs_env(settings, tmp_path)
@@ -105,7 +99,7 @@ def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
                 "every job working",
                 timeout_s=60,
             )
-            outage_s.append(outage(settings, hard))
+            outage_s.append(outage(own_broker, hard))
             back_at = time.monotonic()
             at_restart = progress(store, master, settings)
             recovered: dict[str, float] = {}
@@ -154,22 +148,22 @@ def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
 
 
 def test_a_replay_waits_for_a_broker_that_is_away_longer_than_the_producer_blocks(
-    own_broker: KafkaSettings, reliability
+    own_broker: KafkaLauncher, reliability
 ):
     """The producer gives up taking a record after `max_block_ms` (60 s by default; 0.5 s
     here): `publish` must wait for the broker instead of failing the replay."""
-    settings = own_broker
+    settings = own_broker.settings
     messages = [
         f'{{"query_id":"away-{i}","ts":"2026-11-27T10:00:00Z","text":"set an alarm"}}'.encode()
         for i in range(200)
     ]
     producer = make_producer(settings, max_block_ms=500)
-    broker.down(settings, LAUNCHERS[settings.bootstrap])
+    own_broker.down()
     outcome: list[ProduceStats] = []
     replay = threading.Thread(target=lambda: outcome.append(publish(producer, settings, messages)))
     replay.start()
     time.sleep(OUTAGE_S / 2)
-    broker.up(settings, LAUNCHERS[settings.bootstrap])
+    own_broker.up()
     replay.join(60)
     producer.close()
     assert not replay.is_alive(), "the replay never finished"

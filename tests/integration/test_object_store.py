@@ -20,7 +20,6 @@ from models.snapshot import SnapshotStore, merge_snapshots
 from pipelines.batch.history import read_history_split
 from pipelines.batch.schedule import Lease, lease_for, run_locked
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.services import object_store as launcher
 from pipelines.signals import drift_raised_at, raise_drift_signal
 from streams.master_dataset import _flush_files, archived_positions, history
 from tests.integration.cli_processes import (
@@ -236,12 +235,12 @@ def test_the_archiver_and_the_speed_workers_carry_on_after_a_30s_outage_of_the_s
                 assert time.monotonic() < deadline, logs()
                 assert all(job.poll() is None for job in jobs.values()), logs()
                 time.sleep(0.1)
-            assert launcher.down(object_store.settings, object_store.local)
+            assert object_store.launcher.down()
             try:
                 time.sleep(30)
                 assert all(job.poll() is None for job in jobs.values()), logs()  # they waited
             finally:  # the store is the session's: the tests after this one need it back
-                launcher.up(object_store.settings, object_store.local)
+                object_store.launcher.up()
             back = time.monotonic()
             before = snapshots.latest_sequences()
             while snapshots.latest_sequences() == before:

@@ -26,7 +26,6 @@ from pipelines.batch.history import read_history_split
 from pipelines.batch.retrain import NothingNew, retrain
 from pipelines.batch.retrain_task import SKIPPED_EXIT_CODE
 from pipelines.cli.main import app
-from pipelines.services import tracking_server
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
@@ -287,24 +286,24 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
     root = tmp_path / "master"
     offsets = archive(root, rows)
     # Always a server of this test's own (it is stopped mid-run), whatever the environment says.
-    server, local = throwaway_mlflow(tmp_path / "mlflow")
-    tracking = settings_for(server.uri)
+    server = throwaway_mlflow(tmp_path / "mlflow")
+    tracking = settings_for(server.address)
     batch = BatchSettings(master_dir=root)
-    assert tracking_server.up(server, local)
+    assert server.up()
     try:
         first = retrain(batch, tracking, "queries")
         archive(root, rows[:50], offsets)  # new events, so the next runs have work to do
 
         def stop_server_after_fit(stage: str) -> None:
             if stage == "evaluate":
-                tracking_server.down(server, local)
+                server.down()
 
         with pytest.raises(Exception) as failure:
             retrain(batch, tracking, "queries", on_stage=stop_server_after_fit)
         assert "Connection" in repr(failure.value) or "connect" in str(failure.value).lower()
 
-        tracking_server.up(server, local)
-        client = MlflowClient(server.uri)
+        server.up()
+        client = MlflowClient(server.address)
         champion_after = fetch_champion(client, tracking.registered_model).version
         again = retrain(batch, tracking, "queries")
         scenario = "MLflow down during a retrain (between fit and evaluate)"
@@ -317,7 +316,7 @@ def test_mlflow_down_mid_run_fails_cleanly_and_the_next_run_succeeds(
         assert again.version == "2"
         assert fetch_champion(client, tracking.registered_model).version in {"1", "2"}
     finally:
-        tracking_server.down(server, local)
+        server.down()
 
 
 def test_two_schedulers_never_run_at_the_same_time(mlflow_server, master, tmp_path):

@@ -1,13 +1,17 @@
 """The real local services: the broker carries messages, `up` is idempotent, `status` tells the
 truth, and the MLflow server stores runs and artifacts that clients read back through it."""
 
+import uuid
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
-from pipelines.services import broker, tracking_server
+from pipelines.cli.main import app
+from pipelines.services.broker import ensure_topics, topic_partitions
+from pipelines.services.tracking_server import is_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -44,25 +48,43 @@ def test_broker_round_trip_on_a_fresh_topic(kafka):
 def test_new_topics_have_the_requested_partitions(kafka):
     topic = kafka.new_topic(partitions=3)
 
-    assert broker.topic_partitions(kafka.bootstrap)[topic] == 3
-    assert broker.ensure_topics(kafka.bootstrap, {topic: 3}) == []
+    assert topic_partitions(kafka.bootstrap)[topic] == 3
+    assert ensure_topics(kafka.bootstrap, {topic: 3}) == []
 
 
 def test_broker_up_twice_is_a_no_op(kafka):
-    before = broker.status(kafka.settings, kafka.local)
+    before = kafka.launcher.status()
 
-    assert broker.up(kafka.settings, kafka.local) is False
-    assert broker.status(kafka.settings, kafka.local).pid == before.pid
+    assert kafka.launcher.up() is False
+    assert kafka.launcher.status().pid == before.pid
 
 
 def test_broker_status_reports_running_with_the_pipeline_topics(kafka):
-    state = broker.status(kafka.settings, kafka.local)
+    state = kafka.launcher.status()
 
-    assert state.running and state.bootstrap == kafka.bootstrap
-    if kafka.settings.uses_local_broker:
+    assert state.running and state.address == kafka.bootstrap
+    if kafka.settings.uses_local_server:
         assert state.pid is not None and state.log_file is not None
-    assert state.topics[kafka.settings.topic] == kafka.settings.partitions
-    assert kafka.settings.dlq_topic in state.topics
+    assert f"{kafka.settings.topic}: {kafka.settings.partitions} partitions" in state.contents
+    assert f"{kafka.settings.dlq_topic}: 1 partition" in state.contents
+
+
+def test_kafka_up_on_a_configured_cluster_creates_the_topics_and_lists_them(kafka):
+    topic = f"cli-{uuid.uuid4().hex[:12]}"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "KAFKA_TOPIC": topic,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_PARTITIONS": "2",
+    }
+
+    result = CliRunner().invoke(app, ["kafka", "up"], env=env)
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"Kafka at {kafka.bootstrap}, as KAFKA_BOOTSTRAP_SERVERS says"
+    assert {f"  {topic}: 2 partitions", f"  {topic}.dlq: 1 partition"} <= set(lines)
+    assert topic_partitions(kafka.bootstrap)[topic] == 2
 
 
 def test_mlflow_server_stores_a_run_and_its_artifact(mlflow_server: str, tmp_path: Path):
@@ -84,10 +106,10 @@ def test_mlflow_server_stores_a_run_and_its_artifact(mlflow_server: str, tmp_pat
     assert Path(downloaded).read_text() == "holdout accuracy 0.93\n"
 
 
-def test_mlflow_up_twice_is_a_no_op(mlflow_server: str, mlflow_launch):
-    before = tracking_server.status(*mlflow_launch)
+def test_mlflow_up_twice_is_a_no_op(mlflow_server: str, mlflow_launcher):
+    before = mlflow_launcher.status()
 
-    assert tracking_server.up(*mlflow_launch) is False
-    state = tracking_server.status(*mlflow_launch)
-    assert state.running and state.pid == before.pid and state.uri == mlflow_server
-    assert tracking_server.is_healthy(mlflow_server)
+    assert mlflow_launcher.up() is False
+    state = mlflow_launcher.status()
+    assert state.running and state.pid == before.pid and state.address == mlflow_server
+    assert is_healthy(mlflow_server)

@@ -16,9 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from common.settings import LocalMlflowSettings, MlflowSettings
 from models.snapshot import SnapshotStore
-from pipelines.services import tracking_server
+from pipelines.services.tracking_server import MlflowLauncher
 from tests.integration.conftest import throwaway_mlflow
 from tests.integration.live_service import (
     Traffic,
@@ -209,18 +208,18 @@ class MlflowOutage:
 
     def __init__(
         self,
-        settings: tuple[MlflowSettings, LocalMlflowSettings],
+        server: MlflowLauncher,
         url: str,
         traffic: list[Traffic],
         log: ServerLog,
     ) -> None:
-        self.settings = settings
+        self.server = server
         self.url = url
         self.traffic = traffic
         self.log = log
 
     def run(self) -> None:
-        tracking_server.down(*self.settings)
+        self.server.down()
         down_at = time.monotonic()
         marks = [len(c.answers) for c in self.traffic]
         failed_before = sum(len(c.failures) for c in self.traffic)
@@ -259,13 +258,14 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
     one traceback. When MLflow is back, the service must move to the new champion by itself.
     """
     # Always a server of this test's own: it is stopped mid-test.
-    settings, local = launch = throwaway_mlflow(tmp_path / "mlflow")
-    artifacts = local.home / "artifacts"
-    hidden = local.home / "artifacts.hidden"
+    launcher = throwaway_mlflow(tmp_path / "mlflow")
+    settings = launcher.settings
+    artifacts = launcher.local.home / "artifacts"
+    hidden = launcher.local.home / "artifacts.hidden"
     name = f"serving-down-{uuid.uuid4().hex[:8]}"
     snapshots = tmp_path / "snapshots"
     half = len(train_rows) // 2
-    assert tracking_server.up(*launch)
+    assert launcher.up()
     try:
         first = register(settings.uri, name, fit_batch(train_rows), {0: 100})
         write_snapshot(snapshots, train_rows, {0: 110})
@@ -281,10 +281,10 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
                 promote_version(settings.uri, name, second)
                 failed_load = f"loading batch champion {name} version {second} failed"
                 wait_until(lambda: log.each_worker_warned(failed_load))
-                unreachable = MlflowOutage(launch, server.url, traffic, log)
+                unreachable = MlflowOutage(launcher, server.url, traffic, log)
                 unreachable.run()
                 shutil.move(hidden, artifacts)
-                tracking_server.up(*launch)
+                launcher.up()
                 back_at = time.monotonic()
                 wait_until(lambda: settled_on(traffic, {"batch_version": second}))
                 wait_until(lambda: workers_on(server.url, second))
@@ -293,9 +293,9 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
 
                 log.mark()
                 third = register(settings.uri, name, fit_batch(train_rows), {0: 300})
-                stopped = MlflowOutage(launch, server.url, traffic, log)
+                stopped = MlflowOutage(launcher, server.url, traffic, log)
                 stopped.run()
-                tracking_server.up(*launch)
+                launcher.up()
                 back_at = time.monotonic()
                 wait_until(lambda: settled_on(traffic, {"batch_version": third}))
                 wait_until(lambda: workers_on(server.url, third))
@@ -305,7 +305,7 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
     finally:
         if hidden.exists() and not artifacts.exists():
             shutil.move(hidden, artifacts)
-        tracking_server.down(*launch)
+        launcher.down()
 
     failures = [f for c in traffic for f in c.failures]
     scenario = "MLflow down during a serving reload (new champion's download failing, then down)"

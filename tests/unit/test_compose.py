@@ -485,7 +485,7 @@ def test_jobs_reach_the_other_containers_not_localhost(monkeypatch):
         needs = NEEDS.get(path, set())
         if "kafka" in needs:
             kafka = KafkaSettings()
-            assert not kafka.uses_local_broker, f"{name}: KAFKA_BOOTSTRAP_SERVERS unset"
+            assert not kafka.uses_local_server, f"{name}: KAFKA_BOOTSTRAP_SERVERS unset"
             for address in kafka.bootstrap.split(","):
                 host = address.rsplit(":", 1)[0]
                 assert host in services, f"{name}: Kafka at {address}, not a compose service"

@@ -10,7 +10,7 @@ from common.settings import KafkaSettings, MlflowSettings
 def test_kafka_defaults_to_a_local_broker(monkeypatch):
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     settings = KafkaSettings()
-    assert settings.uses_local_broker
+    assert settings.uses_local_server
     assert settings.bootstrap == f"localhost:{settings.port}"
 
 
@@ -18,7 +18,7 @@ def test_kafka_environment_points_at_an_existing_cluster(monkeypatch):
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-a:9092,broker-b:9092")
     monkeypatch.setenv("KAFKA_PARTITIONS", "12")
     settings = KafkaSettings()
-    assert not settings.uses_local_broker
+    assert not settings.uses_local_server
     assert settings.bootstrap == "broker-a:9092,broker-b:9092"
     assert settings.partitions == 12
 

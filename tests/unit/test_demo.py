@@ -14,12 +14,23 @@ from types import SimpleNamespace
 import psutil
 import pytest
 from rich.console import Console
+from rich.table import Table
 
 from common.processes import ProcessGroup, ServiceError
 from common.settings import KafkaSettings, MlflowSettings, Settings
 from pipelines import demo
-from pipelines.demo import DemoPlan, Service, demo_jobs, lambda_ml, run_demo, shut_down
-from pipelines.services import broker, tracking_server
+from pipelines.demo import (
+    DemoPlan,
+    answers_table,
+    demo_jobs,
+    evaluation_summary,
+    lambda_ml,
+    run_demo,
+    shut_down,
+)
+from pipelines.evaluation.evaluate import PHASES, VIEWS
+from pipelines.services.broker import KafkaLauncher
+from pipelines.services.tracking_server import MlflowLauncher
 
 FAKE_JOB = "import time; time.sleep(60)  # a stand-in lambda-ml job"
 LAYERS = ["speed", "archive", "schedule", "serve"]
@@ -41,11 +52,10 @@ class Stack:
 def stack(monkeypatch: pytest.MonkeyPatch) -> Stack:
     """Kafka and MLflow that `up` starts and `down` records, and jobs that sleep."""
     record = Stack()
-    monkeypatch.setattr(broker, "up", lambda *args: True)
-    monkeypatch.setattr(broker, "down", lambda *args: record.downs.append("Kafka"))
-    monkeypatch.setattr(broker, "ensure_topics", lambda *args: [])
-    monkeypatch.setattr(tracking_server, "up", lambda *args: True)
-    monkeypatch.setattr(tracking_server, "down", lambda *args: record.downs.append("MLflow"))
+    for kind in (KafkaLauncher, MlflowLauncher):
+        monkeypatch.setattr(kind, "up", lambda self: True)
+        monkeypatch.setattr(kind, "down", lambda self: record.downs.append(self.name))
+    monkeypatch.setattr(demo, "ensure_topics", lambda *args: [])
     monkeypatch.setattr(demo, "LAMBDA_ML", [sys.executable, "-c", FAKE_JOB])
     return record
 
@@ -128,10 +138,7 @@ def test_ctrl_c_with_keep_running_says_kafka_and_mlflow_still_run(
     assert "stopped everything" not in printed
     assert "stopped the demo's jobs (speed, archive, schedule, serve, evaluate)" in printed
     for name, command in (("Kafka", "kafka"), ("MLflow", "mlflow")):
-        assert (
-            f"{name} is still running (--keep-running); stop it with `lambda-ml {command} down`"
-            in printed
-        )
+        assert f"{name} still runs (--keep-running): `lambda-ml {command} down` stops it" in printed
     assert stack.downs == []
     assert running_jobs() == {}
 
@@ -139,10 +146,10 @@ def test_ctrl_c_with_keep_running_says_kafka_and_mlflow_still_run(
 def test_a_service_that_fails_to_start_still_stops_the_one_started_before(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    def no_mlflow(*args):
+    def no_mlflow(self):
         raise ServiceError("port 5000 on 127.0.0.1 is already in use")
 
-    monkeypatch.setattr(tracking_server, "up", no_mlflow)
+    monkeypatch.setattr(MlflowLauncher, "up", no_mlflow)
     with pytest.raises(ServiceError, match="already in use"):
         run_demo(plan(tmp_path), local_settings(), console(stack))
 
@@ -150,19 +157,20 @@ def test_a_service_that_fails_to_start_still_stops_the_one_started_before(
     assert "no job was started\nstopped Kafka" in stack.printed
 
 
-def test_shut_down_stops_only_what_the_demo_started_and_says_so(tmp_path: Path):
+def test_shut_down_stops_only_what_the_demo_started_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     downs: list[str] = []
-
-    def service(name: str, local: bool, started: bool) -> Service:
-        command = f"lambda-ml {name.lower()} down"
-        return Service(name, local, started, command, lambda: downs.append(name))
-
+    monkeypatch.setattr(KafkaLauncher, "down", lambda self: downs.append(self.name))
+    monkeypatch.setattr(MlflowLauncher, "down", lambda self: downs.append(self.name))
+    tree = local_settings()
+    elsewhere = MlflowSettings(tracking_uri="http://mlflow.internal:5000")
     jobs = ProcessGroup(tmp_path)
     speed = jobs.start("speed", [sys.executable, "-c", FAKE_JOB])
     services = [
-        service("Kafka", local=True, started=True),
-        service("MLflow", local=True, started=False),  # was running before the demo
-        service("Elsewhere", local=False, started=False),  # configured elsewhere
+        (KafkaLauncher.of(tree), True),
+        (MlflowLauncher.of(tree), False),  # was running before the demo
+        (MlflowLauncher(elsewhere, tree.local_mlflow), False),  # configured elsewhere
     ]
 
     message = shut_down(jobs, services, keep_services=False)
@@ -172,6 +180,52 @@ def test_shut_down_stops_only_what_the_demo_started_and_says_so(tmp_path: Path):
     assert message.splitlines() == [
         "stopped the demo's jobs (speed)",
         "stopped Kafka",
-        "MLflow is still running (it was running before the demo); "
-        "stop it with `lambda-ml mlflow down`",
+        "MLflow still runs (it ran before the demo): `lambda-ml mlflow down` stops it",
     ]
+
+
+def evaluation_figures() -> dict[str, float]:
+    """An evaluation JSON's summary: each view's accuracy per phase and group, the gains."""
+    figures = {
+        f"{phase.replace(' ', '_')}_{view}_{group}_accuracy": 0.5 + 0.01 * n
+        for n, (phase, view, group) in enumerate(
+            (p, v, g) for p in PHASES for v in VIEWS for g in ("novel", "all")
+        )
+    }
+    figures["no_batch_model_yet_batch_novel_accuracy"] = float("nan")
+    return figures | {
+        "first_seen_post_drift_gain_vs_batch_points": 12.34,
+        "post_drift_gain_vs_batch_points": 8.06,
+    }
+
+
+def rendered(table: Table) -> list[str]:
+    """The lines `table` prints in an 80-column terminal."""
+    text = io.StringIO()
+    Console(file=text, width=80).print(table)
+    return text.getvalue().splitlines()
+
+
+def test_the_evaluation_summary_fits_80_columns_with_one_row_per_phase():
+    lines = rendered(evaluation_summary(evaluation_figures()))
+
+    assert max(len(line) for line in lines) <= 80
+    rows = {line.split("  ")[0].strip(): line.split() for line in lines}
+    assert [phase for phase in PHASES if phase in rows] == list(PHASES)
+    assert rows["no batch model yet"][4] == "-"  # no batch model: no batch accuracy
+    assert rows["after retrain"][-1] == f"{100 * (0.5 + 0.01 * 23):.1f}"
+    assert "+12.3 points on novel texts, +8.1 on all" in " ".join(lines)
+
+
+def test_the_answers_fit_80_columns_with_the_models_behind_them_once():
+    body = {
+        "intent": "restaurant_reservation",
+        "confidence": 0.873,
+        "source": "blend",
+        "models": {"batch_version": 3, "speed_snapshot_offsets": {"0": 6021, "1": 598}},
+    }
+    lines = rendered(answers_table({text: body for text in demo.SAMPLE_QUERIES}))
+
+    assert max(len(line) for line in lines) <= 80
+    assert all(any(text in line for line in lines) for text in demo.SAMPLE_QUERIES)  # unwrapped
+    assert " ".join(lines).count("batch version 3, speed snapshot p0:6021 p1:598") == 1

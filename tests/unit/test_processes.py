@@ -172,6 +172,13 @@ def log_shows(process: ChildProcess, text: str):
     return lambda: process.log_path.exists() and text in process.log_path.read_text()
 
 
+def started_worker(process: ChildProcess) -> int:
+    """The pid of the worker `process` started, once it has printed `worker <pid>`."""
+    process.wait_ready(log_shows(process, "worker"), timeout_s=10)
+    assert process.log_path is not None
+    return int(process.log_path.read_text().split()[1])
+
+
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -212,9 +219,7 @@ def test_child_stop_stops_grandchildren_in_sessions_of_their_own(tmp_path: Path)
         "print('worker', worker.pid, flush=True); time.sleep(60)"
     )
     with child(tmp_path, parent) as process:
-        process.wait_ready(log_shows(process, "worker"), timeout_s=10)
-        assert process.log_path is not None
-        worker_pid = int(process.log_path.read_text().split()[1])
+        worker_pid = started_worker(process)
         assert {p.pid for p in process.processes()} == {process.pid, worker_pid}
 
         process.stop(timeout_s=1.0)
@@ -230,9 +235,7 @@ def test_grandchildren_left_behind_are_stopped_without_waiting_for_the_timeout(t
         "start_new_session=True); print('worker', worker.pid, flush=True); time.sleep(60)"
     )
     with child(tmp_path, parent) as process:
-        process.wait_ready(log_shows(process, "worker"), timeout_s=10)
-        assert process.log_path is not None
-        worker_pid = int(process.log_path.read_text().split()[1])
+        worker_pid = started_worker(process)
 
         started = time.monotonic()
         process.stop(timeout_s=30.0)
