@@ -2,7 +2,8 @@
 
 `SPEED_MODEL`/`BATCH_MODEL` (and `--speed-model`/`--batch-model`) hold the factory, and
 `..._PARAMS` a JSON object of its arguments. The spec is recorded with what it built (in a
-snapshot's header, in an MLflow run's parameters), so a model can be traced to its code.
+snapshot's header, in an MLflow run's parameters, on a registered version), so a model can be
+traced to its code, and a retrain can tell a new model from one already registered.
 """
 
 import importlib
@@ -32,6 +33,9 @@ class ModelSpec:
     Fraction(3, 4)
     >>> spec.describe()
     'fractions:Fraction {"denominator": 4, "numerator": 3}'
+    >>> reordered = ModelSpec("fractions:Fraction", {"denominator": 4, "numerator": 3})
+    >>> spec.as_json() == reordered.as_json()
+    True
     """
 
     factory: str
@@ -87,3 +91,8 @@ class ModelSpec:
     def as_record(self) -> dict[str, Any]:
         """What a snapshot header or a run stores to say which model this is."""
         return {"factory": self.factory, "params": dict(self.params)}
+
+    def as_json(self) -> str:
+        """The record (`as_record`) as one JSON text, the same for equal specs whatever the order
+        of their parameters (tuples read as lists): what a registered version is tagged with."""
+        return json.dumps(self.as_record(), sort_keys=True)

@@ -1,12 +1,15 @@
 """The batch champion as an MLflow pyfunc model that loads where this repository is not.
 
-The registered model is `IntentProbabilities`: texts in (a DataFrame with a `text` column, or a
-list or Series of strings), one row per text and one column per intent out, the columns named
-by the estimator's `classes_` and each row a probability distribution. The fitted estimator is
-a cloudpickle artifact beside it; the project's `models` package goes with it as `code_paths`,
-and its pip requirements are derived from what it is made of (`models.requirements`). So
-`mlflow.pyfunc.load_model("models:/<name>@champion")` and `mlflow models serve` work in a
-fresh environment that has only those requirements installed.
+The registered model is `IntentProbabilities`: texts in (a list or Series of strings, a
+DataFrame with a `text` column or a single column, or `{"text": [...]}`), one row per text and
+one column per intent out, the columns named by the estimator's `classes_` and each row a
+probability distribution. Its signature's input is one unnamed string column, which MLflow's
+schema check accepts in each of those shapes (a named `text` column refuses a plain list).
+The fitted estimator is a cloudpickle artifact beside it; the project's `models` package goes
+with it as `code_paths`, and its pip requirements are derived from what it is made of
+(`models.requirements`: MLflow's own inference lists the project itself, see
+docs/model-format.md). So `mlflow.pyfunc.load_model("models:/<name>@champion")` and
+`mlflow models serve` work in a fresh environment that has only those requirements installed.
 
 The speed layer and serving load the estimator itself (`load_estimator`), without MLflow's
 pyfunc machinery: they run the same code the model was trained with.
@@ -29,7 +32,7 @@ from models.requirements import SHIPPED, model_requirements, package_folders
 ESTIMATOR_ARTIFACT = "estimator"
 """The key of the fitted estimator among the pyfunc model's artifacts."""
 TEXT_COLUMN = "text"
-"""The input column of the model's signature."""
+"""The input column the model reads from a DataFrame or a dict of columns."""
 MODEL_NAME = "model"
 """Where in its run the model is logged."""
 
@@ -69,10 +72,13 @@ class IntentProbabilities(PythonModel):
 
 def texts_of(model_input: Any) -> list[str]:
     """The texts of a pyfunc input: a DataFrame's `text` column (or its only column), a Series,
-    or a sequence of strings.
+    or a sequence of strings. A cell holding a list of texts gives each of them: MLflow's schema
+    check turns `{"text": [...]}` into one row holding the list.
 
     >>> texts_of(pd.DataFrame({"text": ["set an alarm"]})), texts_of(["hi", "bye"])
     (['set an alarm'], ['hi', 'bye'])
+    >>> texts_of(pd.DataFrame([{"text": ["hi", "bye"]}]))
+    ['hi', 'bye']
     """
     if isinstance(model_input, pd.DataFrame):
         if TEXT_COLUMN in model_input.columns:
@@ -83,7 +89,10 @@ def texts_of(model_input: Any) -> list[str]:
             raise ValueError(
                 f"expected a `{TEXT_COLUMN}` column; got columns {list(model_input.columns)}"
             )
-        return [str(text) for text in column.tolist()]
+        texts: list[Any] = []
+        for cell in column.tolist():
+            texts.extend(cell if isinstance(cell, list | tuple | np.ndarray) else [cell])
+        return [str(text) for text in texts]
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, pd.Series | np.ndarray | Sequence):
@@ -112,7 +121,7 @@ def log_intent_model(
     estimator
         The fitted classifier.
     example_texts
-        A few texts: the input example, from which the signature (a `text` column in, one
+        A few texts: the input example, from which the signature (a string column in, one
         column per intent out) is inferred.
     registered_model_name
         Register the logged model under this name too.
@@ -127,8 +136,8 @@ def log_intent_model(
     import mlflow.pyfunc
     from mlflow.models import infer_signature
 
-    example = pd.DataFrame({TEXT_COLUMN: list(example_texts)})
-    signature = infer_signature(example, intent_frame(estimator, list(example_texts)))
+    example = list(example_texts)
+    signature = infer_signature(example, intent_frame(estimator, example))
     requirements = model_requirements(estimator, modules=[__name__], shipped=shipped)
     with tempfile.TemporaryDirectory(prefix="intent-model-") as folder:
         path = Path(folder) / "estimator.pkl"

@@ -1,13 +1,14 @@
 """The batch champion as the MLflow model registry records it, read by speed and serving.
 
 The batch layer tags each registered version with the Kafka offsets its training data stopped
-at; the speed layer re-bases on those offsets and serving reports them with every answer.
+at and with the spec of the model it trained; the speed layer re-bases on those offsets, serving
+reports them with every answer, and the next retrain registers nothing if both are the same.
 """
 
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,15 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from models.model_spec import ModelSpec
 from models.texts import TextMemory
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 CUTOFF_TAG = "cutoff_offsets"
 TOPIC_TAG = "cutoff_topic"
+MODEL_SPEC_TAG = "model_spec"
+"""The tag holding the spec of a version's model (`ModelSpec.as_json`)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,22 @@ def encode_offsets(offsets: dict[int, int]) -> str:
 
 def decode_offsets(value: str | None) -> dict[int, int]:
     return {int(p): int(o) for p, o in json.loads(value).items()} if value else {}
+
+
+def trained_alike(tags: Mapping[str, str], cutoff: dict[int, int], spec: ModelSpec) -> bool:
+    """Whether the registered version with `tags` was trained on the history up to `cutoff` by
+    the model `spec` builds, so that a retrain of the same would only repeat it. A version
+    without a `model_spec` tag (registered before versions carried one) counts as another model.
+
+    >>> spec = ModelSpec("fractions:Fraction", {"numerator": 3})
+    >>> tags = {CUTOFF_TAG: encode_offsets({0: 9}), MODEL_SPEC_TAG: spec.as_json()}
+    >>> trained_alike(tags, {0: 9}, spec), trained_alike(tags, {0: 10}, spec)
+    (True, False)
+    >>> trained_alike(tags, {0: 9}, ModelSpec("fractions:Fraction", {"numerator": 4}))
+    False
+    """
+    same_model = tags.get(MODEL_SPEC_TAG) == spec.as_json()
+    return same_model and decode_offsets(tags.get(CUTOFF_TAG)) == cutoff
 
 
 def fetch_champion(client: MlflowClient, name: str) -> ChampionInfo | None:

@@ -1,5 +1,6 @@
-"""MLflow tracking helpers shared by the jobs: one client per process, runs opened lazily, and
-the speed model's snapshots registered off the stream's path."""
+"""MLflow tracking helpers shared by the jobs: one client per process, the experiment marked as
+model training, runs opened lazily, and the speed model's snapshots registered off the stream's
+path."""
 
 import contextlib
 import json
@@ -16,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from common.durable import write_durably
 from common.settings import MlflowSettings
-from models.registry import encode_offsets
+from models.registry import MODEL_SPEC_TAG, encode_offsets
 from models.snapshot import SpeedSnapshot, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,34 @@ def tracking_client(settings: MlflowSettings) -> MlflowClient:
     return MlflowClient(tracking_uri=settings.uri, registry_uri=settings.uri)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+"""The experiment kind of model training, as MLflow's UI writes it ("Machine learning"): the
+project's experiments hold training runs, not GenAI traces."""
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment `name`, created on first use."""
+    """The id of experiment `name`, created on first use; marked as model training
+    (`EXPERIMENT_KIND_TAG`) unless it already says what it holds."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def runs_page(tracking_uri: str, experiment: str) -> str:
+    """The address of experiment `experiment`'s runs in MLflow's UI, in its model-training view.
+
+    MLflow 3's UI opens every experiment in the view its sidebar switch holds (GenAI, unless
+    the browser chose otherwise), whatever the experiment's kind; the address says which.
+
+    >>> runs_page("http://127.0.0.1:5000/", "1")
+    'http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning'
+    """
+    view = "workflowType=machine_learning"
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs?{view}"
 
 
 class RunReporter:
@@ -118,7 +143,7 @@ def snapshot_tags(snapshot: SpeedSnapshot) -> dict[str, str]:
         "events_learnt": str(snapshot.events_learnt),
         "base_version": snapshot.base_version if snapshot.base_version is not None else "none",
         "base_offsets": encode_offsets(snapshot.base_offsets),
-        "model_spec": json.dumps(header.model_spec, sort_keys=True),
+        MODEL_SPEC_TAG: json.dumps(header.model_spec, sort_keys=True),
         "snapshot_format": str(header.format_version),
         "snapshot_sequence": str(snapshot.sequence),
         "library_versions": json.dumps(header.versions, sort_keys=True),

@@ -1,5 +1,7 @@
 """Models chosen by configuration: specs that fail say which part failed, at configuration."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -35,6 +37,18 @@ def test_an_unknown_parameter_fails_when_the_model_is_built():
     spec = ModelSpec.parse("models.alternatives:river_softmax", '{"no_such": 1}')
     with pytest.raises(ModelSpecError, match="could not be called"):
         spec.build()
+
+
+def test_a_spec_as_json_is_the_same_for_the_same_model_and_only_for_it():
+    spec = ModelSpec("models.alternatives:tfidf_logistic", {"C": 2.0, "ngrams": (1, 2)})
+    parsed = ModelSpec.parse("models.alternatives:tfidf_logistic", '{"ngrams": [1, 2], "C": 2.0}')
+    assert spec.as_json() == parsed.as_json()
+    assert json.loads(spec.as_json()) == {
+        "factory": spec.factory,
+        "params": {"C": 2.0, "ngrams": [1, 2]},
+    }
+    other = ModelSpec("models.alternatives:tfidf_logistic", {"C": 3.0, "ngrams": (1, 2)})
+    assert spec.as_json() != other.as_json()
 
 
 def test_the_shipped_alternatives_keep_their_contracts():

@@ -9,7 +9,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from models.champion_watch import ChampionUnavailable, ChampionWatch, RegistryChampions
-from models.registry import CUTOFF_TAG, ChampionInfo, ChampionModel
+from models.model_spec import ModelSpec
+from models.registry import (
+    CUTOFF_TAG,
+    MODEL_SPEC_TAG,
+    ChampionInfo,
+    ChampionModel,
+    encode_offsets,
+    trained_alike,
+)
 from models.texts import TextMemory
 
 
@@ -181,3 +189,16 @@ def test_registry_champions_follow_the_champion_alias_and_its_cutoff_tag():
         "intents", "4", "run-4", {0: 12, 1: 7}, tracking_uri="http://mlflow.test"
     )
     assert RegistryChampions(Registry({}), "intents").current() is None
+
+
+def test_a_version_is_trained_alike_only_on_the_same_history_by_the_same_model():
+    """What makes a retrain register nothing: the cut-off and the model spec both the same."""
+    spec = ModelSpec("models.alternatives:tfidf_logistic", {"C": 10.0})
+    tags = {CUTOFF_TAG: encode_offsets({0: 120, 1: 98}), MODEL_SPEC_TAG: spec.as_json()}
+    assert trained_alike(tags, {1: 98, 0: 120}, spec)
+    more = ModelSpec("models.alternatives:tfidf_logistic", {"C": 10.0, "max_iter": 1000})
+    assert not trained_alike(tags, {0: 120, 1: 98}, more)  # other parameters
+    assert not trained_alike(tags, {0: 120, 1: 98}, ModelSpec("models.alternatives:linear_svc"))
+    assert not trained_alike(tags, {0: 121, 1: 98}, spec)  # more history
+    unknown = {CUTOFF_TAG: tags[CUTOFF_TAG]}  # registered before versions carried their spec
+    assert not trained_alike(unknown, {0: 120, 1: 98}, spec)
