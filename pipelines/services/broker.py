@@ -58,8 +58,8 @@ class KafkaLauncher(Launcher[KafkaSettings, LocalBrokerSettings]):
         return cls(tree.kafka, tree.local_broker)
 
     def fetch(self) -> Path:
-        """Copy the broker's jars from Maven Central into KAFKA_HOME, once (needs java 17+
-        and mvn)."""
+        """Copy the broker's jars from Maven Central into KAFKA_CACHE_DIR (else KAFKA_HOME),
+        once (needs java 17+ and mvn)."""
         goal = ["dependency:copy-dependencies", f"-Dkafka.version={self.version}"]
         return fetch_once(self.libs, f"Kafka {self.version}", goal, _RESOURCES / "pom.xml")
 

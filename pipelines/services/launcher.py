@@ -49,7 +49,6 @@ class ServiceStatus:
     """What `status` reports: `pid` and `log_file` are None for a service run elsewhere;
     `contents` are lines on what it holds (topics, buckets)."""
 
-    name: str
     address: str
     running: bool
     pid: int | None
@@ -169,7 +168,7 @@ class Launcher(ABC, Generic[C, L]):
                 contents = self.contents()
             except ServiceError:
                 running = self.uses_local_server  # a local service may still be starting
-        return ServiceStatus(self.name, self.address, running, pid, log_file, tuple(contents))
+        return ServiceStatus(self.address, running, pid, log_file, tuple(contents))
 
     @contextmanager
     def running(self) -> Iterator[bool]:

@@ -47,8 +47,8 @@ class ObjectStoreLauncher(Launcher[StorageSettings, LocalObjectStoreSettings]):
         return cls(tree.storage, tree.local_object_store)
 
     def fetch(self) -> Path:
-        """Copy S3Proxy's jar from Maven Central into STORAGE_HOME, once (needs java 17+ and
-        mvn)."""
+        """Copy S3Proxy's jar from Maven Central into STORAGE_CACHE_DIR (else STORAGE_HOME),
+        once (needs java 17+ and mvn)."""
         artifact = f"org.gaul:s3proxy:{self.version}:jar:jar-with-dependencies"
         goal = ["dependency:copy", f"-Dartifact={artifact}"]
         fetch_once(self.jar.parent, f"S3Proxy {self.version}", goal)
