@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,8 @@ import pytest
 import yaml
 
 from common.processes import ChildProcess, free_port
-from common.settings import MlflowSettings, ServingSettings, StorageSettings
+from pipelines.cli.settings_reference import env_name
+from serving.runtime import ServingEnvironment
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -23,13 +25,12 @@ def test_the_bento_lists_the_project_dependencies_and_documents_every_setting():
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert bentofile["python"]["packages"] == dependencies
     documented = (ROOT / "serving" / "README.md").read_text()
-    for prefix, cls in (
-        ("SERVING_", ServingSettings),
-        ("MLFLOW_", MlflowSettings),
-        ("STORAGE_", StorageSettings),
-    ):
+    sections = typing.get_type_hints(ServingEnvironment).values()
+    assert sections, "the service's settings are read somewhere else now"
+    for cls in sections:
         for name in cls.model_fields:
-            assert f"{prefix}{name.upper()}" in documented, f"{prefix}{name.upper()} undocumented"
+            variable = env_name(cls, name)
+            assert f"`{variable}`" in documented, f"{variable} (read by the service) undocumented"
 
 
 @pytest.fixture(scope="module")
