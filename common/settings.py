@@ -156,15 +156,16 @@ class SpeedSettings(BaseSettings):
     `model` is the factory of the River model (`package.module:factory`, read by
     `models.model_spec.ModelSpec`) and `model_params` its keyword arguments
     (`SPEED_MODEL_PARAMS` holds them as a JSON object); the default is the tuned `HashedTextNB`.
-    `register_every_s` is how often the current snapshot is registered in MLflow as a version of
-    `<registered model>-speed`, besides after every re-base; 0 registers after re-bases only.
+    `register_every_s` is how often the speed model (every partition's newest snapshot, merged)
+    is registered in MLflow as a version of `<registered model>-speed`, besides after every
+    re-base; 0 registers after re-bases only.
 
-    `scale_out` makes the worker one member of the consumer group `group_id`, sharing the
-    partitions with the other workers (`pipelines.speed.layer.GroupSpeedLayer`), each keeping one
-    model per partition; it predicts with its own partitions' models added to the others'
-    newest snapshots, read again every `peer_refresh_s`. `session_timeout_ms` and
-    `heartbeat_interval_ms` are the group's: a worker that dies loses its partitions after
-    the session timeout.
+    A worker is one member of the consumer group `group_id` (alone, a group of one): it keeps
+    one model per partition it owns (`pipelines.speed.layer.SpeedLayer`) and predicts with its
+    own partitions' models added to the others' newest snapshots, read again every
+    `peer_refresh_s`. `session_timeout_ms` and `heartbeat_interval_ms` are the group's: a
+    worker that dies keeps its partitions until the session timeout, so that is also how long
+    a worker restarted after kill -9 may wait for them.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
@@ -181,7 +182,6 @@ class SpeedSettings(BaseSettings):
     signal_dir: Path = Path("var/signals")
     freshness_window: int = 10_000
     register_every_s: float = Field(default=600.0, ge=0)
-    scale_out: bool = False
     peer_refresh_s: float = Field(default=5.0, gt=0)
     session_timeout_ms: int = Field(default=10_000, gt=0)
     heartbeat_interval_ms: int = Field(default=3_000, gt=0)

@@ -6,6 +6,9 @@ and renamed; on S3 it is one PUT. The position to resume from is read back from 
 so after kill -9 at any moment a restart neither loses nor repeats an event. Commits to the
 consumer group follow the files and only report lag.
 
+The archiver is a consumer group of one (`streams.consumer.EventReader`): each partition it is
+given starts where its files end, and one it loses is flushed first.
+
 A flush that fails (the store unreachable, a full disk) is retried with exponential backoff,
 its events kept and nothing committed, until it succeeds or the archiver is stopped.
 """
@@ -13,7 +16,7 @@ its events kept and nothing committed, until it succeeds or the archiver is stop
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from threading import Event
 
 import pyarrow as pa
@@ -78,18 +81,32 @@ def write_flush(
     return len(objects), sum(map(len, objects.values()))
 
 
-def recover(root: Location | Storage, settings: StorageSettings | None = None) -> dict[int, int]:
-    """Remove what a crash left half-done and return where each partition resumes."""
+def recover(
+    root: Location | Storage,
+    settings: StorageSettings | None = None,
+    partitions: Collection[int] | None = None,
+) -> dict[int, int]:
+    """Remove what a crash left half-done and return where each partition resumes; with
+    `partitions`, of those partitions only (another archiver may be writing the others)."""
     storage = open_root(root, settings)
     if isinstance(storage, LocalStorage):  # temporary files exist in local folders only
         storage.root.mkdir(parents=True, exist_ok=True)
-        for leftover in storage.root.glob("date=*/.*.tmp"):
-            leftover.unlink()
+        patterns = (
+            ["date=*/.*.tmp"]
+            if partitions is None
+            else [f"date=*/.p{p:03d}_*.tmp" for p in partitions]
+        )
+        for pattern in patterns:
+            for leftover in storage.root.glob(pattern):
+                leftover.unlink()
     positions, incomplete = scan(storage)
     for f in incomplete:
-        log.warning("removing incomplete flush file %s", f.key)
-        storage.delete(f.key)
-    return positions
+        if partitions is None or f.partition in partitions:
+            log.warning("removing incomplete flush file %s", f.key)
+            storage.delete(f.key)
+    if partitions is None:
+        return positions
+    return {p: o for p, o in positions.items() if p in partitions}
 
 
 class Archiver:
@@ -100,6 +117,11 @@ class Archiver:
     `retry_backoff_s`, doubling up to `max_retry_backoff_s`. `heartbeat` is called once a turn
     of the loop, for the job's liveness check; a flush that keeps failing holds the loop, so it
     stops the heartbeat too.
+
+    The archiver installs the reader's callbacks: a partition it is given starts after its
+    last complete flush (`recover`, for that partition; a store that cannot be read leaves it
+    waiting, retried by the reader); a partition it loses is flushed once, without retries
+    (the group waits meanwhile), and what a failed flush held is read again by the next owner.
 
     The counters (`archived`, `files_written`, `bytes_written`, `failed_flushes`) and, as of the
     last flush, `events_per_s` and `lag` (partition -> events on the topic not yet read, None
@@ -127,9 +149,58 @@ class Archiver:
         self.bytes_written = 0
         self.events_per_s = 0.0
         self.lag: dict[int, int] | None = None
-        self._flushed = dict(reader.positions)
+        self._flushed: dict[int, int] = {}
+        self._read_from: dict[int, int] = {}
+        self._passed_before = 0
         self._buffers: dict[int, list[Consumed]] = defaultdict(list)
         self._last_flush = time.monotonic()
+        reader.on_assigned = self._on_assigned
+        reader.on_revoked = self._on_revoked
+
+    def _on_assigned(self, beginnings: Mapping[int, int]) -> dict[int, int]:
+        try:
+            archived = recover(self.root, partitions=list(beginnings))
+        except OSError as exc:  # StorageError included: the store is down
+            log.warning(
+                "cannot read where partitions %s are archived to: %s", list(beginnings), exc
+            )
+            return {}
+        starts = {p: archived.get(p, first) for p, first in beginnings.items()}
+        self._flushed.update(starts)
+        self._read_from.update(starts)
+        log.info("assigned partitions %s, archiving from %s", sorted(starts), starts)
+        return starts
+
+    def _on_revoked(self, partitions: list[int]) -> None:
+        self.reader.flush_dead_letters()
+        for partition in partitions:
+            first = self._flushed.get(partition, 0)
+            position = self.reader.positions[partition]
+            events = self._buffers.pop(partition, [])
+            if position > first:
+                try:
+                    files, written = write_flush(self.root, partition, first, position - 1, events)
+                except OSError as exc:
+                    self.failed_flushes += 1
+                    log.warning(
+                        "partition %d revoked with offsets %d-%d not archived; its next owner "
+                        "reads them again: %s",
+                        partition, first, position - 1, exc,
+                    )  # fmt: skip
+                else:
+                    self.files_written += files
+                    self.bytes_written += written
+                    self.archived += len(events)
+            self._passed_before += position - self._read_from.pop(partition, 0)
+            self._flushed.pop(partition, None)
+        log.info("revoked partitions %s", partitions)
+
+    def _passed(self) -> int:
+        """Messages read since the start, valid or dead-lettered."""
+        passed = self._passed_before
+        for partition, position in self.reader.positions.items():
+            passed += position - self._read_from.get(partition, 0)
+        return passed
 
     def _pending(self) -> int:
         return sum(len(b) for b in self._buffers.values())
@@ -191,10 +262,10 @@ class Archiver:
     def run(
         self, stop: Event, idle_exit_s: float | None = None, max_messages: int | None = None
     ) -> None:
-        """Archive until `stop` is set, the stream has been idle for `idle_exit_s`, or the
-        reader has passed `max_messages` messages; always ends with a flush."""
+        """Archive until `stop` is set, the stream has been idle for `idle_exit_s` (waiting for
+        partitions is not idleness), or the reader has passed `max_messages` messages; always
+        ends with a flush."""
         idle_since = time.monotonic()
-        started_at = sum(self.reader.positions.values())
         while not stop.is_set():
             self.heartbeat()
             consumed = self.reader.poll(timeout_ms=200)
@@ -202,12 +273,14 @@ class Archiver:
                 self._buffers[c.partition].append(c)
             if consumed:
                 idle_since = time.monotonic()
-            elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
-                break
+            elif idle_exit_s is not None:
+                if not self.reader.settled:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= idle_exit_s:
+                    break
             due = time.monotonic() - self._last_flush >= self.settings.flush_every_s
             if self._pending() >= self.settings.flush_every_events or due:
                 self.flush(stop)
-            passed = sum(self.reader.positions.values()) - started_at
-            if max_messages is not None and passed >= max_messages:
+            if max_messages is not None and self._passed() >= max_messages:
                 break
         self.flush(stop)

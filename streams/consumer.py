@@ -1,15 +1,14 @@
 """Reading the query stream: validated events with their offsets, bad messages dead-lettered.
 
-Both layers own their position (the speed layer in its snapshots, the archiver in its file
-names), so an `EventReader` is assigned all partitions and seeks explicitly; commits to the
-consumer group only report progress (lag) and are made after the work they cover is durable.
-
-A `GroupReader` instead subscribes as one member of a consumer group, so several speed workers
-share the partitions; its owner hears of each partition it loses or gains, makes the lost ones'
-progress durable and says where to read the gained ones from.
+An `EventReader` is always one member of a consumer group (a job alone is a group of one), and
+its owner keeps its own position per partition (the speed layer in its snapshots, the archiver
+in its file names): the group decides which partitions the member reads, the owner says where
+each one starts. Commits to the group only report progress (lag); they are made after the
+work they cover is durable, and never decide where a partition is read from.
 """
 
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
@@ -28,6 +27,15 @@ MAX_POLL_RECORDS = 5000
 # Progress reports (commits, lag) wait this long for the broker at most, not the client's 30 s:
 # they are informational, and the loop has events to get on with.
 REPORT_TIMEOUT_MS = 2000
+# A partition its owner cannot start yet (its state's store is down) is offered again after
+# this long, doubling up to the maximum.
+RETRY_S = 1.0
+MAX_RETRY_S = 10.0
+
+Starts = Callable[[Mapping[int, int]], Mapping[int, int]]
+"""An owner's `on_assigned`: partition -> its first offset on the topic, for the partitions
+given to the member, in; partition -> the offset to read next, for those it can start now,
+out."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Consumed:
 
 
 def make_consumer(settings: KafkaSettings, group_id: str, **overrides) -> KafkaConsumer:
-    """A consumer that never commits by itself and reads from the start of unknown partitions."""
+    """A consumer of the group `group_id` that never commits by itself."""
     config = {
         **settings.client_config(),
         "group_id": group_id,
@@ -55,11 +63,37 @@ def make_consumer(settings: KafkaSettings, group_id: str, **overrides) -> KafkaC
     return KafkaConsumer(**config)
 
 
-class EventReader:
-    """Polls the topic of all its partitions, from given offsets, and validates each message.
+def _from_the_beginning(beginnings: Mapping[int, int]) -> Mapping[int, int]:
+    return beginnings
 
-    `positions` is the next offset to read in each partition: everything before it has been
-    handed out or dead-lettered. Call `flush_dead_letters` before making that position durable.
+
+class EventReader:
+    """Polls the partitions the consumer group gives this member, from where its owner says,
+    and validates each message.
+
+    A partition the group gives is paused until the owner has said where to read it from:
+    `on_assigned` is called from `poll`, on the caller's thread, so it may read the owner's
+    state from a store; a partition it leaves out (that store is down) stays paused and is
+    offered again with backoff, while the partitions already started go on. `on_revoked` is
+    called with the started partitions the member loses, on the consumer's IO thread while
+    `poll` waits: it must make their progress durable without Kafka, and quickly (the group
+    waits for it). Closing the reader revokes nothing: an owner makes its progress durable
+    before it stops.
+
+    `positions` is the next offset to read in each started partition: everything before it has
+    been handed out or dead-lettered. Call `flush_dead_letters` before making that position
+    durable.
+
+    Parameters
+    ----------
+    consumer
+        A consumer of the group (`make_consumer`), not yet subscribed.
+    dlq_producer, settings, stage
+        Where invalid messages go, the topic and its dead-letter topic, and the stage named on
+        each dead letter.
+    on_assigned, on_revoked
+        The owner's callbacks, above (by default every partition is read from its beginning,
+        and a revocation needs nothing); an owner may set them later, before the first `poll`.
     """
 
     def __init__(
@@ -68,45 +102,40 @@ class EventReader:
         dlq_producer: KafkaProducer,
         settings: KafkaSettings,
         stage: str,
-        start_offsets: Mapping[int, int] | None = None,
+        on_assigned: Starts = _from_the_beginning,
+        on_revoked: Callable[[list[int]], None] = lambda partitions: None,
     ) -> None:
-        partitions = self._attach(consumer, dlq_producer, settings, stage)
-        self.partitions = [TopicPartition(settings.topic, p) for p in sorted(partitions)]
-        consumer.assign(self.partitions)
-        self.positions: dict[int, int] = {}
-        self.seek(start_offsets or {})
-        self._committed: dict[int, int] = {}
-
-    def _attach(
-        self,
-        consumer: KafkaConsumer,
-        dlq_producer: KafkaProducer,
-        settings: KafkaSettings,
-        stage: str,
-    ) -> set[int]:
-        """Keep the consumer, the dead letters and the settings; the topic's partitions, or a
-        clear error when the topic does not exist."""
+        if not consumer.partitions_for_topic(settings.topic):
+            raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
         self._consumer = consumer
         self._dead_letters = DeadLetters(dlq_producer, settings.dlq_topic, stage)
-        self._settings = settings
-        partitions = consumer.partitions_for_topic(settings.topic)
-        if not partitions:
-            raise RuntimeError(f"topic {settings.topic!r} does not exist on {settings.bootstrap}")
-        return partitions
+        self._topic = settings.topic
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+        self.positions: dict[int, int] = {}
+        self._pending: set[int] = set()
+        self._committed: dict[int, int] = {}
+        self._retry_at = 0.0
+        self._retry_s = RETRY_S
+        self._closing = False
+        consumer.subscribe([settings.topic], listener=_Listener(self))
 
-    def seek(self, offsets: Mapping[int, int]) -> None:
-        """Read next from these offsets; partitions not named start at their beginning."""
-        beginnings = self._consumer.beginning_offsets(self.partitions)
-        for tp in self.partitions:
-            start = offsets.get(tp.partition, beginnings[tp])
-            self._consumer.seek(tp, start)
-            self.positions[tp.partition] = start
+    def _tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self._topic, partition)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the member reads partitions and every one it was given is started."""
+        return bool(self.positions) and not self._pending
 
     def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
-        """The next valid events, in offset order within each partition."""
+        """The next valid events of the started partitions, in offset order within each; then
+        the partitions waiting for their owner are offered to it, when their retry is due."""
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         valid: list[Consumed] = []
         for tp, records in batches.items():
+            if tp.partition not in self.positions:  # revoked or not started: read again later
+                continue
             for record in records:
                 try:
                     event = parse_event(record.value)
@@ -120,7 +149,73 @@ class EventReader:
                 else:
                     valid.append(Consumed(event, tp.partition, record.offset))
                 self.positions[tp.partition] = record.offset + 1
+        if self._pending and time.monotonic() >= self._retry_at:
+            self._start_pending()
         return valid
+
+    def _start_pending(self) -> None:
+        """Ask the owner where the waiting partitions start, and start those it names."""
+        waiting = sorted(self._pending)
+        try:
+            beginnings = self._consumer.beginning_offsets(
+                [self._tp(p) for p in waiting], timeout_ms=REPORT_TIMEOUT_MS
+            )
+        except KafkaError as exc:
+            self._back_off(f"their first offsets cannot be read: {exc}")
+            return
+        starts = self.on_assigned({tp.partition: offset for tp, offset in beginnings.items()})
+        started = [p for p in waiting if p in starts]
+        for partition in started:
+            self._consumer.seek(self._tp(partition), starts[partition])
+            self.positions[partition] = starts[partition]
+            self._pending.discard(partition)
+        if started:
+            self._consumer.resume(*(self._tp(p) for p in started))
+        if self._pending:
+            self._back_off("their owner cannot start them yet")
+        else:
+            self._retry_s = RETRY_S
+
+    def _back_off(self, why: str) -> None:
+        log.warning(
+            "partitions %s wait: %s; trying again in %.0f s",
+            sorted(self._pending),
+            why,
+            self._retry_s,
+        )
+        self._retry_at = time.monotonic() + self._retry_s
+        self._retry_s = min(2 * self._retry_s, MAX_RETRY_S)
+
+    def restart(self, partitions: Collection[int]) -> None:
+        """Pause these started partitions and offer them to `on_assigned` again at the next
+        poll, as if just given: their owner starts them anew (a re-base)."""
+        numbers = [p for p in partitions if p in self.positions]
+        self._consumer.pause(*(self._tp(p) for p in numbers))
+        for partition in numbers:
+            del self.positions[partition]
+            self._pending.add(partition)
+        self._retry_at = 0.0
+
+    def _assigned(self, partitions: Collection[TopicPartition]) -> None:
+        new = [tp for tp in partitions if tp.topic == self._topic]
+        new = [tp for tp in new if tp.partition not in self.positions]
+        self._consumer.pause(*new)  # until the owner says where each starts
+        self._pending.update(tp.partition for tp in new)
+        self._retry_at, self._retry_s = 0.0, RETRY_S
+
+    def _revoked(self, partitions: Collection[TopicPartition]) -> None:
+        numbers = sorted(tp.partition for tp in partitions if tp.topic == self._topic)
+        started = [p for p in numbers if p in self.positions]
+        if started and not self._closing:
+            self.on_revoked(started)
+        for partition in numbers:
+            self.positions.pop(partition, None)
+            self._committed.pop(partition, None)
+            self._pending.discard(partition)
+
+    def owned(self) -> list[int]:
+        """The started partitions."""
+        return sorted(self.positions)
 
     @property
     def dead_lettered(self) -> int:
@@ -131,163 +226,54 @@ class EventReader:
         self._dead_letters.flush()
 
     def commit(self, positions: Mapping[int, int]) -> None:
-        """Report durable progress to the consumer group (for lag); never the source of truth,
-        so a broker that is away only means a warning and a later commit."""
-        if dict(positions) == self._committed:
+        """Report durable progress of the started partitions to the group (for lag); never the
+        source of truth, so a broker that is away only means a warning and a later commit."""
+        mine = {p: o for p, o in positions.items() if p in self.positions}
+        if not mine or mine == {p: self._committed.get(p) for p in mine}:
             return
         try:
             self._consumer.commit(
-                {
-                    TopicPartition(self._settings.topic, p): OffsetAndMetadata(o, "", -1)
-                    for p, o in positions.items()
-                },
+                {self._tp(p): OffsetAndMetadata(o, "", -1) for p, o in mine.items()},
                 timeout_ms=REPORT_TIMEOUT_MS,
             )
         except KafkaError as exc:
             log.warning("could not report progress to the consumer group: %s", exc)
         else:
-            self._committed = dict(positions)
+            self._committed.update(mine)
 
     def partition_lag(self) -> dict[int, int] | None:
-        """Partition -> events on the topic not yet read by this reader; None while the broker
-        is away."""
+        """Started partition -> events on the topic not yet read by this reader; None while the
+        broker is away."""
+        if not self.positions:
+            return {}
+        tps = [self._tp(p) for p in sorted(self.positions)]
         try:
-            ends = self._consumer.end_offsets(self.partitions, timeout_ms=REPORT_TIMEOUT_MS)
+            ends = self._consumer.end_offsets(tps, timeout_ms=REPORT_TIMEOUT_MS)
         except KafkaError as exc:
             log.warning("could not read the topic's end offsets: %s", exc)
             return None
         return {
-            tp.partition: max(0, ends[tp] - self.positions[tp.partition]) for tp in self.partitions
+            tp.partition: max(0, ends[tp] - self.positions[tp.partition])
+            for tp in tps
+            if tp.partition in self.positions
         }
 
-
-class GroupReader(EventReader):
-    """An `EventReader` over the partitions the consumer group gives this member.
-
-    The group's callbacks run on the consumer's IO thread while `poll` waits, so they may not
-    call the consumer's blocking API: `on_revoked(partitions)` is to make those partitions'
-    progress durable without Kafka (the reader commits their positions itself, through the
-    coordinator's async commit), and `on_assigned(partitions)` returns partition -> the next
-    offset to read, or None for the partition's beginning (resolved after the poll).
-
-    Parameters
-    ----------
-    consumer, dlq_producer, settings, stage
-        As for `EventReader`; the consumer must not be assigned partitions.
-    on_assigned, on_revoked
-        The owner's callbacks, above.
-    """
-
-    def __init__(
-        self,
-        consumer: KafkaConsumer,
-        dlq_producer: KafkaProducer,
-        settings: KafkaSettings,
-        stage: str,
-        on_assigned: Callable[[list[int]], Mapping[int, int | None]],
-        on_revoked: Callable[[list[int]], None],
-    ) -> None:
-        self._attach(consumer, dlq_producer, settings, stage)
-        self.partitions = []
-        self.positions = {}
-        self._committed = {}
-        self._unresolved: set[int] = set()
-        self.on_assigned = on_assigned
-        self.on_revoked = on_revoked
-        self.rebalances = 0
-        consumer.subscribe([settings.topic], listener=_Listener(self))
-
-    def seek(self, offsets: Mapping[int, int]) -> None:
-        """Read next from these offsets; owned partitions not named start at their beginning."""
-        for tp in self.partitions:
-            self._seek_one(tp, offsets.get(tp.partition))
-
-    def seek_partition(self, partition: int, offset: int | None) -> None:
-        """Read `partition` next from `offset`, or from its beginning when None."""
-        self._seek_one(TopicPartition(self._settings.topic, partition), offset)
-
-    def _seek_one(self, tp: TopicPartition, offset: int | None) -> None:
-        if offset is None:
-            self._consumer.seek_to_beginning(tp)
-            self._unresolved.add(tp.partition)
-            self.positions.pop(tp.partition, None)
-        else:
-            self._consumer.seek(tp, offset)
-            self._unresolved.discard(tp.partition)
-            self.positions[tp.partition] = offset
-
-    def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
-        valid = super().poll(timeout_ms, max_records)
-        handed = {c.partition for c in valid}
-        for partition in sorted(self._unresolved):
-            if partition not in self.positions or partition not in handed:
-                tp = TopicPartition(self._settings.topic, partition)
-                self.positions[partition] = self._consumer.position(tp)
-        self._unresolved.clear()
-        return valid
-
-    def _revoked(self, partitions: Collection[TopicPartition]) -> list[int]:
-        numbers = sorted(tp.partition for tp in partitions if tp.topic == self._settings.topic)
-        if numbers:
-            self.on_revoked(numbers)
-        for p in numbers:
-            self.positions.pop(p, None)
-            self._committed.pop(p, None)
-            self._unresolved.discard(p)
-        self.partitions = [tp for tp in self.partitions if tp.partition not in numbers]
-        return numbers
-
-    def _assigned(self, partitions: Collection[TopicPartition]) -> None:
-        self.rebalances += 1
-        tps = sorted(
-            (tp for tp in partitions if tp.topic == self._settings.topic),
-            key=lambda tp: tp.partition,
-        )
-        self.partitions = sorted(
-            {*self.partitions, *tps}, key=lambda tp: tp.partition
-        )  # cooperative rebalances add to what is kept
-        starts = self.on_assigned([tp.partition for tp in tps])
-        for tp in tps:
-            self._seek_one(tp, starts.get(tp.partition))
-
-    def owned(self) -> list[int]:
-        """The partitions this member reads now."""
-        return [tp.partition for tp in self.partitions]
-
-    def commit(self, positions: Mapping[int, int]) -> None:
-        """As `EventReader.commit`, for the partitions this member still owns."""
-        mine = set(self.owned())
-        super().commit({p: o for p, o in positions.items() if p in mine})
-
-    def partition_lag(self) -> dict[int, int] | None:
-        if self._unresolved or not self.partitions:
-            return None if self._unresolved else {}
-        return super().partition_lag()
+    def close(self) -> None:
+        """Leave the group and close the consumer, revoking nothing from the owner."""
+        self._closing = True
+        self._consumer.close()
 
 
 class _Listener(AsyncConsumerRebalanceListener):
-    """The group's callbacks, run on the consumer's IO thread (hence async: a commit there
-    must be awaited, not blocked on)."""
+    """The group's callbacks, run on the consumer's IO thread while `poll` waits. Nothing is
+    committed on revocation: the partitions' next owner commits once its own progress is
+    durable (commits only report lag)."""
 
-    def __init__(self, reader: GroupReader) -> None:
+    def __init__(self, reader: EventReader) -> None:
         self.reader = reader
 
     async def on_partitions_revoked(self, revoked) -> None:
-        reader = self.reader
-        before = dict(reader.positions)
-        numbers = reader._revoked(revoked)
-        offsets = {
-            TopicPartition(reader._settings.topic, p): OffsetAndMetadata(before[p], "", -1)
-            for p in numbers
-            if p in before
-        }
-        if not offsets:
-            return
-        coordinator = reader._consumer._coordinator
-        try:
-            await coordinator._commit_offsets_sync_async(offsets, timeout_ms=REPORT_TIMEOUT_MS)
-        except Exception as exc:  # progress reports only; the snapshots are the truth
-            log.warning("could not report revoked partitions' progress: %s", exc)
+        self.reader._revoked(revoked)
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.reader._assigned(assigned)

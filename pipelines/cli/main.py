@@ -301,9 +301,10 @@ def archive(idle_exit: IdleExit = None) -> None:
 
 
 def _run_speed(
-    tree: Settings, idle_exit: float | None, from_offsets: dict[int, int] | None
+    tree: Settings, idle_exit: float | None, replay_from: dict[int, int] | None
 ) -> None:
-    from pipelines.jobs import run_speed, stop_on_signals
+    from pipelines.jobs import stop_on_signals
+    from pipelines.speed.job import run_speed
 
     with job_endpoint("speed", tree) as endpoint:
         layer = run_speed(
@@ -312,14 +313,18 @@ def _run_speed(
             tree.mlflow,
             stop_on_signals(),
             idle_exit,
-            from_offsets,
+            replay_from,
             tree.storage,
             endpoint,
         )
-    scores = layer.state.scores
+    if not layer.parts:
+        console.print(f"learnt {layer.learnt_here} events; owned no partition at the end")
+        return
+    state = layer.state
     console.print(
-        f"learnt {layer.state.events_learnt} events; prequential accuracy speed "
-        f"{scores.speed.accuracy:.3f}, blend {scores.blend.accuracy:.3f}"
+        f"learnt {layer.learnt_here} events; partitions {sorted(layer.parts)} hold "
+        f"{state.events_learnt}, prequential accuracy speed {state.scores.speed.accuracy:.3f}, "
+        f"blend {state.scores.blend.accuracy:.3f} (partition that learnt most)"
     )
 
 
@@ -329,7 +334,8 @@ def speed(
     speed_model: SpeedModelOption = None,
     speed_model_params: SpeedParamsOption = None,
 ) -> None:
-    """Run the speed layer: predict, score, then learn each event; snapshot as it goes."""
+    """Run a speed worker, one member of the consumer group SPEED_GROUP_ID: predict, score,
+    then learn each event of its partitions; snapshot as it goes."""
     _run_speed(_with_models(speed_model, speed_model_params), idle_exit, None)
 
 
@@ -342,7 +348,8 @@ def replay(
     speed_model: SpeedModelOption = None,
     speed_model_params: SpeedParamsOption = None,
 ) -> None:
-    """Rebuild the speed model from given offsets (Kappa-style reprocessing), then go on live."""
+    """Run a speed worker that rebuilds each partition it is given from these offsets
+    (Kappa-style reprocessing), then goes on live; run every worker of the group so."""
     _run_speed(_with_models(speed_model, speed_model_params), idle_exit, _offsets(from_offsets))
 
 

@@ -1,28 +1,28 @@
 """The speed layer: learn from the query stream one event at a time, prequentially.
 
 For each labelled event: predict with the speed model (and the batch champion, when one
-exists), score those predictions and the blend, then learn. Progress is made durable as
-snapshots; a restart resumes from the newest snapshot's offsets, so after kill -9 no event is
-learnt twice or skipped. When a new batch champion appears, the model is rebuilt from the
-champion's cut-off (Kappa-style reprocessing) and the layer goes on live.
+exists), score those predictions and the blend, then learn. A worker is one member of a Kafka
+consumer group (alone, a group of one) and keeps one `SpeedState` per partition it owns,
+snapshotted per partition: a partition's state moves with the partition, and the partitions'
+models add up to the model of the whole stream (`models.snapshot.merge_snapshots`), so one
+worker or several learn the same model.
 
-The model is chosen by configuration (`SpeedSettings.model`, a `models.model_spec.ModelSpec`)
-and checked against River's contract before the first event. Each snapshot's header records
-the spec; a worker started with another spec than its newest snapshot's (or whose snapshot
-cannot be used) does not resume it, but re-bases on the current champion's cut-off, or on the
-stream's start without a champion, and replays forward.
-
-`GroupSpeedLayer` is the same loop for one of several workers of a consumer group: it keeps one
-`SpeedState` per partition it owns, snapshotted per partition, so a partition's model moves with
-the partition and the partitions' models add up to the model of the whole stream.
+Progress is made durable as snapshots; a partition resumes from its newest snapshot's offset,
+so after kill -9 no event is learnt twice or skipped. The model is chosen by configuration
+(`SpeedSettings.model`, a `models.model_spec.ModelSpec`) and checked against River's contract
+before the first event; each snapshot's header records the spec. A partition whose newest
+snapshot is of another model, cannot be used, or is based on another champion than the
+current one re-bases: a fresh model from the champion's cut-off (the partition's start without
+a champion), replayed forward (Kappa-style reprocessing). A new champion re-bases every owned
+partition not based on it.
 """
 
 import functools
 import logging
 import operator
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from threading import Event
 
 from river import base
@@ -38,6 +38,7 @@ from models.snapshot import (
     SnapshotStore,
     SnapshotUnreadable,
     SpeedSnapshot,
+    merge_snapshots,
     mergeable,
 )
 from models.speed_model import build_speed_model
@@ -48,7 +49,7 @@ from pipelines.speed.schedules import (
     SnapshotSchedule,
     SpeedReport,
 )
-from streams.consumer import Consumed, EventReader, GroupReader
+from streams.consumer import Consumed, EventReader
 
 log = logging.getLogger(__name__)
 
@@ -117,33 +118,55 @@ class SpeedState:
 
 
 class SpeedLayer:
-    """The prequential loop over an `EventReader`, with snapshots and champion re-basing.
+    """The prequential loop of one worker of the consumer group, with one state per partition.
+
+    Each partition the group gives the worker has its own `SpeedState` (model, blender, learnt
+    texts, events learnt, scores): resumed from the partition's newest snapshot, or re-based
+    (see the module), when the reader starts the partition; made durable when the group takes
+    it away (one save: a store that failed the last save is not waited on, and the next owner
+    learns again from the last snapshot). Every labelled event is learnt by its partition's
+    model, so the per-partition snapshots add up exactly to one model of the whole topic.
+
+    For a model that merges (`models.snapshot.mergeable`), a worker that owns several
+    partitions, or has peers, predicts each event with the view: its own partitions' live
+    models added to the other partitions' newest snapshots, read again every
+    `settings.peer_refresh_s`; the view learns each event with its partition's model, so it
+    stays that sum in between. A worker that owns the one partition of a topic learns each
+    event once, into that partition's model. A model that does not merge predicts with its
+    partition's model alone (serving answers with the average of the partitions' models).
 
     The loop only orders the work; its collaborators decide when to snapshot
-    (`SnapshotSchedule`), when to register a snapshot (`RegistrationSchedule`), watch the
-    champion's error (`DriftWatch`) and report (`SpeedReport`), so each can be changed and
-    tested alone.
+    (`SnapshotSchedule`), when to register the model (`RegistrationSchedule`), watch the
+    champion's error (`DriftWatch`) and report (`SpeedReport`).
 
     Parameters
     ----------
     reader
-        The stream, positioned by the layer (from the newest snapshot, if any).
+        The group member; the layer installs its callbacks.
     store
-        Where snapshots are saved and the newest is read back on start.
+        The snapshot store shared by the group (one snapshot per partition); a partition
+        waits, retried with backoff by the reader, while its snapshot cannot be read.
     settings
-        The model's spec, the scoring window, and the snapshot, report, registration and
-        drift-signal settings.
+        The model's spec, the scoring window, and the snapshot, report, registration,
+        drift-signal and peer-refresh settings.
     current_champion
-        Returns the current champion (loaded), or None; called on every poll, so it must be
-        cheap (see `models.champion_watch.ChampionWatch.loaded`).
+        Returns the current champion (loaded), or None; called on every turn of the loop, so it
+        must be cheap (see `models.champion_watch.ChampionWatch.loaded`).
     report
         Called as `report(metrics, step)` every `settings.metrics_every_s` seconds.
     register
-        Called as `register(path, snapshot)` with a snapshot just made durable, when
-        `RegistrationSchedule` says so; it must return at once (see
-        `pipelines.tracking.SnapshotRegistrar`).
+        Called as `register(location, snapshot)` with the whole stream's model (every
+        partition's newest snapshot merged) when `RegistrationSchedule` says so, by the worker
+        that owns partition 0 (one worker of the group registers for all); it must return at
+        once (see `pipelines.tracking.SnapshotRegistrar`).
+    storage
+        The object store of an `s3://` signal folder.
     heartbeat
         Called once a turn of the loop, for the job's liveness check.
+    replay_from
+        Partition -> offset: each partition the worker starts for the first time starts
+        afresh there (a partition not named, at its beginning), on the current champion, and
+        goes on live (`lambda-ml replay`); None resumes as usual.
 
     Raises
     ------
@@ -155,14 +178,17 @@ class SpeedLayer:
     Attributes
     ----------
     spec
-        The configured model: every fresh model of a start or a re-base is built from it.
-    state
-        The model, blender, counts and scores a snapshot captures.
+        The configured model: every fresh model is built from it.
+    parts
+        Owned partition -> its state.
+    durable
+        Owned partition -> its last durable snapshot (missing while it has none).
+    peers
+        Other partitions -> their newest snapshot, for the view.
     champion
-        The champion the layer predicts with now, or None.
-    rebase_reason
-        Why the layer did not resume from its newest snapshot, until `run` (or a caller) has
-        re-based; None when it resumed or started on an empty store.
+        The champion the worker predicts with now, or None.
+    learnt_here
+        Labelled events this worker learnt since it started.
     schedule, registration, drift, reporter
         The collaborators above.
     """
@@ -177,232 +203,10 @@ class SpeedLayer:
         register: Callable[[str, SpeedSnapshot], None] | None = None,
         storage: StorageSettings | None = None,
         heartbeat: Callable[[], None] = lambda: None,
+        replay_from: Mapping[int, int] | None = None,
     ) -> None:
         self.spec = ModelSpec.parse(settings.model, settings.model_params)
-        first_model = self.build_model()  # a wrong model fails here, before any event
-        self.reader = reader
-        self.store = store
-        self.settings = settings
-        self.current_champion = current_champion
-        self.register = register
-        self.storage = storage
-        self.heartbeat = heartbeat
-        self.champion: ChampionModel | None = None
-        self.rebase_reason: str | None = None
-        snapshot = self._resumable_snapshot()
-        if snapshot is None:
-            self.state = SpeedState.fresh(settings.window, build_model=lambda: first_model)
-        else:
-            self.state = SpeedState.from_snapshot(snapshot, settings.window)
-            reader.seek(snapshot.offsets)
-            log.info("resumed from snapshot %s at %s", snapshot.sequence, snapshot.offsets)
-        learnt = self.state.events_learnt
-        self.schedule = SnapshotSchedule(settings, learnt, reader.positions)
-        self.registration = RegistrationSchedule(settings)
-        self.drift = DriftWatch(settings.signal_dir, storage)
-        self.reporter = SpeedReport(settings, report, learnt)
-
-    def build_model(self) -> base.Classifier:
-        """A fresh model from the configured spec, checked against River's contract."""
-        return check_speed_model(self.spec.build(), f"the speed model {self.spec.factory}")
-
-    def _resumable_snapshot(self) -> SpeedSnapshot | None:
-        """The newest snapshot if the layer can go on from it; else None, and why it cannot
-        in `rebase_reason` (a snapshot of another model, or one that cannot be used)."""
-        try:
-            snapshot = self.store.latest()
-        except SnapshotUnreadable as exc:
-            self.rebase_reason = str(exc)
-            return None
-        if snapshot is None:
-            return None
-        if snapshot.header.model_spec != self.spec.as_record():
-            self.rebase_reason = (
-                f"the speed model changed from {snapshot.header.describe_model()} "
-                f"(snapshot {snapshot.sequence}) to {self.spec.describe()}"
-            )
-            return None
-        return snapshot
-
-    def rebase(
-        self, offsets: dict[int, int], base_version: str | None, reason: str | None = None
-    ) -> None:
-        """Start a fresh model from `offsets` and replay forward from there."""
-        if reason is None:
-            log.info("re-basing on version %s from offsets %s", base_version, offsets)
-        else:
-            log.warning(
-                "re-basing on version %s from offsets %s: %s", base_version, offsets, reason
-            )
-        self.rebase_reason = None
-        self.state = SpeedState.fresh(
-            self.settings.window, base_version, offsets, build_model=self.build_model
-        )
-        # A new champion's error starts anew.
-        self.drift = DriftWatch(self.settings.signal_dir, self.storage)
-        self.reader.seek(offsets)
-        self.schedule.restart_count()
-        self.reporter.restart_count()
-        self.registration.rebased()
-
-    def rebase_on_current_champion(self, reason: str | None = None) -> None:
-        """Re-base on the current champion's cut-off, or on every partition's start when there
-        is no champion."""
-        self.champion = champion = self.current_champion()
-        if champion is None:
-            self.rebase({}, None, reason)
-        else:
-            self.rebase(champion.info.cutoff_offsets, champion.info.version, reason)
-
-    def _follow_champion(self) -> None:
-        """Take up a new champion, re-basing on its cut-off unless the model is based on it."""
-        champion = self.current_champion()
-        if champion is None or champion is self.champion:
-            return
-        self.champion = champion
-        if champion.info.version != self.state.base_version:
-            self.rebase(champion.info.cutoff_offsets, champion.info.version)
-
-    def learn(self, consumed: list[Consumed]) -> None:
-        """Predict, score and learn each event in order."""
-        state = self.state
-        champion = self.champion
-        for item, batch in champion_answers(champion, consumed):
-            intent = item.event.intent
-            if intent is None:
-                state.unlabelled_seen += 1
-                continue
-            batch_right = prequential_step(
-                state.model,
-                state.blender,
-                state.scores,
-                item.event.text,
-                intent,
-                batch,
-                speed_texts=state.learnt_texts,
-                batch_texts=champion.training_texts if champion else None,
-            )
-            if batch_right is not None:
-                self.drift.update(float(not batch_right), state.events_learnt)
-            state.events_learnt += 1
-            self.reporter.learnt(item.event.ts.timestamp())
-
-    def metrics(self) -> dict[str, float]:
-        """The state's figures with the drift detections since the start or last re-base."""
-        return self.state.metrics() | {"drift_detections": float(self.drift.detections)}
-
-    def snapshot_of_state(self) -> SpeedSnapshot:
-        """The current state as a snapshot, positioned after the last event handed out."""
-        return SpeedSnapshot(
-            model=self.state.model,
-            blender=self.state.blender,
-            offsets=dict(self.reader.positions),
-            events_learnt=self.state.events_learnt,
-            metrics=self.metrics(),
-            base_version=self.state.base_version,
-            base_offsets=self.state.base_offsets,
-            learnt_texts=self.state.learnt_texts,
-            header=SnapshotHeader.current(self.spec),
-        )
-
-    def make_progress_durable(self) -> SpeedSnapshot | None:
-        """Dead letters first, then the snapshot, then the commit: each is durable before the
-        next step claims it, so a crash between steps loses or repeats no event. The snapshot
-        is then handed to `register` when a registration is due.
-
-        A store that cannot be written (down, or unreachable) is a warning: the layer goes on
-        learning and tries again a snapshot interval later; None is returned."""
-        self.reader.flush_dead_letters()
-        snapshot = self.snapshot_of_state()
-        try:
-            path = self.store.save(snapshot)
-        except OSError as exc:
-            log.warning("snapshot not saved, retrying in %.0f s: %s", self.schedule.every_s, exc)
-            self.schedule.failed(self.state.events_learnt)
-            return None
-        self.reporter.made_durable()
-        self.reader.commit(snapshot.offsets)
-        self.schedule.taken(self.state.events_learnt, snapshot.offsets)
-        if self.register is not None and self.registration.due():
-            self.registration.registered()
-            try:
-                self.register(path, snapshot)
-            except Exception as exc:  # the registry's copy is for people; the stream goes on
-                log.warning("could not hand snapshot %s over for registration: %s", path, exc)
-        return snapshot
-
-    def run(
-        self, stop: Event, idle_exit_s: float | None = None, max_events: int | None = None
-    ) -> None:
-        """Loop until `stop` is set, the stream has been idle for `idle_exit_s`, or
-        `max_events` have been learnt; always ends with its progress durable and a report.
-
-        A layer that could not resume its newest snapshot (`rebase_reason`) re-bases first."""
-        if self.rebase_reason is not None:
-            self.rebase_on_current_champion(self.rebase_reason)
-        idle_since = time.monotonic()
-        while not stop.is_set():
-            self.heartbeat()
-            self._follow_champion()
-            most = self.schedule.records_to_poll(self.state.events_learnt)
-            consumed = self.reader.poll(timeout_ms=200, max_records=most)
-            if consumed:
-                idle_since = time.monotonic()
-                self.learn(consumed)
-            elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
-                break
-            if self.schedule.due(self.state.events_learnt, self.reader.positions):
-                self.make_progress_durable()
-            self._report(force=False)
-            if max_events is not None and self.state.events_learnt >= max_events:
-                break
-        if self.schedule.unsaved(self.reader.positions):
-            self.make_progress_durable()
-        self._report(force=True)
-
-    def _report(self, force: bool) -> None:
-        if force or self.reporter.due():
-            self.reporter.send(self.state.events_learnt, self.metrics, self.reader.partition_lag)
-
-
-class GroupSpeedLayer:
-    """The prequential loop of one worker of a consumer group, with one state per partition.
-
-    Each partition it owns has its own `SpeedState` (model, blender, learnt texts, events
-    learnt, scores), resumed from that partition's newest snapshot when the group assigns it
-    (or re-based on the champion's cut-off, or the partition's start, as `SpeedLayer` does) and
-    made durable when the group revokes it: dead letters flushed, the partition's snapshot
-    saved, its offset committed. Every labelled event is learnt by its partition's model only,
-    so the per-partition snapshots add up exactly to one model of the whole topic.
-
-    For a model that merges (`models.snapshot.mergeable`), the worker predicts each event with
-    the view: its own partitions' live models added to the other partitions' newest snapshots,
-    read again every `settings.peer_refresh_s`; the view learns each event with its partition's
-    model, so it stays that sum in between. A model that does not merge predicts with its
-    partition's model alone. Snapshots are not registered in MLflow in this mode.
-
-    Parameters
-    ----------
-    reader
-        The group member; the layer installs its callbacks.
-    store
-        The shared snapshot folder (one snapshot per partition).
-    settings, current_champion, report, heartbeat
-        As for `SpeedLayer`.
-    """
-
-    def __init__(
-        self,
-        reader: GroupReader,
-        store: SnapshotStore,
-        settings: SpeedSettings,
-        current_champion: Callable[[], ChampionModel | None] = lambda: None,
-        report: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
-        storage: StorageSettings | None = None,
-        heartbeat: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.spec = ModelSpec.parse(settings.model, settings.model_params)
-        self._mergeable = mergeable(self.build_model())
+        self._mergeable = mergeable(self.build_model())  # a wrong model fails here
         if not self._mergeable:
             log.info(
                 "the speed model %s does not merge: each partition predicts with its own model",
@@ -411,19 +215,23 @@ class GroupSpeedLayer:
         self.reader = reader
         self.store = store
         self.settings = settings
+        self.current_champion = current_champion
+        self.register = register
         self.storage = storage
         self.heartbeat = heartbeat
-        self.current_champion = current_champion
         self.champion: ChampionModel | None = None
         self.parts: dict[int, SpeedState] = {}
-        self.saved: dict[int, int | None] = {}
+        self.durable: dict[int, SpeedSnapshot] = {}
         self.peers: dict[int, SpeedSnapshot] = {}
+        self.learnt_here = 0
+        self._replay = dict(replay_from) if replay_from is not None else None
+        self._started: set[int] = set()
         self._peer_sequences: dict[int, int] = {}
         self._peers_read_at = -float("inf")
         self._view: base.Classifier | None = None
-        self.learnt_here = 0
         self._store_failing = False
         self.schedule = SnapshotSchedule(settings, 0, {})
+        self.registration = RegistrationSchedule(settings)
         self.drift = DriftWatch(settings.signal_dir, storage)
         self.reporter = SpeedReport(settings, report, 0)
         reader.on_assigned = self._on_assigned
@@ -433,71 +241,82 @@ class GroupSpeedLayer:
         """A fresh model from the configured spec, checked against River's contract."""
         return check_speed_model(self.spec.build(), f"the speed model {self.spec.factory}")
 
-    # The group's callbacks (on the consumer's IO thread, while `poll` waits).
+    # Partitions coming and going.
 
-    def _on_assigned(self, partitions: list[int]) -> dict[int, int | None]:
-        starts: dict[int, int | None] = {}
-        for partition in partitions:
-            self.parts[partition], starts[partition] = self._load(partition)
-            self.saved[partition] = starts[partition]
+    def _on_assigned(self, beginnings: Mapping[int, int]) -> dict[int, int]:
+        """Where each partition given starts (its state made ready); one whose snapshot cannot
+        be read now is left out, to wait."""
+        starts: dict[int, int] = {}
+        for partition, first in sorted(beginnings.items()):
+            try:
+                starts[partition] = self._start(partition, first)
+            except OSError as exc:
+                log.warning("partition %s's snapshot cannot be read yet: %s", partition, exc)
+                continue
+            self._started.add(partition)
             self.peers.pop(partition, None)
-        self._view = None
-        log.info("assigned partitions %s, reading from %s", partitions, starts)
+        if starts:
+            self._view = None
+            log.info("assigned partitions %s, reading from %s", sorted(starts), starts)
         return starts
 
-    def _load(self, partition: int) -> tuple[SpeedState, int | None]:
-        """The partition's state and where to read it from: its newest snapshot when that is
-        of this model and on the current champion, else a fresh model from the champion's
-        cut-off (None: the partition's start)."""
+    def _start(self, partition: int, first: int) -> int:
+        """Make the partition's state ready and return the offset to read it from: its newest
+        snapshot's, when that is of this model and on the current champion; else a fresh
+        model's, from the replay's offset or the champion's cut-off (`first`, the partition's
+        first offset, without either)."""
         champion = self.champion
-        reason = None
+        version = champion.info.version if champion is not None else None
+        if self._replay is not None and partition not in self._started:
+            offset = self._replay.get(partition, first)
+            return self._fresh(partition, offset, f"a replay from offset {offset}", quiet=True)
+        reason, quiet = None, False
         try:
-            snapshot = self._latest_waiting(partition)
+            snapshot = self.store.latest(partition)
         except SnapshotUnreadable as exc:
             snapshot, reason = None, str(exc)
-        if snapshot is not None:
-            if snapshot.header.model_spec != self.spec.as_record():
-                reason = f"the speed model changed from {snapshot.header.describe_model()}"
-            elif champion is not None and snapshot.base_version != champion.info.version:
-                reason = f"a new champion {champion.info.version}"
-            else:
-                log.info(
-                    "partition %s resumed from snapshot %s at %s",
-                    partition,
-                    snapshot.sequence,
-                    snapshot.offsets,
-                )
-                state = SpeedState.from_snapshot(snapshot, self.settings.window)
-                return state, snapshot.offsets.get(partition)
-        return self._fresh(partition, reason)
-
-    def _latest_waiting(self, partition: int) -> SpeedSnapshot | None:
-        """The partition's newest snapshot, waiting (with backoff) while the store cannot be
-        read: starting the partition without it would learn its events again."""
-        delay_s = 1.0
-        while True:
-            try:
-                return self.store.latest(partition)
-            except OSError as exc:
-                log.warning(
-                    "partition %s's snapshot cannot be read, retrying in %.0f s: %s",
-                    partition,
-                    delay_s,
-                    exc,
-                )
-                time.sleep(delay_s)
-                delay_s = min(2 * delay_s, 10.0)
-
-    def _fresh(self, partition: int, reason: str | None) -> tuple[SpeedState, int | None]:
-        champion = self.champion
+        if snapshot is None:
+            pass
+        elif snapshot.header.model_spec != self.spec.as_record():
+            reason = (
+                f"the speed model changed from {snapshot.header.describe_model()} "
+                f"(snapshot {snapshot.sequence}) to {self.spec.describe()}"
+            )
+        elif champion is not None and snapshot.base_version != version:
+            reason, quiet = f"a new champion {version}", True
+        else:
+            self.parts[partition] = SpeedState.from_snapshot(snapshot, self.settings.window)
+            self.durable[partition] = snapshot
+            log.info(
+                "partition %s resumed from snapshot %s at %s",
+                partition,
+                snapshot.sequence,
+                snapshot.offsets,
+            )
+            return snapshot.offsets[partition]
         cutoff = champion.info.cutoff_offsets if champion is not None else {}
-        version = champion.info.version if champion is not None else None
-        if reason is not None:
-            log.warning("partition %s re-based on version %s: %s", partition, version, reason)
-        state = SpeedState.fresh(
-            self.settings.window, version, cutoff, build_model=self.build_model
+        return self._fresh(partition, cutoff.get(partition, first), reason, quiet)
+
+    def _fresh(self, partition: int, offset: int, reason: str | None, quiet: bool = False) -> int:
+        """A fresh model for the partition, based on the current champion, from `offset`."""
+        version = self.champion.info.version if self.champion is not None else None
+        self.parts[partition] = SpeedState.fresh(
+            self.settings.window, version, {partition: offset}, build_model=self.build_model
         )
-        return state, cutoff.get(partition)
+        self.durable.pop(partition, None)
+        if reason is None:
+            log.info("partition %s starts on version %s at offset %s", partition, version, offset)
+        else:
+            self.registration.rebased()
+            log.log(
+                logging.INFO if quiet else logging.WARNING,
+                "partition %s re-based on version %s from offset %s: %s",
+                partition,
+                version,
+                offset,
+                reason,
+            )
+        return offset
 
     def _on_revoked(self, partitions: list[int]) -> None:
         """Make the revoked partitions durable, unless the store failed the last save: the
@@ -512,15 +331,39 @@ class GroupSpeedLayer:
                     partition,
                 )
             self.parts.pop(partition, None)
-            self.saved.pop(partition, None)
+            self.durable.pop(partition, None)
         self._view = None
         log.info("revoked partitions %s", partitions)
+
+    def _follow_champion(self) -> None:
+        """Take up a new champion: its error is watched anew, and every owned partition not
+        based on it re-bases on its cut-off."""
+        champion = self.current_champion()
+        if champion is None or champion is self.champion:
+            return
+        version = champion.info.version
+        if self.champion is None or self.champion.info.version != version:
+            self.drift = DriftWatch(self.settings.signal_dir, self.storage)
+        self.champion = champion
+        stale = [p for p, state in self.parts.items() if state.base_version != version]
+        if not stale:
+            return
+        for partition in stale:  # started again, they find their snapshots on another champion
+            del self.parts[partition]
+            self.durable.pop(partition, None)
+        self.reader.restart(stale)
+        self.reporter.rebased()
+        self.registration.rebased()
+        self._view = None
 
     # Progress.
 
     def _unsaved(self, partition: int) -> bool:
         position = self.reader.positions.get(partition)
-        return position is not None and self.saved.get(partition) != position
+        durable = self.durable.get(partition)
+        return position is not None and (
+            durable is None or durable.offsets != {partition: position}
+        )
 
     def snapshot_of(self, partition: int) -> SpeedSnapshot:
         """Partition `partition`'s state as a snapshot, after its last event handed out."""
@@ -548,38 +391,53 @@ class GroupSpeedLayer:
             self._store_failing = True
             return False
         self._store_failing = False
-        self.saved[partition] = snapshot.offsets[partition]
+        self.durable[partition] = snapshot
         return True
 
-    def make_progress_durable(self) -> None:
-        """Dead letters, then each moved partition's snapshot, then the commit. A store that
-        cannot be written leaves the progress unsaved, the offsets uncommitted, and the next
-        attempt a snapshot interval away."""
+    def make_progress_durable(self) -> bool:
+        """Dead letters first, then each moved partition's snapshot, then the commit: each is
+        durable before the next step claims it, so a crash between steps loses or repeats no
+        event. The whole model is then registered when that is due.
+
+        A store that cannot be written (down, or unreachable) is a warning: the worker goes on
+        learning, commits nothing, and tries again a snapshot interval later; False is
+        returned."""
         self.reader.flush_dead_letters()
-        moved = [p for p in self.parts if self._unsaved(p)]
-        if not all([self._save(partition) for partition in moved]):
-            self.schedule.failed(self.learnt_here)
-            return
+        moved = [p for p in sorted(self.parts) if self._unsaved(p)]
+        for partition in moved:
+            if not self._save(partition):
+                self.schedule.failed(self.learnt_here)
+                return False
         self.reporter.made_durable()
         positions = dict(self.reader.positions)
         self.reader.commit(positions)
         self.schedule.taken(self.learnt_here, positions)
+        if moved:
+            self._register_if_due()
+        return True
+
+    def whole_snapshot(self) -> SpeedSnapshot:
+        """The model of the whole stream: the owned partitions' durable snapshots merged with
+        the others' newest (`merge_snapshots`)."""
+        snapshots = dict(self.durable)
+        for partition in self.store.latest_sequences():
+            if partition not in snapshots:
+                snapshot = self.store.latest(partition)
+                if snapshot is not None:
+                    snapshots[partition] = snapshot
+        return merge_snapshots(snapshots)
+
+    def _register_if_due(self) -> None:
+        if self.register is None or 0 not in self.parts or not self.registration.due():
+            return
+        self.registration.registered()
+        try:
+            whole = self.whole_snapshot()
+            self.register(f"{self.store.location.rstrip('/')}/speed-{time.time_ns()}.pkl", whole)
+        except Exception as exc:  # the registry's copy is for people; the stream goes on
+            log.warning("could not hand the speed model over for registration: %s", exc)
 
     # Learning.
-
-    def _follow_champion(self) -> None:
-        """Take up a new champion: every owned partition not based on it is re-based."""
-        champion = self.current_champion()
-        if champion is None or champion is self.champion:
-            return
-        self.champion = champion
-        self.drift = DriftWatch(self.settings.signal_dir, self.storage)
-        for partition in list(self.parts):
-            if self.parts[partition].base_version != champion.info.version:
-                self.parts[partition], start = self._fresh(partition, None)
-                self.saved[partition] = None
-                self.reader.seek_partition(partition, start)
-        self._view = None
 
     def refresh_peers(self, force: bool = False) -> None:
         """Read the other partitions' newest snapshots if `peer_refresh_s` have passed."""
@@ -630,7 +488,8 @@ class GroupSpeedLayer:
         }
 
     def learn(self, consumed: list[Consumed]) -> None:
-        """Predict with the view, score, and learn each event into its partition's model."""
+        """Predict with the view (or the partition's model), score, and learn each event into
+        its partition's model."""
         champion = self.champion
         view = self.view()
         memories = self._view_memories() if view is not None else {}
@@ -657,50 +516,62 @@ class GroupSpeedLayer:
             self.learnt_here += 1
             self.reporter.learnt(item.event.ts.timestamp())
 
+    # Figures.
+
     @property
     def state(self) -> SpeedState:
-        """A summary of the owned partitions: their events learnt, and the scores of the one
-        that learnt most."""
+        """The state of the owned partition that learnt most, with the events of every owned
+        partition counted: a worker that owns the one partition of a topic, its whole state."""
         parts = list(self.parts.values())
-        busiest = max(parts, key=lambda s: s.events_learnt) if parts else None
-        return SpeedState(
-            model=self.view() or (busiest.model if busiest else self.build_model()),
-            blender=busiest.blender if busiest else HedgeBlender(),
+        if not parts:
+            raise LookupError("this worker owns no partition")
+        busiest = max(parts, key=lambda s: s.events_learnt)
+        return replace(
+            busiest,
             events_learnt=sum(s.events_learnt for s in parts),
             unlabelled_seen=sum(s.unlabelled_seen for s in parts),
-            scores=busiest.scores if busiest else ViewScores.with_window(self.settings.window),
         )
 
     def metrics(self) -> dict[str, float]:
-        return self.state.metrics() | {
+        """The busiest partition's figures (`state`), with the drift detections since the
+        champion was taken up and the partitions owned."""
+        figures = self.state.metrics() if self.parts else {}
+        return figures | {
             "drift_detections": float(self.drift.detections),
             "partitions_owned": float(len(self.parts)),
         }
 
+    # The loop.
+
+    def step(self) -> int:
+        """One turn of the loop: follow the champion, poll, learn, refresh the peers, make
+        progress durable and report when due; returns the events handed out."""
+        self.heartbeat()
+        self._follow_champion()
+        most = self.schedule.records_to_poll(self.learnt_here)
+        consumed = self.reader.poll(timeout_ms=200, max_records=most)
+        if consumed:
+            self.learn(consumed)
+        self.refresh_peers()
+        if self.schedule.due(self.learnt_here, self.reader.positions):
+            self.make_progress_durable()
+        if self.reporter.due():
+            self.reporter.send(self.learnt_here, self.metrics, self.reader.partition_lag)
+        return len(consumed)
+
     def run(
         self, stop: Event, idle_exit_s: float | None = None, max_events: int | None = None
     ) -> None:
-        """Loop until `stop`, `idle_exit_s` without events (a rebalance counts as activity),
-        or `max_events` learnt by this worker; always ends with its progress durable."""
+        """Loop until `stop` is set, `idle_exit_s` pass without events while every partition
+        the worker was given is started (waiting for partitions is not idleness), or
+        `max_events` are learnt by this worker; always ends with its progress durable and a
+        report."""
         idle_since = time.monotonic()
-        rebalances = self.reader.rebalances
         while not stop.is_set():
-            self.heartbeat()
-            self._follow_champion()
-            most = self.schedule.records_to_poll(self.learnt_here)
-            consumed = self.reader.poll(timeout_ms=200, max_records=most)
-            if consumed or self.reader.rebalances != rebalances:
-                rebalances = self.reader.rebalances
+            if self.step() or not self.reader.settled:
                 idle_since = time.monotonic()
-            if consumed:
-                self.learn(consumed)
             elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
-            self.refresh_peers()
-            if self.schedule.due(self.learnt_here, self.reader.positions):
-                self.make_progress_durable()
-            if self.reporter.due():
-                self.reporter.send(self.learnt_here, self.metrics, self.reader.partition_lag)
             if max_events is not None and self.learnt_here >= max_events:
                 break
         self.make_progress_durable()

@@ -36,7 +36,7 @@ class SnapshotSchedule:
     settings
         Its `snapshot_every_events` and `snapshot_every_s` set the cadence.
     events_learnt
-        The layer's count when the schedule starts (a resumed layer's is its snapshot's).
+        The worker's count of events learnt when the schedule starts.
     offsets
         The reader's positions when the schedule starts, durable already.
     clock
@@ -93,15 +93,11 @@ class SnapshotSchedule:
         self._taken_at = self.clock()
         self._events_at_snapshot = events_learnt
 
-    def restart_count(self) -> None:
-        """A re-base starts the layer's count of events again from zero."""
-        self._events_at_snapshot = 0
-
 
 class RegistrationSchedule:
-    """Says when a durable snapshot is to be registered as a version of the speed model: the
-    first after each re-base, and then one every `register_every_s` seconds (0: after re-bases
-    only).
+    """Says when the speed model is to be registered as a version in MLflow: at the first
+    durable snapshot after each re-base, and then every `register_every_s` seconds (0: after
+    re-bases only).
 
     A re-base starts a new model, so its first snapshot is the one that says which model and
     which cut-off the speed layer now serves; the interval keeps the registry's copy of the
@@ -154,7 +150,7 @@ class DriftWatch:
     Attributes
     ----------
     detections
-        The rises detected since this watch began (the layer's start or its last re-base).
+        The rises detected since this watch began (when the layer took up the champion).
     """
 
     def __init__(self, signal_dir: Location, storage: StorageSettings | None = None) -> None:
@@ -250,10 +246,10 @@ class SpeedReport:
         self.freshness_s.extend(now - ts for ts in self._awaiting_ts)
         self._awaiting_ts.clear()
 
-    def restart_count(self) -> None:
-        """A re-base: the events noted will be learnt again, and the count starts from zero."""
+    def rebased(self) -> None:
+        """A re-base: the events noted and not yet durable will be learnt again, so they are
+        not measured now."""
         self._awaiting_ts.clear()
-        self._events_at_report = 0
 
     def freshness_percentiles_s(self) -> dict[int, float]:
         """Percentile -> seconds of `freshness_s` (`FRESHNESS_PERCENTILES`), or nothing before

@@ -702,7 +702,6 @@ def test_the_speed_layer_runs_as_a_consumer_group_of_two_workers_on_the_shared_s
     speed = resolved_compose()["services"]["speed"]
     env = environment(speed)
     assert int(speed["deploy"]["replicas"]) >= 2
-    assert env["SPEED_SCALE_OUT"] == "true"
     assert int(read_env_file()["KAFKA_PARTITIONS"]) >= int(speed["deploy"]["replicas"])
     assert env["SPEED_SNAPSHOT_DIR"].startswith("s3://")
     assert not speed.get("volumes"), "workers on several machines share no volume"

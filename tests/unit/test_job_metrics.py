@@ -17,7 +17,8 @@ from common.job_metrics import (
 )
 from common.processes import free_port
 from pipelines.batch.schedule import Cadence, Scheduler
-from pipelines.job_figures import SPEED_FAMILIES, schedule_collector, speed_samples
+from pipelines.job_figures import schedule_collector
+from pipelines.speed.figures import SPEED_FAMILIES, speed_samples
 from serving.metrics import ServiceMetrics
 from serving.model_state import ModelReloader
 from tests.unit.test_speed_layer import FakeClock, run_layer

@@ -1,9 +1,12 @@
-"""The speed layer's collaborators and its loop, without Kafka: when snapshots are due, drift
-raising the signal, what a report holds, the order that makes progress durable, the configured
-model and the re-base when it changes, and when snapshots are registered."""
+"""The speed layer's collaborators, and the worker over a consumer group in memory
+(`tests.unit.fake_kafka`): each behaviour of the worker is run with a group of one worker and
+of two (exactly once after a crash, re-basing on a new champion, replays, registration, the
+drift signal, store outages at start and while partitions change hands), and the configured
+model is checked, recorded and re-based on when it changes."""
 
 import json
-from datetime import UTC, datetime
+import threading
+import time
 from threading import Event
 
 import pytest
@@ -22,10 +25,12 @@ from models.snapshot import (
     SnapshotStore,
     SnapshotUnreadable,
     SpeedSnapshot,
+    merge_snapshots,
 )
+from models.speed_model import build_speed_model
 from pipelines.signals import SIGNAL_FILE, drift_raised_at
 from pipelines.speed import schedules as speed_loop
-from pipelines.speed.layer import GroupSpeedLayer, SpeedLayer
+from pipelines.speed.layer import SpeedLayer
 from pipelines.speed.schedules import (
     DriftWatch,
     RegistrationSchedule,
@@ -33,8 +38,16 @@ from pipelines.speed.schedules import (
     SpeedReport,
 )
 from pipelines.tracking import RunReporter, SnapshotRegistrar, snapshot_tags
-from streams.consumer import MAX_POLL_RECORDS, Consumed
-from streams.schema import QueryEvent
+from streams.consumer import MAX_POLL_RECORDS, EventReader
+from tests.unit.fake_kafka import (
+    INTENTS,
+    KAFKA,
+    TEXTS,
+    FakeConsumer,
+    FakeGroup,
+    FakeProducer,
+    FakeTopic,
+)
 
 
 class FakeClock:
@@ -101,8 +114,6 @@ def test_polls_stop_at_the_next_snapshot(tmp_path):
         speed_settings(tmp_path, snapshot_every_events=10**9), 0, {}, clock=FakeClock()
     )
     assert big.records_to_poll(0) == MAX_POLL_RECORDS
-    schedule.restart_count()  # a re-base counts from zero again
-    assert schedule.records_to_poll(0) == 100
 
 
 # DriftWatch
@@ -221,112 +232,11 @@ def test_a_rebase_forgets_the_events_not_yet_durable(tmp_path):
     clock = FakeClock()
     report = SpeedReport(speed_settings(tmp_path), lambda m, step: None, 500, clock)
     report.learnt(1.0)
-    report.restart_count()
+    report.rebased()
     report.made_durable()
     assert not report.freshness_s and report.freshness_percentiles_s() == {}
     clock.now += 10
-    assert report.send(30, dict, lambda: None)["events_per_s"] == 3.0  # counted from zero
-
-
-# SpeedLayer, over a reader and a store that record what they are asked
-
-
-class FakeReader:
-    """One partition of labelled events, in memory; `calls` records the durable steps."""
-
-    def __init__(self, events: int, calls: list[str]) -> None:
-        self.calls = calls
-        ts = datetime(2026, 1, 1, tzinfo=UTC)
-        texts = ["set an alarm", "play a song", "what is the weather"]
-        intents = ["alarm", "music", "weather"]
-        self.events = [
-            QueryEvent(query_id=f"q{i}", ts=ts, text=texts[i % 3], intent=intents[i % 3])
-            for i in range(events)
-        ]
-        self.positions: dict[int, int] = {0: 0}
-        self.committed: list[dict[int, int]] = []
-
-    def seek(self, offsets: dict[int, int]) -> None:
-        self.positions = {0: offsets.get(0, 0)}
-
-    def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
-        start = self.positions[0]
-        chosen = self.events[start : start + (max_records or len(self.events))]
-        self.positions = {0: start + len(chosen)}
-        return [Consumed(event, 0, start + i) for i, event in enumerate(chosen)]
-
-    def flush_dead_letters(self) -> None:
-        self.calls.append("flush dead letters")
-
-    def commit(self, positions: dict[int, int]) -> None:
-        self.calls.append("commit")
-        self.committed.append(dict(positions))
-
-    def partition_lag(self) -> dict[int, int] | None:
-        return {0: len(self.events) - self.positions[0]}
-
-
-class FakeStore:
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
-        self.saved: list[SpeedSnapshot] = []
-
-    def save(self, snapshot: SpeedSnapshot) -> str:
-        self.calls.append("save snapshot")
-        self.saved.append(snapshot)
-        snapshot.sequence = len(self.saved)
-        return f"snapshot-{len(self.saved)}"
-
-    def latest(self) -> SpeedSnapshot | None:
-        return self.saved[-1] if self.saved else None
-
-    def latest_sequence(self) -> int | None:
-        return len(self.saved) or None
-
-
-def run_layer(tmp_path, events: int, **settings):
-    calls: list[str] = []
-    reader, store = FakeReader(events, calls), FakeStore(calls)
-    reports: list[tuple[dict[str, float], int]] = []
-    layer = SpeedLayer(
-        reader,
-        store,
-        speed_settings(tmp_path, **settings),
-        current_champion=lambda: None,
-        report=lambda metrics, step: reports.append((metrics, step)),
-    )
-    layer.run(Event(), max_events=events)
-    return layer, reader, store, calls, reports
-
-
-class DownStore(FakeStore):
-    """A store that refuses the saves numbered in `down` (1-based), as one that is unreachable
-    for a while."""
-
-    def __init__(self, calls: list[str], down: set[int]) -> None:
-        super().__init__(calls)
-        self.down, self.attempts = down, 0
-
-    def save(self, snapshot: SpeedSnapshot) -> str:
-        self.attempts += 1
-        if self.attempts in self.down:
-            self.calls.append("save failed")
-            raise OSError("store unreachable")
-        return super().save(snapshot)
-
-
-def test_a_store_that_is_down_delays_the_snapshot_and_commit_but_not_the_learning(tmp_path, caplog):
-    calls: list[str] = []
-    reader, store = FakeReader(250, calls), DownStore(calls, down={1, 2})
-    layer = SpeedLayer(reader, store, speed_settings(tmp_path, snapshot_every_events=100))
-    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
-        layer.run(Event(), max_events=250)
-    assert "snapshot not saved" in caplog.text and "store unreachable" in caplog.text
-    assert layer.state.events_learnt == 250
-    # Nothing was committed while the store was down; the next save held every event.
-    assert reader.committed == [{0: 250}]
-    assert [s.offsets for s in store.saved] == [{0: 250}]
-    assert calls.count("commit") == 1 and calls.index("commit") > calls.index("save snapshot")
+    assert report.send(530, dict, lambda: None)["events_per_s"] == 3.0  # the count goes on
 
 
 def test_a_failed_snapshot_is_retried_a_whole_interval_later():
@@ -355,183 +265,7 @@ def test_a_drift_signal_the_store_refuses_is_a_warning(tmp_path, monkeypatch, ca
     assert "could not raise the drift signal" in caplog.text
 
 
-def test_progress_is_made_durable_in_order_dead_letters_snapshot_commit(tmp_path):
-    layer, reader, store, calls, _ = run_layer(tmp_path, 250, snapshot_every_events=100)
-    assert calls == ["flush dead letters", "save snapshot", "commit"] * 3
-    assert [s.offsets for s in store.saved] == [{0: 100}, {0: 200}, {0: 250}]
-    assert reader.committed == [s.offsets for s in store.saved]
-    assert [s.events_learnt for s in store.saved] == [100, 200, 250]
-    calls.clear()
-    assert layer.make_progress_durable().offsets == {0: 250}
-    assert calls == ["flush dead letters", "save snapshot", "commit"]
-
-
-def test_the_layers_last_report_has_the_same_metrics_keys(tmp_path):
-    layer, _, store, _, reports = run_layer(tmp_path, 30)
-    metrics, step = reports[-1]
-    assert step == 30
-    assert layer.state.scores.figures().items() <= metrics.items()
-    assert set(metrics) - set(layer.state.scores.figures()) == {
-        "events_learnt",
-        "unlabelled_seen",
-        "batch_weight",
-        "speed_weight",
-        "batch_weight_on_batch_trained_texts",
-        "drift_detections",
-        *REPORTED_ONLY,
-    }
-    assert metrics["events_learnt"] == 30.0 and metrics["lag"] == metrics["lag_p0"] == 0.0
-    assert set(store.saved[-1].metrics) == set(metrics) - REPORTED_ONLY
-
-
-# What a report adds to the layer's own figures (a snapshot keeps those only).
-REPORTED_ONLY = {
-    "events_per_s",
-    "lag",
-    "lag_p0",
-    "snapshot_age_s",
-    "freshness_p50_s",
-    "freshness_p95_s",
-    "freshness_p99_s",
-}
-
-
-def test_the_layer_keeps_freshness_for_its_window_of_latest_events_only(tmp_path):
-    layer, *_ = run_layer(tmp_path, 40, snapshot_every_events=10, freshness_window=15)
-    assert len(layer.reporter.freshness_s) == 15
-
-
-# The configured model: built from the spec, checked, recorded, and re-based on when it changes
-
-DEFAULT = "models.speed_model:build_speed_model"
-NAIVE_BAYES = "models.alternatives:river_naive_bayes"
-
-
-def make_layer(tmp_path, store, calls=None, events=30, champion=None, register=None, **settings):
-    reader = FakeReader(events, calls if calls is not None else [])
-    layer = SpeedLayer(
-        reader,
-        store,
-        speed_settings(tmp_path, **({"snapshot_every_events": 5} | settings)),
-        current_champion=lambda: champion,
-        register=register,
-    )
-    return layer, reader
-
-
-def a_champion(version: str, cutoff: dict[int, int]) -> ChampionModel:
-    texts = ["set an alarm", "play a song", "what is the weather"]
-    estimator = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(
-        texts, ["alarm", "music", "weather"]
-    )
-    return ChampionModel(ChampionInfo("m", version, "run", cutoff), estimator, None)
-
-
-def test_the_layer_learns_the_configured_model_and_its_snapshots_say_which(tmp_path):
-    store = FakeStore([])
-    layer, _ = make_layer(tmp_path, store, model=NAIVE_BAYES, model_params={"alpha": 0.5})
-    assert type(layer.state.model).__name__ == "Pipeline"
-    assert layer.state.model["MultinomialNB"].alpha == 0.5
-    layer.run(Event(), max_events=30)
-    assert layer.state.events_learnt == 30
-    header = store.saved[-1].header
-    assert header.model_spec == {"factory": NAIVE_BAYES, "params": {"alpha": 0.5}}
-    assert header.format_version == SNAPSHOT_FORMAT
-
-
-def test_a_layer_with_the_same_spec_resumes_from_its_snapshot(tmp_path):
-    store = FakeStore([])
-    first, _ = make_layer(tmp_path, store, model=NAIVE_BAYES)
-    first.run(Event(), max_events=10)
-    second, reader = make_layer(tmp_path, store, model=NAIVE_BAYES)
-    assert second.rebase_reason is None
-    assert second.state.model is store.saved[-1].model
-    assert reader.positions == {0: 10} and second.state.events_learnt == 10
-
-
-def test_a_changed_spec_re_bases_from_the_start_without_a_champion_and_says_why(tmp_path, caplog):
-    store = FakeStore([])
-    first, _ = make_layer(tmp_path, store, model=DEFAULT)
-    first.run(Event(), max_events=20)
-    assert store.saved[-1].offsets == {0: 20}
-    layer, reader = make_layer(tmp_path, store, model=NAIVE_BAYES, model_params={"alpha": 0.5})
-    reason = (
-        f"the speed model changed from {DEFAULT} {{}} (snapshot 4) to "
-        f'{NAIVE_BAYES} {{"alpha": 0.5}}'
-    )
-    assert layer.rebase_reason == reason
-    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
-        layer.run(Event(), max_events=30)
-    assert f"re-basing on version None from offsets {{}}: {reason}" in caplog.text
-    assert layer.rebase_reason is None
-    assert layer.state.events_learnt == 30  # replayed from the start, not from offset 20
-    assert store.saved[-1].offsets == {0: 30}
-    assert store.saved[-1].header.model_spec["factory"] == NAIVE_BAYES
-    assert type(store.saved[-1].model).__name__ == "Pipeline"
-
-
-def test_a_changed_spec_re_bases_from_the_current_champions_cut_off(tmp_path, caplog):
-    store = FakeStore([])
-    champion = a_champion("3", {0: 10})
-    first, _ = make_layer(tmp_path, store, model=DEFAULT, champion=champion)
-    first.run(Event(), max_events=20)  # re-based on the champion: events 10 to 30
-    assert (store.saved[-1].base_version, store.saved[-1].offsets) == ("3", {0: 30})
-    layer, reader = make_layer(tmp_path, store, model=NAIVE_BAYES, champion=champion)
-    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
-        layer.run(Event(), max_events=15)
-    assert "re-basing on version 3 from offsets {0: 10}: the speed model changed" in caplog.text
-    assert layer.champion is champion
-    assert (layer.state.base_version, layer.state.base_offsets) == ("3", {0: 10})
-    assert layer.state.events_learnt == 15 and reader.positions == {0: 25}
-    assert layer.state.scores.batch.seen == 15  # the champion scored every event replayed
-
-
-def test_a_snapshot_that_cannot_be_read_is_re_based_on_with_the_reason(tmp_path, caplog):
-    class UnreadableStore(FakeStore):
-        def latest(self):
-            raise SnapshotUnreadable(tmp_path / "snapshot-000000000007.pkl", 7, "EOFError")
-
-    store = UnreadableStore([])
-    layer, reader = make_layer(tmp_path, store, events=10)
-    assert (
-        layer.rebase_reason
-        == f"snapshot {tmp_path}/snapshot-000000000007.pkl cannot be used: EOFError"
-    )
-    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
-        layer.run(Event(), max_events=10)
-    assert "cannot be used: EOFError" in caplog.text
-    assert layer.state.events_learnt == 10
-
-
-def test_a_factory_that_is_not_a_river_classifier_is_refused_before_any_event(tmp_path):
-    calls: list[str] = []
-    with pytest.raises(ModelContractError) as caught:
-        make_layer(tmp_path, FakeStore(calls), calls, model="collections:OrderedDict")
-    assert str(caught.value) == (
-        "the speed model collections:OrderedDict (OrderedDict) lacks learn_one, "
-        "predict_proba_one: it must be a River classifier"
-    )
-    assert calls == []  # nothing read, nothing saved
-
-
-def test_a_factory_that_cannot_be_imported_is_refused_before_any_event(tmp_path):
-    with pytest.raises(ModelSpecError, match="cannot import no_such_module"):
-        make_layer(tmp_path, FakeStore([]), model="no_such_module:build")
-
-
-def test_the_model_is_read_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("SPEED_MODEL", NAIVE_BAYES)
-    monkeypatch.setenv("SPEED_MODEL_PARAMS", '{"alpha": 0.25}')
-    monkeypatch.setenv("SPEED_REGISTER_EVERY_S", "0")
-    settings = SpeedSettings()
-    assert (settings.model, settings.model_params) == (NAIVE_BAYES, {"alpha": 0.25})
-    assert settings.register_every_s == 0
-    monkeypatch.delenv("SPEED_MODEL")
-    monkeypatch.delenv("SPEED_MODEL_PARAMS")
-    assert (SpeedSettings().model, SpeedSettings().model_params) == (DEFAULT, {})
-
-
-# Registration in MLflow: when the layer hands a snapshot over
+# Registration in MLflow
 
 
 def test_registration_is_due_after_a_re_base_and_then_every_interval(tmp_path):
@@ -550,40 +284,6 @@ def test_registration_is_due_after_a_re_base_and_then_every_interval(tmp_path):
     assert not never.due()  # 0: only after re-bases
     never.rebased()
     assert never.due()
-
-
-def test_the_first_snapshot_after_a_re_base_is_handed_over_for_registration(tmp_path):
-    handed: list[tuple[str, SpeedSnapshot]] = []
-    store = FakeStore([])
-    layer, _ = make_layer(
-        tmp_path,
-        store,
-        events=50,
-        register=lambda path, snapshot: handed.append((path, snapshot)),
-        snapshot_every_events=10,
-        register_every_s=0,
-    )
-    layer.run(Event(), max_events=20)
-    assert handed == []  # a plain start is not a re-base
-    layer.rebase({0: 5}, "4")
-    layer.run(Event(), max_events=40)
-    assert [(path, s.offsets, s.base_version) for path, s in handed] == [
-        ("snapshot-3", {0: 15}, "4")
-    ]
-
-
-def test_a_failing_registration_is_logged_and_the_stream_goes_on(tmp_path, caplog):
-    def broken(path, snapshot):
-        raise OSError("disk full")
-
-    layer, _ = make_layer(
-        tmp_path, FakeStore([]), events=30, register=broken, snapshot_every_events=10
-    )
-    layer.rebase({}, None)
-    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
-        layer.run(Event(), max_events=30)
-    assert "could not hand snapshot snapshot-1 over for registration: disk full" in caplog.text
-    assert layer.state.events_learnt == 30
 
 
 def test_the_registrar_warns_when_mlflow_is_down_and_never_raises(tmp_path, monkeypatch, caplog):
@@ -629,48 +329,559 @@ def test_a_registered_version_is_tagged_with_where_the_model_is_and_what_it_is()
     }
 
 
-class FakeGroupReader(FakeReader):
-    """`FakeReader` as a group member owning partitions 0 and 1 (the events all in 0)."""
+# The worker over a consumer group in memory
 
-    def __init__(self, events: int, calls: list[str]) -> None:
-        super().__init__(events, calls)
-        self.on_assigned = self.on_revoked = None
-        self.rebalances = 0
-
-    def assign(self) -> None:
-        self.on_assigned([0, 1])
-        self.positions = {0: 0, 1: 0}
-
-    def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
-        consumed = super().poll(timeout_ms, max_records)
-        self.positions[1] = 0
-        return consumed
-
-    def latest_sequences(self) -> dict[int, int]:
-        return {}
+WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1 worker", "2 workers"])
+DEFAULT = "models.speed_model:build_speed_model"
+NAIVE_BAYES = "models.alternatives:river_naive_bayes"
 
 
-class PartitionedDownStore(DownStore):
-    def latest(self, partition: int | None = None) -> SpeedSnapshot | None:
-        return None
-
-    def latest_sequences(self) -> dict[int, int]:
-        return {}
+def a_champion(version: str, cutoff: dict[int, int]) -> ChampionModel:
+    """A champion that learnt the texts' intents before any drift."""
+    estimator = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(TEXTS, INTENTS)
+    return ChampionModel(ChampionInfo("m", version, "run", cutoff), estimator, None)
 
 
-def test_a_group_worker_commits_nothing_while_the_store_refuses_its_snapshots(tmp_path, caplog):
-    calls: list[str] = []
-    reader, store = FakeGroupReader(250, calls), PartitionedDownStore(calls, down={1})
-    layer = GroupSpeedLayer(reader, store, speed_settings(tmp_path, snapshot_every_events=100))
-    reader.assign()
+class Workers:
+    """Speed workers of one consumer group over `topic`, sharing one snapshot store, run turn
+    by turn. `champion` is what `current_champion` returns; `registered` holds each
+    registration as (worker index, location, snapshot)."""
+
+    def __init__(self, tmp_path, topic: FakeTopic, store=None, **settings) -> None:
+        self.topic = topic
+        self.group = FakeGroup(topic)
+        self.store = store if store is not None else SnapshotStore(tmp_path / "snapshots")
+        self.settings = speed_settings(tmp_path, **({"snapshot_every_events": 25} | settings))
+        self.champion: ChampionModel | None = None
+        self.layers: list[SpeedLayer] = []
+        self.running: list[SpeedLayer] = []
+        self.consumers: dict[int, FakeConsumer] = {}
+        self.registered: list[tuple[int, str, SpeedSnapshot]] = []
+
+    def start(self, count: int = 1, replay_from=None) -> list[SpeedLayer]:
+        started = []
+        for _ in range(count):
+            index = len(self.layers)
+            consumer = self.group.consumer()
+            reader = EventReader(consumer, FakeProducer(), KAFKA, "speed")
+            layer = SpeedLayer(
+                reader,
+                self.store,
+                self.settings,
+                current_champion=lambda: self.champion,
+                register=lambda where, s, i=index: self.registered.append((i, where, s)),
+                replay_from=replay_from,
+            )
+            self.layers.append(layer)
+            self.running.append(layer)
+            self.consumers[id(layer)] = consumer
+            started.append(layer)
+        return started
+
+    def turns(self, count: int = 1) -> None:
+        for _ in range(count):
+            for layer in list(self.running):
+                layer.step()
+
+    def caught_up(self) -> bool:
+        positions = {p: o for layer in self.running for p, o in layer.reader.positions.items()}
+        return positions == self.topic.ends and all(layer.reader.settled for layer in self.running)
+
+    def run_to_end(self, timeout_s: float = 60.0) -> None:
+        """Turns until every partition is read to its end, then each worker's last durable
+        step, as `SpeedLayer.run` ends."""
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up():
+            assert time.monotonic() < deadline, "the workers did not reach the end of the topic"
+            self.turns()
+        for layer in self.running:
+            layer.make_progress_durable()
+
+    def crash(self, layer: SpeedLayer) -> None:
+        """kill -9: the worker is gone with whatever it had not made durable."""
+        self.running.remove(layer)
+        self.group.crash(self.consumers[id(layer)])
+
+    def stop(self, layer: SpeedLayer) -> None:
+        """The end of `run` and the job: progress made durable, then the reader closed."""
+        layer.make_progress_durable()
+        self.running.remove(layer)
+        layer.reader.close()
+
+
+def check_exact(store: SnapshotStore, topic: FakeTopic, base: dict[int, int] | None = None):
+    """Every partition's newest snapshot holds its end, has learnt each labelled event after
+    `base` once, and the snapshots add up to one model that learnt them all."""
+    latest = store.latest_per_partition()
+    expected = topic.labelled_from(base or {})
+    assert {p: s.offsets for p, s in latest.items()} == {p: {p: e} for p, e in topic.ends.items()}
+    assert {p: s.events_learnt for p, s in latest.items()} == {
+        p: len(pairs) for p, pairs in expected.items()
+    }
+    single = build_speed_model()
+    for pairs in expected.values():
+        for text, intent in pairs:
+            single.learn_one({"text": text}, intent)
+    assert merge_snapshots(latest).model.count_table() == single.count_table()
+    return latest
+
+
+def start_workers(workers: Workers, count: int, replay_from=None) -> list[SpeedLayer]:
+    """`count` workers, the second joining after the first has made progress durable (a
+    rebalance mid-stream)."""
+    first = workers.start(1, replay_from)
+    if count == 2:
+        workers.turns(4)
+        assert workers.store.latest_sequences(), "no progress was durable before the rebalance"
+        return first + workers.start(1, replay_from)
+    return first
+
+
+@WORKERS
+def test_every_event_is_learnt_once_by_its_partition_and_the_snapshots_add_up(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=120, bad=3)
+    group = Workers(tmp_path, topic)
+    layers = start_workers(group, workers)
+    group.run_to_end()
+    check_exact(group.store, topic)
+    assert sum(layer.reader.dead_lettered for layer in layers) >= 4  # each partition's bad one
+    assert group.group.committed == topic.ends
+    owned = [sorted(layer.parts) for layer in layers]
+    assert owned == ([[0, 1, 2, 3]] if workers == 1 else [[0, 2], [1, 3]])
+
+
+def test_a_worker_that_owns_the_one_partition_learns_each_event_once(tmp_path):
+    topic = FakeTopic(partitions=1, events=200)
+    group = Workers(tmp_path, topic)
+    (layer,) = group.start()
+    group.run_to_end()
+    assert layer.view() is None and not layer.peers  # no merged view to learn into as well
+    check_exact(group.store, topic)
+    assert layer.state.events_learnt == layer.learnt_here == len(topic.labelled[0])
+
+
+@WORKERS
+def test_kill_9_loses_and_repeats_nothing(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=150)
+    group = Workers(tmp_path, topic)
+    layers = start_workers(group, workers)
+    group.turns(3)
+    victim = layers[-1]
+    victim.learn(victim.reader.poll(max_records=10))  # learnt, and not made durable
+    assert any(victim._unsaved(p) for p in victim.parts)
+    durable = sum(s.events_learnt for s in group.store.latest_per_partition().values())
+    group.crash(victim)  # what it learnt since its last snapshots is lost with it
+    if workers == 1:
+        group.start()  # restarted
+    group.run_to_end()
+    latest = check_exact(group.store, topic)
+    assert sum(s.events_learnt for s in latest.values()) > durable
+
+
+@WORKERS
+def test_a_new_champion_re_bases_every_partition_on_its_cut_off(tmp_path, workers, caplog):
+    topic = FakeTopic(partitions=4, events=100)
+    group = Workers(tmp_path, topic)
+    layers = start_workers(group, workers)
+    group.turns(4)
+    assert len(group.store.latest_sequences()) == 4  # each partition has a snapshot to drop
+    cutoff = {0: 10, 1: 20, 2: 30, 3: 40}
+    group.champion = a_champion("2", cutoff)
+    watches = [layer.drift for layer in layers]
+    with caplog.at_level("INFO", logger="pipelines.speed.layer"):
+        group.run_to_end()
+    latest = check_exact(group.store, topic, base=cutoff)
+    assert {s.base_version for s in latest.values()} == {"2"}
+    assert {p: s.base_offsets for p, s in latest.items()} == {p: {p: o} for p, o in cutoff.items()}
+    assert all(layer.drift is not watch for layer, watch in zip(layers, watches, strict=True))
+    assert "re-based on version 2 from offset" in caplog.text
+    # The champion scored every event learnt after its cut-off.
+    assert sum(s.scores.batch.seen for layer in layers for s in layer.parts.values()) == sum(
+        s.events_learnt for s in latest.values()
+    )
+
+
+@WORKERS
+def test_a_replay_starts_each_partition_afresh_from_the_given_offsets(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=100)
+    first = Workers(tmp_path, topic)
+    first.start(workers)
+    first.run_to_end()  # every partition learnt from its start
+    for layer in first.layers:
+        first.stop(layer)
+    replay = Workers(tmp_path, topic)
+    replay.champion = a_champion("5", {0: 50})
+    layers = start_workers(replay, workers, replay_from={0: 5, 2: 60})
+    replay.run_to_end()
+    base = {0: 5, 1: 0, 2: 60, 3: 0}
+    latest = check_exact(replay.store, topic, base=base)
+    assert {p: s.base_offsets for p, s in latest.items()} == {p: {p: o} for p, o in base.items()}
+    assert {s.base_version for s in latest.values()} == {"5"}  # the champion of the replay
+    assert sum(layer.learnt_here for layer in layers) >= sum(
+        map(len, topic.labelled_from(base).values())
+    )
+
+
+@WORKERS
+def test_the_owner_of_partition_0_registers_the_whole_model_after_a_re_base(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=60)
+    group = Workers(tmp_path, topic, register_every_s=0)  # after re-bases only
+    group.champion = a_champion("3", {})
+    layers = group.start(workers, replay_from={})
+    if workers == 2:
+        for _ in range(3):  # the second worker's snapshots exist before the first registers
+            layers[1].step()
+    group.run_to_end()
+    assert len(group.registered) == 1
+    (index, location, whole), owner = group.registered[0], layers[0]
+    assert index == 0 and 0 in owner.parts
+    assert location.startswith(group.store.location) and location.endswith(".pkl")
+    assert whole.partition is None and whole.base_version == "3"
+    assert set(whole.offsets) == {0, 1, 2, 3}  # the peers' partitions too
+    assert 0 < whole.events_learnt < sum(map(len, topic.labelled.values()))
+    group.turns(5)
+    assert len(group.registered) == 1  # no re-base since, and no interval
+
+
+@WORKERS
+def test_a_rising_champion_error_raises_the_drift_signal(tmp_path, workers):
+    topic = FakeTopic(partitions=2, events=1600, flip_at=1000)
+    group = Workers(tmp_path, topic, snapshot_every_events=1000)
+    group.champion = a_champion("1", {})
+    layers = group.start(workers)
+    group.run_to_end()
+    assert all(layer.drift.detections >= 1 for layer in layers)
+    assert drift_raised_at(group.settings.signal_dir) is not None
+    signal = json.loads((group.settings.signal_dir / SIGNAL_FILE).read_text())
+    assert signal["events_learnt"] > 0 and signal["error_rate"] > 0
+    group.champion = a_champion("2", {0: 1600, 1: 1600})
+    group.turns(1)
+    assert all(layer.drift.detections == 0 for layer in layers)  # watched anew
+
+
+class OutageStore(SnapshotStore):
+    """A snapshot store that refuses reads and writes while `down`, and counts the refusals."""
+
+    def __init__(self, location) -> None:
+        super().__init__(location)
+        self.down = False
+        self.refused = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.refused += 1
+            raise OSError("store unreachable")
+
+    def save(self, snapshot):
+        self._check()
+        return super().save(snapshot)
+
+    def latest(self, partition=None):
+        self._check()
+        return super().latest(partition)
+
+    def latest_sequences(self):
+        self._check()
+        return super().latest_sequences()
+
+
+@WORKERS
+def test_a_store_down_at_start_is_waited_out(tmp_path, workers, monkeypatch, caplog):
+    monkeypatch.setattr("streams.consumer.RETRY_S", 0.01)
+    monkeypatch.setattr("streams.consumer.MAX_RETRY_S", 0.02)
+    topic = FakeTopic(partitions=4, events=100)
+    store = OutageStore(tmp_path / "snapshots")
+    before = Workers(tmp_path, topic, store=store)
+    before.start(workers)
+    before.turns(3)
+    for layer in before.layers:
+        before.stop(layer)
+    after = Workers(tmp_path, topic, store=store)
+    store.down = True
+    with caplog.at_level("WARNING"):
+        layers = after.start(workers)
+        after.turns(20)
+    assert all(not layer.parts and not layer.reader.positions for layer in layers)
+    assert all(layer.learnt_here == 0 for layer in layers)  # waiting, not learning afresh
+    assert "snapshot cannot be read yet: store unreachable" in caplog.text
+    assert "wait: their owner cannot start them yet; trying again in" in caplog.text
+    store.down = False
+    after.run_to_end()
+    check_exact(store, topic)
+
+
+@WORKERS
+def test_a_store_down_while_partitions_change_hands_loses_and_repeats_nothing(
+    tmp_path, workers, caplog
+):
+    topic = FakeTopic(partitions=4, events=150)
+    store = OutageStore(tmp_path / "snapshots")
+    group = Workers(tmp_path, topic, store=store)
+    (first,) = group.start()
+    group.turns(3)
+    store.down = True
+    group.turns(2)  # learning on, snapshots refused
+    refused = store.refused
     with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
-        layer.run(Event(), max_events=250)
-    assert "partition 0's snapshot not saved: store unreachable" in caplog.text
-    assert layer.learnt_here == 250
-    # The first attempt failed: no commit until a snapshot of partition 0 was durable.
-    assert calls[:2] == ["flush dead letters", "save failed"]
-    assert calls.index("commit") > calls.index("save snapshot")
-    first_saved = next(s for s in store.saved if s.partition == 0)
-    assert reader.committed[0][0] == first_saved.offsets[0] > 100
-    last_saved = [s for s in store.saved if s.partition == 0][-1]
-    assert last_saved.offsets == {0: 250} and last_saved.events_learnt == 250
+        if workers == 1:
+            group.stop(first)  # its last save fails too; a new worker takes over
+        group.start()  # the partitions change hands
+    assert "revoked unsaved" in caplog.text or workers == 1
+    assert store.refused - refused <= 1  # one failed save at most: no waiting in the rebalance
+    store.down = False
+    group.run_to_end()
+    check_exact(store, topic)
+
+
+class SpyReader(EventReader):
+    def __init__(self, calls, *args, **kwargs):
+        self.calls = calls
+        super().__init__(*args, **kwargs)
+
+    def flush_dead_letters(self):
+        self.calls.append("flush dead letters")
+        super().flush_dead_letters()
+
+    def commit(self, positions):
+        self.calls.append("commit")
+        super().commit(positions)
+
+
+class SpyStore(SnapshotStore):
+    def __init__(self, location, calls):
+        super().__init__(location)
+        self.calls = calls
+
+    def save(self, snapshot):
+        self.calls.append("save snapshot")
+        return super().save(snapshot)
+
+
+@WORKERS
+def test_progress_is_made_durable_in_order_and_committed_by_the_owner_only(tmp_path, workers):
+    topic = FakeTopic(partitions=workers, events=50)  # a partition each
+    group = FakeGroup(topic)
+    calls: list[str] = []
+    store = SpyStore(tmp_path / "snapshots", calls)
+    settings = speed_settings(tmp_path, snapshot_every_events=40)
+    layers: list[SpeedLayer] = []
+    for _ in range(workers):
+        reader = SpyReader(calls, group.consumer(), FakeProducer(), KAFKA, "speed")
+        layers.append(SpeedLayer(reader, store, settings))
+    while {p: o for layer in layers for p, o in layer.reader.positions.items()} != topic.ends:
+        for layer in layers:
+            layer.step()
+    calls.clear()
+    for layer in layers:
+        assert layer.make_progress_durable()
+    assert calls == ["flush dead letters", "save snapshot", "commit"] * workers
+    assert group.committed == topic.ends
+    calls.clear()
+    SpyReader(calls, group.consumer(), FakeProducer(), KAFKA, "speed")  # joins: a rebalance
+    assert "commit" not in calls and "save snapshot" not in calls  # all durable already
+
+
+def run_layer(tmp_path, events: int, **settings):
+    """One worker over a one-partition topic of `events` events, run to the end; the layer
+    and its reports."""
+    topic = FakeTopic(partitions=1, events=events, unlabelled_every=None)
+    reports: list[tuple[dict[str, float], int]] = []
+    reader = EventReader(FakeGroup(topic).consumer(), FakeProducer(), KAFKA, "speed")
+    store = SnapshotStore(tmp_path / "snapshots")
+    layer = SpeedLayer(
+        reader,
+        store,
+        speed_settings(tmp_path, **settings),
+        report=lambda metrics, step: reports.append((metrics, step)),
+    )
+    layer.run(Event(), max_events=events)
+    return layer, store, reports
+
+
+def test_the_layers_last_report_has_the_same_metrics_keys(tmp_path):
+    layer, store, reports = run_layer(tmp_path, 30)
+    metrics, step = reports[-1]
+    assert step == 30
+    assert layer.state.scores.figures().items() <= metrics.items()
+    assert set(metrics) - set(layer.state.scores.figures()) == {
+        "events_learnt",
+        "unlabelled_seen",
+        "batch_weight",
+        "speed_weight",
+        "batch_weight_on_batch_trained_texts",
+        "drift_detections",
+        "partitions_owned",
+        *REPORTED_ONLY,
+    }
+    assert metrics["events_learnt"] == 30.0 and metrics["lag"] == metrics["lag_p0"] == 0.0
+    assert metrics["partitions_owned"] == 1.0
+    snapshot = store.latest(0)
+    assert set(snapshot.metrics) == set(metrics) - REPORTED_ONLY - {
+        "drift_detections",
+        "partitions_owned",
+    }
+
+
+# What a report adds to the layer's own figures (a snapshot keeps those only).
+REPORTED_ONLY = {
+    "events_per_s",
+    "lag",
+    "lag_p0",
+    "snapshot_age_s",
+    "freshness_p50_s",
+    "freshness_p95_s",
+    "freshness_p99_s",
+}
+
+
+def test_the_layer_keeps_freshness_for_its_window_of_latest_events_only(tmp_path):
+    layer, *_ = run_layer(tmp_path, 40, snapshot_every_events=10, freshness_window=15)
+    assert len(layer.reporter.freshness_s) == 15
+
+
+def test_waiting_for_partitions_is_not_idleness(tmp_path, monkeypatch):
+    """A worker whose partitions wait for the store does not stop on `idle_exit_s`."""
+    monkeypatch.setattr("streams.consumer.RETRY_S", 0.01)
+    monkeypatch.setattr("streams.consumer.MAX_RETRY_S", 0.05)
+    topic = FakeTopic(partitions=2, events=40)
+    store = OutageStore(tmp_path / "snapshots")
+    store.down = True
+    group = Workers(tmp_path, topic, store=store)
+    (layer,) = group.start()
+    back = threading.Timer(0.6, lambda: setattr(store, "down", False))
+    back.start()
+    started = time.monotonic()
+    layer.run(Event(), idle_exit_s=0.2)
+    back.join()
+    assert time.monotonic() - started >= 0.6
+    check_exact(store, topic)
+
+
+# The configured model: built from the spec, checked, recorded, and re-based on when it changes
+
+
+@WORKERS
+def test_the_layer_learns_the_configured_model_and_its_snapshots_say_which(tmp_path, workers):
+    topic = FakeTopic(partitions=2, events=40)
+    group = Workers(tmp_path, topic, model=NAIVE_BAYES, model_params={"alpha": 0.5})
+    layers = group.start(workers)
+    group.run_to_end()
+    for layer in layers:
+        assert layer.view() is None  # a River pipeline does not merge: its partition predicts
+        for state in layer.parts.values():
+            assert type(state.model).__name__ == "Pipeline"
+            assert state.model["MultinomialNB"].alpha == 0.5
+    latest = group.store.latest_per_partition()
+    assert {p: s.events_learnt for p, s in latest.items()} == {
+        p: len(pairs) for p, pairs in topic.labelled.items()
+    }
+    for snapshot in latest.values():
+        assert snapshot.header.model_spec == {"factory": NAIVE_BAYES, "params": {"alpha": 0.5}}
+        assert snapshot.header.format_version == SNAPSHOT_FORMAT
+
+
+@WORKERS
+def test_a_worker_with_the_same_spec_resumes_from_its_snapshots(tmp_path, workers):
+    topic = FakeTopic(partitions=2, events=40)
+    first = Workers(tmp_path, topic, model=NAIVE_BAYES)
+    first.start(workers)
+    first.run_to_end()
+    saved = first.store.latest_per_partition()
+    again = Workers(tmp_path, topic, model=NAIVE_BAYES)
+    layers = again.start(workers)
+    again.run_to_end()
+    assert sum(layer.learnt_here for layer in layers) == 0
+    for layer in layers:
+        for partition, state in layer.parts.items():
+            assert state.model is layer.durable[partition].model
+            assert state.events_learnt == saved[partition].events_learnt
+
+
+@WORKERS
+def test_a_changed_spec_re_bases_from_the_start_without_a_champion(tmp_path, workers, caplog):
+    topic = FakeTopic(partitions=2, events=40)
+    first = Workers(tmp_path, topic, model=DEFAULT)
+    first.start(workers)
+    first.run_to_end()
+    changed = Workers(tmp_path, topic, model=NAIVE_BAYES, model_params={"alpha": 0.5})
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
+        changed.start(workers)
+        changed.run_to_end()
+    for partition in (0, 1):
+        assert (
+            f"partition {partition} re-based on version None from offset 0: the speed model "
+            f"changed from {DEFAULT} {{}} (snapshot "
+        ) in caplog.text
+    assert f') to {NAIVE_BAYES} {{"alpha": 0.5}}' in caplog.text
+    latest = changed.store.latest_per_partition()
+    assert {p: s.events_learnt for p, s in latest.items()} == {
+        p: len(pairs) for p, pairs in topic.labelled.items()
+    }  # replayed from the start, not from where the other model stood
+    assert {s.header.model_spec["factory"] for s in latest.values()} == {NAIVE_BAYES}
+
+
+def test_a_changed_spec_re_bases_from_the_current_champions_cut_off(tmp_path, caplog):
+    topic = FakeTopic(partitions=1, events=40)
+    first = Workers(tmp_path, topic, model=DEFAULT)
+    first.champion = a_champion("3", {0: 10})
+    first.start()
+    first.run_to_end()
+    changed = Workers(tmp_path, topic, model=NAIVE_BAYES)
+    changed.champion = first.champion
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
+        (layer,) = changed.start()
+        changed.run_to_end()
+    assert "partition 0 re-based on version 3 from offset 10: the speed model changed" in (
+        caplog.text
+    )
+    assert layer.champion is changed.champion
+    assert (layer.state.base_version, layer.state.base_offsets) == ("3", {0: 10})
+    expected = len(topic.labelled_from({0: 10})[0])
+    assert layer.state.events_learnt == expected
+    assert layer.state.scores.batch.seen == expected  # the champion scored every event replayed
+
+
+def test_a_snapshot_that_cannot_be_read_is_re_based_on_with_the_reason(tmp_path, caplog):
+    class UnreadableStore(SnapshotStore):
+        def latest(self, partition=None):
+            raise SnapshotUnreadable(tmp_path / "snapshot-p000-000000000007.pkl", 7, "EOFError")
+
+    topic = FakeTopic(partitions=1, events=10)
+    group = Workers(tmp_path, topic, store=UnreadableStore(tmp_path / "snapshots"))
+    with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
+        (layer,) = group.start()
+        group.run_to_end()
+    assert (
+        f"partition 0 re-based on version None from offset 0: snapshot "
+        f"{tmp_path}/snapshot-p000-000000000007.pkl cannot be used: EOFError"
+    ) in caplog.text
+    assert layer.state.events_learnt == len(topic.labelled[0])
+
+
+def test_a_factory_that_is_not_a_river_classifier_is_refused_before_any_event(tmp_path):
+    group = Workers(tmp_path, FakeTopic(partitions=1, events=10), model="collections:OrderedDict")
+    with pytest.raises(ModelContractError) as caught:
+        group.start()
+    assert str(caught.value) == (
+        "the speed model collections:OrderedDict (OrderedDict) lacks learn_one, "
+        "predict_proba_one: it must be a River classifier"
+    )
+    assert not group.store.latest_sequences()  # nothing read, nothing saved
+
+
+def test_a_factory_that_cannot_be_imported_is_refused_before_any_event(tmp_path):
+    group = Workers(tmp_path, FakeTopic(partitions=1, events=10), model="no_such_module:build")
+    with pytest.raises(ModelSpecError, match="cannot import no_such_module"):
+        group.start()
+
+
+def test_the_model_is_read_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEED_MODEL", NAIVE_BAYES)
+    monkeypatch.setenv("SPEED_MODEL_PARAMS", '{"alpha": 0.25}')
+    monkeypatch.setenv("SPEED_REGISTER_EVERY_S", "0")
+    settings = SpeedSettings()
+    assert (settings.model, settings.model_params) == (NAIVE_BAYES, {"alpha": 0.25})
+    assert settings.register_every_s == 0
+    monkeypatch.delenv("SPEED_MODEL")
+    monkeypatch.delenv("SPEED_MODEL_PARAMS")
+    assert (SpeedSettings().model, SpeedSettings().model_params) == (DEFAULT, {})
