@@ -26,6 +26,9 @@ from models.snapshot import (
 
 log = logging.getLogger(__name__)
 
+UNPARTITIONED = -1
+"""Where serving keeps the snapshot of a store written before snapshots were per partition."""
+
 
 @dataclass(frozen=True)
 class LoadedModels:
@@ -134,104 +137,88 @@ class ModelReloader:
             if champions
             else None
         )
-        self._snapshot_sequence: int | None = None
-        self._partitioned_key: tuple[tuple[int, int], ...] | None = None
+        self._tried: dict[int, int] = {}
+        self._parts: dict[int, SpeedSnapshot] = {}
         self._snapshot_failures = FailureLog(
             "loading the speed snapshot", log, lambda: on_failure("snapshot")
         )
         self._thread: PollingThread | None = None
 
     def refresh_snapshot(self) -> bool:
-        """Load the newest snapshot if there is a new one; True when the models changed.
+        """Load the partitions' snapshots that are new and serve their merge; True when the
+        models changed.
 
-        A snapshot that cannot be used (a format version this code does not know, or a pickle
-        that does not load, such as one whose model's module is not importable here) is refused
-        with one warning naming the file and the reason; the models in use keep answering, and
-        that snapshot is not tried again, only a newer one.
-
-        A store of per-partition snapshots (a consumer group of speed workers) is served as
-        their merge, refreshed whenever any partition has a new one (`_refresh_partitioned`).
+        The speed layer writes one snapshot per partition; serving answers with their merge
+        (`merge_snapshots`: the sum of the models, or the average of their answers for a model
+        that does not add up; the blender of the partition that learnt most), refreshed when
+        any partition has a new one, reading only those. A store of snapshots written before
+        partitions (one worker over every partition) is served as its newest. A snapshot that
+        cannot be used (a format version this code does not know, a pickle that does not load,
+        one that fails the probe) is refused with one warning naming the file and the reason,
+        and not tried again, only a newer one: meanwhile its partition's previous snapshot
+        stays in the merge, and the models in use keep answering.
         """
         if self.snapshots is None:
             return False
-        per_partition = getattr(self.snapshots, "latest_sequences", None)
-        if per_partition is not None:
+        try:
+            newest = self._newest_sequences()
+        except Exception as exc:
+            self._snapshot_failures.failed(exc)
+            return False
+        new = sorted(p for p, sequence in newest.items() if self._tried.get(p) != sequence)
+        parts = {p: s for p, s in self._parts.items() if p in newest}
+        for partition in new:
             try:
-                sequences = per_partition()
+                snapshot = self.snapshots.latest(None if partition == UNPARTITIONED else partition)
+            except SnapshotUnreadable as exc:
+                self._tried[partition] = exc.sequence
+                self._refuse(str(exc.path), exc.reason)
+                continue
             except Exception as exc:
                 self._snapshot_failures.failed(exc)
                 return False
-            if sequences:
-                return self._refresh_partitioned(tuple(sorted(sequences.items())))
-        try:
-            sequence = self.snapshots.latest_sequence()
-            if sequence is None or sequence == self._snapshot_sequence:
-                self._snapshot_failures.succeeded()
-                return False
-            snapshot = self.snapshots.latest()
-        except SnapshotUnreadable as exc:
-            self._snapshot_failures.succeeded()  # the store answered; the file is the problem
-            self._refuse(exc.sequence, str(exc.path), exc.reason)
-            return False
-        except Exception as exc:
-            self._snapshot_failures.failed(exc)
-            return False
+            if snapshot is None:  # removed since the listing
+                continue
+            self._tried[partition] = snapshot.sequence
+            if snapshot.header.format_version not in READABLE_FORMATS:  # a store of another kind
+                version = snapshot.header.format_version
+                reason = f"format version {version} is not one this code reads"
+                self._refuse(f"number {snapshot.sequence}", reason)
+            elif snapshot.events_learnt == 0:
+                log.info("speed snapshot %s has learnt nothing yet; not used", snapshot.sequence)
+            else:
+                parts[partition] = snapshot
         self._snapshot_failures.succeeded()
-        if snapshot is None:
+        unchanged = parts.keys() == self._parts.keys() and all(
+            parts[p] is self._parts[p] for p in parts
+        )
+        if unchanged or not parts:
             return False
-        self._snapshot_sequence = snapshot.sequence
-        if snapshot.header.format_version not in READABLE_FORMATS:  # a store of another kind
-            reason = f"format version {snapshot.header.format_version} is not one this code reads"
-            self._refuse(snapshot.sequence, f"number {snapshot.sequence}", reason)
-            return False
-        if snapshot.events_learnt == 0:
-            log.info("speed snapshot %s has learnt nothing yet; not used", snapshot.sequence)
-            return False
-        if not self._swap(replace(self.current, snapshot=snapshot), "snapshot"):
-            return False
-        log.info("speed snapshot %s in use (offsets %s)", snapshot.sequence, snapshot.offsets)
-        return True
-
-    def _refresh_partitioned(self, key: tuple[tuple[int, int], ...]) -> bool:
-        """Serve the merge of every partition's newest snapshot (`merge_snapshots`: the sum of
-        the models, or the average of their answers for a model that does not add up; the
-        blender of the partition that learnt most), when any partition has a new one."""
-        if key == self._partitioned_key:
-            self._snapshot_failures.succeeded()
-            return False
-        try:
-            snapshots = self.snapshots.latest_per_partition()  # type: ignore[union-attr]
-        except SnapshotUnreadable as exc:
-            self._snapshot_failures.succeeded()
-            self._partitioned_key = key
-            log.warning(
-                "refusing the speed snapshots: %s cannot be used (%s); the models in use keep "
-                "answering",
-                exc.path,
-                exc.reason,
-            )
-            return False
-        except Exception as exc:
-            self._snapshot_failures.failed(exc)
-            return False
-        self._snapshot_failures.succeeded()
-        self._partitioned_key = key
-        snapshots = {p: s for p, s in snapshots.items() if s.events_learnt > 0}
-        if not snapshots:
-            return False
-        merged = merge_snapshots(snapshots)
+        merged = merge_snapshots(parts)
         if not self._swap(replace(self.current, snapshot=merged), "snapshot"):
             return False
+        self._parts = parts
         log.info(
-            "speed snapshots of partitions %s merged and in use (offsets %s)",
-            sorted(snapshots),
+            "speed snapshots %s in use (offsets %s)",
+            {p: s.sequence for p, s in sorted(parts.items())},
             merged.offsets,
         )
         return True
 
-    def _refuse(self, sequence: int, where: str, reason: str) -> None:
-        """Log once that a snapshot is refused, and never load that sequence again."""
-        self._snapshot_sequence = sequence
+    def _newest_sequences(self) -> dict[int, int]:
+        """Partition -> the number of its newest snapshot; `UNPARTITIONED` -> the newest of a
+        store written before partitions, when there is no partition's."""
+        store = self.snapshots
+        assert store is not None
+        newest = store.latest_sequences()
+        if not newest:
+            sequence = store.latest_sequence()
+            if sequence is not None:
+                newest[UNPARTITIONED] = sequence
+        return newest
+
+    def _refuse(self, where: str, reason: str) -> None:
+        """Log once that a snapshot is refused (it is not read again)."""
         log.warning(
             "refusing speed snapshot %s: %s; the models in use keep answering", where, reason
         )

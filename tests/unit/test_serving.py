@@ -780,13 +780,17 @@ class Vanishing:
         return {"alarm": 1.0}
 
 
-def save_vanishing_snapshot(directory: Path) -> Path:
+def save_vanishing_snapshot(directory: Path, partition: int | None = None) -> Path:
     module = types.ModuleType("custom_speed_models")
     module.Vanishing = type("Vanishing", (Vanishing,), {"__module__": "custom_speed_models"})
     sys.modules["custom_speed_models"] = module
     try:
         snapshot = SpeedSnapshot(
-            model=module.Vanishing(), blender=HedgeBlender(), offsets={0: 50}, events_learnt=9
+            model=module.Vanishing(),
+            blender=HedgeBlender(),
+            offsets={partition or 0: 50},
+            events_learnt=9,
+            partition=partition,
         )
         snapshot.header = SnapshotHeader.current(ModelSpec("custom_speed_models:Vanishing"))
         return Path(SnapshotStore(directory).save(snapshot))
@@ -795,13 +799,17 @@ def save_vanishing_snapshot(directory: Path) -> Path:
 
 
 class CountingStore(SnapshotStore):
+    """Counts the snapshots read, in all and per partition."""
+
     def __init__(self, directory: Path) -> None:
         super().__init__(directory)
         self.reads = 0
+        self.read_partitions: list[int | None] = []
 
-    def latest(self):
+    def latest(self, partition=None):
         self.reads += 1
-        return super().latest()
+        self.read_partitions.append(partition)
+        return super().latest(partition)
 
 
 def test_a_snapshot_whose_model_cannot_be_imported_is_refused_once(examples, tmp_path, caplog):
@@ -863,3 +871,56 @@ def test_an_old_snapshot_without_a_header_is_served(examples, tmp_path):
         reloader.current, ["set an alarm for 7"], top_k=1, max_snapshot_age_s=math.inf
     )
     assert answer.source == "speed"
+
+
+def partition_snapshot(examples, partition: int, offset: int, share: int = 2) -> SpeedSnapshot:
+    """Partition `partition`'s model, trained on its share of the examples."""
+    model = HashedTextNB()
+    mine = examples[partition:200:share]
+    for example in mine:
+        model.learn_one({"text": example.text}, example.intent)
+    return SpeedSnapshot(model, HedgeBlender(), {partition: offset}, len(mine), partition=partition)
+
+
+def test_the_partitions_snapshots_are_served_merged_and_only_new_ones_are_read(examples, tmp_path):
+    store = CountingStore(tmp_path)
+    for partition in (0, 1):
+        store.save(partition_snapshot(examples, partition, 10))
+    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 99}, 9))  # older
+    reloader = ModelReloader(None, store)
+    assert reloader.refresh_snapshot()
+    served = reloader.current.snapshot
+    assert served.offsets == {0: 10, 1: 10} and served.events_learnt == 200
+    whole = trained_speed_model(examples)
+    assert served.model.count_table() == whole.count_table()  # the sum: one model of both
+    assert sorted(store.read_partitions) == [0, 1]  # the unpartitioned one is left aside
+    store.read_partitions.clear()
+    assert not reloader.refresh_snapshot()
+    assert store.read_partitions == []  # nothing new: nothing read
+    store.save(partition_snapshot(examples, 1, 30))
+    assert reloader.refresh_snapshot()
+    assert store.read_partitions == [1]  # only the partition with a new snapshot
+    assert reloader.current.snapshot.offsets == {0: 10, 1: 30}
+
+
+def test_a_partitions_snapshot_that_cannot_be_used_leaves_its_previous_one_in_the_merge(
+    examples, tmp_path, caplog
+):
+    store = CountingStore(tmp_path)
+    for partition in (0, 1):
+        store.save(partition_snapshot(examples, partition, 10))
+    reloader = ModelReloader(None, store)
+    assert reloader.refresh_snapshot()
+    path = save_vanishing_snapshot(tmp_path, partition=1)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="serving.model_state"):
+        assert not reloader.refresh_snapshot()
+        store.save(partition_snapshot(examples, 0, 40))
+        assert reloader.refresh_snapshot()  # partition 0 moved on
+    assert reloader.current.snapshot.offsets == {0: 40, 1: 10}  # 1's previous snapshot stays
+    assert [r.getMessage() for r in caplog.records] == [
+        f"refusing speed snapshot {path}: ModuleNotFoundError: No module named "
+        "'custom_speed_models' (its model: custom_speed_models:Vanishing {}); "
+        "the models in use keep answering"
+    ]
+    assert store.read_partitions.count(1) == 2  # the refused one was read once
