@@ -1,16 +1,17 @@
-"""Speed-layer benchmark, end to end from Kafka, in its steady state: the speed layer with a
-batch champion against a tuned River loop.
+"""Speed-layer benchmark, end to end from Kafka: the speed layer with a batch champion against
+a tuned River loop in its steady state, and consumer groups of one and more workers.
 
 The champion is `build_batch_model()` fitted on CLINC150's own training rows (`train` and
 `oos_train`, in-scope and out-of-scope as the dataset has them), given to the speed layer in
 process with the texts it trained on. Both contenders then read the same query-log replay (a
 share of the events are generated variants seen about once, the rest repeat dataset rows) from
-the same one-partition topic on the real broker, each repeat with a fresh consumer, through the
-same `event_reader`, so throughput includes consuming and validating:
+the same one-partition topic on the real broker, each repeat with a fresh consumer group of one
+through the same `event_reader`, so throughput includes consuming and validating (the clocks
+start once the group has given the reader its partition: joining is not throughput):
 
-- the speed layer predicts each poll with the champion, scores the speed, batch and blend
-  views, teaches the blender and the speed model, watches the champion's error with ADWIN and
-  snapshots as in production;
+- the speed layer (one worker owning the one partition) predicts each poll with the champion,
+  scores the speed, batch and blend views, teaches the blender and the speed model, watches the
+  champion's error with ADWIN and snapshots as in production;
 - the River loop (`bench.river_baseline`) predicts, scores and learns each event.
 
 Both models start cold on the stream. Their smoothing is tuned the same way, by prequential
@@ -23,26 +24,54 @@ hits both alike; throughput figures are medians over repeats, the ratio the medi
 per-repeat ratios.
 
 Freshness is measured separately on a live stream: events produced at a steady rate while the
-speed layer runs, timed from produce to the snapshot that holds them. The benchmark stops the
-broker if it started it and deletes the topics and consumer groups it created; writes
-`bench/results/speed.json`.
+speed layer runs, timed from produce to the snapshot that holds them.
 
-The scale-out half (`bench.speed_scale_out`) runs a consumer group of each of `--workers` on a
-4-partition topic of the same replay, and serving with one snapshot against four partitions'.
+The consumer-group half runs a group of each of `--workers` on a 4-partition topic of the same
+replay, each worker its own process with the champion loaded, against one worker of the same
+code in the same run. Every worker count reads the same replay with a fresh group and a fresh
+snapshot folder, twice: from a topic filled beforehand (the workers as fast as they go:
+throughput, and the worst case for accuracy, since peers' snapshots are then many events old),
+and from a topic the replay is produced onto live at `LIVE_RATE` (peers' snapshots as old as at
+a steady rate). Repeats alternate the counts so drift of the machine hits each alike. A worker
+is `SpeedLayer` over the job's `event_reader`, started from a spawned process (nothing shared
+with the parent but a pickled champion file); the parent only watches the snapshots until every
+partition's newest one holds the topic's end, then stops the workers.
+
+- labelled events/s: every worker's labelled events over the span from the first event any
+  worker learnt to the last (rebalances included), median over repeats; the ratio is the
+  median of the per-repeat ratios to one worker; the cores the workers and the local broker
+  used over that span say what the machine had left;
+- the merge: every partition's newest snapshot added up (`merge_snapshots`) against one model
+  that learnt the whole replay in process, count for count;
+- prequential accuracy of the merged view, on first-seen texts (texts neither the view nor
+  the champion had trained on) and on repeats, summed over partitions (a revoked partition's
+  scores are kept by the worker that scored them).
+
+The serving part starts two services on one champion: one whose speed snapshot is a single
+model of the training split, one with the same split as four partitions' snapshots that it
+merges on load, and loads them in turn (`bench.serve.load`) for the added p99 of merging.
+
+The benchmark stops the broker if it started it and deletes the topics and consumer groups it
+created; writes `bench/results/speed.json`.
 
     lambda-ml bench speed [--repeats 3] [--workers 1,2]
 """
 
 import io
+import json
+import multiprocessing
+import pickle
 import statistics
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from rich.console import Console
@@ -55,28 +84,22 @@ from bench.river_baseline import (
     score_then_learn,
     tune_alpha,
 )
-from bench.speed_scale_out import (
-    GOAL_FIRST_SEEN_GAP_POINTS,
-    GOAL_P99_RATIO,
-    LIVE,
-    partition_merge_p99,
-    scale_out_figures,
-)
-from bench.speed_scale_out import GOAL_RATIO as GOAL_SCALE_OUT_RATIO
+from bench.serve import BENCH_DIR, blend_server, load, make_models
 from common.settings import KafkaSettings, Settings, SpeedSettings
 from models.batch.recipe import build_batch_model, fit_on_counts
 from models.metrics import SplitScore, WindowScore
 from models.registry import ChampionInfo, ChampionModel
-from models.snapshot import SnapshotStore
+from models.snapshot import SnapshotStore, merge_snapshots
 from models.speed_model import build_speed_model
 from models.texts import TextMemory
 from pipelines.batch.counts import count_examples_from_pairs
 from pipelines.jobs import event_reader
 from pipelines.produce import ReplayOptions, replay_messages, run_produce
-from pipelines.services import broker
+from pipelines.services.broker import KafkaLauncher, end_offsets, ensure_topics
 from pipelines.speed.layer import SpeedLayer
+from streams.consumer import Consumed, EventReader
 from streams.dataset import CLINC150_DATA, load_dataset
-from streams.schema import parse_event
+from streams.schema import QueryEvent, parse_event
 
 EVENTS = 40_000
 SPEED_MODEL = "models.speed_model:build_speed_model"  # measured whatever SPEED_MODEL says
@@ -88,7 +111,18 @@ GOAL_EVENTS_PER_S = 5_000
 GOAL_RATIO = 10.0
 FRESHNESS_RATE = 2000.0
 FRESHNESS_SECONDS = 15.0
-SCALE_OUT_HEADLINES = (
+JOIN_TIMEOUT_S = 60.0
+PARTITIONS = 4
+GOAL_GROUP_RATIO = 1.7
+GOAL_FIRST_SEEN_GAP_POINTS = 0.5
+GOAL_P99_RATIO = 1.1
+WAIT_S = 600.0
+SNAPSHOT_EVERY_S = 1.0
+PEER_REFRESH_S = 1.0
+LIVE_RATE = 2_000.0
+LIVE = f"_live_{LIVE_RATE:g}_per_s"
+"""The suffix of the group figures measured over the replay produced live at `LIVE_RATE`."""
+GROUP_HEADLINES = (
     "ratio_2_workers_vs_1",
     "merged_equals_single",
     "first_seen_accuracy_gap_2_vs_1_points",
@@ -125,7 +159,7 @@ class _Cluster:
     def fresh_topic(self, name: str, partitions: int) -> KafkaSettings:
         topic = f"bench-{name}-{time.time_ns()}"
         self.topics += [topic, f"{topic}.dlq"]
-        broker.ensure_topics(self.kafka.bootstrap, {topic: partitions, f"{topic}.dlq": 1})
+        ensure_topics(self.kafka.bootstrap, {topic: partitions, f"{topic}.dlq": 1})
         return self.kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
 
     def fresh_group(self, name: str) -> str:
@@ -178,6 +212,17 @@ def train_champion() -> tuple[ChampionModel, int, float]:
     return ChampionModel(info, estimator, TextMemory.of(texts)), len(pairs), seconds
 
 
+def joined(reader: EventReader, poll: Callable[[], object]) -> None:
+    """Poll until the group has given `reader` its partitions and they are started, so that a
+    run's clock does not count the group's join. Nothing is handed out meanwhile: a partition's
+    events come from the poll after the one that starts it."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while not reader.settled:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the group gave the reader no partition in {JOIN_TIMEOUT_S:g} s")
+        poll()
+
+
 def river_run(kafka: KafkaSettings, events: int, alpha: float) -> Run:
     """The tuned River loop over the topic: predict, score, learn each event."""
     model = river_baseline(alpha)
@@ -185,13 +230,14 @@ def river_run(kafka: KafkaSettings, events: int, alpha: float) -> Run:
     learnt = TextMemory()
     done = 0
     with event_reader(kafka, f"bench-river-{time.time_ns()}", "bench") as reader:
+        joined(reader, lambda: reader.poll(timeout_ms=100))
         started, cpu_started = time.perf_counter(), time.process_time()
         while done < events:
             for item in reader.poll(timeout_ms=500):
-                intent = item.event.intent
-                if intent is None:
+                event = item.event
+                if not isinstance(event, QueryEvent) or event.intent is None:
                     continue
-                score_then_learn(model, scores, learnt, item.event.text, intent)
+                score_then_learn(model, scores, learnt, event.text, event.intent)
                 done += 1
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return Run(done, seconds, cpu_seconds, scores)
@@ -216,6 +262,7 @@ def speed_run(
         layer = SpeedLayer(
             reader, SnapshotStore(folder), settings, current_champion=lambda: champion
         )
+        joined(reader, layer.step)
         started, cpu_started = time.perf_counter(), time.process_time()
         layer.run(threading.Event(), max_events=events)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -246,12 +293,385 @@ def freshness_run(
     stop = threading.Event()
     with event_reader(kafka, group, "bench") as reader:
         layer = SpeedLayer(reader, SnapshotStore(folder), settings)
+        joined(reader, layer.step)
         producer.start()
         runner = threading.Thread(target=layer.run, args=(stop,), kwargs={"idle_exit_s": 3.0})
         runner.start()
         producer.join()
         runner.join()
     return float(np.percentile(layer.reporter.freshness_s, 95))
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """What one worker process reports when it is stopped."""
+
+    learnt: int
+    first_learnt_at: float  # time.monotonic(): one clock for every process of the machine
+    last_learnt_at: float
+    cpu_seconds: float
+    first_seen: tuple[int, int]  # (events, right) of the merged view, over its partitions
+    repeated: tuple[int, int]
+    blend_first_seen: tuple[int, int]
+
+
+class _TimedLayer(SpeedLayer):
+    """The speed layer, noting when it learnt and keeping the scores of revoked partitions."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_at: float | None = None
+        self.last_at = 0.0
+        self.scored: list[SplitScore] = []
+        self.blend_scored: list[SplitScore] = []
+
+    def learn(self, consumed: list[Consumed]) -> None:
+        started = time.monotonic()
+        super().learn(consumed)
+        if self.first_at is None:
+            self.first_at = started
+        self.last_at = time.monotonic()
+
+    def _on_revoked(self, partitions: list[int]) -> None:
+        for partition in partitions:
+            if partition in self.parts:
+                self.scored.append(self.parts[partition].scores.speed)
+                self.blend_scored.append(self.parts[partition].scores.blend)
+        super()._on_revoked(partitions)
+
+
+def _pair(scores: list[SplitScore], group: str) -> tuple[int, int]:
+    windows = [getattr(score, group) for score in scores]
+    return sum(w.seen for w in windows), sum(w.correct for w in windows)
+
+
+def _worker(
+    kafka: KafkaSettings,
+    settings: SpeedSettings,
+    champion_file: str,
+    ready: Any,
+    stop: Any,
+    results: Any,
+) -> None:
+    """One speed worker of the group until `stop`; its `WorkerResult` goes to `results`."""
+    champion: ChampionModel = pickle.loads(Path(champion_file).read_bytes())
+    with event_reader(
+        kafka,
+        settings.group_id,
+        "bench",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+    ) as reader:
+        store = SnapshotStore(settings.snapshot_dir)
+        layer = _TimedLayer(reader, store, settings, lambda: champion)
+        ready.wait(timeout=300)  # every worker built, so they join the group together
+        cpu_started = time.process_time()
+        local_stop = threading.Event()
+
+        def relay_stop() -> None:
+            stop.wait()
+            local_stop.set()
+
+        threading.Thread(target=relay_stop, daemon=True).start()
+        layer.run(local_stop)
+        cpu_seconds = time.process_time() - cpu_started
+    speed = layer.scored + [s.scores.speed for s in layer.parts.values()]
+    blend = layer.blend_scored + [s.scores.blend for s in layer.parts.values()]
+    results.put(
+        WorkerResult(
+            learnt=layer.learnt_here,
+            first_learnt_at=layer.first_at or 0.0,
+            last_learnt_at=layer.last_at,
+            cpu_seconds=cpu_seconds,
+            first_seen=_pair(speed, "first_seen"),
+            repeated=_pair(speed, "repeated"),
+            blend_first_seen=_pair(blend, "novel"),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class GroupRun:
+    """One pass of a group of workers over the topic, and the broker's CPU time meanwhile."""
+
+    workers: int
+    results: list[WorkerResult]
+    merged_equals_single: bool
+    broker_cpu_seconds: float | None
+
+    @property
+    def span_s(self) -> float:
+        working = [r for r in self.results if r.learnt]
+        return max(r.last_learnt_at for r in working) - min(r.first_learnt_at for r in working)
+
+    @property
+    def learnt(self) -> int:
+        return sum(r.learnt for r in self.results)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.learnt / self.span_s
+
+    @property
+    def worker_cores(self) -> float:
+        """The workers' CPU time over the span: how many of the machine's cores they used."""
+        return sum(r.cpu_seconds for r in self.results) / self.span_s
+
+    def accuracy(self, group: str) -> float:
+        seen = sum(getattr(r, group)[0] for r in self.results)
+        right = sum(getattr(r, group)[1] for r in self.results)
+        return right / seen if seen else float("nan")
+
+    def share(self, group: str) -> float:
+        return sum(getattr(r, group)[0] for r in self.results) / self.learnt
+
+
+def group_run(
+    kafka: KafkaSettings,
+    workers: int,
+    group: str,
+    folder: Path,
+    champion_file: Path,
+    alpha: float,
+    single_counts: dict,
+    feed: Callable[[], dict[int, int]],
+    broker_pid: int | None,
+) -> GroupRun:
+    """`workers` processes of one fresh group over the whole topic, stopped once every
+    partition's newest snapshot holds the topic's end.
+
+    `feed` runs on a thread once the workers are ready and returns the topic's end offsets
+    when every event is on it: at once for a topic filled before, or after producing it live.
+    """
+    settings = SpeedSettings(
+        model="models.speed_model:build_speed_model",
+        model_params={"alpha": alpha},
+        group_id=group,
+        snapshot_dir=folder,
+        signal_dir=folder / "signals",
+        snapshot_every_s=SNAPSHOT_EVERY_S,
+        peer_refresh_s=PEER_REFRESH_S,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+    )
+    context = multiprocessing.get_context("spawn")
+    ready, stop, results = context.Barrier(workers + 1), context.Event(), context.Queue()
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(kafka, settings, str(champion_file), ready, stop, results),
+            name=f"speed-worker-{i}",
+        )
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    store = SnapshotStore(folder)
+    ends: dict[int, int] = {}
+    try:
+        ready.wait(timeout=300)
+        broker_cpu_started = _cpu_seconds(broker_pid)
+        feeder = threading.Thread(target=lambda: ends.update(feed()), daemon=True)
+        feeder.start()
+        deadline = time.monotonic() + WAIT_S
+        watch = _EndWatch(store)
+        while feeder.is_alive() or not watch.done(ends):
+            if time.monotonic() > deadline or not all(p.is_alive() for p in processes):
+                raise RuntimeError(f"{workers} worker(s) did not reach the end of the topic")
+            time.sleep(0.5)
+        broker_cpu = _cpu_seconds(broker_pid)
+        stop.set()
+        collected = [results.get(timeout=120) for _ in processes]
+    finally:
+        stop.set()
+        for process in processes:
+            process.join(60)
+            if process.is_alive():
+                process.kill()
+    merged = merge_snapshots(store.latest_per_partition())
+    equal = merged.model.count_table() == single_counts
+    spent = None
+    if broker_cpu is not None and broker_cpu_started is not None:
+        spent = broker_cpu - broker_cpu_started
+    return GroupRun(workers, collected, equal, spent)
+
+
+class _EndWatch:
+    """Says when a group has learnt the whole topic, reading (unpickling) the snapshots only
+    when the listing shows new ones: the watching takes CPU from the workers."""
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self._listed: dict[int, int] | None = None
+
+    def done(self, ends: dict[int, int]) -> bool:
+        listed = self.store.latest_sequences()
+        if not ends or listed == self._listed:
+            return False
+        self._listed = listed
+        return self.store.reached(ends)
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """The CPU time so far of process `pid` (the local broker), or None without one."""
+    if pid is None:
+        return None
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def single_model_counts(labelled: list[tuple[str, str]], alpha: float) -> dict:
+    """The count table of one model that learnt every labelled event of the replay."""
+    model = build_speed_model(alpha=alpha)
+    for text, intent in labelled:
+        model.learn_one({"text": text}, intent)
+    return model.count_table()
+
+
+def group_figures(
+    fresh_topic: Callable[[str, int], KafkaSettings],
+    fresh_group: Callable[[str], str],
+    workers: list[int],
+    repeats: int,
+    champion: ChampionModel,
+    alpha: float,
+    replay: ReplayOptions,
+    labelled: list[tuple[str, str]],
+    broker_pid: int | None,
+    scratch: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The group runs for each worker count, interleaved over `repeats`: over the replay
+    produced beforehand (throughput: the workers as fast as they go), and over the same replay
+    produced live at `LIVE_RATE` (accuracy: peers' snapshots as old as at a steady rate).
+    Returns (figures, what was measured how)."""
+    champion_file = scratch / "champion.pkl"
+    champion_file.write_bytes(pickle.dumps(champion))
+    single = single_model_counts(labelled, alpha)
+    filled = fresh_topic("group", PARTITIONS)
+    run_produce(filled, replay, Console(file=io.StringIO()))
+    ends = end_offsets(filled.bootstrap, filled.topic)
+
+    def live_topic() -> tuple[KafkaSettings, Callable[[], dict[int, int]]]:
+        topic = fresh_topic("live", PARTITIONS)
+
+        def feed() -> dict[int, int]:
+            run_produce(topic, replace(replay, rate=LIVE_RATE), Console(file=io.StringIO()))
+            return end_offsets(topic.bootstrap, topic.topic)
+
+        return topic, feed
+
+    runs: dict[str, dict[int, list[GroupRun]]] = {"full": {}, "live": {}}
+    for repeat in range(repeats):
+        for kind in runs:
+            for n in workers:
+                topic, feed = (filled, lambda: ends) if kind == "full" else live_topic()
+                folder = scratch / f"{kind}-{n}-{repeat}"
+                group = fresh_group(f"{kind}-w{n}")
+                run = group_run(
+                    topic, n, group, folder, champion_file, alpha, single, feed, broker_pid
+                )
+                runs[kind].setdefault(n, []).append(run)
+                print(
+                    f"repeat {repeat + 1}/{repeats}, {kind}: {n} worker(s) "
+                    f"{run.events_per_s:,.0f} labelled events/s, first-seen accuracy "
+                    f"{run.accuracy('first_seen'):.4f}, merged = single: "
+                    f"{run.merged_equals_single}"
+                )
+    figures: dict[str, Any] = {}
+    per_run: dict[str, Callable[[GroupRun], float]] = {
+        "events_per_s": lambda r: r.events_per_s,
+        "first_seen_accuracy": lambda r: r.accuracy("first_seen"),
+        "repeated_accuracy": lambda r: r.accuracy("repeated"),
+        "first_seen_share": lambda r: r.share("first_seen"),
+        "blend_first_seen_accuracy": lambda r: r.accuracy("blend_first_seen"),
+        "worker_cores": lambda r: r.worker_cores,
+    }
+    for kind, by_workers in runs.items():
+        suffix = "" if kind == "full" else LIVE
+        for n, done in by_workers.items():
+            for key, value in per_run.items():
+                median = statistics.median(map(value, done))
+                figures[f"workers_{n}_{key}{suffix}"] = round(median, 4)
+            if kind == "full":
+                cpu = statistics.median(
+                    sum(x.cpu_seconds for x in r.results) / r.learnt for r in done
+                )
+                figures[f"workers_{n}_cpu_s_per_event"] = float(f"{cpu:.3g}")
+                broker_cores = [
+                    r.broker_cpu_seconds / r.span_s for r in done if r.broker_cpu_seconds
+                ]
+                if broker_cores:
+                    figures[f"workers_{n}_broker_cores"] = round(statistics.median(broker_cores), 3)
+        if 1 in by_workers and 2 in by_workers:
+            gap = 100 * (
+                figures[f"workers_2_first_seen_accuracy{suffix}"]
+                - figures[f"workers_1_first_seen_accuracy{suffix}"]
+            )
+            figures[f"first_seen_accuracy_gap_2_vs_1_points{suffix}"] = round(gap, 2)
+    every = [run for by_workers in runs.values() for done in by_workers.values() for run in done]
+    figures["merged_equals_single"] = all(run.merged_equals_single for run in every)
+    figures["events_learnt_per_run"] = sorted({run.learnt for run in every})
+    if 1 in runs["full"] and 2 in runs["full"]:
+        pairs = zip(runs["full"][1], runs["full"][2], strict=True)
+        ratios = [two.events_per_s / one.events_per_s for one, two in pairs]
+        figures["ratio_2_workers_vs_1"] = round(statistics.median(ratios), 3)
+        figures["ratio_2_workers_vs_1_per_repeat"] = [round(r, 3) for r in ratios]
+    recorded = {
+        "topic_partitions": PARTITIONS,
+        "workers": workers,
+        "worker": "SpeedLayer in a spawned process, champion loaded, snapshots every 1 s",
+        "peer_refresh_s": PEER_REFRESH_S,
+        "snapshot_every_s": SNAPSHOT_EVERY_S,
+        "live_rate_events_per_s": LIVE_RATE,
+        "events_per_s": "labelled events / (last learnt - first learnt, over all workers)",
+        "cores": "CPU seconds over that span: the workers' summed, the local broker's",
+        "first_seen": "texts neither the merged view (own and peers' models) nor the champion "
+        "had trained on, summed over partitions",
+    }
+    return figures, recorded
+
+
+def partition_merge_p99(repeats: int, duration_s: float, concurrency: int = 16) -> dict[str, Any]:
+    """p99 of `/predict` with the speed model as one snapshot and as four partitions' snapshots
+    merged on load, interleaved over `repeats`; the ratio is the median per-repeat ratio."""
+    with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
+        workdir = Path(scratch)
+        champion_path, snapshots, bodies = make_models(workdir, partitions=PARTITIONS)
+        bodies_path = workdir / "bodies.json"
+        bodies_path.write_text(json.dumps(bodies))
+        servers = {
+            name: blend_server(name, workdir, champion_path, snapshots[name], workers=1)
+            for name in ("default", "partitioned")
+        }
+        runs: dict[str, list[dict]] = {name: [] for name in servers}
+        try:
+            for server in servers.values():
+                server.start()
+            for server in servers.values():
+                server.wait_ready()
+            for _ in range(repeats):
+                for name, server in servers.items():
+                    runs[name].append(load(server, bodies_path, concurrency, duration_s))
+        finally:
+            for server in servers.values():
+                server.stop()
+    ratios = [
+        four["p99_ms"] / one["p99_ms"]
+        for one, four in zip(runs["default"], runs["partitioned"], strict=True)
+    ]
+    return {
+        "p99_ms_1_snapshot": round(statistics.median(r["p99_ms"] for r in runs["default"]), 2),
+        "p99_ms_4_partitions": round(
+            statistics.median(r["p99_ms"] for r in runs["partitioned"]), 2
+        ),
+        "p99_ratio_4_partitions_vs_1": round(statistics.median(ratios), 3),
+        "p99_ratio_4_partitions_vs_1_per_repeat": [round(r, 3) for r in ratios],
+        "merge_serving_load": {
+            "concurrency": concurrency,
+            "duration_s": duration_s,
+            "load_generator": str(BENCH_DIR / "serve_load.py"),
+        },
+    }
 
 
 def _replay(seed: int, events: int, run_id: str) -> ReplayOptions:
@@ -290,8 +710,7 @@ def main(
     merge_seconds: float = 10.0,
 ) -> dict[str, Any]:
     """Tune both models, fit the champion, run the interleaved repeats, then the consumer
-    group of each of `workers` (`bench.speed_scale_out`; none: skipped), and save the
-    figures."""
+    group of each of `workers` (none: skipped), and save the figures."""
     grid = ALPHA_GRID
     print(f"tuning alpha over {list(grid)} on a {events:,}-event replay (seed {TUNING_SEED})")
     tuning = labelled_replay(_replay(TUNING_SEED, events, "bench-tune"))
@@ -301,7 +720,8 @@ def main(
     champion, history_rows, fit_s = train_champion()
     print(f"champion fitted on {history_rows:,} rows in {fit_s:.1f} s")
 
-    kafka, local = settings.kafka, settings.local_broker
+    kafka = settings.kafka
+    launcher = KafkaLauncher.of(settings)
     cluster = _Cluster(kafka)
     started_broker = False
     river: list[Run] = []
@@ -310,7 +730,7 @@ def main(
     snapshot_sizes: list[int] = []
     snapshot_ms: list[float] = []
     try:
-        started_broker = broker.up(kafka, local)
+        started_broker = launcher.up()
         stream = cluster.fresh_topic("speed", partitions=1)
         measured = _replay(MEASURED_SEED, events, "bench-speed")
         run_produce(stream, measured, Console(file=io.StringIO()))
@@ -327,7 +747,7 @@ def main(
                     f"speed layer {run.events_per_s:,.0f} events/s"
                 )
                 started = time.perf_counter()
-                path = Path(layer.store.save(layer.snapshot_of_state()))
+                path = Path(layer.store.save(layer.snapshot_of(0)))
                 snapshot_ms.append((time.perf_counter() - started) * 1000)
                 snapshot_sizes.append(path.stat().st_size)
             live = cluster.fresh_topic("fresh", partitions=1)
@@ -338,10 +758,10 @@ def main(
                 rate=FRESHNESS_RATE,
                 seconds=FRESHNESS_SECONDS,
             )
-            scale_out: dict[str, Any] = {}
-            scale_out_recorded: dict[str, Any] = {}
+            groups: dict[str, Any] = {}
+            groups_recorded: dict[str, Any] = {}
             if workers:
-                scale_out, scale_out_recorded = scale_out_figures(
+                groups, groups_recorded = group_figures(
                     cluster.fresh_topic,
                     cluster.fresh_group,
                     list(workers),
@@ -350,31 +770,31 @@ def main(
                     speed_alpha,
                     measured,
                     labelled_replay(measured),
-                    broker.status(kafka, local).pid,
+                    launcher.status().pid,
                     Path(scratch),
                 )
     finally:
         cluster.delete_all()
         if started_broker:
-            broker.down(kafka, local)
+            launcher.down()
 
     if workers:
-        scale_out |= partition_merge_p99(repeats, merge_seconds)
-        scale_out["goal_met"] = {
-            f"ratio_2_workers_vs_1_at_least_{GOAL_SCALE_OUT_RATIO:g}": (
-                scale_out.get("ratio_2_workers_vs_1", 0.0) >= GOAL_SCALE_OUT_RATIO
+        groups |= partition_merge_p99(repeats, merge_seconds)
+        groups["goal_met"] = {
+            f"ratio_2_workers_vs_1_at_least_{GOAL_GROUP_RATIO:g}": (
+                groups.get("ratio_2_workers_vs_1", 0.0) >= GOAL_GROUP_RATIO
             ),
-            "merged_equals_single": scale_out["merged_equals_single"],
+            "merged_equals_single": groups["merged_equals_single"],
             f"first_seen_gap_within_{GOAL_FIRST_SEEN_GAP_POINTS:g}_points": (
-                abs(scale_out.get("first_seen_accuracy_gap_2_vs_1_points", float("inf")))
+                abs(groups.get("first_seen_accuracy_gap_2_vs_1_points", float("inf")))
                 <= GOAL_FIRST_SEEN_GAP_POINTS
             ),
             f"first_seen_gap_live_within_{GOAL_FIRST_SEEN_GAP_POINTS:g}_points": (
-                abs(scale_out.get(f"first_seen_accuracy_gap_2_vs_1_points{LIVE}", float("inf")))
+                abs(groups.get(f"first_seen_accuracy_gap_2_vs_1_points{LIVE}", float("inf")))
                 <= GOAL_FIRST_SEEN_GAP_POINTS
             ),
             f"p99_ratio_4_partitions_vs_1_at_most_{GOAL_P99_RATIO:g}": (
-                scale_out["p99_ratio_4_partitions_vs_1"] <= GOAL_P99_RATIO
+                groups["p99_ratio_4_partitions_vs_1"] <= GOAL_P99_RATIO
             ),
         }
     ratios = [s.events_per_s / r.events_per_s for r, s in zip(river, speed, strict=True)]
@@ -426,8 +846,8 @@ def main(
         "snapshot_bytes": int(statistics.median(snapshot_sizes)),
         "snapshot_write_ms": round(statistics.median(snapshot_ms), 1),
         "repeats": repeats,
-        **{key: scale_out[key] for key in SCALE_OUT_HEADLINES if key in scale_out},
-        "scale_out": scale_out,
+        **{key: groups[key] for key in GROUP_HEADLINES if key in groups},
+        "consumer_group": groups,
     }
     recorded = {
         "measured_replay": {"seed": MEASURED_SEED, "limit": events, "tail_fraction": TAIL_FRACTION},
@@ -446,6 +866,6 @@ def main(
         "cpu_time": "time.process_time() around each loop: the whole process, all threads",
         "freshness": {"rate": FRESHNESS_RATE, "seconds": FRESHNESS_SECONDS, "champion": None},
         "broker_started_by_bench": started_broker,
-        "scale_out": scale_out_recorded,
+        "consumer_group": groups_recorded,
     }
     return save_figures("speed", figures, recorded)
