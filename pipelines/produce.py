@@ -1,9 +1,12 @@
 """The `produce` and `publish` jobs: a dataset replayed, or a file of raw events, onto the
-`queries` topic as a stream of user queries."""
+`queries` topic as a stream of user queries (or a file of labels onto the feedback topic)."""
 
-from collections.abc import Iterator
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -12,15 +15,55 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from common.settings import KafkaSettings
 from pipelines.services.broker import topic_partitions
 from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
-from streams.producer import ProduceStats, Timeline, event_messages, make_producer, publish
+from streams.producer import ProduceStats, make_producer, publish
 from streams.query_log import QueryLog
 from streams.scenarios import (
     DEFAULT_LATE_DOMAINS,
     Scenario,
     ScenarioName,
+    StreamItem,
     late_intents_of_domains,
     replay,
 )
+from streams.schema import TS_FORMAT
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Event timestamps: wall-clock time by default, or spread evenly over the past `span`
+    (so a fast replay still yields a history over several days for the batch layer)."""
+
+    span: timedelta = timedelta(0)
+    start: datetime | None = None
+
+    def stamper(self, length: int) -> Callable[[int], datetime]:
+        if not self.span or length == 0:
+            return lambda _index: datetime.now(UTC)
+        start = self.start or datetime.now(UTC) - self.span
+        step = self.span / length
+        return lambda index: start + step * index
+
+
+def event_messages(
+    items: Iterable[StreamItem], length: int, run_id: str, seed: int, timeline: Timeline
+) -> Iterator[bytes]:
+    """Serialised events for replayed examples, with stable ids (`run_id` + position) and users.
+
+    Built as plain JSON rather than through `QueryEvent`: `publish` validates every message
+    anyway, and building models twice would halve the replay rate.
+    """
+    stamp = timeline.stamper(length)
+    users = random.Random(seed)
+    for index, item in enumerate(items):
+        body = {
+            "query_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{index}")),
+            "ts": stamp(index).strftime(TS_FORMAT),
+            "text": item.example.text,
+            "intent": item.example.intent if item.labelled else None,
+            "user_id": f"user-{users.randrange(5000):04d}",
+            "locale": "en-US",
+        }
+        yield json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -114,18 +157,24 @@ def raw_event_lines(path: Path) -> list[bytes]:
 
 
 def run_publish_file(
-    settings: KafkaSettings, path: Path, rate: float, console: Console
+    settings: KafkaSettings, path: Path, rate: float, console: Console, feedback: bool = False
 ) -> ProduceStats:
-    """Publish a file of events as they are: valid lines to the topic, the others to the
-    dead-letter topic with their reason."""
+    """Publish a file of events as they are: valid lines to the topic (labels, with `feedback`,
+    to the feedback topic), the others to the dead-letter topic with their reason."""
     lines = raw_event_lines(path)
-    return _publish_with_progress(settings, len(lines), iter(lines), rate, console)
+    return _publish_with_progress(settings, len(lines), iter(lines), rate, console, feedback)
 
 
 def _publish_with_progress(
-    settings: KafkaSettings, length: int, messages: Iterator[bytes], rate: float, console: Console
+    settings: KafkaSettings,
+    length: int,
+    messages: Iterator[bytes],
+    rate: float,
+    console: Console,
+    feedback: bool = False,
 ) -> ProduceStats:
-    missing = {settings.topic, settings.dlq_topic} - set(topic_partitions(settings.bootstrap))
+    topic = settings.feedback_topic if feedback else settings.topic
+    missing = {topic, settings.dlq_topic} - set(topic_partitions(settings.bootstrap))
     if missing:
         raise ValueError(
             f"topics {sorted(missing)} do not exist on {settings.bootstrap}: "
@@ -143,7 +192,12 @@ def _publish_with_progress(
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("produce", total=length, rate="")
             return publish(
-                producer, settings, messages, rate=rate, on_sent=lambda: progress.advance(task)
+                producer,
+                settings,
+                messages,
+                rate=rate,
+                on_sent=lambda: progress.advance(task),
+                feedback=feedback,
             )
     finally:
         producer.close()

@@ -1,6 +1,7 @@
 """The service's own Prometheus metrics, exposed on BentoML's `/metrics` with BentoML's: the
 models in use, which source answered and how confidently, how many texts each coalesced model
-call scored, and the reloads that failed.
+call scored, the reloads that failed, and the query log's events (journaled, sent to Kafka,
+waiting, dropped).
 
 BentoML runs `prometheus_client` in multiprocess mode and sets its folder when a worker starts,
 so the metrics are made when the service is, never at import. With several workers, each
@@ -23,7 +24,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServiceMetrics:
     """Batch champion version, speed snapshot sequence and age (refreshed at every reload round,
     `SERVING_POLL_S`; a missing model reads 0 for version and sequence, -1 for age), answers by
-    source and confidence, coalesced call sizes, and failed reloads by model."""
+    source and confidence, coalesced call sizes, failed reloads by model, and the query log's
+    events: journaled and sent by topic, waiting in the journal, dropped."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         def gauge(name: str, documentation: str) -> Gauge:
@@ -63,6 +65,29 @@ class ServiceMetrics:
             "Model reloads that failed (store unreachable, load or probe failed), by model",
             ["model"],
             registry=registry,
+        )
+        self.query_log_journaled = Counter(
+            "lambda_ml_serving_query_log_journaled",
+            "Query log events (answered queries, labels) written to the journal, by topic",
+            ["topic"],
+            registry=registry,
+        )
+        self.query_log_sent = Counter(
+            "lambda_ml_serving_query_log_sent",
+            "Query log events Kafka acknowledged, by topic",
+            ["topic"],
+            registry=registry,
+        )
+        self.query_log_dropped = Counter(
+            "lambda_ml_serving_query_log_dropped",
+            "Query log events dropped before Kafka had them (journal over its bound or failing)",
+            registry=registry,
+        )
+        self.query_log_backlog = Gauge(
+            "lambda_ml_serving_query_log_backlog",
+            "Query log events in the journal that Kafka has not acknowledged yet",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
 
     def publish(self, models: LoadedModels) -> None:

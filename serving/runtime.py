@@ -2,7 +2,8 @@
 BentoML worker does before it takes requests.
 
 BentoML imports `serving.service` in each worker process with no CLI above it, so this module is
-where that process reads `SERVING_*` and `MLFLOW_*`; everything below is handed the settings.
+where that process reads `SERVING_*`, `MLFLOW_*` and `KAFKA_*`; everything below is handed the
+settings.
 It also holds what the process needs around the service: the log configuration, the garbage
 collector's tuning, the MLflow client, the champion store and the model reloader.
 """
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp
 from common.job_metrics import Heartbeat
 from common.logs import format_as_json
 from common.settings import (
+    KafkaSettings,
     LogSettings,
     MetricsSettings,
     MlflowSettings,
@@ -36,7 +38,7 @@ from models.snapshot import SnapshotStore
 from serving.metrics import process_metrics
 from serving.middleware import BoundedRequests, JsonBodiesOnly
 from serving.model_state import FileChampion, LoadedModels, ModelReloader
-from serving.schemas import PredictBatchRequest, PredictRequest
+from serving.schemas import FeedbackRequest, PredictBatchRequest, PredictRequest
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +46,18 @@ S = TypeVar("S", bound=bentoml.Service)
 
 # The request bodies BentoML validates; it names each one's validation errors after the model
 # it wraps the body's type in (`PredictRequestIODescriptor`, and so on).
-REQUEST_BODIES = (PredictRequest, PredictBatchRequest)
+REQUEST_BODIES = (PredictRequest, PredictBatchRequest, FeedbackRequest)
 
 
 @dataclass(frozen=True)
 class ServingEnvironment:
-    """The settings of a serving process: the service's own, where MLflow is, and the store.
+    """The settings of a serving process: the service's own, where MLflow, the store and Kafka
+    are.
 
     Parameters
     ----------
     serving
-        `SERVING_*`: model sources, reload interval, request limits.
+        `SERVING_*`: model sources, reload interval, request limits, the query log.
     mlflow
         `MLFLOW_*`: the tracking server and the registered model.
     storage
@@ -63,6 +66,8 @@ class ServingEnvironment:
         `LOG_*`: BentoML's lines, or one JSON object per line.
     metrics
         `METRICS_*`: the stall bound of the model reloader's round, for `/livez`.
+    kafka
+        `KAFKA_*`: where the query log sends answered queries and labels.
     """
 
     serving: ServingSettings
@@ -70,6 +75,7 @@ class ServingEnvironment:
     storage: StorageSettings
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
 
 
 @functools.cache
@@ -84,17 +90,23 @@ def process_settings() -> ServingEnvironment:
         storage=StorageSettings(),
         log=LogSettings(),
         metrics=MetricsSettings(),
+        kafka=KafkaSettings(),
     )
 
 
 SERVICE_DESCRIPTION = """Intent classification for voice-assistant queries: the batch champion from
 the MLflow registry blended with the speed layer's online model, both hot-reloaded.
 
-`POST /predict` takes `{"text": ...}`; `POST /predict_batch` takes `{"texts": [...]}` (at most
-`SERVING_MAX_BATCH`). Every answer names the intent, its confidence, the top intents, the blend
-weights, which source answered (blend, batch or speed) and the model versions behind it.
+`POST /predict` takes `{"text": ...}` and optionally `query_id`, `user_id` and `locale`;
+`POST /predict_batch` takes `{"texts": [...]}` (at most `SERVING_MAX_BATCH`), each a text or such
+an object. Every answer names its `query_id` (the one sent, or a new one), the intent, its
+confidence, the top intents, the blend weights, which source answered (blend, batch or speed)
+and the model versions behind it; every answered query is logged to Kafka. `POST /feedback`
+takes a label, `{"query_id": ..., "intent": ...}`, or several as `{"items": [...]}`, and
+answers 202 once they are journaled for the feedback topic.
 `/readyz` is 503 until a model can answer. Errors: 400 invalid input (naming the field), 408 a
-body too slow, 413 too large, 415 not JSON, 431 headers too large, 503 no model loaded."""
+body too slow, 413 too large, 415 not JSON, 431 headers too large, 503 no model loaded (or, for
+`/feedback`, the query log off or its journal failing)."""
 
 
 class DescribedService(bentoml.Service):
@@ -191,11 +203,14 @@ def mlflow_client(settings: MlflowSettings) -> MlflowClient:
 
 
 def configure_logging() -> None:
-    """BentoML's server log shows warnings only, but which models came in is worth seeing; and
-    a client's invalid body is the client's fault, not a traceback in the server's log. With
-    `LOG_FORMAT=json` the worker's lines are JSON objects, as the jobs' are."""
-    for name in ("serving", "models.champion_watch"):
+    """BentoML's server log shows warnings only, but which models came in, and when Kafka takes
+    the query log again, is worth seeing; a client's invalid body is the client's fault, not a
+    traceback in the server's log; and kafka-python logs every failed connection as an error,
+    while the query log reports an outage itself, once (answers go on). With `LOG_FORMAT=json`
+    the worker's lines are JSON objects, as the jobs' are."""
+    for name in ("serving", "models.champion_watch", "streams.outbox"):
         logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     logging.getLogger("bentoml._internal.server.http_app").addFilter(_not_a_client_error)
     if process_settings().log.format == "json":
         format_as_json(("", "bentoml"), "serve", drop=_BENTOML_LAYOUT_FIELDS)

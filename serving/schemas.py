@@ -1,7 +1,8 @@
-"""Request and response bodies of the prediction endpoints.
+"""Request and response bodies of the prediction and feedback endpoints.
 
 Inputs are validated here and only here (by BentoML with these models), so the predict path
-can trust every text it gets: 1 to 1,000 characters after trimming, like a `queries` event.
+can trust every text it gets: 1 to 1,000 characters after trimming, like a `queries` event;
+ids, intents and the other short fields are 1 to 200 characters, as in the events.
 """
 
 from typing import Any, Literal
@@ -9,22 +10,64 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from common.limits import QueryText as Text
+from streams.schema import ShortText
 
 Source = Literal["blend", "batch", "speed"]
 
 
-class PredictRequest(BaseModel):
+class Query(BaseModel):
+    """A text to answer, and what the query log keeps with it: its `query_id` (a new one is
+    made when it is missing; labels sent to `/feedback` later name it), who asked (`user_id`)
+    and in which `locale`."""
+
     model_config = ConfigDict(extra="forbid")
 
     text: Text
+    query_id: ShortText | None = None
+    user_id: ShortText | None = None
+    locale: ShortText | None = None
+
+
+class PredictRequest(Query):
+    """One query."""
 
 
 class PredictBatchRequest(BaseModel):
-    """A list of texts; how many at most is a runtime setting (`SERVING_MAX_BATCH`)."""
+    """A list of queries, each a text or a `Query` object; how many at most is a runtime
+    setting (`SERVING_MAX_BATCH`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    texts: list[Text] = Field(min_length=1)
+    texts: list[Text | Query] = Field(min_length=1)
+
+
+class Label(BaseModel):
+    """The intent of an answered query, named by its `query_id`; `source` says where the label
+    came from (`feedback-api` when it is not given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query_id: ShortText
+    intent: ShortText
+    source: ShortText | None = None
+
+
+class FeedbackRequest(BaseModel):
+    """One label (`query_id`, `intent`, optional `source`), or several as `items`, a list of
+    labels (at most `SERVING_MAX_BATCH`), but not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query_id: ShortText | None = None
+    intent: ShortText | None = None
+    source: ShortText | None = None
+    items: list[Label] | None = Field(default=None, min_length=1)
+
+
+class FeedbackAccepted(BaseModel):
+    """The answer of `/feedback` (202): how many labels were taken for the feedback topic."""
+
+    accepted: int
 
 
 class IntentScore(BaseModel):
@@ -47,8 +90,10 @@ class ModelVersions(BaseModel):
 
 
 class Prediction(BaseModel):
-    """The most likely intent, the top-k over the union of both models' intents, and lineage."""
+    """The most likely intent, the top-k over the union of both models' intents, and lineage;
+    `query_id` names the query (the one sent, or a new one) for `/feedback`."""
 
+    query_id: str = ""
     intent: str
     confidence: float
     top_k: list[IntentScore]

@@ -1,4 +1,5 @@
-"""The BentoML service: `/predict` and `/predict_batch` over the blended batch and speed models.
+"""The BentoML service: `/predict` and `/predict_batch` over the blended batch and speed models,
+and `/feedback` for the labels that come later.
 
 Run it with `bentoml serve serving.service:IntentClassifier` (or `lambda-ml serve`). This module
 holds the service and its endpoints; what the process sets up around them (settings from
@@ -6,6 +7,9 @@ holds the service and its endpoints; what the process sets up around them (setti
 BentoML defaults below (workers, access log off) can be overridden with
 `BENTOML_CONFIG_OVERRIDES`.
 Concurrent requests of a worker are scored together (`serving.batching`); bodies are JSON only.
+Every answer carries its query's id, and every answered query is journaled for Kafka before
+the answer goes out (`serving.query_log`), as are the labels `/feedback` takes (202 once
+journaled).
 Besides the prediction endpoints, BentoML provides `/livez` and `/healthz` (503 once the model
 reloader's round is overdue by `METRICS_STALL_S`: a worker whose models can no longer change),
 `/readyz` (503 until a model can answer), `/metrics` (`serving.metrics` adds the service's own)
@@ -29,6 +33,7 @@ from serving.batching import Coalescer
 from serving.metrics import process_metrics
 from serving.model_state import LoadedModels
 from serving.predict import NoModelError, predict_texts
+from serving.query_log import new_query_id, open_query_log
 from serving.runtime import (
     SERVICE_DESCRIPTION,
     DescribedService,
@@ -37,10 +42,14 @@ from serving.runtime import (
     start_worker,
 )
 from serving.schemas import (
+    FeedbackAccepted,
+    FeedbackRequest,
+    Label,
     PredictBatchRequest,
     Prediction,
     Predictions,
     PredictRequest,
+    Query,
     error_body,
 )
 
@@ -70,11 +79,13 @@ class IntentClassifier:
     """
 
     def __init__(self) -> None:
-        self.settings = process_settings().serving
-        self.heartbeat = Heartbeat(process_settings().metrics.stall_s)
+        environment = process_settings()
+        self.settings = environment.serving
+        self.heartbeat = Heartbeat(environment.metrics.stall_s)
         self.reloader = start_worker(probe=self._probe, heartbeat=self.heartbeat)
         self.metrics = process_metrics()
         self.coalescer = Coalescer(self._predict_many, self.settings.max_batch)
+        self.query_log = open_query_log(environment, self.metrics)
 
     def _predict_many(self, texts: list[str]) -> list[Prediction]:
         predictions = predict_texts(
@@ -91,9 +102,21 @@ class IntentClassifier:
         """A prediction with every model of the set, stale snapshot or not."""
         predict_texts(models, [PROBE_TEXT], top_k=1, max_snapshot_age_s=math.inf)
 
+    async def _answer(self, queries: list[Query]) -> list[Prediction]:
+        """The predictions of `queries`, each named by its query's id, logged before they go
+        out."""
+        predictions = await self.coalescer([q.text for q in queries])
+        for query, prediction in zip(queries, predictions, strict=True):
+            prediction.query_id = query.query_id or new_query_id()
+        if self.query_log is not None:
+            self.query_log.answered(queries, predictions)
+        return predictions
+
     @bentoml.on_shutdown
-    def stop_reloading(self) -> None:
+    def stop(self) -> None:
         self.reloader.stop()
+        if self.query_log is not None:
+            self.query_log.stop()
 
     def __is_alive__(self) -> bool:
         """Alive while the model reloader's rounds go on: BentoML's `/livez` answers 503 once
@@ -108,15 +131,22 @@ class IntentClassifier:
         return self.reloader.current.can_answer(self.settings.max_snapshot_age_s)
 
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
-    async def predict(self, text: str) -> Prediction | JSONResponse:
+    async def predict(
+        self,
+        text: str,
+        query_id: str | None = None,
+        user_id: str | None = None,
+        locale: str | None = None,
+    ) -> Prediction | JSONResponse:
         """The intent of one query."""
+        query = Query.model_construct(text=text, query_id=query_id, user_id=user_id, locale=locale)
         try:
-            return (await self.coalescer([text]))[0]
+            return (await self._answer([query]))[0]
         except NoModelError as exc:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
     @bentoml.api(input_spec=PredictBatchRequest, output_spec=Predictions)
-    async def predict_batch(self, texts: list[str]) -> Predictions | JSONResponse:
+    async def predict_batch(self, texts: list[str | Query]) -> Predictions | JSONResponse:
         """The intents of several queries, in order; at most `SERVING_MAX_BATCH` of them."""
         if len(texts) > self.settings.max_batch:
             return _error(
@@ -124,7 +154,43 @@ class IntentClassifier:
                 f"{len(texts)} texts, over the limit of {self.settings.max_batch}",
                 field="texts",
             )
+        queries = [Query.model_construct(text=t) if isinstance(t, str) else t for t in texts]
         try:
-            return Predictions(await self.coalescer(texts))
+            return Predictions(await self._answer(queries))
         except NoModelError as exc:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+
+    @bentoml.api(input_spec=FeedbackRequest, output_spec=FeedbackAccepted)
+    async def feedback(
+        self,
+        query_id: str | None = None,
+        intent: str | None = None,
+        source: str | None = None,
+        items: list[Label] | None = None,
+    ) -> JSONResponse:
+        """Labels for answered queries, for the feedback topic: one, or several as `items`.
+
+        Answers 202 once they are journaled (Kafka takes them from the journal); a label may
+        name a query this service never answered and an intent no model knows yet.
+        """
+        if items is None:
+            for name, value in (("query_id", query_id), ("intent", intent)):
+                if value is None:
+                    message = f"{name}: Field required (or send several labels as items)"
+                    return _error(HTTPStatus.BAD_REQUEST, message, field=name)
+            items = [Label.model_construct(query_id=query_id, intent=intent, source=source)]
+        elif query_id is not None or intent is not None or source is not None:
+            message = "send one label (query_id, intent, source) or items, not both"
+            return _error(HTTPStatus.BAD_REQUEST, message, field="items")
+        if len(items) > self.settings.max_batch:
+            return _error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"{len(items)} labels, over the limit of {self.settings.max_batch}",
+                field="items",
+            )
+        if self.query_log is None:
+            message = "feedback is off: the query log is off (SERVING_QUERY_LOG=false)"
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, message)
+        if not self.query_log.labelled(items):
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the labels could not be journaled")
+        return JSONResponse({"accepted": len(items)}, status_code=HTTPStatus.ACCEPTED)

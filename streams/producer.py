@@ -1,21 +1,16 @@
-"""Publishing query events onto Kafka: durable (`acks=all`, idempotent) and rate-controlled."""
+"""Publishing events onto Kafka: durable (`acks=all`, idempotent) and rate-controlled."""
 
-import json
 import logging
-import random
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
 from common.settings import KafkaSettings
 from streams.dead_letters import DeadLetters
-from streams.scenarios import StreamItem
-from streams.schema import TS_FORMAT, InvalidEvent, parse_event
+from streams.schema import InvalidEvent, parse_event, parse_feedback
 
 log = logging.getLogger(__name__)
 
@@ -32,44 +27,6 @@ def make_producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     }
     config.update(overrides)
     return KafkaProducer(**config)
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Event timestamps: wall-clock time by default, or spread evenly over the past `span`
-    (so a fast replay still yields a history over several days for the batch layer)."""
-
-    span: timedelta = timedelta(0)
-    start: datetime | None = None
-
-    def stamper(self, length: int) -> Callable[[int], datetime]:
-        if not self.span or length == 0:
-            return lambda _index: datetime.now(UTC)
-        start = self.start or datetime.now(UTC) - self.span
-        step = self.span / length
-        return lambda index: start + step * index
-
-
-def event_messages(
-    items: Iterable[StreamItem], length: int, run_id: str, seed: int, timeline: Timeline
-) -> Iterator[bytes]:
-    """Serialised events for replayed examples, with stable ids (`run_id` + position) and users.
-
-    Built as plain JSON rather than through `QueryEvent`: `publish` validates every message
-    anyway, and building models twice would halve the replay rate.
-    """
-    stamp = timeline.stamper(length)
-    users = random.Random(seed)
-    for index, item in enumerate(items):
-        body = {
-            "query_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{index}")),
-            "ts": stamp(index).strftime(TS_FORMAT),
-            "text": item.example.text,
-            "intent": item.example.intent if item.labelled else None,
-            "user_id": f"user-{users.randrange(5000):04d}",
-            "locale": "en-US",
-        }
-        yield json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass
@@ -114,11 +71,17 @@ def publish(
     messages: Iterable[bytes],
     rate: float = 0.0,
     on_sent: Callable[[], None] = lambda: None,
+    feedback: bool = False,
 ) -> ProduceStats:
-    """Validate and send each message; invalid ones go to the dead-letter topic with the reason.
+    """Validate and send each query event to `settings.topic`, or with `feedback` each label to
+    `settings.feedback_topic`, keyed by query id; invalid ones go to the dead-letter topic with
+    the reason.
 
     Returns once every send is acknowledged (or has failed, counted in `failed`).
     """
+    parse, topic = (
+        (parse_feedback, settings.feedback_topic) if feedback else (parse_event, settings.topic)
+    )
     stats = ProduceStats()
     dead_letters = DeadLetters(producer, settings.dlq_topic, "produce")
     pacer = _Pacer(rate)
@@ -130,11 +93,11 @@ def publish(
     for index, raw in enumerate(messages):
         pacer.wait(index)
         try:
-            event = parse_event(raw)
+            event = parse(raw)
         except InvalidEvent as exc:
             dead_letters.send(raw, exc.reason)
         else:
-            _send_when_taken(producer, settings.topic, raw, event.key).add_errback(failed)
+            _send_when_taken(producer, topic, raw, event.key).add_errback(failed)
             stats.sent += 1
         on_sent()
     producer.flush()

@@ -2,6 +2,7 @@
 
 Each event carries its kind and whether the event schema should accept it, decided here from how
 it was built (never by asking `parse_event`), so the tests check the schema rather than echo it.
+A field the schema does not know is valid (ignored); a known field of the wrong type is not.
 No raw event contains a newline or ends in a carriage return: the corpus is also a file of one
 event per line for `lambda-ml publish`.
 """
@@ -32,12 +33,14 @@ KINDS: dict[str, tuple[int, bool]] = {
     "unknown intent": (40, True),
     "duplicate query id": (40, True),
     "non-ASCII text": (20, True),
+    "extra field": (60, True),
+    "answered": (40, True),
     "invalid JSON": (60, False),
     "invalid UTF-8": (60, False),
     "not an object": (30, False),
     "missing field": (80, False),
-    "extra field": (60, False),
     "wrong type": (100, False),
+    "wrong served field": (30, False),
     "1 MB text": (2, False),
     "text over 1000 characters": (20, False),
     "empty text": (30, False),
@@ -52,7 +55,29 @@ _WRONG_VALUES = {
     "intent": [3, ["alarm"], {"name": "alarm"}, 1.5],
     "user_id": [42, ["u"], {}],
     "locale": [1, [], {"tag": "en"}],
+    "served": ["alarm", 3, ["alarm", 0.9]],
 }
+# A field of what was served, and a value of the wrong type or out of its limits.
+_WRONG_SERVED = {
+    "intent": ["", 5, None],
+    "confidence": ["high", None, []],
+    "source": ["", {}, 2],
+    "top_k": ["alarm", [["alarm", "high"]], [{"intent": "alarm"}]],
+    "speed_offsets": [{"zero": 1}, [0, 1], "0:1"],
+}
+
+
+def _served(intent: str) -> dict:
+    return {
+        "intent": intent,
+        "confidence": 0.9,
+        "source": "blend",
+        "top_k": [{"intent": intent, "p": 0.9}, {"intent": "oos", "p": 0.05}],
+        "batch_weight": 0.5,
+        "speed_weight": 0.5,
+        "batch_version": "3",
+        "speed_offsets": {"0": 120, "1": 98},
+    }
 
 
 def _dumps(body: object) -> bytes:
@@ -135,14 +160,24 @@ class _Builder:
         return _dumps(body), f"{field}: Field required"
 
     def _extra_field(self, body: dict) -> tuple[bytes, str]:
-        field = self.rng.choice(["device", "Text", "confidence", "_id"])
-        body[field] = "x"
-        return _dumps(body), f"{field}: Extra inputs are not permitted"
+        field = self.rng.choice(["device", "Text", "confidence", "_id", "app_version"])
+        body[field] = self.rng.choice(["x", 3, {"kind": "speaker"}, [1, 2], None])
+        return _dumps(body), ""
+
+    def _answered(self, body: dict) -> tuple[bytes, str]:
+        body["served"] = _served(body.pop("intent"))
+        return _dumps(body), ""
 
     def _wrong_type(self, body: dict) -> tuple[bytes, str]:
         field = self.rng.choice(sorted(_WRONG_VALUES))
         body[field] = self.rng.choice(_WRONG_VALUES[field])
         return _dumps(body), f"{field}: "
+
+    def _wrong_served_field(self, body: dict) -> tuple[bytes, str]:
+        body["served"] = _served(body.pop("intent"))
+        field = self.rng.choice(sorted(_WRONG_SERVED))
+        body["served"][field] = self.rng.choice(_WRONG_SERVED[field])
+        return _dumps(body), f"served.{field}"
 
     def _1_mb_text(self, body: dict) -> tuple[bytes, str]:
         body["text"] = "play some music " * (ONE_MB // 16)

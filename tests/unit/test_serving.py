@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import random
+import re
 import sys
 import time
 import types
@@ -55,6 +56,9 @@ from serving.predict import predict_texts
 from serving.schemas import Prediction
 from serving.service import IntentClassifier
 from streams.dataset import CLINC150_DATA, load_dataset
+from streams.journal import Journal
+from streams.outbox import Message
+from streams.schema import parse_event, parse_feedback
 
 BATCH_INTENTS = ("alarm", "weather", "timer", "translate")
 SPEED_ONLY_INTENT = "play_music"
@@ -98,9 +102,13 @@ def write_snapshot(directory: Path, model, offsets: dict[int, int], age_s: float
 
 @contextmanager
 def serve(monkeypatch, tmp_path: Path, **env: str):
-    """The service's ASGI app with `SERVING_*` settings `env`; MLflow is unreachable."""
+    """The service's ASGI app with `SERVING_*` settings `env`; MLflow and Kafka are unreachable,
+    and the query log is off unless `env` turns it on (its journal then in `tmp_path`)."""
     monkeypatch.setenv("SERVING_SNAPSHOT_DIR", str(tmp_path / "snapshots"))
     monkeypatch.setenv("SERVING_POLL_S", "0.05")
+    monkeypatch.setenv("SERVING_QUERY_LOG", "false")
+    monkeypatch.setenv("SERVING_QUERY_LOG_JOURNAL_DIR", str(tmp_path / "query-log"))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -266,6 +274,151 @@ def test_an_oversized_body_is_413_naming_the_limit(both):
     assert both.post("/predict", json={"text": "set an alarm"}).status_code == 200
 
 
+def test_every_answer_names_its_query_the_one_sent_or_a_new_one(both):
+    sent = both.post("/predict", json={"text": "set an alarm", "query_id": " q-7 "}).json()
+    assert sent["query_id"] == "q-7"
+    made = [both.post("/predict", json={"text": "set an alarm"}).json() for _ in range(2)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", m["query_id"]) for m in made)
+    assert made[0]["query_id"] != made[1]["query_id"]
+    texts = ["set an alarm", {"text": "will it rain", "query_id": "q-8", "user_id": "u1"}]
+    answers = both.post("/predict_batch", json={"texts": texts}).json()
+    assert answers[1]["query_id"] == "q-8" and len(answers[0]["query_id"]) == 32
+    assert [a["intent"] for a in answers] == ["alarm", "weather"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/predict", {"text": "hi", "query_id": ""}, "query_id"),
+        ("/predict", {"text": "hi", "query_id": "q" * 201}, "query_id"),
+        ("/predict", {"text": "hi", "user_id": 7}, "user_id"),
+        ("/predict", {"text": "hi", "device": "speaker"}, "device"),
+        ("/predict_batch", {"texts": [{"query_id": "q-1"}]}, "texts"),
+        ("/predict_batch", {"texts": [{"text": "hi", "locale": ""}]}, "texts"),
+    ],
+)
+def test_bad_query_fields_are_4xx_naming_the_field(both, path, body, field):
+    response = both.post(path, json=body)
+    assert response.status_code == 400
+    assert field in [loc for error in response.json()["detail"] for loc in error["loc"]]
+
+
+@contextmanager
+def logging_service(monkeypatch, tmp_path, batch_model, speed_model):
+    """A service with both models and the query log on, Kafka unreachable: what it logs stays
+    in its journal, under `tmp_path / "query-log"`."""
+    save_champion_file(tmp_path / "champion.pkl", batch_model, "7", {0: 120, 1: 80})
+    write_snapshot(tmp_path / "snapshots", speed_model, {0: 130, 1: 95})
+    champion = str(tmp_path / "champion.pkl")
+    with serve(
+        monkeypatch, tmp_path, champion_path=champion, query_log="true", query_log_top_k="2"
+    ) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.fixture
+def logged(monkeypatch, tmp_path, batch_model, speed_model):
+    with logging_service(monkeypatch, tmp_path, batch_model, speed_model) as client:
+        yield client
+
+
+def journaled(tmp_path: Path) -> list[Message]:
+    """What the stopped service left in its journal for Kafka, in order."""
+    journal = Journal(tmp_path / "query-log" / "slot-0", max_bytes=1 << 30)
+    try:
+        return [Message.decode(r) for r in journal.read(max_records=10**6).records]
+    finally:
+        journal.close()
+
+
+def test_each_answered_query_is_journaled_with_what_was_served(
+    monkeypatch, tmp_path, batch_model, speed_model
+):
+    with logging_service(monkeypatch, tmp_path, batch_model, speed_model) as client:
+        single = client.post(
+            "/predict", json={"text": "wake me up at 7", "user_id": "u1", "locale": "en-GB"}
+        ).json()
+        texts = ["will it rain", "set a timer"]
+        batch = client.post("/predict_batch", json={"texts": texts}).json()
+    # The service has stopped; its journal keeps what Kafka did not take.
+    messages = journaled(tmp_path)
+    assert [m.topic for m in messages] == ["queries"] * 3
+    events = [parse_event(m.value) for m in messages]
+    assert [m.key for m in messages] == [e.query_id.encode() for e in events]
+    for event, answer in zip(events, [single, *batch], strict=True):
+        assert event.query_id == answer["query_id"]
+        assert event.intent is None  # what was served is not a label
+        served = event.served
+        assert served is not None
+        assert (served.intent, served.confidence, served.source) == (
+            answer["intent"],
+            answer["confidence"],
+            "blend",
+        )
+        assert [(s.intent, s.p) for s in served.top_k] == [
+            (s["intent"], s["p"]) for s in answer["top_k"][:2]
+        ]
+        blend = answer["blend"]
+        assert (served.batch_weight, served.speed_weight) == (
+            blend["batch_weight"],
+            blend["speed_weight"],
+        )
+        assert served.batch_version == "7" and served.speed_offsets == {0: 130, 1: 95}
+    first = events[0]
+    assert (first.text, first.user_id, first.locale) == ("wake me up at 7", "u1", "en-GB")
+    assert [e.text for e in events[1:]] == texts
+
+
+def test_feedback_takes_one_label_or_several_and_journals_them_keyed_by_query(
+    monkeypatch, tmp_path, batch_model, speed_model
+):
+    items = [
+        {"query_id": "q-2", "intent": "a_brand_new_intent", "source": "annotation-tool"},
+        {"query_id": "q-3", "intent": "weather"},
+    ]
+    with logging_service(monkeypatch, tmp_path, batch_model, speed_model) as client:
+        one = client.post("/feedback", json={"query_id": "q-1", "intent": "alarm"})
+        several = client.post("/feedback", json={"items": items})
+    assert one.status_code == 202 and one.json() == {"accepted": 1}
+    assert several.status_code == 202 and several.json() == {"accepted": 2}
+    messages = journaled(tmp_path)
+    assert {m.topic for m in messages} == {"queries.feedback"}
+    labels = [(m.key, parse_feedback(m.value)) for m in messages]
+    assert [(key, e.query_id, e.intent, e.source) for key, e in labels] == [
+        (b"q-1", "q-1", "alarm", "feedback-api"),
+        (b"q-2", "q-2", "a_brand_new_intent", "annotation-tool"),
+        (b"q-3", "q-3", "weather", "feedback-api"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "status"),
+    [
+        ({"query_id": "q-1"}, "intent", 400),
+        ({"intent": "alarm"}, "query_id", 400),
+        ({"query_id": "q-1", "intent": ""}, "intent", 400),
+        ({"query_id": "q-1", "intent": "x" * 201}, "intent", 400),
+        ({"query_id": 5, "intent": "alarm"}, "query_id", 400),
+        ({"query_id": "q-1", "intent": "alarm", "label": "alarm"}, "label", 400),
+        ({"items": []}, "items", 400),
+        ({"items": [{"query_id": "q-1"}]}, "items", 400),
+        ({"items": [{"query_id": "q-1", "intent": "alarm"}], "query_id": "q-2"}, "items", 400),
+        ({"items": [{"query_id": "q", "intent": "alarm"}] * 65}, "items", 413),
+    ],
+)
+def test_malformed_feedback_is_4xx_naming_the_field(logged, body, field, status):
+    response = logged.post("/feedback", json=body)
+    assert response.status_code == status, response.text
+    assert field in [loc for error in response.json()["detail"] for loc in error["loc"]]
+
+
+def test_feedback_is_503_when_the_query_log_is_off(both):
+    response = both.post("/feedback", json={"query_id": "q-1", "intent": "alarm"})
+    assert response.status_code == 503 and "SERVING_QUERY_LOG" in response.json()["error"]
+    assert both.post("/predict", json={"text": "set an alarm"}).status_code == 200
+
+
 LIMITS = ServingSettings(max_body_bytes=10, body_timeout_s=0.05, max_header_bytes=100)
 
 
@@ -420,11 +573,16 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+short_texts = st.text(max_size=210) | json_values
 request_bodies = (
     json_values
     | st.fixed_dictionaries({"text": json_values})
-    | st.fixed_dictionaries({"text": st.text(max_size=1100)})
+    | st.fixed_dictionaries({"text": st.text(max_size=1100)}, optional={"query_id": short_texts})
     | st.fixed_dictionaries({"texts": st.lists(st.text(max_size=50) | json_values, max_size=70)})
+    | st.fixed_dictionaries({"query_id": short_texts, "intent": short_texts})
+    | st.fixed_dictionaries(
+        {"items": st.lists(st.fixed_dictionaries({"query_id": short_texts}), max_size=70)}
+    )
 )
 
 
@@ -435,13 +593,13 @@ def fuzz_client(tmp_path_factory, batch_model, speed_model):
     write_snapshot(tmp_path / "snapshots", speed_model, {0: 1})
     with pytest.MonkeyPatch.context() as monkeypatch:
         champion = str(tmp_path / "champion.pkl")
-        with serve(monkeypatch, tmp_path, champion_path=champion) as client:
+        with serve(monkeypatch, tmp_path, champion_path=champion, query_log="true") as client:
             wait_ready(client)
             yield client
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=request_bodies, path=st.sampled_from(["/predict", "/predict_batch"]))
+@given(body=request_bodies, path=st.sampled_from(["/predict", "/predict_batch", "/feedback"]))
 def test_generated_bodies_never_get_a_5xx(fuzz_client, body, path):
     response = fuzz_client.post(path, content=json.dumps(body).encode())
     assert response.status_code < 500, response.text
@@ -454,9 +612,9 @@ def test_generated_bytes_never_get_a_5xx(fuzz_client, content):
     assert response.status_code < 500, response.text
 
 
-def test_openapi_spec_lists_both_endpoints(fuzz_client):
+def test_openapi_spec_lists_the_endpoints(fuzz_client):
     paths = fuzz_client.get("/docs.json").json()["paths"]
-    assert {"/predict", "/predict_batch"} <= set(paths)
+    assert {"/predict", "/predict_batch", "/feedback"} <= set(paths)
 
 
 def test_coalescer_runs_concurrent_requests_in_one_call():
@@ -605,7 +763,10 @@ def test_a_speed_model_without_the_vectorised_method_answers_like_one_with_it(
             ]
         for v, d in zip(vectorised, dicts, strict=True):
             assert (v.intent, v.source, v.blend) == (d.intent, d.source, d.blend)
-            assert v.models == d.models
+            # The same models, read a moment apart (the snapshot's age moves on).
+            assert v.models.model_copy(update={"speed_snapshot_age_s": None}) == (
+                d.models.model_copy(update={"speed_snapshot_age_s": None})
+            )
             assert [s.intent for s in v.top_k] == [s.intent for s in d.top_k]
             for a, b in zip(v.top_k, d.top_k, strict=True):
                 assert a.p == pytest.approx(b.p, rel=1e-12, abs=1e-15)
