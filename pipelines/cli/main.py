@@ -200,21 +200,27 @@ def publish(
     rate: Annotated[
         float, typer.Option(min=0, help="Events per second; 0 = as fast as possible.")
     ] = 0.0,
+    feedback: Annotated[
+        bool,
+        typer.Option(help="The file holds labels ({query_id, intent, ts, source}) for queries."),
+    ] = False,
 ) -> None:
     """Publish a file of raw events as they are (say, dead letters after a fix): valid lines go
-    to the `queries` topic, the others to the dead-letter topic with their reason."""
+    to the `queries` topic (labels, with --feedback, to the feedback topic), the others to the
+    dead-letter topic with their reason."""
     settings = edge_settings().kafka
     try:
-        stats = run_publish_file(settings, events, rate, console)
+        stats = run_publish_file(settings, events, rate, console, feedback)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    report_produced(stats, settings)
+    report_produced(stats, settings, settings.feedback_topic if feedback else settings.topic)
 
 
-def report_produced(stats: ProduceStats, settings: KafkaSettings) -> None:
-    """One line of counts; exit 1 if any send was not acknowledged."""
+def report_produced(stats: ProduceStats, settings: KafkaSettings, topic: str | None = None) -> None:
+    """One line of counts (`topic` defaults to the queries topic); exit 1 if any send was not
+    acknowledged."""
     console.print(
-        f"sent {stats.sent} events to {settings.topic} in {stats.seconds:.1f}s "
+        f"sent {stats.sent} events to {topic or settings.topic} in {stats.seconds:.1f}s "
         f"({stats.events_per_s:,.0f}/s); {stats.failed} failed, "
         f"{stats.dead_lettered} dead-lettered to {settings.dlq_topic}"
     )
