@@ -99,9 +99,17 @@ class KafkaLauncher(Launcher[KafkaSettings, LocalBrokerSettings]):
         return True
 
     def prepare(self) -> None:
-        """Create the pipeline's topics that are missing."""
+        """Create the pipeline's topics that are missing: the queries and their labels with as
+        many partitions (a label goes to its query's partition), one for dead letters."""
         settings = self.settings
-        ensure_topics(self.address, {settings.topic: settings.partitions, settings.dlq_topic: 1})
+        ensure_topics(
+            self.address,
+            {
+                settings.topic: settings.partitions,
+                settings.feedback_topic: settings.partitions,
+                settings.dlq_topic: 1,
+            },
+        )
 
     def contents(self) -> list[str]:
         return [
