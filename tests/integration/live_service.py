@@ -58,7 +58,8 @@ def serving_process(
     The server gets a BentoML home of its own in `log_dir`: BentoML keeps its Prometheus
     multiprocess files in `$BENTOML_HOME/prometheus_multiproc_dir` and empties that folder when
     a server starts, so servers sharing the default home (tests running side by side) would
-    wipe and mix each other's `/metrics`.
+    wipe and mix each other's `/metrics`. Its query log's journal is in `log_dir` too, so that
+    what a test's server could not send never reaches another server's Kafka.
     """
     return bentoml_server(
         "server",
@@ -69,6 +70,7 @@ def serving_process(
             "MLFLOW_REGISTERED_MODEL": registered_model,
             "SERVING_SNAPSHOT_DIR": str(snapshots),
             "SERVING_POLL_S": str(poll_s),
+            "SERVING_QUERY_LOG_JOURNAL_DIR": str(log_dir / "query-log"),
             "BENTOML_CONFIG_OVERRIDES": bentoml_overrides(SERVICE_NAME, workers=workers),
             **env,
         },
