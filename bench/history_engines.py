@@ -7,6 +7,9 @@
   process: the local engine, then Spark in local mode (`local[2]`). Spark's session start is
   timed apart (a scheduler pays it once per process). The two aggregates are compared whole:
   the same distinct rows, the same counts, the same holdout texts.
+- The same pass with late labels: labels on the feedback topic for a share of the queries
+  (their own intents, so the aggregate must not change), joined by each engine; what the join
+  costs over the inline pass, and the aggregates compared whole again.
 - The sampled fit: on a smaller history of the same shape, where the full fit still runs, the
   batch model fitted on every distinct training row and on a sample of a tenth of them
   (`pipelines.batch.training_sample`), both scored first-seen on the same holdout.
@@ -20,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bench.retrain import HOLDOUT_FRACTION, _child, in_scope, tail_for, write_master
 from models.batch.recipe import build_batch_model, fit_on_counts
@@ -27,13 +32,14 @@ from pipelines.batch.history import read_history_split
 from pipelines.batch.holdout_report import score_holdout
 from pipelines.batch.training_sample import sample_split
 from pipelines.provenance import provenance
-from streams.master_dataset import archived_positions
+from streams.master_dataset import FEEDBACK, FlushFile, archived_positions, history
 
 PASS_EVENTS = 10_000_000
 SAMPLE_EVENTS = 150_000
 DISTINCT = 0.30
 RESENT = 0.01
 SAMPLE_SHARE = 0.10
+LATE_SHARE = 0.30
 SPARK_MASTER = "local[2]"
 MAX_RATIO = 2.0
 MAX_GAP_POINTS = 0.5
@@ -45,10 +51,10 @@ from pathlib import Path
 from common.settings import BatchSettings
 from pipelines.batch.counts import split_counts
 from pipelines.batch.history import count_history
-from streams.master_dataset import archived_positions
+from streams.master_dataset import archived_cutoff
 engine, master, out, repeats, fraction, spark_master = sys.argv[1:7]
 batch = BatchSettings(master_dir=Path(master), engine=engine, spark_master=spark_master)
-cutoff = archived_positions(batch.master_dir)
+cutoff = archived_cutoff(batch.master_dir)
 start = 0.0
 if engine == "spark":
     from pipelines.batch.history_spark import spark_session
@@ -91,19 +97,57 @@ def _identical(one: Path, other: Path) -> bool:
     )
 
 
+def add_late_labels(master: Path, share: float, seed: int) -> int:
+    """Labels on the feedback topic, in the archiver's layout, for a `share` of the archived
+    queries (each its own intent: the join must leave the aggregate as it was); how many."""
+    queries = history(master).to_table(columns=["query_id", "intent", "ts", "partition"])
+    chosen = queries.filter(pa.array(np.random.default_rng(seed).random(queries.num_rows) < share))
+    partitions = chosen["partition"].to_numpy()
+    folder = master / f"{FEEDBACK.prefix}date=2026-11-01"
+    folder.mkdir(parents=True)
+    for partition in np.unique(partitions).tolist():
+        mine = chosen.filter(pa.array(partitions == partition))
+        table = pa.table(
+            {
+                "query_id": mine["query_id"],
+                "intent": mine["intent"],
+                "ts": mine["ts"],
+                "source": pa.nulls(mine.num_rows, pa.string()),
+                "partition": mine["partition"],
+                "offset": pa.array(np.arange(mine.num_rows), pa.int64()),
+            },
+            schema=FEEDBACK.schema,
+        )
+        pq.write_table(table, folder / FlushFile.name(partition, 0, mine.num_rows - 1, 1, 1))
+    return chosen.num_rows
+
+
+def _both_engines(master: Path, scratch: Path, repeats: int, labels: str) -> dict:
+    """Each engine's pass over `master` (`_pass`), their aggregates pickled as
+    `<labels>-<engine>.pkl`, and whether the two are identical."""
+    local = _pass("local", master, scratch / f"{labels}-local.pkl", repeats)
+    print(f"local engine, {labels} labels: {local['pass_seconds']}", flush=True)
+    spark = _pass("spark", master, scratch / f"{labels}-spark.pkl", repeats)
+    print(f"spark engine, {labels} labels: {spark['pass_seconds']}", flush=True)
+    identical = _identical(scratch / f"{labels}-local.pkl", scratch / f"{labels}-spark.pkl")
+    return {"local": local, "spark": spark, "identical": identical}
+
+
 def compare_engines(scratch: Path, events: int, repeats: int) -> dict:
-    """Both engines' pass over one master dataset of `events` events; medians of `repeats`."""
+    """Both engines' pass over one master dataset of `events` events, with inline labels and
+    then with late ones for a `LATE_SHARE` of the queries; medians of `repeats`."""
     examples = in_scope(("train", "val"))
     master = scratch / "engines"
     tail = tail_for(DISTINCT, events, len(examples))
     stream = write_master(master, examples, events, tail, seed=7, resent=RESENT)
     print(f"history of {events} events written: {stream}", flush=True)
-    local = _pass("local", master, scratch / "local.pkl", repeats)
-    print(f"local engine: {local['pass_seconds']}", flush=True)
-    spark = _pass("spark", master, scratch / "spark.pkl", repeats)
-    print(f"spark engine: {spark['pass_seconds']}", flush=True)
-    identical = _identical(scratch / "local.pkl", scratch / "spark.pkl")
-    local_s, spark_s = (statistics.median(r["pass_seconds"]) for r in (local, spark))
+    inline = _both_engines(master, scratch, repeats, "inline")
+    local, spark = inline["local"], inline["spark"]
+    late_labels = add_late_labels(master, LATE_SHARE, seed=7)
+    late = _both_engines(master, scratch, repeats, "late")
+    local_s, spark_s, late_local_s, late_spark_s = (
+        statistics.median(r["pass_seconds"]) for r in (local, spark, late["local"], late["spark"])
+    )
     first = spark["pass_seconds"][0] / local["pass_seconds"][0]
     lineage = spark["lineage"]
     return {
@@ -122,7 +166,15 @@ def compare_engines(scratch: Path, events: int, repeats: int) -> dict:
         "aggregate_rows": int(lineage["aggregate_rows"]),
         "aggregate_bytes": int(lineage["aggregate_bytes"]),
         "duplicates_dropped": int(lineage["duplicates_dropped"]),
-        "aggregates_identical": identical,
+        "aggregates_identical": inline["identical"],
+        "late_labels": late_labels,
+        "late_labels_joined": int(late["spark"]["lineage"]["labels_joined"]),
+        "local_late_labels_pass_seconds": round(late_local_s, 2),
+        "spark_late_labels_pass_seconds": round(late_spark_s, 2),
+        "local_late_labels_vs_inline": round(late_local_s / local_s, 3),
+        "spark_late_labels_vs_inline": round(late_spark_s / spark_s, 3),
+        "late_labels_aggregates_identical": late["identical"]
+        and _identical(scratch / "late-local.pkl", scratch / "inline-local.pkl"),
     }
 
 
@@ -152,7 +204,7 @@ def kept_figures(previous: dict) -> dict:
     return {
         key: value
         for key, value in previous.items()
-        if key.startswith(("spark_vs_local_", "engine_", "sampled_fit"))
+        if key.startswith(("spark_vs_local_", "local_late_labels_", "engine_", "sampled_fit"))
     }
 
 
@@ -169,6 +221,10 @@ def main(repeats: int, pass_events: int = PASS_EVENTS, sample_events: int = SAMP
     return {
         f"spark_vs_local_history_pass_{millions}": ratio,
         "engine_aggregates_identical": engines["aggregates_identical"],
+        f"local_late_labels_vs_inline_history_pass_{millions}": engines[
+            "local_late_labels_vs_inline"
+        ],
+        "engine_aggregates_identical_late_labels": engines["late_labels_aggregates_identical"],
         "sampled_fit_first_seen_gap_points": gap,
         "engine_goal_met": {
             "engine_aggregates_identical": engines["aggregates_identical"],

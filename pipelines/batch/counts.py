@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from models.registry import encode_offsets
 from models.texts import in_holdout, text_keys
+from streams.master_dataset import Cutoff
 
 # Counts held per batch are merged once they outgrow twice the merged table plus this many rows.
 _MERGE_SLACK = 100_000
@@ -135,27 +136,66 @@ class HistorySplit:
         return self.holdout_texts, self.holdout_intents, self.holdout_weights
 
 
-def content_hash(names: list[str], cutoff: dict[int, int]) -> str:
-    """Archived files are immutable and named by offset range, so their names and the cut-off
-    identify the training data exactly."""
-    digest = hashlib.sha256(encode_offsets(cutoff).encode())
+def content_hash(names: list[str], label_names: list[str], cutoff: Cutoff) -> str:
+    """Archived files are immutable and named by offset range, so their names (queries' and
+    labels') and the cut-off identify the training data exactly. A history without labels of
+    the feedback topic hashes as it did before that topic was archived."""
+    digest = hashlib.sha256(encode_offsets(cutoff.queries).encode())
     for name in sorted(Path(p).name for p in names):
         digest.update(name.encode())
+    if label_names or cutoff.feedback:
+        digest.update(b"\0" + encode_offsets(cutoff.feedback).encode())
+        for name in sorted(Path(p).name for p in label_names):
+            digest.update(b"feedback/" + name.encode())
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class PassTotals:
+    """What a pass found, the same on every engine: `queries` distinct query ids (their
+    `duplicates_dropped` repeats left out), of which `labels_inline` are labelled by their own
+    intent and `labels_joined` by the last label of the feedback topic; `labels_superseded`
+    labels that a later one replaced (an inline one, or an earlier one of the topic),
+    `labels_without_query` labels of the topic whose query id has no query, and the time span
+    of the labelled queries.
+    """
+
+    queries: int
+    duplicates_dropped: int
+    labels_inline: int
+    labels_joined: int
+    labels_superseded: int
+    labels_without_query: int
+    feedback_labels: int
+    ts_min: str
+    ts_max: str
+
+    @property
+    def rows(self) -> int:
+        """The labelled queries: the events counted into examples."""
+        return self.labels_inline + self.labels_joined
+
+
 def pass_lineage(
-    rows: int, dropped: int, ts_min: str, ts_max: str, names: list[str], cutoff: dict[int, int]
+    totals: PassTotals, names: list[str], label_names: list[str], cutoff: Cutoff
 ) -> dict[str, str]:
-    """The lineage every engine records of its pass: the events counted, the repeats dropped,
-    their time span, the cut-off and the content hash of the files (`content_hash`)."""
+    """The lineage every engine records of its pass: its totals (`PassTotals`), the cut-off of
+    both topics and the content hash of the files (`content_hash`)."""
     return {
-        "rows": str(rows),
-        "duplicates_dropped": str(dropped),
-        "ts_min": ts_min,
-        "ts_max": ts_max,
-        "cutoff_offsets": encode_offsets(cutoff),
-        "content_hash": content_hash(names, cutoff),
+        "rows": str(totals.rows),
+        "duplicates_dropped": str(totals.duplicates_dropped),
+        "ts_min": totals.ts_min,
+        "ts_max": totals.ts_max,
+        "queries": str(totals.queries),
+        "queries_without_label": str(totals.queries - totals.rows),
+        "labels_inline": str(totals.labels_inline),
+        "labels_joined": str(totals.labels_joined),
+        "labels_superseded": str(totals.labels_superseded),
+        "labels_without_query": str(totals.labels_without_query),
+        "feedback_labels": str(totals.feedback_labels),
+        "cutoff_offsets": encode_offsets(cutoff.queries),
+        "cutoff_feedback_offsets": encode_offsets(cutoff.feedback),
+        "content_hash": content_hash(names, label_names, cutoff),
     }
 
 

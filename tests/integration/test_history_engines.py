@@ -1,10 +1,13 @@
 """The two engines of the history pass on the same master dataset, with Spark running for real
 in local mode on this machine's Java: the same distinct rows with the same counts, the same
-lineage and the same holdout; a retrain on Spark registers and meets the promotion gate like
-any other; and the spark engine reads a master dataset on S3 in place, through s3a."""
+lineage and the same holdout; labels of the feedback topic joined to their queries by the same
+rule (inline labels, late ones, second ones, labels without a query, queries without a label,
+repeated query ids); a retrain on Spark registers and meets the promotion gate like any other;
+and the spark engine reads a master dataset on S3 in place, through s3a."""
 
 import random
 import uuid
+import zlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -21,8 +24,9 @@ from pipelines.batch.retrain import retrain
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
-from streams.master_dataset import archived_positions
-from streams.schema import QueryEvent
+from streams.master_dataset import FEEDBACK, Cutoff, archived_cutoff, archived_positions
+from streams.master_dataset import write_flush as archive
+from streams.schema import FeedbackEvent, QueryEvent
 from tests.integration.cli_processes import cli_env, run_to_end, storage_env
 
 pytestmark = pytest.mark.integration
@@ -145,6 +149,221 @@ def test_the_spark_engine_finds_nothing_before_the_first_offset(master):
     root, _, _ = master
     with pytest.raises(NoData):
         count_history_spark(root, {0: 0, 1: 0}, None, SPARK, {})
+
+
+def local_and_spark(root, cutoff):
+    """Both engines' counts of `root` up to `cutoff`, checked identical (rows, counts and every
+    lineage figure but the engine's own); the local engine's."""
+    local = count_history_local(root, cutoff)
+    spark = count_history_spark(root, cutoff, None, SPARK, {})
+    assert local.texts == spark.texts and local.intents == spark.intents
+    assert np.array_equal(local.counts, spark.counts)
+    own = {"engine", "spark_master", "spark_application_id", "aggregate_bytes"}
+    assert {k: v for k, v in spark.lineage.items() if k not in own} == {
+        k: v for k, v in local.lineage.items() if k != "engine"
+    }
+    return local
+
+
+def archive_at(root, partition, first, events):
+    """`events` (QueryEvent or FeedbackEvent) as one flush of `partition` from offset `first`."""
+    topic = {"topic": FEEDBACK} if isinstance(events[0], FeedbackEvent) else {}
+    located = [Consumed(e, partition, first + n) for n, e in enumerate(events)]
+    archive(root, partition, first, first + len(events) - 1, located, **topic)
+
+
+def test_labels_join_their_queries_by_the_same_rule_on_both_engines(tmp_path):
+    """Every case of the join, by hand: the counted rows and each lineage figure."""
+    ts = datetime(2026, 11, 2, 9, tzinfo=UTC)
+
+    def query(query_id, text, intent=None, minutes=0):
+        return QueryEvent(
+            query_id=query_id, ts=ts + timedelta(minutes=minutes), text=text, intent=intent
+        )
+
+    def label(query_id, intent):
+        return FeedbackEvent(query_id=query_id, intent=intent, ts=ts, source="test")
+
+    archive_at(
+        tmp_path,
+        0,
+        0,
+        [
+            query("inline", "wake me at six", "alarm", minutes=1),
+            query("late", "what is the weather", minutes=2),
+            query("relabelled", "play jazz", "weather", minutes=3),
+            query("twice", "set a timer", minutes=4),
+            query("unlabelled", "hello there", minutes=5),
+            query("late", "what is the weather", "alarm", minutes=6),  # a repeat: dropped
+            query("beyond", "cut off", "alarm", minutes=7),  # past the queries' cut-off
+        ],
+    )
+    archive_at(tmp_path, 1, 0, [query("resent", "turn on the lights", minutes=8)])
+    archive_at(
+        tmp_path,
+        0,
+        0,
+        [
+            label("late", "weather"),
+            label("relabelled", "music"),
+            label("twice", "alarm"),
+            label("never-asked", "music"),  # no such query
+            label("twice", "timer"),  # the second label wins
+            label("beyond", "music"),  # its query is past the cut-off
+            label("inline", "music"),  # past the feedback cut-off
+        ],
+    )
+    archive_at(tmp_path, 1, 0, [label("resent", "lights")])
+    archive_at(tmp_path, 2, 0, [query("resent", "turn on the lights", "alarm")])  # a repeat
+    cutoff = Cutoff(queries={0: 6, 1: 1, 2: 1}, feedback={0: 6, 1: 1})
+
+    counts = local_and_spark(tmp_path, cutoff)
+
+    assert list(zip(counts.texts, counts.intents, counts.counts.tolist(), strict=True)) == [
+        ("play jazz", "music", 1.0),
+        ("set a timer", "timer", 1.0),
+        ("turn on the lights", "lights", 1.0),
+        ("wake me at six", "alarm", 1.0),
+        ("what is the weather", "weather", 1.0),
+    ]
+    figures = {
+        k: counts.lineage[k]
+        for k in (
+            "queries",
+            "duplicates_dropped",
+            "rows",
+            "queries_without_label",
+            "labels_inline",
+            "labels_joined",
+            "labels_superseded",
+            "labels_without_query",
+            "feedback_labels",
+            "ts_min",
+            "ts_max",
+            "cutoff_offsets",
+            "cutoff_feedback_offsets",
+        )
+    }
+    assert figures == {
+        "queries": "6",
+        "duplicates_dropped": "2",
+        "rows": "5",
+        "queries_without_label": "1",
+        "labels_inline": "1",
+        "labels_joined": "4",
+        "labels_superseded": "2",  # relabelled's inline label, twice's first label
+        "labels_without_query": "2",  # never-asked, and beyond (its query is past the cut-off)
+        "feedback_labels": "7",
+        "ts_min": "2026-11-02T09:01:00+00:00",
+        "ts_max": "2026-11-02T09:08:00+00:00",
+        "cutoff_offsets": '{"0": 6, "1": 1, "2": 1}',
+        "cutoff_feedback_offsets": '{"0": 6, "1": 1}',
+    }
+    # A cut-off of queries offsets alone (a record made before labels had a topic): inline only.
+    inline_only = local_and_spark(tmp_path, cutoff.queries)
+    assert list(zip(inline_only.texts, inline_only.intents, strict=True)) == [
+        ("play jazz", "weather"),
+        ("wake me at six", "alarm"),
+    ]
+    assert inline_only.lineage["feedback_labels"] == "0"
+    assert inline_only.lineage["queries_without_label"] == "4"
+
+
+def late_labels(events, share: float, seed: int):
+    """Labels for `events` (query id, text, intent): for a `share` of the query ids, one or two
+    labels (the second one another intent), and labels for query ids that were never asked."""
+    rng = random.Random(seed)
+    intents = sorted({intent for _, _, intent in events if intent})
+    made = []
+    for query_id in sorted({query_id for query_id, _, _ in events}):
+        if rng.random() < share:
+            made.append((query_id, rng.choice(intents)))
+            if rng.random() < 0.2:
+                made.append((query_id, rng.choice(intents)))
+        if rng.random() < 0.03:
+            made.append((f"never-{query_id}", rng.choice(intents)))
+    rng.shuffle(made)
+    return made
+
+
+def expected_join(queries, labels) -> tuple[Counter, dict[str, int]]:
+    """What both engines must count, worked out directly from the join rule: `queries` as
+    (partition, offset, query id, text, intent) and `labels` as (partition, offset, query id,
+    intent) below the cut-off."""
+    first: dict[str, tuple[str, str | None]] = {}
+    for _, _, query_id, text, intent in sorted(queries):
+        first.setdefault(query_id, (text, intent))
+    last: dict[str, str] = {}
+    for _, _, query_id, intent in sorted(labels):
+        last[query_id] = intent
+    counts: Counter = Counter()
+    for query_id, (text, intent) in first.items():
+        if query_id in last or intent is not None:
+            counts[(text, last.get(query_id, intent))] += 1
+    of_a_query = sum(query_id in first for _, _, query_id, _ in labels)
+    replaced_inline = sum(first[q][1] is not None for q in last if q in first)
+    joined = sum(q in first for q in last)
+    figures = {
+        "queries": len(first),
+        "duplicates_dropped": len(queries) - len(first),
+        "rows": sum(counts.values()),
+        "labels_joined": joined,
+        "labels_inline": sum(i is not None for _, i in first.values()) - replaced_inline,
+        "labels_superseded": of_a_query - joined + replaced_inline,
+        "labels_without_query": len(labels) - of_a_query,
+    }
+    return counts, figures
+
+
+def test_late_labels_of_a_stream_are_joined_alike_by_both_engines(tmp_path):
+    """A stream whose queries are labelled inline, late, twice, or never, with repeats and
+    labels for queries never asked, archived in several flushes, read up to a cut-off that
+    leaves out the last flush of a partition of each topic."""
+    rows = labelled_rows(intents=8, per_intent=30)
+    events = stream(rows, 900, seed=11)
+    events = [(q, t, i if n % 3 else None) for n, (q, t, i) in enumerate(events)]  # a third late
+    ends = archive_events(tmp_path, events, {p: 0 for p in range(PARTITIONS)}, flushes=3)
+    partition_of = {q: n % PARTITIONS for n, (q, _, _) in enumerate(events)}
+    labels = late_labels(events, share=0.5, seed=12)
+    label_ends = {p: 0 for p in range(PARTITIONS)}
+    archived_labels = []
+    for partition in range(PARTITIONS):
+        mine = [
+            (q, i)
+            for q, i in labels
+            if partition_of.get(q, zlib.crc32(q.encode()) % PARTITIONS) == partition
+        ]
+        for chunk in (mine[: len(mine) // 2], mine[len(mine) // 2 :]):
+            first = label_ends[partition]
+            archive_at(
+                tmp_path,
+                partition,
+                first,
+                [
+                    FeedbackEvent(query_id=q, intent=i, ts=datetime(2026, 11, 5, tzinfo=UTC))
+                    for q, i in chunk
+                ],
+            )
+            archived_labels += [(partition, first + n, q, i) for n, (q, i) in enumerate(chunk)]
+            label_ends[partition] = first + len(chunk)
+    assert archived_cutoff(tmp_path) == Cutoff(ends, label_ends)
+    cutoff = Cutoff(queries=ends | {0: ends[0] - 50}, feedback=label_ends | {1: label_ends[1] // 2})
+    queries = [
+        (n % PARTITIONS, n // PARTITIONS, q, t, i)
+        for n, (q, t, i) in enumerate(events)
+        if n // PARTITIONS < cutoff.queries[n % PARTITIONS]
+    ]
+    below = [x for x in archived_labels if x[1] < cutoff.feedback[x[0]]]
+    expected, figures = expected_join(queries, below)
+
+    counts = local_and_spark(tmp_path, cutoff)
+
+    pairs = zip(counts.texts, counts.intents, strict=True)
+    assert dict(zip(pairs, counts.counts.tolist(), strict=True)) == expected
+    assert {k: int(counts.lineage[k]) for k in figures} == figures
+    assert all(figures[k] > 0 for k in figures)  # every case of the join occurred
+    assert int(counts.lineage["feedback_labels"]) == len(below)
+    assert int(counts.lineage["queries_without_label"]) == figures["queries"] - figures["rows"]
 
 
 def settings_for(uri: str) -> MlflowSettings:

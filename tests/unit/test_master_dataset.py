@@ -1,4 +1,5 @@
-"""The master dataset: exactly-once by file names, incomplete flushes removed, cut-off reads."""
+"""The master dataset: exactly-once by file names, incomplete flushes removed, cut-off reads,
+and the feedback topic's labels archived beside the queries."""
 
 import threading
 from datetime import UTC, datetime
@@ -7,8 +8,20 @@ from common.settings import ArchiveSettings
 from common.storage import LocalStorage, StorageError
 from streams.archiver import Archiver, recover, write_flush
 from streams.consumer import Consumed
-from streams.master_dataset import FlushFile, archived_positions, history
-from streams.schema import QueryEvent
+from streams.master_dataset import (
+    FEEDBACK,
+    FEEDBACK_SCHEMA,
+    Cutoff,
+    FlushFile,
+    archived_cutoff,
+    archived_positions,
+    feedback_history,
+    footprint,
+    history,
+    scan,
+)
+from streams.master_dataset import write_flush as archive
+from streams.schema import FeedbackEvent, QueryEvent
 
 
 def consumed(partition, offset, day=1, intent="alarm"):
@@ -77,6 +90,7 @@ class FlakyStorage(LocalStorage):
 class FakeReader:
     def __init__(self, events):
         self.positions = {}
+        self.feedback_positions = {}
         self.pending = list(events)
         self.commits = []
 
@@ -86,7 +100,7 @@ class FakeReader:
             self.positions[c.partition] = c.offset + 1
         return batch
 
-    def commit(self, positions):
+    def commit(self, positions, feedback_positions=None):
         self.commits.append(dict(positions))
 
     def flush_dead_letters(self):
@@ -133,3 +147,67 @@ def test_a_flush_stopped_during_an_outage_commits_only_what_was_written(tmp_path
     assert archiver.flush(stop) is False
     assert reader.commits == [{}] and archiver.archived == 0
     assert archived_positions(tmp_path) == {}
+
+
+def label(partition, offset, query_id, intent="alarm", day=1):
+    event = FeedbackEvent(
+        query_id=query_id, intent=intent, ts=datetime(2026, 1, day, 13, tzinfo=UTC), source="app"
+    )
+    return Consumed(event, partition, offset)
+
+
+def test_labels_are_archived_beside_the_queries_with_positions_of_their_own(tmp_path):
+    write_flush(tmp_path, 0, 0, 9, [consumed(0, o) for o in range(10)])
+    labels = [label(0, o, f"q0-{o}", day=1 + o % 2) for o in range(4)]
+    assert archive_labels(tmp_path, 0, 0, 3, labels) == (2, sum_sizes(tmp_path / "feedback"))
+    archive_labels(tmp_path, 1, 0, 1, [label(1, 0, "q-unknown"), label(1, 1, "q0-1", "timer")])
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet"))
+    assert names == [
+        "date=2026-01-01/p000_o000000000000-000000000009_1of1.parquet",
+        "feedback/date=2026-01-01/p000_o000000000000-000000000003_1of2.parquet",
+        "feedback/date=2026-01-01/p001_o000000000000-000000000001_1of1.parquet",
+        "feedback/date=2026-01-02/p000_o000000000000-000000000003_2of2.parquet",
+    ]
+    assert archived_positions(tmp_path) == {0: 10}
+    assert archived_positions(tmp_path, topic=FEEDBACK) == {0: 4, 1: 2}
+    assert archived_cutoff(tmp_path) == Cutoff(queries={0: 10}, feedback={0: 4, 1: 2})
+    assert history(tmp_path).count_rows() == 10  # the queries only
+    table = feedback_history(tmp_path).to_table().sort_by([("partition", "ascending")])
+    assert table.schema == FEEDBACK_SCHEMA and table.num_rows == 6
+    assert table.slice(4).to_pylist()[1] == {
+        "query_id": "q0-1",
+        "intent": "timer",
+        "ts": datetime(2026, 1, 1, 13, tzinfo=UTC),
+        "source": "app",
+        "partition": 1,
+        "offset": 1,
+    }
+    assert footprint(tmp_path)[0] == 4
+
+
+def test_labels_are_read_up_to_the_feedback_offsets_of_a_cutoff(tmp_path):
+    archive_labels(tmp_path, 0, 0, 9, [label(0, o, f"q{o}") for o in range(10)])
+    archive_labels(tmp_path, 1, 0, 9, [label(1, o, f"r{o}") for o in range(10)])
+    cutoff = Cutoff(queries={0: 100}, feedback={0: 3, 1: 10})
+    assert feedback_history(tmp_path, cutoff).count_rows() == 13
+    assert history(tmp_path, cutoff).count_rows() == 0
+    # A cut-off recorded as queries offsets alone (before labels had a topic) reads no label.
+    assert feedback_history(tmp_path, {0: 100, 1: 100}).count_rows() == 0
+    assert feedback_history(tmp_path).count_rows() == 20
+
+
+def test_an_incomplete_flush_of_labels_is_not_read_and_does_not_count(tmp_path):
+    archive_labels(tmp_path, 0, 0, 4, [label(0, o, f"q{o}", day=1 + o % 2) for o in range(5)])
+    next(tmp_path.glob("feedback/date=2026-01-02/*_2of2.parquet")).unlink()
+    positions, incomplete = scan(tmp_path, topic=FEEDBACK)
+    assert positions == {} and [f.part for f in incomplete] == [1]
+    assert feedback_history(tmp_path).count_rows() == 0
+    assert scan(tmp_path) == ({}, [])  # the queries' files are apart
+
+
+def archive_labels(root, partition, first, last, labels):
+    return archive(root, partition, first, last, labels, topic=FEEDBACK)
+
+
+def sum_sizes(folder):
+    return sum(f.stat().st_size for f in folder.rglob("*.parquet"))
