@@ -5,12 +5,16 @@ registered version, so the speed layer knows exactly which events the new model 
 The holdout is split by a hash of the normalised text, so no text sits on both sides and every
 version's holdout shares no text with any version's training data. The alias `champion` moves
 only if the new version passes the gate of `pipelines.batch.promotion` against the current champion
-on that holdout; otherwise it gets `challenger`. A run with nothing archived since the cut-off
-of the champion (or the challenger) registers nothing.
+on that holdout; otherwise it gets `challenger`. A run whose history and model are both those of
+the champion (or the challenger), nothing archived since its cut-off and the same model spec,
+registers nothing unless forced; another model, or other parameters, on the same history is
+something new, and goes through the gate like new data does.
 
 The model is the one `BatchSettings.model` and `model_params` choose (`BATCH_MODEL`,
 `BATCH_MODEL_PARAMS`), made ready by `models.batch.recipe.prepare_batch_model`. It is
-registered as a pyfunc model that loads without this repository (`models.pyfunc_model`).
+registered as a pyfunc model that loads without this repository (`models.pyfunc_model`), its
+spec tagged on the version. The run logs the training rows and the holdout as MLflow datasets
+("history" and "holdout"), which the tracking UI shows beside each run.
 
 The pass over the history runs on the engine `BatchSettings.engine` names
 (`pipelines.batch.history`: in this process, or as a Spark job); the run records the engine and,
@@ -18,20 +22,24 @@ when the training rows were too many for the fit, the sample it took
 (`pipelines.batch.training_sample`).
 """
 
+import hashlib
 import json
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from common.settings import BatchSettings, MlflowSettings, StorageSettings
+from common.storage import Location
 from models.batch.distinct_rows import DistinctRowsClassifier
 from models.batch.recipe import fit_on_counts, prepare_batch_model, vocabulary_size
 from models.model_spec import ModelSpec
@@ -40,15 +48,17 @@ from models.registry import (
     CHALLENGER,
     CHAMPION,
     CUTOFF_TAG,
+    MODEL_SPEC_TAG,
     TOPIC_TAG,
     TRAINING_TEXTS_ARTIFACT,
     ChampionInfo,
     ChampionModel,
+    alias_version,
     encode_offsets,
-    fetch_alias,
     fetch_champion,
     fluent_mlflow,
     load_champion,
+    trained_alike,
 )
 from pipelines.batch.counts import HistorySplit, NoData, split_counts
 from pipelines.batch.history import count_history
@@ -110,18 +120,22 @@ def _gate(
 
 
 class NothingNew(RuntimeError):
-    """Nothing has been archived since the cut-off of a registered version: a run would only
-    register the same model again."""
+    """Nothing has been archived since the cut-off of a registered version, whose model has the
+    same spec: a run would only register the same model again."""
 
 
-def _refuse_if_nothing_new(client: MlflowClient, name: str, cutoff: dict[int, int]) -> None:
-    """Raise `NothingNew` if a registered version (champion or challenger) already covers
-    exactly `cutoff`: registering again would only repeat it."""
+def _refuse_if_nothing_new(
+    client: MlflowClient, name: str, cutoff: dict[int, int], spec: ModelSpec
+) -> None:
+    """Raise `NothingNew` if a registered version (champion or challenger) was already trained
+    on exactly `cutoff` by the model `spec` builds: registering again would only repeat it."""
     for alias in (CHAMPION, CHALLENGER):
-        info = fetch_alias(client, name, alias)
-        if info is not None and info.cutoff_offsets == cutoff:
-            covered = f"{alias} version {info.version}"
-            raise NothingNew(f"nothing archived since the cut-off of {covered}: nothing registered")
+        version = alias_version(client, name, alias)
+        if version is not None and trained_alike(version.tags, cutoff, spec):
+            raise NothingNew(
+                f"nothing archived since the cut-off of {alias} version {version.version}, "
+                f"which has the same model ({spec.describe()}): nothing registered"
+            )
 
 
 def retrain(
@@ -131,10 +145,11 @@ def retrain(
     label_shuffle_seed: int | None = None,
     on_stage: Callable[[str], None] = lambda stage: None,
     storage: StorageSettings | None = None,
+    force: bool = False,
 ) -> RetrainResult:
     """One batch run, tracked and registered; raises on failure with the champion untouched,
-    and `NothingNew` (registering nothing) when the history has not grown since the cut-off of
-    the champion or the challenger.
+    and `NothingNew` (registering nothing) when the champion or the challenger was trained on
+    this very history by this very model spec, unless `force`.
 
     The model is built from `batch.model` and `batch.model_params`; a spec that cannot be
     built (`models.model_spec.ModelSpecError`) or a model that breaks the batch contract
@@ -151,7 +166,8 @@ def retrain(
     with stages.run("read"):
         client = tracking_client(tracking)
         cutoff = archived_positions(batch.master_dir, storage)
-        _refuse_if_nothing_new(client, name, cutoff)
+        if not force:
+            _refuse_if_nothing_new(client, name, cutoff, spec)
         split = _read_training_history(batch, cutoff, storage)
         intents = _training_intents(split, label_shuffle_seed)
     with stages.run("fit"):
@@ -164,7 +180,7 @@ def retrain(
         evaluation = HoldoutEvaluation(predicted, scores, champion_scores, compared, verdict)
     with stages.run("log", timed_as="mlflow"):
         run_id, version = _log_run(client, tracking, split, model, evaluation, asked, notes)
-        alias = _register(client, name, version, cutoff, topic, split, evaluation)
+        alias = _register(client, name, version, cutoff, asked, split, evaluation)
     log.info("version %s (%s): %s", version, alias, verdict.reason)
     return RetrainResult(
         run_id,
@@ -235,13 +251,13 @@ def _register(
     name: str,
     version: str,
     cutoff: dict[int, int],
-    topic: str,
+    asked: "_Request",
     split: HistorySplit,
     evaluation: HoldoutEvaluation,
 ) -> str:
     """Tag the new version and give it its alias: `champion` if it passed the gate, else
     `challenger`; returns the alias. Serving and the speed layer follow `champion`."""
-    _tag_version(client, name, version, cutoff, topic, split, evaluation.scores)
+    _tag_version(client, name, version, cutoff, asked, split, evaluation.scores)
     alias = CHAMPION if evaluation.verdict.promote else CHALLENGER
     client.set_registered_model_alias(name, alias, version)
     return alias
@@ -320,6 +336,7 @@ def _log_run(
     ):
         lineage = {f"lineage.{k}": v for k, v in split.lineage.items()}
         mlflow.set_tags(lineage | {"topic": asked.topic})
+        _log_datasets(split, asked.batch.master_dir)
         mlflow.log_params(asked.params() | estimator_params(model))
         if notes:
             mlflow.set_tag("model.notes", "; ".join(notes))
@@ -333,6 +350,50 @@ def _log_run(
         outcome = "champion" if verdict.promote else "challenger"
         mlflow.set_tag("promotion", f"{outcome}: {verdict.reason}")
         return run.info.run_id, version
+
+
+def rows_digest(texts: list[str], intents: list[str], counts: np.ndarray) -> str:
+    """A short digest of distinct (text, intent, count) rows, the same for the same rows in the
+    same order: how MLflow tells one dataset from another.
+
+    >>> twice, thrice = np.array([2.0]), np.array([3.0])
+    >>> rows_digest(["hi"], ["greet"], twice) == rows_digest(["hi"], ["greet"], thrice)
+    False
+    """
+    digest = hashlib.sha256()
+    for column in (texts, intents):
+        digest.update("\n".join(column).encode())
+        digest.update(b"\0")
+    digest.update(np.asarray(counts, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _log_datasets(split: HistorySplit, master: Location) -> None:
+    """The training rows ("history", context "training") and the holdout ("holdout", context
+    "evaluation") as MLflow datasets of the active run: each a table of distinct (text, intent,
+    count) rows with its digest (`rows_digest`), its source the master dataset. MLflow keeps
+    their name, digest, schema and size, not the rows."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    source = str(master) if "://" in str(master) else str(Path(master).resolve())
+    tables = (
+        ("history", "training", (split.texts, split.intents, split.weights)),
+        ("holdout", "evaluation", split.holdout),
+    )
+    for name, context, (texts, intents, counts) in tables:
+        frame = pd.DataFrame({"text": texts, "intent": intents, "count": counts})
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice, then warns that a path is ambiguous.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be")
+            dataset = from_pandas(
+                frame,
+                source,
+                targets="intent",
+                name=name,
+                digest=rows_digest(texts, intents, counts),
+            )
+        mlflow.log_input(dataset, context=context)
 
 
 def _log_artifacts(split: HistorySplit, predicted: list[str]) -> None:
@@ -362,13 +423,15 @@ def _tag_version(
     name: str,
     version: str,
     cutoff: dict[int, int],
-    topic: str,
+    asked: _Request,
     split: HistorySplit,
     scores: HoldoutScores,
 ) -> None:
-    """The facts the speed layer and serving read off a version without opening its run."""
+    """The facts the speed layer, serving and the next retrain read off a version without
+    opening its run."""
     client.set_model_version_tag(name, version, CUTOFF_TAG, encode_offsets(cutoff))
-    client.set_model_version_tag(name, version, TOPIC_TAG, topic)
+    client.set_model_version_tag(name, version, TOPIC_TAG, asked.topic)
+    client.set_model_version_tag(name, version, MODEL_SPEC_TAG, asked.spec.as_json())
     client.set_model_version_tag(name, version, "content_hash", split.lineage["content_hash"])
     accuracy = f"{scores.first_seen_accuracy:.4f}"
     client.set_model_version_tag(name, version, "holdout_first_seen_accuracy", accuracy)

@@ -2,9 +2,9 @@
 code a scheduler can act on, and that outcome kept in the registry for `lambda-ml status`.
 
 Exit codes: 0, a version was registered (champion or challenger, the outcome says which and
-why); 99, nothing was archived since the cut-off of the champion or the challenger and nothing
-was registered (Airflow's BashOperator marks the task skipped); 1, the run failed or another run
-held the lock.
+why); 99, the champion or the challenger was trained on this very history by this very model
+(nothing archived since its cut-off, the same model spec) and nothing was registered (Airflow's
+BashOperator marks the task skipped); 1, the run failed or another run held the lock.
 """
 
 import json

@@ -377,18 +377,27 @@ def retrain(
             "instead of failing at once."
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Train and register even when the champion or the challenger was trained on "
+            "this history by this model."
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the outcome as one JSON object.")
     ] = False,
 ) -> None:
     """One batch run: history -> train -> evaluate -> MLflow run -> registry -> promotion gate.
 
-    Exits 0 when it registered a version (champion or challenger), 99 when nothing was archived
-    since the cut-off of the champion or the challenger (nothing registered), 1 when it failed
-    or another run held the lock.
+    Exits 0 when it registered a version (champion or challenger), 99 when the champion or the
+    challenger was trained on this very history by this very model (nothing archived since its
+    cut-off, the same model spec: nothing registered), 1 when it failed or another run held the
+    lock. Another model or other parameters on the same history are new: they go to the gate.
     """
     from pipelines.batch.retrain import retrain as run_retrain
     from pipelines.batch.retrain_task import retrain_task
+    from pipelines.tracking import experiment_id, runs_page, tracking_client
 
     tree = _with_models(batch_model=batch_model, batch_params=batch_model_params)
     if engine is not None:
@@ -410,6 +419,7 @@ def retrain(
             label_shuffle_seed=shuffle_labels,
             on_stage=announce,
             storage=tree.storage,
+            force=force,
         ),
         tree.mlflow,
         tree.batch.lock_path,
@@ -427,6 +437,8 @@ def retrain(
             f"{scores['distinct_texts']:.0f} texts, macro-F1 {scores['macro_f1']:.4f}; "
             f"{outcome.reason}; {seconds['total']:.1f}s"
         )
+        experiment = experiment_id(tracking_client(tree.mlflow), tree.mlflow.experiment)
+        console.print(f"runs: {runs_page(tree.mlflow.uri, experiment)}")
     elif outcome.kind == "skipped":
         console.print(f"[yellow]skipped:[/yellow] {outcome.reason}")
     else:

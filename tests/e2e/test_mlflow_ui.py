@@ -2,8 +2,10 @@
 
 A retrain runs against the project's real MLflow server (SQLite store, served artifacts); the
 server is then stopped and started again on the same store, and headless Chromium renders the
-UI. MLflow's UI is a React single-page app, so the page is checked on the DOM Chromium
-serialises after the app has fetched and rendered (`--dump-dom` with a virtual-time budget:
+UI: the experiment from the link the project gives (`pipelines.tracking.runs_page`), which opens
+on the training runs, each with the datasets it was trained and judged on, then the registry.
+MLflow's UI is a React single-page app, so the page is checked on the DOM Chromium serialises
+after the app has fetched and rendered (`--dump-dom` with a virtual-time budget:
 virtual time stands still while fetches are pending, so the budget is reached only once the
 page is idle). The screenshots go to reports/screenshots/.
 
@@ -33,7 +35,7 @@ from common.settings import BatchSettings, MlflowSettings
 from models.registry import CHAMPION, fetch_champion
 from pipelines.batch.retrain import RetrainResult, retrain
 from pipelines.provenance import PROJECT_ROOT
-from pipelines.tracking import tracking_client
+from pipelines.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, runs_page, tracking_client
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
@@ -327,18 +329,30 @@ def test_the_ui_shows_the_experiment_its_runs_and_the_champion(chromium: str, tr
     assert champion.run_id == result.run_id
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
+    client = tracking_client(settings)
+    experiment = client.get_experiment(tracked.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    inputs = client.get_run(result.run_id).inputs.dataset_inputs
+    digests = {i.dataset.name: i.dataset.digest for i in inputs}
+
     runs = render(
         chromium,
-        f"{settings.uri}/#/experiments/{tracked.experiment_id}/runs",
+        runs_page(settings.uri, tracked.experiment_id),
         SCREENSHOTS / "mlflow-experiment.png",
         ready=[RUN_NAME],
     )
+    # The training runs, not the GenAI overview (traces, tokens) MLflow 3 opens by default.
     assert runs.title.startswith("Runs"), runs.excerpt()
+    assert "Token Usage" not in runs.text, runs.excerpt()
     assert EXPERIMENT in runs.text, runs.excerpt()
     assert "1 matching run" in runs.text, runs.excerpt()
     assert [key for key, row in runs.rows.items() if RUN_NAME in row] == [result.run_id], runs.rows
-    # the run's row links it to the version it registered (the "Models" column)
-    assert f"{MODEL} v{result.version}" in runs.rows[result.run_id], runs.rows[result.run_id]
+    row = runs.rows[result.run_id]
+    # the run's row links it to the version it registered (the "Models" column), and shows
+    # what it was trained and judged on (the "Dataset" column)
+    assert f"{MODEL} v{result.version}" in row, row
+    assert f"history ({digests['history']}) training" in row, row
+    assert f"holdout ({digests['holdout']}) evaluation" in row, row
 
     model = render(
         chromium,

@@ -2,9 +2,10 @@
 
 After a retrain registers a champion, a fresh virtual environment gets only the requirements
 MLflow recorded with the model, and runs in a temporary folder with a clean environment (no
-PYTHONPATH, not the repository's venv): there `mlflow.pyfunc.load_model` predicts, and
-`mlflow models serve` answers, with one probability per intent. The project's `models` package
-comes from the model's own `code_paths` copy, which is what this proves.
+PYTHONPATH, not the repository's venv): there `mlflow.pyfunc.load_model` predicts, for a plain
+list of texts as for a DataFrame or a dict of columns, and `mlflow models serve` answers, with
+one probability per intent. The project's `models` package comes from the model's own
+`code_paths` copy, which is what this proves.
 """
 
 import json
@@ -144,7 +145,9 @@ LOAD_AND_PREDICT = textwrap.dedent(
     import pandas as pd
 
     model = mlflow.pyfunc.load_model(sys.argv[1])
-    answer = model.predict(pd.DataFrame({"text": json.loads(sys.argv[2])}))
+    texts = json.loads(sys.argv[2])
+    answer = model.predict(pd.DataFrame({"text": texts}))
+    others = {"list": model.predict(texts), "dict": model.predict({"text": texts})}
     import models
     print(json.dumps({
         "repository_seen": seen,
@@ -153,6 +156,7 @@ LOAD_AND_PREDICT = textwrap.dedent(
         "row_sums": answer.sum(axis=1).tolist(),
         "rows": len(answer),
         "top": answer.idxmax(axis=1).tolist(),
+        "same_for": sorted(shape for shape, other in others.items() if other.equals(answer)),
     }))
     """
 )
@@ -175,6 +179,7 @@ def test_pyfunc_load_model_predicts_in_a_fresh_venv(fresh_venv, registered):
     assert answer["rows"] == len(TEXTS)
     assert all(abs(total - 1.0) < 1e-6 for total in answer["row_sums"]), answer["row_sums"]
     assert answer["top"][0] == "alarm"
+    assert answer["same_for"] == ["dict", "list"]  # a plain list of texts passes the schema
 
 
 def test_mlflow_models_serve_answers_in_a_fresh_venv(fresh_venv, registered):
@@ -206,13 +211,19 @@ def test_mlflow_models_serve_answers_in_a_fresh_venv(fresh_venv, registered):
         server.wait_ready(timeout_s=180)
         with httpx.Client(base_url=server.url, trust_env=False, timeout=60) as client:
             split = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
-            inputs = {"inputs": {"text": TEXTS[:1]}}
-            answers = [client.post("/invocations", json=body) for body in (split, inputs)]
+            bodies = [
+                split,
+                {"dataframe_records": [{"text": text} for text in TEXTS]},
+                {"inputs": TEXTS},  # a plain list of texts
+                {"instances": TEXTS},
+            ]
+            answers = [client.post("/invocations", json=body) for body in bodies]
     for response in answers:
         assert response.status_code == 200, (response.text, server.log_tail())
     split_rows = answers[0].json()["predictions"]
     assert len(split_rows) == len(TEXTS)
-    for row in split_rows + answers[1].json()["predictions"]:
+    assert all(answer.json()["predictions"] == split_rows for answer in answers[1:])
+    for row in split_rows:
         assert sorted(row) == registered.intents
         assert abs(sum(row.values()) - 1.0) < 1e-6
     assert max(split_rows[0], key=split_rows[0].get) == "alarm"

@@ -1,6 +1,7 @@
 """The batch layer against the real MLflow server: lineage, promotion gate, failures, the lock,
 and models chosen by configuration."""
 
+import json
 import random
 import subprocess
 import uuid
@@ -13,10 +14,12 @@ from typer.testing import CliRunner
 
 from common.settings import BatchSettings, MlflowSettings
 from models.champion_watch import ChampionWatch, RegistryChampions
+from models.model_spec import ModelSpec
 from models.registry import (
     CHALLENGER,
     CHAMPION,
     CUTOFF_TAG,
+    MODEL_SPEC_TAG,
     decode_offsets,
     fetch_alias,
     fetch_champion,
@@ -26,6 +29,7 @@ from pipelines.batch.history import read_history_split
 from pipelines.batch.retrain import NothingNew, retrain
 from pipelines.batch.retrain_task import SKIPPED_EXIT_CODE
 from pipelines.cli.main import app
+from pipelines.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
@@ -123,8 +127,26 @@ def test_a_retrain_registers_a_champion_with_its_lineage(mlflow_server, master):
     assert params["estimator.classifier__svm__estimator__C"] == "1.0"
     assert "model.notes" not in tags  # the default model needs no wrapping
 
+    # What the tracking UI shows: a model-training experiment, and what the run was trained and
+    # judged on as datasets.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["history", "holdout"]
+    contexts = {name: {t.key: t.value for t in i.tags} for name, i in inputs.items()}
+    assert contexts["history"]["mlflow.data.context"] == "training"
+    assert contexts["holdout"]["mlflow.data.context"] == "evaluation"
+    history = inputs["history"].dataset
+    assert json.loads(history.profile)["num_rows"] == int(tags["lineage.distinct_train_texts"])
+    assert json.loads(history.source) == {"uri": str(root.resolve())}
+    holdout = inputs["holdout"].dataset
+    assert json.loads(holdout.profile)["num_rows"] == int(tags["lineage.distinct_holdout_texts"])
+    assert history.digest != holdout.digest and len(history.digest) == 16
+
     version = client.get_model_version(tracking.registered_model, "1")
     assert decode_offsets(version.tags[CUTOFF_TAG]) == cutoff
+    default = ModelSpec.parse(BatchSettings().model, BatchSettings().model_params)
+    assert version.tags[MODEL_SPEC_TAG] == default.as_json()
     assert version.tags["content_hash"] == tags["lineage.content_hash"]
     champion = fetch_champion(client, tracking.registered_model)
     assert champion and champion.version == "1" and champion.cutoff_offsets == cutoff
@@ -256,7 +278,12 @@ def test_a_configured_model_is_registered_gated_and_served_like_the_default(
     assert all(abs(sum(a.values()) - 1) < 1e-6 for a in answers)
 
 
-def test_a_retrain_with_nothing_new_registers_nothing(mlflow_server, master):
+def test_a_retrain_registers_nothing_again_unless_its_history_or_its_model_is_new(
+    mlflow_server, master
+):
+    """The same history and the same model: nothing registered (exit 99). Another model, or
+    other parameters, on the same history: a new version, through the gate. `--force`: one
+    more version whatever."""
     root, cutoff = master
     tracking = settings_for(mlflow_server)
     batch = BatchSettings(master_dir=root)
@@ -272,9 +299,25 @@ def test_a_retrain_with_nothing_new_registers_nothing(mlflow_server, master):
     result = CliRunner().invoke(app, ["retrain"], env=env)
     assert result.exit_code == SKIPPED_EXIT_CODE, result.output
     assert "nothing registered" in " ".join(result.output.split())
+
+    other = batch.model_copy(update={"model": "models.alternatives:tfidf_logistic"})
+    tried = retrain(other, tracking, "queries")
+    assert tried.version == "2" and tried.champion_scores is not None  # gated against v1
+    alias = CHAMPION if tried.promoted else CHALLENGER
+    with pytest.raises(NothingNew, match=f"{alias} version 2"):
+        retrain(other, tracking, "queries")
+    tuned = other.model_copy(update={"model_params": {"C": 1.0}})
+    assert retrain(tuned, tracking, "queries").version == "3"
+
+    forced = ["retrain", "--force", "--batch-model", "models.alternatives:tfidf_logistic"]
+    result = CliRunner().invoke(app, [*forced, "--batch-model-params", '{"C": 1.0}'], env=env)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "version 4" in output and "workflowType=machine_learning" in output
     client = MlflowClient(mlflow_server)
     versions = client.search_model_versions(f"name = '{tracking.registered_model}'")
-    assert [v.version for v in versions] == ["1"]
+    assert sorted(v.version for v in versions) == ["1", "2", "3", "4"]
+    assert {decode_offsets(v.tags[CUTOFF_TAG]) == cutoff for v in versions} == {True}
 
 
 @pytest.mark.reliability
