@@ -1,5 +1,9 @@
 """The pip requirements of a model, derived from what it is made of rather than typed by hand.
 
+MLflow can infer requirements itself, but for this model it lists the project's own
+distribution (whose `models` package already travels as `code_paths`), and it loads the model
+in a subprocess whose timeout falls back to MLflow and cloudpickle alone: docs/model-format.md.
+
 A model logged to MLflow must load where this repository is not: its pickle names classes
 (scikit-learn's, the project's), and the project's modules import others in turn. So the
 requirements are found by walking the fitted object (its `get_params(deep=True)` values, its
