@@ -1,7 +1,8 @@
 """One batch run: the full history up to a cut-off -> train -> evaluate -> MLflow -> registry.
 
-The cut-off is the archived offsets at the start of the run, recorded on the run and on the
-registered version, so the speed layer knows exactly which events the new model has seen.
+The cut-off is the archived offsets of both topics (queries and labels) at the start of the
+run, recorded on the run and on the registered version, so the speed layer knows exactly which
+events the new model has seen.
 The holdout is split by a hash of the normalised text, so no text sits on both sides and every
 version's holdout shares no text with any version's training data. The alias `champion` moves
 only if the new version passes the gate of `pipelines.batch.promotion` against the current champion
@@ -54,6 +55,7 @@ from models.registry import (
     ChampionInfo,
     ChampionModel,
     alias_version,
+    decode_offsets,
     encode_offsets,
     fetch_champion,
     fluent_mlflow,
@@ -66,9 +68,13 @@ from pipelines.batch.holdout_report import HoldoutScores, score_holdout, write_r
 from pipelines.batch.promotion import GateRules, Verdict, compare, first_version
 from pipelines.batch.training_sample import sample_split
 from pipelines.tracking import experiment_id, tracking_client
-from streams.master_dataset import archived_positions
+from streams.master_dataset import Cutoff, archived_cutoff
 
 log = logging.getLogger(__name__)
+
+FEEDBACK_CUTOFF_TAG = "cutoff_feedback_offsets"
+"""The version tag of the feedback topic's offsets in the cut-off (`CUTOFF_TAG` holds the
+queries topic's); a version registered before labels had a topic has none: no label read."""
 
 
 @dataclass
@@ -125,13 +131,17 @@ class NothingNew(RuntimeError):
 
 
 def _refuse_if_nothing_new(
-    client: MlflowClient, name: str, cutoff: dict[int, int], spec: ModelSpec
+    client: MlflowClient, name: str, cutoff: Cutoff, spec: ModelSpec
 ) -> None:
     """Raise `NothingNew` if a registered version (champion or challenger) was already trained
     on exactly `cutoff` by the model `spec` builds: registering again would only repeat it."""
     for alias in (CHAMPION, CHALLENGER):
         version = alias_version(client, name, alias)
-        if version is not None and trained_alike(version.tags, cutoff, spec):
+        if (
+            version is not None
+            and trained_alike(version.tags, cutoff.queries, spec)
+            and decode_offsets(version.tags.get(FEEDBACK_CUTOFF_TAG)) == cutoff.feedback
+        ):
             raise NothingNew(
                 f"nothing archived since the cut-off of {alias} version {version.version}, "
                 f"which has the same model ({spec.describe()}): nothing registered"
@@ -165,7 +175,7 @@ def retrain(
     asked = _Request(batch, topic, spec, label_shuffle_seed)
     with stages.run("read"):
         client = tracking_client(tracking)
-        cutoff = archived_positions(batch.master_dir, storage)
+        cutoff = archived_cutoff(batch.master_dir, storage)
         if not force:
             _refuse_if_nothing_new(client, name, cutoff, spec)
         split = _read_training_history(batch, cutoff, storage)
@@ -218,7 +228,7 @@ class _Stages:
 
 
 def _read_training_history(
-    batch: BatchSettings, cutoff: dict[int, int], storage: StorageSettings | None = None
+    batch: BatchSettings, cutoff: Cutoff, storage: StorageSettings | None = None
 ) -> HistorySplit:
     """The history split up to `cutoff`, counted by `batch.engine`, its training rows sampled
     down to `batch.max_distinct_rows` if there are more; raises `NoData` if it has fewer
@@ -250,7 +260,7 @@ def _register(
     client: MlflowClient,
     name: str,
     version: str,
-    cutoff: dict[int, int],
+    cutoff: Cutoff,
     asked: "_Request",
     split: HistorySplit,
     evaluation: HoldoutEvaluation,
@@ -422,14 +432,16 @@ def _tag_version(
     client: MlflowClient,
     name: str,
     version: str,
-    cutoff: dict[int, int],
+    cutoff: Cutoff,
     asked: _Request,
     split: HistorySplit,
     scores: HoldoutScores,
 ) -> None:
     """The facts the speed layer, serving and the next retrain read off a version without
     opening its run."""
-    client.set_model_version_tag(name, version, CUTOFF_TAG, encode_offsets(cutoff))
+    client.set_model_version_tag(name, version, CUTOFF_TAG, encode_offsets(cutoff.queries))
+    feedback = encode_offsets(cutoff.feedback)
+    client.set_model_version_tag(name, version, FEEDBACK_CUTOFF_TAG, feedback)
     client.set_model_version_tag(name, version, TOPIC_TAG, asked.topic)
     client.set_model_version_tag(name, version, MODEL_SPEC_TAG, asked.spec.as_json())
     client.set_model_version_tag(name, version, "content_hash", split.lineage["content_hash"])
