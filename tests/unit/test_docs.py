@@ -21,6 +21,10 @@ FIGURE_ROW = re.compile(
     r"^\|(?P<figure>[^|]+)\|(?P<value>[^|]+)\|.*`(?P<file>[\w/.-]+\.json)`: `(?P<key>[\w.]+)` \|$"
 )
 LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(?:#[^)]*)?\)")
+# A file or folder of the repository named in backticks, as `pipelines/speed/layer.py`.
+REPO_PATH = re.compile(
+    r"`((?:common|streams|models|serving|pipelines|bench|tests|deploy|docs|mlflow|scripts)/[\w./-]*)`"
+)
 
 
 def modules() -> list[str]:
@@ -135,3 +139,14 @@ def test_every_relative_link_of_the_docs_leads_to_a_file():
         if "://" not in found["target"] and not (page.parent / found["target"]).exists()
     ]
     assert not broken, broken
+
+
+def test_every_file_the_docs_name_exists():
+    pages = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "serving" / "README.md"]
+    missing = [
+        f"{page.relative_to(ROOT)}: {path}"
+        for page in pages
+        for path in REPO_PATH.findall(page.read_text())
+        if not (ROOT / path).exists()
+    ]
+    assert not missing, missing
