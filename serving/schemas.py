@@ -91,11 +91,14 @@ class ModelVersions(BaseModel):
 
 class Prediction(BaseModel):
     """The most likely intent, the top-k over the union of both models' intents, and lineage;
-    `query_id` names the query (the one sent, or a new one) for `/feedback`."""
+    `query_id` names the query (the one sent, or a new one) for `/feedback`. A query judged out
+    of scope has `in_scope` false and the out-of-scope label as its intent, `top_k` still the
+    best in-scope intents."""
 
     query_id: str = ""
     intent: str
     confidence: float
+    in_scope: bool = True
     top_k: list[IntentScore]
     blend: BlendWeights
     models: ModelVersions
