@@ -1,5 +1,10 @@
 """The `produce` and `publish` jobs: a dataset replayed, or a file of raw events, onto the
-`queries` topic as a stream of user queries (or a file of labels onto the feedback topic)."""
+`queries` topic as a stream of user queries (or a file of labels onto the feedback topic).
+
+A replay's labels travel inside their queries by default; with a label delay or share
+(`streams.labels`), its queries go out without them and the labels follow on the feedback
+topic, in the same stream.
+"""
 
 import json
 import random
@@ -15,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from common.settings import KafkaSettings
 from pipelines.services.broker import topic_partitions
 from streams.dataset import CLINC150_DATA, BadLine, load_dataset, load_domains
-from streams.producer import ProduceStats, make_producer, publish
+from streams.labels import Label, Labelling, delayed_labels
+from streams.producer import FeedbackMessage, ProduceStats, make_producer, publish
 from streams.query_log import QueryLog
 from streams.scenarios import (
     DEFAULT_LATE_DOMAINS,
@@ -45,25 +51,49 @@ class Timeline:
 
 
 def event_messages(
-    items: Iterable[StreamItem], length: int, run_id: str, seed: int, timeline: Timeline
+    items: Iterable[StreamItem],
+    length: int,
+    run_id: str,
+    seed: int,
+    timeline: Timeline,
+    labelling: Labelling,
 ) -> Iterator[bytes]:
-    """Serialised events for replayed examples, with stable ids (`run_id` + position) and users.
+    """Serialised events for replayed examples, with stable ids (`run_id` + position) and users,
+    and their labels as `labelling` gives them (a late label as a `FeedbackMessage`, stamped
+    with the time of the query it follows).
 
     Built as plain JSON rather than through `QueryEvent`: `publish` validates every message
     anyway, and building models twice would halve the replay rate.
     """
     stamp = timeline.stamper(length)
     users = random.Random(seed)
-    for index, item in enumerate(items):
+    for event in delayed_labels(items, labelling):
+        if isinstance(event, Label):
+            label = {
+                "query_id": _query_id(run_id, event.index),
+                "intent": event.intent,
+                "ts": stamp(event.after).strftime(TS_FORMAT),
+                "source": "replay",
+            }
+            yield FeedbackMessage(_json(label))
+            continue
         body = {
-            "query_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{index}")),
-            "ts": stamp(index).strftime(TS_FORMAT),
-            "text": item.example.text,
-            "intent": item.example.intent if item.labelled else None,
+            "query_id": _query_id(run_id, event.index),
+            "ts": stamp(event.index).strftime(TS_FORMAT),
+            "text": event.item.example.text,
+            "intent": event.intent,
             "user_id": f"user-{users.randrange(5000):04d}",
             "locale": "en-US",
         }
-        yield json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        yield _json(body)
+
+
+def _query_id(run_id: str, index: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{run_id}/{index}"))
+
+
+def _json(body: dict) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -73,6 +103,9 @@ class ReplayOptions:
     `tail_fraction` set shapes the replay like a query log (see `streams.query_log.QueryLog`):
     that share of events are generated variants, the rest a Zipf head of the dataset's rows
     skewed by `head_exponent`. None replays the dataset's rows as they are.
+
+    `label_delay` and `label_share` say when labels come (`streams.labels.Labelling`, seeded by
+    `seed`): the defaults keep them inside their queries.
     """
 
     data: Path = CLINC150_DATA
@@ -90,6 +123,12 @@ class ReplayOptions:
     splits: frozenset[str] | None = field(default=None)
     tail_fraction: float | None = None
     head_exponent: float = 1.1
+    label_delay: int = 0
+    label_share: float = 1.0
+
+    @property
+    def labelling(self) -> Labelling:
+        return Labelling(self.label_delay, self.label_share, self.seed)
 
 
 def late_intents_for(options: ReplayOptions) -> frozenset[str]:
@@ -117,12 +156,18 @@ def scenario_for(options: ReplayOptions, dataset_size: int) -> Scenario:
 
 
 def replay_messages(options: ReplayOptions) -> tuple[int, Iterator[bytes], list[BadLine]]:
-    """The serialised events of a replay, their count, and the input lines that were skipped."""
+    """The serialised events of a replay (queries, and late labels as `FeedbackMessage`s), the
+    number of queries, and the input lines that were skipped."""
     dataset = load_dataset(options.data, options.splits)
     scenario = scenario_for(options, len(dataset.examples))
     timeline = Timeline(span=timedelta(days=options.span_days))
     messages = event_messages(
-        replay(dataset.examples, scenario), scenario.length, options.run_id, options.seed, timeline
+        replay(dataset.examples, scenario),
+        scenario.length,
+        options.run_id,
+        options.seed,
+        timeline,
+        options.labelling,
     )
     return scenario.length, messages, dataset.bad_lines
 
@@ -140,10 +185,12 @@ def report_bad_lines(
 
 
 def run_produce(settings: KafkaSettings, options: ReplayOptions, console: Console) -> ProduceStats:
-    """Replay with a progress bar; bad input lines are reported and skipped, never fatal."""
+    """Replay with a progress bar (of the queries); bad input lines are reported and skipped,
+    never fatal."""
     length, messages, bad_lines = replay_messages(options)
     report_bad_lines(console, options.data, bad_lines)
-    return _publish_with_progress(settings, length, messages, options.rate, console)
+    late = not options.labelling.inline
+    return _publish_with_progress(settings, length, messages, options.rate, console, late=late)
 
 
 def raw_event_lines(path: Path) -> list[bytes]:
@@ -172,9 +219,14 @@ def _publish_with_progress(
     rate: float,
     console: Console,
     feedback: bool = False,
+    late: bool = False,
 ) -> ProduceStats:
-    topic = settings.feedback_topic if feedback else settings.topic
-    missing = {topic, settings.dlq_topic} - set(topic_partitions(settings.bootstrap))
+    """`publish` with a progress bar of `length` messages, late labels (`late`) not counted,
+    once the topics it writes exist."""
+    topics = {settings.feedback_topic if feedback else settings.topic, settings.dlq_topic}
+    if late:
+        topics.add(settings.feedback_topic)
+    missing = topics - set(topic_partitions(settings.bootstrap))
     if missing:
         raise ValueError(
             f"topics {sorted(missing)} do not exist on {settings.bootstrap}: "
@@ -196,7 +248,9 @@ def _publish_with_progress(
                 settings,
                 messages,
                 rate=rate,
-                on_sent=lambda: progress.advance(task),
+                on_sent=lambda raw: (
+                    None if isinstance(raw, FeedbackMessage) else progress.advance(task)
+                ),
                 feedback=feedback,
             )
     finally:

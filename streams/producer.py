@@ -65,23 +65,27 @@ def _send_when_taken(producer: KafkaProducer, topic: str, value: bytes, key: byt
             log.warning("the broker is not taking records (%s); waiting for it", exc)
 
 
+class FeedbackMessage(bytes):
+    """A label's raw message in a stream of query events: `publish` sends it to the feedback
+    topic (a replay with late labels writes both topics in one stream, in order)."""
+
+
 def publish(
     producer: KafkaProducer,
     settings: KafkaSettings,
     messages: Iterable[bytes],
     rate: float = 0.0,
-    on_sent: Callable[[], None] = lambda: None,
+    on_sent: Callable[[bytes], None] = lambda raw: None,
     feedback: bool = False,
 ) -> ProduceStats:
-    """Validate and send each query event to `settings.topic`, or with `feedback` each label to
-    `settings.feedback_topic`, keyed by query id; invalid ones go to the dead-letter topic with
-    the reason.
+    """Validate and send each query event to `settings.topic`, and each label (every message
+    with `feedback`, else each `FeedbackMessage`) to `settings.feedback_topic`, keyed by query
+    id; invalid ones go to the dead-letter topic with the reason. `on_sent` hears each message
+    once it is handed over.
 
     Returns once every send is acknowledged (or has failed, counted in `failed`).
     """
-    parse, topic = (
-        (parse_feedback, settings.feedback_topic) if feedback else (parse_event, settings.topic)
-    )
+    routes = {False: (parse_event, settings.topic), True: (parse_feedback, settings.feedback_topic)}
     stats = ProduceStats()
     dead_letters = DeadLetters(producer, settings.dlq_topic, "produce")
     pacer = _Pacer(rate)
@@ -90,8 +94,11 @@ def publish(
     def failed(_exc: BaseException) -> None:
         stats.failed += 1
 
-    for index, raw in enumerate(messages):
+    for index, message in enumerate(messages):
         pacer.wait(index)
+        label = isinstance(message, FeedbackMessage)
+        parse, topic = routes[feedback or label]
+        raw = bytes(message) if label else message  # Kafka's client takes plain bytes only
         try:
             event = parse(raw)
         except InvalidEvent as exc:
@@ -99,7 +106,7 @@ def publish(
         else:
             _send_when_taken(producer, topic, raw, event.key).add_errback(failed)
             stats.sent += 1
-        on_sent()
+        on_sent(message)
     producer.flush()
     dead_letters.flush()
     stats.dead_lettered = dead_letters.sent

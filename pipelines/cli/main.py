@@ -164,8 +164,23 @@ def produce(
     run_id: Annotated[
         str, typer.Option(help="Namespace of the query ids; a new one gives new ids.")
     ] = "replay",
+    label_delay: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Query events between a query and its label. With a delay or a share below 1, "
+            "queries go out without intent and labels follow on the feedback topic.",
+        ),
+    ] = 0,
+    label_share: Annotated[
+        float,
+        typer.Option(
+            min=0, max=1, help="Fraction of queries that ever get a label (chosen by --seed)."
+        ),
+    ] = 1.0,
 ) -> None:
-    """Replay a dataset onto the `queries` topic as a Siri-style stream (acks=all, idempotent)."""
+    """Replay a dataset onto the `queries` topic as a Siri-style stream (acks=all, idempotent),
+    its labels inline or, late, on the feedback topic."""
     options = ReplayOptions(
         data=data,
         scenario=scenario,
@@ -182,13 +197,16 @@ def produce(
         splits=frozenset(_csv(splits)) or None,
         tail_fraction=tail,
         head_exponent=head_exponent,
+        label_delay=label_delay,
+        label_share=label_share,
     )
     settings = edge_settings().kafka
     try:
         stats = run_produce(settings, options, console)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
-    report_produced(stats, settings)
+    late = f" and {settings.feedback_topic}" if not options.labelling.inline else ""
+    report_produced(stats, settings, settings.topic + late)
 
 
 @app.command()
