@@ -98,6 +98,49 @@ class WindowScore:
 
 
 @dataclass
+class ScopeScore:
+    """How one view judges whether queries are in scope: in-scope queries and how many it
+    answered with the right intent, out-of-scope queries and how many it turned away.
+
+    Examples
+    --------
+    >>> score = ScopeScore()
+    >>> score.record(judged_in_scope=True, right=True, out_of_scope=False)
+    >>> score.record(judged_in_scope=True, right=False, out_of_scope=True)
+    >>> score.in_scope_accuracy, score.oos_recall
+    (1.0, 0.0)
+    """
+
+    in_scope: int = 0
+    answered: int = 0
+    out_of_scope: int = 0
+    turned_away: int = 0
+
+    def record(self, *, judged_in_scope: bool, right: bool, out_of_scope: bool) -> None:
+        """Count one query: `right` is whether the best in-scope intent was its intent."""
+        if out_of_scope:
+            self.out_of_scope += 1
+            self.turned_away += not judged_in_scope
+        else:
+            self.in_scope += 1
+            self.answered += judged_in_scope and right
+
+    @property
+    def in_scope_accuracy(self) -> float:
+        """Share of in-scope queries judged in scope and given the right intent."""
+        return self.answered / self.in_scope if self.in_scope else 0.0
+
+    @property
+    def oos_recall(self) -> float:
+        """Share of out-of-scope queries turned away."""
+        return self.turned_away / self.out_of_scope if self.out_of_scope else 0.0
+
+    def counts(self) -> list[int]:
+        """[in_scope, answered, out_of_scope, turned_away]."""
+        return [self.in_scope, self.answered, self.out_of_scope, self.turned_away]
+
+
+@dataclass
 class SplitScore:
     """Prequential scores of one view over all events, and apart on first-seen and repeated
     texts, so memory is never mistaken for understanding.
@@ -118,6 +161,9 @@ class SplitScore:
     novel
         Events whose text no model of the system trained on: the same events for every view,
         so views can be compared on them.
+    scope
+        The view's in-scope accuracy and out-of-scope recall on the novel events, when the
+        caller judges scope (`models.prequential.prequential_step` with a scope decision).
     seen, accuracy, log_loss, last_window_accuracy
         `all`'s figures.
     first_seen_share
@@ -137,12 +183,14 @@ class SplitScore:
     first_seen: WindowScore = field(init=False)
     repeated: WindowScore = field(init=False)
     novel: WindowScore = field(init=False)
+    scope: ScopeScore = field(init=False)
 
     def __post_init__(self) -> None:
         self.all = WindowScore(self.window)
         self.first_seen = WindowScore(self.window)
         self.repeated = WindowScore(self.window)
         self.novel = WindowScore(self.window)
+        self.scope = ScopeScore()
 
     def update(
         self, probabilities: Probabilities, intent: str, *, seen: bool, seen_by_any: bool
@@ -191,4 +239,8 @@ class SplitScore:
             group: WindowScore = getattr(self, name)
             if group.seen:
                 figures[f"{prefix}{name}_accuracy"] = group.accuracy
+        if self.scope.in_scope:
+            figures[f"{prefix}novel_in_scope_accuracy"] = self.scope.in_scope_accuracy
+        if self.scope.out_of_scope:
+            figures[f"{prefix}novel_oos_recall"] = self.scope.oos_recall
         return figures
