@@ -194,6 +194,14 @@ class SpeedSnapshot:
     partition
         The one partition it covers (a worker of a consumer group), or None when it covers
         every partition of `offsets` (one worker over all of them).
+    feedback_offsets
+        Partition -> the next offset to read on the feedback topic (empty when the worker read
+        no labels from it): every label before it is learnt, waiting in `joins`, or
+        dead-lettered.
+    joins
+        The speed layer's join of late labels to their queries as of `offsets` and
+        `feedback_offsets` (`pipelines.speed.joins`), pickled by the layer: serving loads the
+        bytes and never reads them.
     age_s
         Seconds since `created_at`.
     """
@@ -210,15 +218,20 @@ class SpeedSnapshot:
     learnt_texts: TextMemory = field(default_factory=TextMemory)
     header: SnapshotHeader = field(default_factory=SnapshotHeader.current)
     partition: int | None = None
+    feedback_offsets: dict[int, int] = field(default_factory=dict)
+    joins: bytes = b""
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A snapshot written before the speed layer tracked its texts has none, one written
-        # before headers is format 1 of the default model, and one written before consumer
-        # groups covers every partition it has offsets for.
+        # before headers is format 1 of the default model, one written before consumer
+        # groups covers every partition it has offsets for, and one written before labels
+        # had a topic of their own read none.
         defaults = {
             "learnt_texts": TextMemory(),
             "header": SnapshotHeader.legacy(),
             "partition": None,
+            "feedback_offsets": {},
+            "joins": b"",
         }
         self.__dict__.update(defaults | state)
 
@@ -450,8 +463,8 @@ def merge_snapshots(snapshots: Mapping[int, SpeedSnapshot]) -> SpeedSnapshot:
       partitions' `predict_proba_one`;
     - blender: the blender of the partition that learnt the most events (the lowest-numbered
       on a tie), the one whose weights rest on the most evidence;
-    - offsets, base offsets: their union; events learnt: the sum; metrics: the busiest
-      partition's, with events learnt the sum;
+    - offsets, base offsets, feedback offsets: their union; events learnt: the sum; metrics:
+      the busiest partition's, with events learnt the sum; no joins (they are each worker's);
     - created_at: the newest (a partition without new events makes no new snapshots, which
       does not make the others stale); sequence: the highest; header: the busiest's.
     """
@@ -461,9 +474,11 @@ def merge_snapshots(snapshots: Mapping[int, SpeedSnapshot]) -> SpeedSnapshot:
     busiest = max(parts, key=lambda s: s.events_learnt)
     offsets: dict[int, int] = {}
     base_offsets: dict[int, int] = {}
+    feedback_offsets: dict[int, int] = {}
     for part in parts:
         offsets |= part.offsets
         base_offsets |= part.base_offsets
+        feedback_offsets |= part.feedback_offsets
     events = sum(part.events_learnt for part in parts)
     return SpeedSnapshot(
         model=merge_models([part.model for part in parts]),
@@ -478,4 +493,5 @@ def merge_snapshots(snapshots: Mapping[int, SpeedSnapshot]) -> SpeedSnapshot:
         learnt_texts=busiest.learnt_texts,
         header=busiest.header,
         partition=None,
+        feedback_offsets=feedback_offsets,
     )

@@ -25,13 +25,15 @@ def stop_on_signals() -> Event:
 
 @contextmanager
 def event_reader(
-    kafka: KafkaSettings, group_id: str, stage: str, **consumer: Any
+    kafka: KafkaSettings, group_id: str, stage: str, feedback: bool = False, **consumer: Any
 ) -> Iterator[EventReader]:
     """An `EventReader`, one member of the consumer group `group_id` (`consumer`: further
-    settings of its consumer), with its own dead-letter producer; both closed after."""
+    settings of its consumer; `feedback`: it reads the feedback topic too, when it exists),
+    with its own dead-letter producer; both closed after."""
     producer = make_producer(kafka, client_id=f"lambda-ml-{stage}-dlq")
     try:
-        reader = EventReader(make_consumer(kafka, group_id, **consumer), producer, kafka, stage)
+        member = make_consumer(kafka, group_id, **consumer)
+        reader = EventReader(member, producer, kafka, stage, feedback=feedback)
         try:
             yield reader
         finally:
@@ -86,7 +88,7 @@ def run_archive(
     time out; a second archiver of the same group fences the first rather than splitting the
     partitions with it."""
     with event_reader(
-        kafka, settings.group_id, "archive", group_instance_id=settings.group_id
+        kafka, settings.group_id, "archive", feedback=True, group_instance_id=settings.group_id
     ) as reader:
         archiver = Archiver(
             reader,

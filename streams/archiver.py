@@ -1,13 +1,16 @@
-"""The archiver: the topic, copied exactly once into the master dataset.
+"""The archiver: both topics, the queries and their labels, copied exactly once into the
+master dataset.
 
-Events are buffered per partition and flushed as Parquet files named by their offset range.
+Events are buffered per topic and partition and flushed as Parquet files named by their offset
+range (`streams.master_dataset.write_flush`: queries under the root, labels under `feedback/`).
 Each file is complete or absent: in a local folder it is written to a temporary name, fsynced
 and renamed; on S3 it is one PUT. The position to resume from is read back from the file names,
-so after kill -9 at any moment a restart neither loses nor repeats an event. Commits to the
-consumer group follow the files and only report lag.
+per topic and partition, so after kill -9 at any moment a restart neither loses nor repeats an
+event. Commits to the consumer group follow the files and only report lag.
 
-The archiver is a consumer group of one (`streams.consumer.EventReader`): each partition it is
-given starts where its files end, and one it loses is flushed first.
+The archiver is a consumer group of one (`streams.consumer.EventReader`, reading the feedback
+topic too when it exists): each partition it is given starts, on each topic, where its files
+end, and one it loses is flushed first.
 
 A flush that fails (the store unreachable, a full disk) is retried with exponential backoff,
 its events kept and nothing committed, until it succeeds or the archiver is stopped.
@@ -19,87 +22,46 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
 from threading import Event
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from common.settings import ArchiveSettings, StorageSettings
 from common.storage import LocalStorage, Location, Storage
-from streams.consumer import Consumed, EventReader
-from streams.master_dataset import SCHEMA, FlushFile, open_root, scan
+from streams.consumer import Consumed, EventReader, Start
+from streams.master_dataset import (
+    FEEDBACK,
+    QUERIES,
+    ArchivedTopic,
+    open_root,
+    scan,
+    write_flush,
+)
+from streams.schema import FeedbackEvent
 
 log = logging.getLogger(__name__)
 
-
-def _table(events: list[Consumed]) -> pa.Table:
-    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
-    for c in events:
-        e = c.event
-        columns["query_id"].append(e.query_id)
-        columns["ts"].append(e.ts)
-        columns["text"].append(e.text)
-        columns["intent"].append(e.intent)
-        columns["user_id"].append(e.user_id)
-        columns["locale"].append(e.locale)
-        columns["partition"].append(c.partition)
-        columns["offset"].append(c.offset)
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
-
-
-def _parquet(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
-
-
-def write_flush(
-    root: Location | Storage,
-    partition: int,
-    first: int,
-    last: int,
-    events: list[Consumed],
-    settings: StorageSettings | None = None,
-) -> tuple[int, int]:
-    """Durably write one partition's offsets first..last, one file per event date; returns the
-    files and the bytes written.
-
-    Locally, all files are fsynced under temporary names before any is renamed, and the folders
-    are fsynced after; on S3 each file is one PUT. Either way a flush is complete before its
-    range counts as archived (a partial one is removed by `recover`).
-    """
-    by_date: dict[str, list[Consumed]] = defaultdict(list)
-    for c in events:
-        by_date[c.event.ts.strftime("%Y-%m-%d")].append(c)
-    if not by_date:  # a range with only dead-lettered messages still needs a marker file
-        by_date["1970-01-01"] = []
-    objects = {
-        f"date={date}/{FlushFile.name(partition, first, last, part, len(by_date))}": _parquet(
-            _table(rows)
-        )
-        for part, (date, rows) in enumerate(sorted(by_date.items()), start=1)
-    }
-    open_root(root, settings).write_all(objects)
-    return len(objects), sum(map(len, objects.values()))
+Lane = tuple[ArchivedTopic, int]
+"""One partition of one topic: what a flush covers."""
 
 
 def recover(
     root: Location | Storage,
     settings: StorageSettings | None = None,
     partitions: Collection[int] | None = None,
+    topic: ArchivedTopic = QUERIES,
 ) -> dict[int, int]:
-    """Remove what a crash left half-done and return where each partition resumes; with
-    `partitions`, of those partitions only (another archiver may be writing the others)."""
+    """Remove what a crash left half-done of `topic` and return where each of its partitions
+    resumes; with `partitions`, of those partitions only (another archiver may be writing the
+    others)."""
     storage = open_root(root, settings)
     if isinstance(storage, LocalStorage):  # temporary files exist in local folders only
         storage.root.mkdir(parents=True, exist_ok=True)
         patterns = (
-            ["date=*/.*.tmp"]
+            [f"{topic.prefix}date=*/.*.tmp"]
             if partitions is None
-            else [f"date=*/.p{p:03d}_*.tmp" for p in partitions]
+            else [f"{topic.prefix}date=*/.p{p:03d}_*.tmp" for p in partitions]
         )
         for pattern in patterns:
             for leftover in storage.root.glob(pattern):
                 leftover.unlink()
-    positions, incomplete = scan(storage)
+    positions, incomplete = scan(storage, topic=topic)
     for f in incomplete:
         if partitions is None or f.partition in partitions:
             log.warning("removing incomplete flush file %s", f.key)
@@ -110,7 +72,8 @@ def recover(
 
 
 class Archiver:
-    """Buffers validated events per partition and flushes them as complete offset ranges.
+    """Buffers validated events per topic and partition and flushes them as complete offset
+    ranges.
 
     `root` is the master dataset's folder or URL; `storage` the object store's settings for an
     `s3://` root (None: read from the environment). A failed flush is retried after
@@ -118,14 +81,16 @@ class Archiver:
     of the loop, for the job's liveness check; a flush that keeps failing holds the loop, so it
     stops the heartbeat too.
 
-    The archiver installs the reader's callbacks: a partition it is given starts after its
-    last complete flush (`recover`, for that partition; a store that cannot be read leaves it
-    waiting, retried by the reader); a partition it loses is flushed once, without retries
-    (the group waits meanwhile), and what a failed flush held is read again by the next owner.
+    The archiver installs the reader's callbacks: a partition it is given starts, on each
+    topic, after its last complete flush (`recover`, for that partition; a store that cannot
+    be read leaves it waiting, retried by the reader); a partition it loses is flushed once,
+    without retries (the group waits meanwhile), and what a failed flush held is read again by
+    the next owner.
 
-    The counters (`archived`, `files_written`, `bytes_written`, `failed_flushes`) and, as of the
-    last flush, `events_per_s` and `lag` (partition -> events on the topic not yet read, None
-    while the broker is away) are what the job's `/metrics` shows.
+    The counters (`archived`, labels included, `files_written`, `bytes_written`,
+    `failed_flushes`) and, as of the last flush, `events_per_s` and `lag` (partition -> queries
+    on the topic not yet read, None while the broker is away) are what the job's `/metrics`
+    shows.
     """
 
     retry_backoff_s = 0.5
@@ -149,64 +114,84 @@ class Archiver:
         self.bytes_written = 0
         self.events_per_s = 0.0
         self.lag: dict[int, int] | None = None
-        self._flushed: dict[int, int] = {}
-        self._read_from: dict[int, int] = {}
+        self._flushed: dict[Lane, int] = {}
+        self._read_from: dict[Lane, int] = {}
         self._passed_before = 0
-        self._buffers: dict[int, list[Consumed]] = defaultdict(list)
+        self._buffers: dict[Lane, list[Consumed]] = defaultdict(list)
         self._last_flush = time.monotonic()
         reader.on_assigned = self._on_assigned
         reader.on_revoked = self._on_revoked
 
-    def _on_assigned(self, beginnings: Mapping[int, int]) -> dict[int, int]:
+    def _positions(self) -> dict[Lane, int]:
+        """The reader's next offset in each started partition of each topic."""
+        found = {(QUERIES, p): o for p, o in self.reader.positions.items()}
+        return found | {(FEEDBACK, p): o for p, o in self.reader.feedback_positions.items()}
+
+    def _on_assigned(self, beginnings: Mapping[int, Start]) -> dict[int, Start]:
+        partitions = list(beginnings)
         try:
-            archived = recover(self.root, partitions=list(beginnings))
+            archived = recover(self.root, partitions=partitions)
+            labels = recover(self.root, partitions=partitions, topic=FEEDBACK)
         except OSError as exc:  # StorageError included: the store is down
-            log.warning(
-                "cannot read where partitions %s are archived to: %s", list(beginnings), exc
-            )
+            log.warning("cannot read where partitions %s are archived to: %s", partitions, exc)
             return {}
-        starts = {p: archived.get(p, first) for p, first in beginnings.items()}
-        self._flushed.update(starts)
-        self._read_from.update(starts)
+        starts = {
+            p: Start(
+                archived.get(p, first.queries),
+                labels.get(p, first.feedback) if first.feedback is not None else None,
+            )
+            for p, first in beginnings.items()
+        }
+        for p, start in starts.items():
+            lanes = {(QUERIES, p): start.queries}
+            if start.feedback is not None:
+                lanes[(FEEDBACK, p)] = start.feedback
+            self._flushed.update(lanes)
+            self._read_from.update(lanes)
         log.info("assigned partitions %s, archiving from %s", sorted(starts), starts)
         return starts
 
     def _on_revoked(self, partitions: list[int]) -> None:
         self.reader.flush_dead_letters()
-        for partition in partitions:
-            first = self._flushed.get(partition, 0)
-            position = self.reader.positions[partition]
-            events = self._buffers.pop(partition, [])
+        for lane, position in self._positions().items():
+            topic, partition = lane
+            if partition not in partitions:
+                continue
+            first = self._flushed.get(lane, 0)
+            events = self._buffers.pop(lane, [])
             if position > first:
                 try:
-                    files, written = write_flush(self.root, partition, first, position - 1, events)
+                    files, written = write_flush(
+                        self.root, partition, first, position - 1, events, topic=topic
+                    )
                 except OSError as exc:
                     self.failed_flushes += 1
                     log.warning(
-                        "partition %d revoked with offsets %d-%d not archived; its next owner "
-                        "reads them again: %s",
-                        partition, first, position - 1, exc,
+                        "partition %d of %s revoked with offsets %d-%d not archived; its next "
+                        "owner reads them again: %s",
+                        partition, topic.name, first, position - 1, exc,
                     )  # fmt: skip
                 else:
                     self.files_written += files
                     self.bytes_written += written
                     self.archived += len(events)
-            self._passed_before += position - self._read_from.pop(partition, 0)
-            self._flushed.pop(partition, None)
+            self._passed_before += position - self._read_from.pop(lane, 0)
+            self._flushed.pop(lane, None)
         log.info("revoked partitions %s", partitions)
 
     def _passed(self) -> int:
-        """Messages read since the start, valid or dead-lettered."""
+        """Messages read since the start, valid or dead-lettered, of both topics."""
         passed = self._passed_before
-        for partition, position in self.reader.positions.items():
-            passed += position - self._read_from.get(partition, 0)
+        for lane, position in self._positions().items():
+            passed += position - self._read_from.get(lane, 0)
         return passed
 
     def _pending(self) -> int:
         return sum(len(b) for b in self._buffers.values())
 
     def flush(self, stop: Event | None = None) -> bool:
-        """Write every partition whose position moved since its last flush, then commit.
+        """Write every partition of each topic whose position moved since its last flush, then
+        commit.
 
         A write that fails is retried with backoff until it succeeds or `stop` is set; only the
         partitions written are committed. False if `stop` ended the retries first.
@@ -214,45 +199,50 @@ class Archiver:
         self.reader.flush_dead_letters()
         archived_before = self.archived
         done = True
-        for partition, position in self.reader.positions.items():
-            first = self._flushed.get(partition, 0)
+        for lane, position in self._positions().items():
+            first = self._flushed.get(lane, 0)
             if position <= first:
                 continue
-            events = self._buffers.get(partition, [])
-            if not self._write_retrying(partition, first, position - 1, events, stop):
+            events = self._buffers.get(lane, [])
+            if not self._write_retrying(lane, first, position - 1, events, stop):
                 done = False
                 break
-            self._buffers.pop(partition, None)
+            self._buffers.pop(lane, None)
             self.archived += len(events)
-            self._flushed[partition] = position
-        self.reader.commit(self._flushed)
+            self._flushed[lane] = position
+        self.reader.commit(self._flushed_of(QUERIES), self._flushed_of(FEEDBACK))
         now = time.monotonic()
         self.events_per_s = (self.archived - archived_before) / max(now - self._last_flush, 1e-9)
         self._last_flush = now
         self.lag = self.reader.partition_lag()
         return done
 
+    def _flushed_of(self, topic: ArchivedTopic) -> dict[int, int]:
+        return {p: o for (t, p), o in self._flushed.items() if t is topic}
+
     def _write_retrying(
-        self, partition: int, first: int, last: int, events: list[Consumed], stop: Event | None
+        self, lane: Lane, first: int, last: int, events: list[Consumed], stop: Event | None
     ) -> bool:
+        topic, partition = lane
         delay = self.retry_backoff_s
         while True:
             try:
-                files, written = write_flush(self.root, partition, first, last, events)
+                files, written = write_flush(self.root, partition, first, last, events, topic=topic)
                 self.files_written += files
                 self.bytes_written += written
                 return True
             except OSError as exc:  # StorageError included: the store is down or refused
                 self.failed_flushes += 1
                 log.warning(
-                    "flush of partition %d offsets %d-%d to %s failed, retrying in %.1fs: %s",
-                    partition, first, last, self.root.url, delay, exc,
+                    "flush of partition %d of %s, offsets %d-%d, to %s failed, retrying in "
+                    "%.1fs: %s",
+                    partition, topic.name, first, last, self.root.url, delay, exc,
                 )  # fmt: skip
             if stop is not None and stop.wait(delay):
                 log.error(
-                    "stopped with offsets %d-%d of partition %d not archived; "
+                    "stopped with offsets %d-%d of partition %d of %s not archived; "
                     "they are read again at the next start",
-                    first, last, partition,
+                    first, last, partition, topic.name,
                 )  # fmt: skip
                 return False
             if stop is None:
@@ -270,7 +260,8 @@ class Archiver:
             self.heartbeat()
             consumed = self.reader.poll(timeout_ms=200)
             for c in consumed:
-                self._buffers[c.partition].append(c)
+                topic = FEEDBACK if isinstance(c.event, FeedbackEvent) else QUERIES
+                self._buffers[(topic, c.partition)].append(c)
             if consumed:
                 idle_since = time.monotonic()
             elif idle_exit_s is not None:

@@ -40,6 +40,18 @@ SPEED_FAMILIES = (
     Family(f"{SPEED}_log_loss", "Prequential log loss", labels=("view",)),
     Family(f"{SPEED}_first_seen_share", "Share of first-seen texts", labels=("view",)),
     Family(f"{SPEED}_partitions_owned", "Partitions this worker of the consumer group owns"),
+    Family(
+        f"{SPEED}_served_accuracy",
+        "Accuracy of what the service answered, over the answered queries whose label came",
+    ),
+    Family(f"{SPEED}_served_labelled", "Answered queries whose label came"),
+    Family(f"{SPEED}_labels_joined", "Labels of the feedback topic joined to their query, learnt"),
+    Family(
+        f"{SPEED}_labels_dead_lettered",
+        "Labels the join dead-lettered: past the window, without a query, or a second label",
+    ),
+    Family(f"{SPEED}_queries_awaiting_label", "Queries of the join window awaiting their label"),
+    Family(f"{SPEED}_labels_awaiting_query", "Labels read before their query, waiting for it"),
 )
 _VIEW = re.compile(
     r"^(?P<view>speed|batch|blend)_(?:(?P<texts>first_seen|repeated|novel)_)?"
@@ -55,6 +67,17 @@ _PLAIN = {
     "drift_detections": f"{SPEED}_drift_detections",
     "batch_weight_on_batch_trained_texts": f"{SPEED}_blend_batch_weight_on_batch_trained_texts",
     "partitions_owned": f"{SPEED}_partitions_owned",
+    **{
+        key: f"{SPEED}_{key}"
+        for key in (
+            "served_accuracy",
+            "served_labelled",
+            "labels_joined",
+            "labels_dead_lettered",
+            "queries_awaiting_label",
+            "labels_awaiting_query",
+        )
+    },
 }
 
 

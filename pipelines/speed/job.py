@@ -90,6 +90,7 @@ def run_speed(
             kafka,
             settings.group_id,
             "speed",
+            feedback=True,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
         ) as reader,

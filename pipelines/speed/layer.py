@@ -7,29 +7,46 @@ snapshotted per partition: a partition's state moves with the partition, and the
 models add up to the model of the whole stream (`models.snapshot.merge_snapshots`), so one
 worker or several learn the same model.
 
-Progress is made durable as snapshots; a partition resumes from its newest snapshot's offset,
-so after kill -9 no event is learnt twice or skipped. The model is chosen by configuration
+A query's label may also come later, on the feedback topic (co-partitioned with the queries,
+read by the same reader): each partition then joins its labels to its queries
+(`pipelines.speed.joins`). A query without a label is predicted by every view when it arrives
+and waits, with those predictions, within the join window; its label, when it comes, scores
+them (`models.late_labels`): prequential scores and the blend learn from predictions made
+before the label existed, never after. A label read before its query waits for it; one whose
+query never comes, comes past the window, or that is a query's second, is dead-lettered with
+the reason (the speed layer learns a query's first label; the batch layer takes the last).
+Where the query carried what the service answered (`served`), its label scores that answer
+too (`served_accuracy`). A query that carries its own label is learnt at once, as before.
+
+Progress is made durable as snapshots, each holding its partition's join and its offsets on
+both topics; a partition resumes from its newest snapshot's offsets, so after kill -9 no
+event or label is learnt twice or skipped. The model is chosen by configuration
 (`SpeedSettings.model`, a `models.model_spec.ModelSpec`) and checked against River's contract
 before the first event; each snapshot's header records the spec. A partition whose newest
 snapshot is of another model, cannot be used, or is based on another champion than the
 current one re-bases: a fresh model from the champion's cut-off (the partition's start without
 a champion), replayed forward (Kappa-style reprocessing). A new champion re-bases every owned
-partition not based on it.
+partition not based on it. A re-base keeps the join of the snapshot it leaves and reads the
+feedback topic on from there: the labels it had learnt for queries read again are learnt again
+when they are (`Joins.rebase`), the others stay with the champion.
 """
 
 import functools
 import logging
 import operator
+import pickle
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from threading import Event
 
+import numpy as np
 from river import base
 
 from common.settings import SpeedSettings, StorageSettings
 from models.blend import HedgeBlender
 from models.contracts import check_speed_model
+from models.late_labels import learn_late_label, predict_queries
 from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionModel
@@ -43,27 +60,37 @@ from models.snapshot import (
 )
 from models.speed_model import build_speed_model
 from models.texts import TextMemories, TextMemory
+from pipelines.speed.joins import Awaiting, Joins
 from pipelines.speed.schedules import (
     DriftWatch,
     RegistrationSchedule,
     SnapshotSchedule,
     SpeedReport,
 )
-from streams.consumer import Consumed, EventReader
+from streams.consumer import Consumed, EventReader, Start
+from streams.schema import FeedbackEvent, QueryEvent
 
 log = logging.getLogger(__name__)
 
+Query = tuple[Consumed, QueryEvent]
+"""A consumed query, with its event as a `QueryEvent`."""
+
 
 def champion_answers(
-    champion: ChampionModel | None, consumed: list[Consumed]
-) -> Iterator[tuple[Consumed, BatchAnswer | None]]:
-    """Each event of a poll with the champion's answer for it, from one vectorised call over
-    the poll's labelled events; None for an unlabelled event, or when there is no champion."""
-    labelled = [c.event.text for c in consumed if c.event.intent is not None]
-    rows = iter(champion.predict_proba_matrix(labelled) if champion else ())
-    for item in consumed:
-        row = next(rows, None) if item.event.intent is not None else None
-        yield item, (champion.classes, row) if champion is not None and row is not None else None
+    champion: ChampionModel | None, queries: list[Query], all_queries: bool = False
+) -> Iterator[tuple[Query, BatchAnswer | None]]:
+    """Each query of a poll with the champion's answer for it, from one vectorised call over
+    the poll's labelled queries (every query with `all_queries`, when the others may be
+    labelled later); None for the others, or when there is no champion."""
+
+    def answered(event: QueryEvent) -> bool:
+        return all_queries or event.intent is not None
+
+    texts = [event.text for _, event in queries if answered(event)]
+    rows = iter(champion.predict_proba_matrix(texts) if champion and texts else ())
+    for query in queries:
+        row = next(rows, None) if answered(query[1]) else None
+        yield query, (champion.classes, row) if champion is not None and row is not None else None
 
 
 @dataclass
@@ -78,6 +105,11 @@ class SpeedState:
     base_offsets: dict[int, int] = field(default_factory=dict)
     scores: ViewScores = field(default_factory=lambda: ViewScores.with_window(1000))
     learnt_texts: TextMemory = field(default_factory=TextMemory)
+    joins: Joins | None = None
+    labels_joined: int = 0
+    labels_dead_lettered: int = 0
+    served_labelled: int = 0
+    served_right: int = 0
 
     @classmethod
     def fresh(
@@ -86,6 +118,7 @@ class SpeedState:
         base_version=None,
         base_offsets=None,
         build_model: Callable[[], base.Classifier] = build_speed_model,
+        joins: Joins | None = None,
     ) -> "SpeedState":
         return cls(
             model=build_model(),
@@ -93,17 +126,25 @@ class SpeedState:
             base_version=base_version,
             base_offsets=dict(base_offsets or {}),
             scores=ViewScores.with_window(window),
+            joins=joins,
         )
 
     @classmethod
-    def from_snapshot(cls, snapshot: SpeedSnapshot, window: int) -> "SpeedState":
+    def from_snapshot(
+        cls, snapshot: SpeedSnapshot, window: int, joins: Joins | None = None
+    ) -> "SpeedState":
         state = cls.fresh(
-            window, snapshot.base_version, snapshot.base_offsets, lambda: snapshot.model
+            window, snapshot.base_version, snapshot.base_offsets, lambda: snapshot.model, joins
         )
         state.blender = snapshot.blender
         state.events_learnt = snapshot.events_learnt
         state.learnt_texts = snapshot.learnt_texts
         return state
+
+    def served(self, answered: str, intent: str) -> None:
+        """Score what the service answered to a query against its label."""
+        self.served_labelled += 1
+        self.served_right += answered == intent
 
     def metrics(self) -> dict[str, float]:
         batch_weight, speed_weight = self.blender.layer_weights
@@ -114,6 +155,18 @@ class SpeedState:
             "speed_weight": speed_weight,
             "batch_weight_on_batch_trained_texts": self.blender.weights_for(batch_seen=True)[0],
         }
+        if self.joins is not None:
+            figures |= {
+                "labels_joined": float(self.labels_joined),
+                "labels_dead_lettered": float(self.labels_dead_lettered),
+                "queries_awaiting_label": float(self.joins.awaiting),
+                "labels_awaiting_query": float(len(self.joins.early)),
+            }
+        if self.served_labelled:
+            figures |= {
+                "served_labelled": float(self.served_labelled),
+                "served_accuracy": self.served_right / self.served_labelled,
+            }
         return figures | self.scores.figures()
 
 
@@ -142,7 +195,9 @@ class SpeedLayer:
     Parameters
     ----------
     reader
-        The group member; the layer installs its callbacks.
+        The group member; the layer installs its callbacks. When it reads the feedback topic
+        too (`EventReader.reads_feedback`), each partition joins its labels to its queries
+        within `settings.join_window_events` and `settings.join_window_s`.
     store
         The snapshot store shared by the group (one snapshot per partition); a partition
         waits, retried with backoff by the reader, while its snapshot cannot be read.
@@ -166,7 +221,8 @@ class SpeedLayer:
     replay_from
         Partition -> offset: each partition the worker starts for the first time starts
         afresh there (a partition not named, at its beginning), on the current champion, and
-        goes on live (`lambda-ml replay`); None resumes as usual.
+        goes on live (`lambda-ml replay`), with the join and the feedback position of its
+        newest snapshot, as a re-base; None resumes as usual.
 
     Raises
     ------
@@ -243,10 +299,10 @@ class SpeedLayer:
 
     # Partitions coming and going.
 
-    def _on_assigned(self, beginnings: Mapping[int, int]) -> dict[int, int]:
+    def _on_assigned(self, beginnings: Mapping[int, Start]) -> dict[int, Start]:
         """Where each partition given starts (its state made ready); one whose snapshot cannot
         be read now is left out, to wait."""
-        starts: dict[int, int] = {}
+        starts: dict[int, Start] = {}
         for partition, first in sorted(beginnings.items()):
             try:
                 starts[partition] = self._start(partition, first)
@@ -260,21 +316,22 @@ class SpeedLayer:
             log.info("assigned partitions %s, reading from %s", sorted(starts), starts)
         return starts
 
-    def _start(self, partition: int, first: int) -> int:
-        """Make the partition's state ready and return the offset to read it from: its newest
+    def _start(self, partition: int, first: Start) -> Start:
+        """Make the partition's state ready and return the offsets to read it from: its newest
         snapshot's, when that is of this model and on the current champion; else a fresh
         model's, from the replay's offset or the champion's cut-off (`first`, the partition's
-        first offset, without either)."""
+        first offsets, without either), with the snapshot's join and feedback position."""
         champion = self.champion
         version = champion.info.version if champion is not None else None
-        if self._replay is not None and partition not in self._started:
-            offset = self._replay.get(partition, first)
-            return self._fresh(partition, offset, f"a replay from offset {offset}", quiet=True)
         reason, quiet = None, False
         try:
             snapshot = self.store.latest(partition)
         except SnapshotUnreadable as exc:
             snapshot, reason = None, str(exc)
+        if self._replay is not None and partition not in self._started:
+            offset = self._replay.get(partition, first.queries)
+            reason, quiet = f"a replay from offset {offset}", True
+            return self._fresh(partition, offset, reason, quiet, snapshot, first)
         if snapshot is None:
             pass
         elif snapshot.header.model_spec != self.spec.as_record():
@@ -285,7 +342,8 @@ class SpeedLayer:
         elif champion is not None and snapshot.base_version != version:
             reason, quiet = f"a new champion {version}", True
         else:
-            self.parts[partition] = SpeedState.from_snapshot(snapshot, self.settings.window)
+            joins = self._joins_of(snapshot) or self._no_joins()
+            self.parts[partition] = SpeedState.from_snapshot(snapshot, self.settings.window, joins)
             self.durable[partition] = snapshot
             log.info(
                 "partition %s resumed from snapshot %s at %s",
@@ -293,15 +351,32 @@ class SpeedLayer:
                 snapshot.sequence,
                 snapshot.offsets,
             )
-            return snapshot.offsets[partition]
+            return Start(snapshot.offsets[partition], self._feedback_start(snapshot, first))
         cutoff = champion.info.cutoff_offsets if champion is not None else {}
-        return self._fresh(partition, cutoff.get(partition, first), reason, quiet)
+        offset = cutoff.get(partition, first.queries)
+        return self._fresh(partition, offset, reason, quiet, snapshot, first)
 
-    def _fresh(self, partition: int, offset: int, reason: str | None, quiet: bool = False) -> int:
-        """A fresh model for the partition, based on the current champion, from `offset`."""
+    def _fresh(
+        self,
+        partition: int,
+        offset: int,
+        reason: str | None,
+        quiet: bool,
+        snapshot: SpeedSnapshot | None,
+        first: Start,
+    ) -> Start:
+        """A fresh model for the partition, based on the current champion, from `offset`; the
+        join of `snapshot` (the partition's newest, if any) goes on, re-based there."""
         version = self.champion.info.version if self.champion is not None else None
+        joins = self._joins_of(snapshot) if snapshot is not None else None
+        if joins is not None:
+            joins.rebase(offset)
         self.parts[partition] = SpeedState.fresh(
-            self.settings.window, version, {partition: offset}, build_model=self.build_model
+            self.settings.window,
+            version,
+            {partition: offset},
+            build_model=self.build_model,
+            joins=joins or self._no_joins(),
         )
         self.durable.pop(partition, None)
         if reason is None:
@@ -316,7 +391,34 @@ class SpeedLayer:
                 offset,
                 reason,
             )
-        return offset
+        return Start(offset, self._feedback_start(snapshot, first))
+
+    def _no_joins(self) -> Joins | None:
+        """An empty join, when the reader reads labels."""
+        if not self.reader.reads_feedback:
+            return None
+        return Joins(self.settings.join_window_events, self.settings.join_window_s)
+
+    def _joins_of(self, snapshot: SpeedSnapshot | None) -> Joins | None:
+        """The snapshot's join, with this worker's window, when the reader reads labels and
+        the snapshot holds one it can read."""
+        if snapshot is None or not snapshot.joins or not self.reader.reads_feedback:
+            return None
+        try:
+            joins = pickle.loads(snapshot.joins)
+        except Exception as exc:  # a join this code cannot read: its labels become orphans
+            log.warning("partition %s's join cannot be read: %s", snapshot.partition, exc)
+            return None
+        joins.window_events = self.settings.join_window_events
+        joins.window_s = self.settings.join_window_s
+        return joins
+
+    def _feedback_start(self, snapshot: SpeedSnapshot | None, first: Start) -> int | None:
+        """Where the partition's labels are read from: where its snapshot left them, else the
+        feedback topic's beginning (None when the reader reads no labels)."""
+        if first.feedback is None or snapshot is None or snapshot.partition is None:
+            return first.feedback
+        return snapshot.feedback_offsets.get(snapshot.partition, first.feedback)
 
     def _on_revoked(self, partitions: list[int]) -> None:
         """Make the revoked partitions durable, unless the store failed the last save: the
@@ -362,8 +464,14 @@ class SpeedLayer:
         position = self.reader.positions.get(partition)
         durable = self.durable.get(partition)
         return position is not None and (
-            durable is None or durable.offsets != {partition: position}
+            durable is None
+            or durable.offsets != {partition: position}
+            or durable.feedback_offsets != self._feedback_offsets(partition)
         )
+
+    def _feedback_offsets(self, partition: int) -> dict[int, int]:
+        feedback = self.reader.feedback_positions.get(partition)
+        return {partition: feedback} if feedback is not None else {}
 
     def snapshot_of(self, partition: int) -> SpeedSnapshot:
         """Partition `partition`'s state as a snapshot, after its last event handed out."""
@@ -379,6 +487,12 @@ class SpeedLayer:
             learnt_texts=state.learnt_texts,
             header=SnapshotHeader.current(self.spec),
             partition=partition,
+            feedback_offsets=self._feedback_offsets(partition),
+            joins=(
+                pickle.dumps(state.joins, protocol=pickle.HIGHEST_PROTOCOL)
+                if state.joins is not None
+                else b""
+            ),
         )
 
     def _save(self, partition: int) -> bool:
@@ -409,9 +523,9 @@ class SpeedLayer:
                 self.schedule.failed(self.learnt_here)
                 return False
         self.reporter.made_durable()
-        positions = dict(self.reader.positions)
-        self.reader.commit(positions)
-        self.schedule.taken(self.learnt_here, positions)
+        progress = self.reader.progress
+        self.reader.commit(dict(self.reader.positions), dict(self.reader.feedback_positions))
+        self.schedule.taken(self.learnt_here, progress)
         if moved:
             self._register_if_due()
         return True
@@ -488,33 +602,140 @@ class SpeedLayer:
         }
 
     def learn(self, consumed: list[Consumed]) -> None:
-        """Predict with the view (or the partition's model), score, and learn each event into
-        its partition's model."""
+        """Learn a poll: its queries first, in order (a labelled one is predicted, scored and
+        learnt into its partition's model; with labels on the feedback topic, an unlabelled one
+        is predicted by every view and waits for its label), then its labels, each joined to
+        its query's predictions and learnt, or waiting for its query, or dead-lettered."""
         champion = self.champion
         view = self.view()
         memories = self._view_memories() if view is not None else {}
-        for item, batch in champion_answers(champion, consumed):
+        queries = [(c, c.event) for c in consumed if isinstance(c.event, QueryEvent)]
+        joining = self.reader.reads_feedback
+        run: list[tuple[Query, BatchAnswer | None]] = []  # unlabelled, predicted together
+        for query, batch in champion_answers(champion, queries, all_queries=joining):
+            item, event = query
             state = self.parts[item.partition]
-            intent = item.event.intent
+            joins = state.joins
+            intent = event.intent
+            if joins is not None:
+                joins.advance(item.offset, event.ts.timestamp())
+                intent = intent or joins.relearnt(item.offset, event.query_id)
             if intent is None:
                 state.unlabelled_seen += 1
+                if joins is None or joins.is_known(event.query_id):
+                    continue  # nothing will label it, or it is a query seen already
+                if event.query_id in joins.early:  # its label came first: learnt at once
+                    self._await([*run, (query, batch)], view, memories)
+                    run = []
+                else:
+                    run.append((query, batch))
                 continue
+            self._await(run, view, memories)
+            run = []
             batch_right = prequential_step(
                 view if view is not None else state.model,
                 state.blender,
                 state.scores,
-                item.event.text,
+                event.text,
                 intent,
                 batch,
                 speed_texts=memories.get(item.partition, state.learnt_texts),
                 batch_texts=champion.training_texts if champion else None,
                 learners=(state.model,) if view is not None else (),
             )
-            if batch_right is not None:
-                self.drift.update(float(not batch_right), self.learnt_here)
-            state.events_learnt += 1
-            self.learnt_here += 1
-            self.reporter.learnt(item.event.ts.timestamp())
+            if event.served is not None:
+                state.served(event.served.intent, intent)
+            self._learnt(state, batch_right, event.ts.timestamp())
+        self._await(run, view, memories)
+        for item in consumed:
+            if isinstance(item.event, FeedbackEvent):
+                state = self.parts[item.partition]
+                found = state.joins.label(item.event, item.offset) if state.joins else None
+                if found is not None:
+                    self._learn_late(item.partition, found, item.event, view, memories)
+        self._dead_letter_rejected()
+
+    def _await(
+        self,
+        run: list[tuple[Query, BatchAnswer | None]],
+        view: base.Classifier | None,
+        memories: Mapping[int, TextMemories],
+    ) -> None:
+        """Predict a run of unlabelled queries (no model learns between them) with one call per
+        partition and view, and keep each in its partition's join; one whose label came first
+        is learnt at once."""
+        champion = self.champion
+        for partition in sorted({item.partition for (item, _), _ in run}):
+            mine = [(item, event, b) for (item, event), b in run if item.partition == partition]
+            state = self.parts[partition]
+            assert state.joins is not None  # only a joining partition has unlabelled runs
+            rows = [b[1] for _, _, b in mine if b is not None]
+            predictions = predict_queries(
+                view if view is not None else state.model,
+                state.blender,
+                [event.text for _, event, _ in mine],
+                (champion.classes, np.vstack(rows)) if champion is not None and rows else None,
+                memories.get(partition, state.learnt_texts),
+                champion.training_texts if champion else None,
+            )
+            for (item, event, _), prediction in zip(mine, predictions, strict=True):
+                query = Awaiting(
+                    event.query_id,
+                    item.offset,
+                    event.ts.timestamp(),
+                    event.text,
+                    prediction,
+                    event.served.intent if event.served is not None else None,
+                )
+                early = state.joins.add(query)
+                if early is not None:
+                    self._learn_late(partition, query, early, view, memories)
+
+    def _learn_late(
+        self,
+        partition: int,
+        query: Awaiting,
+        label: FeedbackEvent,
+        view: base.Classifier | None,
+        memories: Mapping[int, TextMemories],
+    ) -> None:
+        """Learn a query's label from the feedback topic, scoring what was predicted when the
+        query arrived."""
+        state = self.parts[partition]
+        assert query.prediction is not None and state.joins is not None
+        batch_right = learn_late_label(
+            query.prediction,
+            query.text,
+            label.intent,
+            state.blender,
+            state.scores,
+            [view, state.model] if view is not None else [state.model],
+            memories.get(partition, state.learnt_texts),
+        )
+        if query.served is not None:
+            state.served(query.served, label.intent)
+        state.joins.learnt(query, label.intent)
+        state.labels_joined += 1
+        self._learnt(state, batch_right, label.ts.timestamp())
+
+    def _learnt(self, state: SpeedState, batch_right: bool | None, ts: float) -> None:
+        """Count a labelled event learnt; the champion's error on it goes to the drift watch."""
+        if batch_right is not None:
+            self.drift.update(float(not batch_right), self.learnt_here)
+        state.events_learnt += 1
+        self.learnt_here += 1
+        self.reporter.learnt(ts)
+
+    def _dead_letter_rejected(self) -> None:
+        """Send the labels the joins rejected to the dead-letter topic, with their reasons."""
+        for partition, state in self.parts.items():
+            if state.joins is None:
+                continue
+            for rejected in state.joins.take_rejected():
+                self.reader.dead_letter(
+                    Consumed(rejected.event, partition, rejected.offset), rejected.reason
+                )
+                state.labels_dead_lettered += 1
 
     # Figures.
 
@@ -526,16 +747,24 @@ class SpeedLayer:
         if not parts:
             raise LookupError("this worker owns no partition")
         busiest = max(parts, key=lambda s: s.events_learnt)
-        return replace(
-            busiest,
-            events_learnt=sum(s.events_learnt for s in parts),
-            unlabelled_seen=sum(s.unlabelled_seen for s in parts),
+        counts = (
+            "events_learnt",
+            "unlabelled_seen",
+            "labels_joined",
+            "labels_dead_lettered",
+            "served_labelled",
+            "served_right",
         )
+        return replace(busiest, **{name: sum(getattr(s, name) for s in parts) for name in counts})
 
     def metrics(self) -> dict[str, float]:
         """The busiest partition's figures (`state`), with the drift detections since the
         champion was taken up and the partitions owned."""
         figures = self.state.metrics() if self.parts else {}
+        joins = [s.joins for s in self.parts.values() if s.joins is not None]
+        if joins:
+            figures["queries_awaiting_label"] = float(sum(j.awaiting for j in joins))
+            figures["labels_awaiting_query"] = float(sum(len(j.early) for j in joins))
         return figures | {
             "drift_detections": float(self.drift.detections),
             "partitions_owned": float(len(self.parts)),
@@ -553,7 +782,7 @@ class SpeedLayer:
         if consumed:
             self.learn(consumed)
         self.refresh_peers()
-        if self.schedule.due(self.learnt_here, self.reader.positions):
+        if self.schedule.due(self.learnt_here, self.reader.progress):
             self.make_progress_durable()
         if self.reporter.due():
             self.reporter.send(self.learnt_here, self.metrics, self.reader.partition_lag)

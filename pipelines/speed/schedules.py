@@ -9,6 +9,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from river import drift
@@ -38,7 +39,8 @@ class SnapshotSchedule:
     events_learnt
         The worker's count of events learnt when the schedule starts.
     offsets
-        The reader's positions when the schedule starts, durable already.
+        The reader's positions when the schedule starts, durable already (of every topic it
+        reads: any keys, compared only).
     clock
         Monotonic seconds; tests pass their own.
 
@@ -52,7 +54,7 @@ class SnapshotSchedule:
         self,
         settings: SpeedSettings,
         events_learnt: int,
-        offsets: dict[int, int],
+        offsets: Mapping[Any, int],
         clock: Clock = time.monotonic,
     ) -> None:
         self.every_events = settings.snapshot_every_events
@@ -68,11 +70,11 @@ class SnapshotSchedule:
         learnt_since = events_learnt - self._events_at_snapshot
         return max(1, min(MAX_POLL_RECORDS, self.every_events - learnt_since))
 
-    def unsaved(self, positions: dict[int, int]) -> bool:
+    def unsaved(self, positions: Mapping[Any, int]) -> bool:
         """Whether the reader has moved past what the last snapshot holds."""
         return positions != self.saved_offsets
 
-    def due(self, events_learnt: int, positions: dict[int, int]) -> bool:
+    def due(self, events_learnt: int, positions: Mapping[Any, int]) -> bool:
         """Whether to snapshot now, with the layer at `events_learnt` and the reader at
         `positions`."""
         if not self.unsaved(positions):
@@ -81,7 +83,7 @@ class SnapshotSchedule:
         elapsed = self.clock() - self._taken_at
         return events >= self.every_events or elapsed >= self.every_s
 
-    def taken(self, events_learnt: int, offsets: dict[int, int]) -> None:
+    def taken(self, events_learnt: int, offsets: Mapping[Any, int]) -> None:
         """A snapshot of `offsets` at `events_learnt` is durable: the next is counted from it."""
         self.saved_offsets = dict(offsets)
         self._taken_at = self.clock()

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pytest
 
 from common.settings import KafkaSettings
-from models.snapshot import SnapshotStore
+from models.snapshot import SnapshotStore, merge_snapshots
 from pipelines.services.broker import KafkaLauncher
 from streams.master_dataset import archived_positions, history
 from streams.producer import ProduceStats, make_producer, publish
@@ -45,10 +45,10 @@ def own_broker(tmp_path) -> Iterator[KafkaLauncher]:
 
 def progress(store: SnapshotStore, master, settings: KafkaSettings) -> dict[str, int]:
     """How far each job has got: events on the topic, learnt, archived."""
-    snapshot = store.latest()
+    snapshots = store.latest_per_partition().values()
     return {
         "produce": sum(end_offsets(settings.bootstrap, settings.topic).values()),
-        "speed": sum(snapshot.offsets.values()) if snapshot else 0,
+        "speed": sum(sum(s.offsets.values()) for s in snapshots),
         "archive": sum(archived_positions(master).values()) if master.exists() else 0,
     }
 
@@ -136,14 +136,15 @@ def test_jobs_recover_by_themselves_and_no_acknowledged_event_is_lost(
     )
     reliability(SCENARIO, "duplicates on the topic", len(events) - len(on_topic), "= 0")
     reliability(SCENARIO, "events archived", archived.num_rows, f"= {len(events):,} on topic")
-    reliability(SCENARIO, "events learnt", store.latest().events_learnt, f"= {labelled:,} labelled")
+    learnt = merge_snapshots(store.latest_per_partition()).events_learnt
+    reliability(SCENARIO, "events learnt", learnt, f"= {labelled:,} labelled")
     reliability(SCENARIO, "jobs' exit codes after SIGTERM", str(sorted(jobs.codes.values())))
     assert (sent, failed) == (EVENTS, 0)
     assert on_topic == expected
     assert len(events) == len(on_topic)
     assert archived.num_rows == len(events)
     assert pc.count_distinct(archived["query_id"]).as_py() == len(on_topic)
-    assert store.latest().events_learnt == labelled
+    assert learnt == labelled
     assert jobs.codes == {"produce": 0, "speed": 0, "archive": 0}, jobs.logs
 
 

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from models.snapshot import SnapshotStore
+from models.snapshot import SnapshotStore, merge_snapshots
 from streams.dead_letters import MAX_DEAD_LETTER_BYTES, ORIGINAL_BYTES_HEADER
 from streams.master_dataset import history
 from streams.producer import make_producer
@@ -102,7 +102,7 @@ def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_ex
     dead = read_all(settings.bootstrap, settings.dlq_topic, 2 * len(invalid))
     per_stage = stages_of(dead)
     archived = history(master).to_table(columns=["query_id", "intent"])
-    snapshot = store.latest()
+    snapshot = merge_snapshots(store.latest_per_partition())
     learnt_intents = set(snapshot.model.classes)
     bodies = [json.loads(e.raw) for e in valid]
     unknown = {

@@ -47,7 +47,6 @@ def group_env(settings, workdir: Path, **more: str) -> dict[str, str]:
     return stream_jobs_env(
         settings,
         workdir,
-        SPEED_SCALE_OUT="true",
         SPEED_GROUP_ID=f"group-{uuid.uuid4().hex[:8]}",
         SPEED_SNAPSHOT_EVERY_EVENTS=500,
         SPEED_PEER_REFRESH_S=1,

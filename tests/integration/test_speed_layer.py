@@ -1,5 +1,7 @@
-"""The speed layer on the real broker: learns a replay, survives kill -9 exactly, dead-letters,
-and registers its snapshots in MLflow."""
+"""A speed worker (a consumer group of one) on the real broker: learns a replay, survives kill -9
+exactly, dead-letters, and registers the whole model in MLflow. The same behaviours at two
+workers and more run in tests/unit/test_speed_layer.py over a group in memory, and two real
+workers in tests/integration/test_speed_group.py."""
 
 import contextlib
 import io
@@ -17,8 +19,8 @@ from rich.console import Console
 from common.settings import SpeedSettings
 from models.registry import decode_offsets
 from models.snapshot import SnapshotStore, read_snapshot
-from pipelines.jobs import run_speed
 from pipelines.produce import ReplayOptions, run_produce
+from pipelines.speed.job import run_speed
 from pipelines.tracking import tracking_client
 from streams.dataset import CLINC150_DATA, load_dataset
 from streams.producer import make_producer
@@ -84,7 +86,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     assert layer.state.scores.speed.accuracy > 0.6
     # Freshness is kept for the most recent events only, not for every event ever learnt.
     assert len(layer.reporter.freshness_s) == min(labelled, reference_settings.freshness_window)
-    reference = SnapshotStore(reference_settings.snapshot_dir).latest()
+    reference = SnapshotStore(reference_settings.snapshot_dir).latest(0)
 
     snapshots = tmp_path / "interrupted"
     env = cli_env(
@@ -95,6 +97,10 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
         SPEED_SNAPSHOT_EVERY_EVENTS=1000,
         SPEED_SIGNAL_DIR=tmp_path / "signals",
         SPEED_GROUP_ID="interrupted",
+        # A worker killed with -9 keeps its partition until its session times out: the
+        # broker's shortest, so that each restart waits as little as it can.
+        SPEED_SESSION_TIMEOUT_MS=6000,
+        SPEED_HEARTBEAT_INTERVAL_MS=1000,
         MLFLOW_TRACKING_URI="http://127.0.0.1:9",  # unreachable: the stream must not care
         MLFLOW_HTTP_REQUEST_MAX_RETRIES=0,
     )
@@ -104,11 +110,11 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     for _ in range(2 * KILLS):  # a job that ends before its kill is started again
         if kills == KILLS:
             break
-        before = store.latest_sequence() or 0
+        before = store.latest_sequence(0) or 0
         kills += kill_mid_work(
             ["speed", "--idle-exit", "3"],
             env,
-            working=lambda before=before: (store.latest_sequence() or 0) > before,
+            working=lambda before=before: (store.latest_sequence(0) or 0) > before,
             rng=rng,
             max_delay_s=0.2,
         )
@@ -116,7 +122,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
     reliability(scenario, "kills landed mid-work", kills, f"= {KILLS}")
     assert kills == KILLS, f"only {kills} kills landed mid-work: make the stream longer"
     run_to_end(["speed", "--idle-exit", "3"], env)
-    restarted = store.latest()
+    restarted = store.latest(0)
     texts = probe_texts()
     differing = sum(
         restarted.model.predict_proba_one({"text": t})
@@ -175,7 +181,7 @@ def test_a_re_base_registers_the_snapshot_as_a_version_of_the_speed_model(
         snapshot_every_events=1000,
         register_every_s=0,  # after re-bases only: the one re-base below
     )
-    layer = run_speed(short_stream, settings, tracking, Event(), idle_exit_s=3, from_offsets={})
+    layer = run_speed(short_stream, settings, tracking, Event(), idle_exit_s=3, replay_from={})
     assert layer.state.events_learnt == labelled_count(short_stream, 3000)
     client = tracking_client(tracking)
     name = f"{tracking.registered_model}-speed"
@@ -183,7 +189,8 @@ def test_a_re_base_registers_the_snapshot_as_a_version_of_the_speed_model(
     tags = version.tags
     offsets = decode_offsets(tags["offsets"])
     assert set(offsets) == {0, 1} and 0 < sum(offsets.values()) <= 3000
-    assert tags["base_version"] == "none" and tags["base_offsets"] == "{}"
+    assert tags["base_version"] == "none"
+    assert decode_offsets(tags["base_offsets"]) == {0: 0, 1: 0}  # replayed from the start
     assert json.loads(tags["model_spec"]) == {
         "factory": "models.speed_model:build_speed_model",
         "params": {},

@@ -13,7 +13,7 @@ import pytest
 
 from common.settings import KafkaSettings, SpeedSettings
 from models.snapshot import SNAPSHOT_FORMAT, SnapshotStore
-from pipelines.jobs import run_speed
+from pipelines.speed.job import run_speed
 from serving.model_state import ModelReloader
 from serving.predict import predict_texts
 from streams.dataset import CLINC150_DATA, Example, load_dataset
@@ -100,7 +100,7 @@ def test_a_shipped_alternative_learns_the_stream_and_serves_its_intents(
     assert settings.model == factory
     layer = run_speed(kafka, settings, None, Event(), idle_exit_s=3)
     assert layer.state.events_learnt == labelled
-    snapshot = SnapshotStore(settings.snapshot_dir).latest()
+    snapshot = SnapshotStore(settings.snapshot_dir).latest(0)
     assert snapshot.events_learnt == labelled
     assert snapshot.offsets == end_offsets(kafka.bootstrap, kafka.topic)
     assert snapshot.header.format_version == SNAPSHOT_FORMAT
@@ -109,7 +109,7 @@ def test_a_shipped_alternative_learns_the_stream_and_serves_its_intents(
     assert_serves_its_intents(settings)
     # Started again with the same model, the worker resumes: nothing is learnt twice.
     again = run_speed(kafka, settings, None, Event(), idle_exit_s=2)
-    assert again.rebase_reason is None and again.state.events_learnt == labelled
+    assert again.learnt_here == 0 and again.state.events_learnt == labelled
 
 
 def test_switching_the_model_re_bases_and_replays_the_stream(stream, tmp_path, monkeypatch, caplog):
@@ -119,14 +119,14 @@ def test_switching_the_model_re_bases_and_replays_the_stream(stream, tmp_path, m
     settings = speed_settings(tmp_path, monkeypatch, SOFTMAX)
     with caplog.at_level("WARNING", logger="pipelines.speed.layer"):
         layer = run_speed(kafka, settings, None, Event(), idle_exit_s=3)
-    sequence = SnapshotStore(settings.snapshot_dir).latest_sequence()
+    sequence = SnapshotStore(settings.snapshot_dir).latest_sequence(0)
     assert (
-        f"re-basing on version None from offsets {{}}: the speed model changed from "
+        f"partition 0 re-based on version None from offset 0: the speed model changed from "
         f"{NAIVE_BAYES} {{}} (snapshot "
     ) in caplog.text
     assert f") to {SOFTMAX} {{}}" in caplog.text
     assert layer.state.events_learnt == labelled  # every event again, for the new model
-    snapshot = SnapshotStore(settings.snapshot_dir).latest()
+    snapshot = SnapshotStore(settings.snapshot_dir).latest(0)
     assert snapshot.sequence == sequence and snapshot.header.model_spec["factory"] == SOFTMAX
     assert snapshot.events_learnt == labelled
     assert_serves_its_intents(settings)

@@ -39,7 +39,6 @@ def test_status_shows_every_part_of_a_running_system(kafka, mlflow_server, objec
     stream = stream_jobs_env(
         settings,
         tmp_path,
-        SPEED_SCALE_OUT="true",
         SPEED_GROUP_ID=group,
         **storage_env(object_store),
     ) | {"BATCH_MASTER_DIR": master}  # the master dataset on object storage

@@ -1,10 +1,12 @@
 """A consumer group in memory, for unit tests of what runs over `streams.consumer.EventReader`.
 
-`FakeTopic` holds the records; `FakeGroup` deals its partitions to the members that joined, as
-Kafka's eager protocol does: at each join or departure every member's partitions are revoked
-(its listener called), then every member is given its share (round robin). `FakeConsumer`
-answers the part of `KafkaConsumer`'s API the reader uses. Nothing runs on another thread, so a
-test interleaves its workers turn by turn, deterministically.
+`FakeTopic` holds the query records and `FakeLabels` those of the feedback topic; `FakeGroup`
+deals the partitions to the members that joined, as Kafka's eager protocol does: at each join
+or departure every member's partitions are revoked (its listener called), then every member is
+given its share (round robin), partition p of every topic to the same member (co-partitioned).
+`FakeConsumer` answers the part of `KafkaConsumer`'s API the reader uses, and a poll reads the
+queries before the labels. Nothing runs on another thread, so a test interleaves its workers
+turn by turn, deterministically.
 """
 
 from collections.abc import Coroutine
@@ -15,9 +17,15 @@ from typing import Any
 from kafka.structs import TopicPartition
 
 from common.settings import KafkaSettings
-from streams.schema import QueryEvent, parse_event
+from streams.schema import FeedbackEvent, QueryEvent, parse_event
 
-KAFKA = KafkaSettings(bootstrap_servers="fake:9092", topic="queries", dlq_topic="queries.dlq")
+KAFKA = KafkaSettings(
+    bootstrap_servers="fake:9092",
+    topic="queries",
+    dlq_topic="queries.dlq",
+    feedback_topic="queries.feedback",
+)
+TS = datetime(2026, 1, 1, tzinfo=UTC)
 TEXTS = [
     "set an alarm for seven",
     "play a song by queen",
@@ -36,17 +44,20 @@ class Record:
     offset: int
 
 
-def event_bytes(i: int, intent: str | None, text: str) -> bytes:
-    ts = datetime(2026, 1, 1, tzinfo=UTC)
-    event = QueryEvent(query_id=f"q{i}", ts=ts, text=text, intent=intent)
+def event_bytes(i: int, intent: str | None, text: str, **fields: Any) -> bytes:
+    event = QueryEvent(query_id=f"q{i}", ts=TS, text=text, intent=intent, **fields)
     return event.model_dump_json(exclude_none=True).encode()
+
+
+def label_bytes(query_id: str, intent: str, ts: datetime = TS) -> bytes:
+    return FeedbackEvent(query_id=query_id, intent=intent, ts=ts).to_json_bytes()
 
 
 class FakeTopic:
     """`partitions` partitions of `events` events each: texts and intents cycle, every
-    `unlabelled_every`-th event (if any) has no label, each partition's offset `bad` (if any) holds a
-    message that does not parse, and from offset `flip_at` (if any) every text takes the next
-    text's intent (the stream drifts away from what a champion learnt)."""
+    `unlabelled_every`-th event (if any) has no label, each partition's offset `bad` (if any)
+    holds a message that does not parse, and from offset `flip_at` (if any) every text takes
+    the next text's intent (the stream drifts away from what a champion learnt)."""
 
     def __init__(
         self,
@@ -78,6 +89,9 @@ class FakeTopic:
     def ends(self) -> dict[int, int]:
         return {p: len(records) for p, records in self.records.items()}
 
+    def append(self, partition: int, value: bytes) -> None:
+        self.records[partition].append(Record(value, None, len(self.records[partition])))
+
     def labelled_from(self, offsets: dict[int, int]) -> dict[int, list[tuple[str, str]]]:
         """Each partition's labelled (text, intent) pairs at or after `offsets` (0 if absent)."""
         found: dict[int, list[tuple[str, str]]] = {}
@@ -93,6 +107,15 @@ class FakeTopic:
         return found
 
 
+class FakeLabels(FakeTopic):
+    """The feedback topic: `partitions` partitions, empty until labels are appended."""
+
+    def __init__(self, partitions: int) -> None:
+        self.name = KAFKA.feedback_topic
+        self.records = {p: [] for p in range(partitions)}
+        self.labelled = {p: [] for p in range(partitions)}
+
+
 def _run(coroutine: Coroutine[Any, Any, None]) -> None:
     """Run a listener's coroutine, which never waits on anything here."""
     try:
@@ -103,12 +126,15 @@ def _run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 class FakeGroup:
-    """The members of one consumer group over `topic`."""
+    """The members of one consumer group over `topic` (and `labels`, its feedback topic);
+    `committed` holds the commits of `topic`, `committed_labels` those of `labels`."""
 
-    def __init__(self, topic: FakeTopic) -> None:
+    def __init__(self, topic: FakeTopic, labels: FakeLabels | None = None) -> None:
         self.topic = topic
+        self.topics = {t.name: t for t in (topic, labels) if t is not None}
         self.members: list[FakeConsumer] = []
         self.committed: dict[int, int] = {}
+        self.committed_labels: dict[int, int] = {}
 
     def consumer(self) -> "FakeConsumer":
         return FakeConsumer(self)
@@ -133,42 +159,46 @@ class FakeConsumer:
     def __init__(self, group: FakeGroup) -> None:
         self.group = group
         self.listener: Any = None
-        self.assigned: dict[int, int | None] = {}  # partition -> position (None: unknown)
-        self.paused: set[int] = set()
+        self.topics: list[str] = []
+        # topic partition -> position (None: unknown)
+        self.assigned: dict[TopicPartition, int | None] = {}
+        self.paused: set[TopicPartition] = set()
         self.commits: list[dict[int, int]] = []
         self.closed = False
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
-        return set(self.group.topic.records) if topic == self.group.topic.name else None
+        found = self.group.topics.get(topic)
+        return set(found.records) if found is not None else None
 
     def subscribe(self, topics: list[str], listener: Any) -> None:
-        assert topics == [self.group.topic.name]
+        assert topics[0] == self.group.topic.name and set(topics) <= set(self.group.topics)
+        self.topics = topics
         self.listener = listener
         self.group.members.append(self)
         self.group.rebalance()
 
     def revoke_all(self) -> None:
         if self.assigned:
-            tps = {TopicPartition(self.group.topic.name, p) for p in self.assigned}
-            _run(self.listener.on_partitions_revoked(tps))
+            _run(self.listener.on_partitions_revoked(set(self.assigned)))
         self.assigned.clear()
         self.paused.clear()
 
     def assign(self, partitions: list[int]) -> None:
-        self.assigned = dict.fromkeys(partitions)
-        tps = {TopicPartition(self.group.topic.name, p) for p in partitions}
-        _run(self.listener.on_partitions_assigned(tps))
+        self.assigned = {TopicPartition(t, p): None for t in self.topics for p in partitions}
+        _run(self.listener.on_partitions_assigned(set(self.assigned)))
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> dict:
         budget = max_records or 10**9
         batches = {}
-        for p, position in sorted(self.assigned.items()):
-            if p in self.paused or position is None or budget == 0:
+        for tp, position in sorted(self.assigned.items()):
+            if tp in self.paused or position is None or budget == 0:
                 continue
-            records = self.group.topic.records[p][position : position + budget]
+            records = self.group.topics[tp.topic].records[tp.partition][
+                position : position + budget
+            ]
             if records:
-                batches[TopicPartition(self.group.topic.name, p)] = records
-                self.assigned[p] = position + len(records)
+                batches[tp] = records
+                self.assigned[tp] = position + len(records)
                 budget -= len(records)
         return batches
 
@@ -176,23 +206,25 @@ class FakeConsumer:
         return {tp: 0 for tp in tps}
 
     def end_offsets(self, tps: list[TopicPartition], timeout_ms: int) -> dict:
-        return {tp: len(self.group.topic.records[tp.partition]) for tp in tps}
+        return {tp: len(self.group.topics[tp.topic].records[tp.partition]) for tp in tps}
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        assert tp.partition in self.assigned, f"partition {tp.partition} is not assigned"
-        self.assigned[tp.partition] = offset
+        assert tp in self.assigned, f"{tp} is not assigned"
+        self.assigned[tp] = offset
 
     def pause(self, *tps: TopicPartition) -> None:
-        self.paused.update(tp.partition for tp in tps)
+        self.paused.update(tps)
 
     def resume(self, *tps: TopicPartition) -> None:
-        self.paused.difference_update(tp.partition for tp in tps)
+        self.paused.difference_update(tps)
 
     def commit(self, offsets: dict, timeout_ms: int) -> None:
-        mine = {tp.partition: meta.offset for tp, meta in offsets.items()}
-        assert set(mine) <= set(self.assigned), "a commit for a partition not assigned"
+        assert set(offsets) <= set(self.assigned), "a commit for a partition not assigned"
+        mine = {tp.partition: m.offset for tp, m in offsets.items() if tp.topic == KAFKA.topic}
+        labels = {tp.partition: m.offset for tp, m in offsets.items() if tp.topic != KAFKA.topic}
         self.commits.append(mine)
         self.group.committed.update(mine)
+        self.group.committed_labels.update(labels)
 
     def close(self) -> None:
         self.revoke_all()  # as KafkaConsumer.close does, before leaving the group
@@ -206,9 +238,11 @@ class FakeProducer:
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.reasons: list[str] = []
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: list) -> Any:
         self.sent.append(value)
+        self.reasons.append(dict(headers)["dlq.reason"].decode())
         return _Done()
 
     def flush(self) -> None:

@@ -7,6 +7,7 @@ model is checked, recorded and re-based on when it changes."""
 import json
 import threading
 import time
+from datetime import timedelta
 from threading import Event
 
 import pytest
@@ -30,6 +31,7 @@ from models.snapshot import (
 from models.speed_model import build_speed_model
 from pipelines.signals import SIGNAL_FILE, drift_raised_at
 from pipelines.speed import schedules as speed_loop
+from pipelines.speed.figures import speed_samples
 from pipelines.speed.layer import SpeedLayer
 from pipelines.speed.schedules import (
     DriftWatch,
@@ -39,14 +41,19 @@ from pipelines.speed.schedules import (
 )
 from pipelines.tracking import RunReporter, SnapshotRegistrar, snapshot_tags
 from streams.consumer import MAX_POLL_RECORDS, EventReader
+from streams.schema import QueryEvent, parse_event
 from tests.unit.fake_kafka import (
     INTENTS,
     KAFKA,
     TEXTS,
+    TS,
     FakeConsumer,
     FakeGroup,
+    FakeLabels,
     FakeProducer,
     FakeTopic,
+    event_bytes,
+    label_bytes,
 )
 
 
@@ -343,13 +350,18 @@ def a_champion(version: str, cutoff: dict[int, int]) -> ChampionModel:
 
 
 class Workers:
-    """Speed workers of one consumer group over `topic`, sharing one snapshot store, run turn
-    by turn. `champion` is what `current_champion` returns; `registered` holds each
-    registration as (worker index, location, snapshot)."""
+    """Speed workers of one consumer group over `topic` (and `labels`, its feedback topic),
+    sharing one snapshot store, run turn by turn. `champion` is what `current_champion`
+    returns; `registered` holds each registration as (worker index, location, snapshot);
+    `dead_letters` each worker's dead-letter producer."""
 
-    def __init__(self, tmp_path, topic: FakeTopic, store=None, **settings) -> None:
+    def __init__(
+        self, tmp_path, topic: FakeTopic, store=None, labels: FakeLabels | None = None, **settings
+    ) -> None:
         self.topic = topic
-        self.group = FakeGroup(topic)
+        self.labels = labels
+        self.group = FakeGroup(topic, labels)
+        self.dead_letters: list[FakeProducer] = []
         self.store = store if store is not None else SnapshotStore(tmp_path / "snapshots")
         self.settings = speed_settings(tmp_path, **({"snapshot_every_events": 25} | settings))
         self.champion: ChampionModel | None = None
@@ -363,7 +375,10 @@ class Workers:
         for _ in range(count):
             index = len(self.layers)
             consumer = self.group.consumer()
-            reader = EventReader(consumer, FakeProducer(), KAFKA, "speed")
+            self.dead_letters.append(FakeProducer())
+            reader = EventReader(
+                consumer, self.dead_letters[-1], KAFKA, "speed", feedback=self.labels is not None
+            )
             layer = SpeedLayer(
                 reader,
                 self.store,
@@ -385,7 +400,19 @@ class Workers:
 
     def caught_up(self) -> bool:
         positions = {p: o for layer in self.running for p, o in layer.reader.positions.items()}
-        return positions == self.topic.ends and all(layer.reader.settled for layer in self.running)
+        labels = {
+            p: o for layer in self.running for p, o in layer.reader.feedback_positions.items()
+        }
+        return (
+            positions == self.topic.ends
+            and (self.labels is None or labels == self.labels.ends)
+            and all(layer.reader.settled for layer in self.running)
+        )
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why each dead letter was sent, by every worker."""
+        return [reason for producer in self.dead_letters for reason in producer.reasons]
 
     def run_to_end(self, timeout_s: float = 60.0) -> None:
         """Turns until every partition is read to its end, then each worker's last durable
@@ -642,9 +669,9 @@ class SpyReader(EventReader):
         self.calls.append("flush dead letters")
         super().flush_dead_letters()
 
-    def commit(self, positions):
+    def commit(self, positions, feedback_positions=None):
         self.calls.append("commit")
-        super().commit(positions)
+        super().commit(positions, feedback_positions)
 
 
 class SpyStore(SnapshotStore):
@@ -885,3 +912,257 @@ def test_the_model_is_read_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("SPEED_MODEL")
     monkeypatch.delenv("SPEED_MODEL_PARAMS")
     assert (SpeedSettings().model, SpeedSettings().model_params) == (DEFAULT, {})
+
+
+# Labels on the feedback topic, joined to their queries
+
+
+def intent_of(text: str) -> str:
+    """The intent of a text of `FakeTopic`."""
+    return INTENTS[TEXTS.index(text.rsplit(" ", 1)[0])]
+
+
+def label_every(
+    topic: FakeTopic, labels: FakeLabels, every: int
+) -> dict[int, list[tuple[str, str]]]:
+    """A label on the feedback topic for every `every`-th query of each partition, in its
+    query's partition; each partition's (text, intent) pairs so labelled."""
+    pairs: dict[int, list[tuple[str, str]]] = {}
+    for partition, records in topic.records.items():
+        pairs[partition] = []
+        for record in records[::every]:
+            event = parse_event(record.value)
+            labels.append(partition, label_bytes(event.query_id, intent_of(event.text)))
+            pairs[partition].append((event.text, intent_of(event.text)))
+    return pairs
+
+
+def start_joining(workers: Workers, count: int) -> list[SpeedLayer]:
+    """`count` workers, the second joining once the first has made labels durable."""
+    layers = workers.start(1)
+    while count == 2 and not any(
+        s.events_learnt for s in workers.store.latest_per_partition().values()
+    ):
+        workers.turns()
+    return layers + (workers.start(1) if count == 2 else [])
+
+
+def check_learnt(workers: Workers, expected: dict[int, list[tuple[str, str]]]) -> dict:
+    """Every partition's newest snapshot holds the ends of both topics and has learnt each of
+    `expected`'s pairs once, and the snapshots add up to one model of them all."""
+    latest = workers.store.latest_per_partition()
+    assert workers.labels is not None
+    assert {p: (s.offsets, s.feedback_offsets) for p, s in latest.items()} == {
+        p: ({p: end}, {p: workers.labels.ends[p]}) for p, end in workers.topic.ends.items()
+    }
+    assert {p: s.events_learnt for p, s in latest.items()} == {
+        p: len(pairs) for p, pairs in expected.items()
+    }
+    single = build_speed_model()
+    for pairs in expected.values():
+        for text, intent in pairs:
+            single.learn_one({"text": text}, intent)
+    assert merge_snapshots(latest).model.count_table() == single.count_table()
+    return latest
+
+
+@WORKERS
+def test_late_labels_are_joined_to_their_queries_and_learnt_once(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=60, unlabelled_every=1)
+    labels = FakeLabels(4)
+    expected = label_every(topic, labels, every=3)
+    group = Workers(tmp_path, topic, labels=labels)
+    group.champion = a_champion("1", {})
+    layers = start_joining(group, workers)
+    group.run_to_end()
+    check_learnt(group, expected)
+    assert not group.reasons  # every label met its query
+    assert group.group.committed == topic.ends and group.group.committed_labels == labels.ends
+    for layer in layers:
+        metrics = layer.metrics()
+        assert metrics["queries_awaiting_label"] == 40 * len(layer.parts)  # the unlabelled
+        assert metrics["labels_awaiting_query"] == 0
+        for state in layer.parts.values():  # the champion scored what it was asked then
+            assert state.scores.batch.seen == state.scores.speed.seen == state.labels_joined
+
+
+def test_a_late_label_scores_the_prediction_made_when_its_query_came(tmp_path):
+    topic = FakeTopic(partitions=1, events=0)
+    text = "set an alarm for seven 1"
+    topic.append(0, event_bytes(0, None, text))  # asked first, labelled later
+    for i in range(1, 6):
+        topic.append(0, event_bytes(i, "alarm", text))  # the same text, labelled inline
+    labels = FakeLabels(1)
+    labels.append(0, label_bytes("q0", "alarm"))
+    group = Workers(tmp_path, topic, labels=labels)
+    (layer,) = group.start()
+    group.run_to_end()
+    scores = layer.state.scores.speed
+    # q0 was predicted by a model that knew nothing: a first-seen miss, however much the model
+    # had learnt of its text by the time the label came.
+    assert (scores.seen, scores.first_seen.seen, scores.all.correct) == (6, 2, 4)
+    assert layer.state.events_learnt == 6 and layer.state.labels_joined == 1
+
+
+@WORKERS
+def test_kill_9_with_labels_pending_learns_each_label_once(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=60, unlabelled_every=1)
+    labels = FakeLabels(4)
+    expected = label_every(topic, labels, every=2)
+    group = Workers(tmp_path, topic, labels=labels)
+    layers = start_joining(group, workers)
+    while not (
+        len(latest := group.store.latest_per_partition()) == 4
+        and all(s.events_learnt for s in latest.values())
+    ):
+        group.turns()
+    victim = layers[-1]
+    victim.learn(victim.reader.poll(max_records=10))  # labels learnt, and not made durable
+    assert any(victim._unsaved(p) for p in victim.parts)
+    assert any(s.joins and s.joins.awaiting for s in victim.parts.values())  # pending labels
+    group.crash(victim)
+    if workers == 1:
+        group.start()  # restarted
+    group.run_to_end()
+    check_learnt(group, expected)
+    assert not group.reasons
+
+
+@WORKERS
+def test_a_label_read_before_its_query_waits_for_it(tmp_path, workers):
+    topic = FakeTopic(partitions=2, events=10, unlabelled_every=1)
+    labels = FakeLabels(2)
+    labels.append(1, label_bytes("q-soon", "weather"))
+    group = Workers(tmp_path, topic, labels=labels)
+    layers = group.start(workers)
+    group.run_to_end()
+    assert sum(layer.metrics()["labels_awaiting_query"] for layer in layers) == 1
+    topic.append(1, QueryEvent(query_id="q-soon", ts=TS, text="will it snow").to_json_bytes())
+    group.run_to_end()
+    check_learnt(group, {0: [], 1: [("will it snow", "weather")]})
+    assert not group.reasons
+
+
+def test_a_label_past_the_join_window_is_dead_lettered_with_the_reason(tmp_path):
+    topic = FakeTopic(partitions=1, events=8, unlabelled_every=1)
+    labels = FakeLabels(1)
+    labels.append(0, label_bytes("q0", "alarm"))  # its query left the window 5 queries later
+    late = TS + timedelta(seconds=3601)
+    labels.append(0, label_bytes("q7", "weather", ts=late))  # given over an hour after it
+    labels.append(0, label_bytes("q6", "music"))  # in time
+    group = Workers(tmp_path, topic, labels=labels, join_window_events=5, join_window_s=3600)
+    (layer,) = group.start()
+    group.run_to_end()
+    assert group.reasons == [
+        "past the join window: query 'q0' (offset 0) left the window (5 events, 3600 s) "
+        "unlabelled before this label came",
+        "past the join window: the label came 3601 s after query 'q7', over 3600 s",
+    ]
+    assert group.dead_letters[0].sent[0] == label_bytes("q0", "alarm")
+    check_learnt(group, {0: [(parse_event(topic.records[0][6].value).text, "music")]})
+    assert layer.state.labels_dead_lettered == 2 and layer.state.labels_joined == 1
+
+
+def test_a_label_whose_query_never_comes_is_dead_lettered_once_the_window_passes(tmp_path):
+    topic = FakeTopic(partitions=1, events=3, unlabelled_every=1)
+    labels = FakeLabels(1)
+    labels.append(0, label_bytes("q-never", "alarm"))
+    group = Workers(tmp_path, topic, labels=labels, join_window_events=5)
+    (layer,) = group.start()
+    group.run_to_end()
+    assert not group.reasons and layer.metrics()["labels_awaiting_query"] == 1
+    for i in range(3, 9):  # the window passes
+        topic.append(0, event_bytes(i, None, "play some jazz"))
+    group.run_to_end()
+    assert group.reasons == [
+        "no query 'q-never' came within the join window (5 events, 86400 s) of its label"
+    ]
+    assert layer.metrics()["labels_awaiting_query"] == 0
+    check_learnt(group, {0: []})
+
+
+@WORKERS
+def test_a_querys_first_label_is_learnt_and_a_second_dead_lettered(tmp_path, workers):
+    topic = FakeTopic(partitions=2, events=4, unlabelled_every=1)
+    labels = FakeLabels(2)
+    first = parse_event(topic.records[1][2].value)
+    labels.append(1, label_bytes(first.query_id, "alarm"))
+    labels.append(1, label_bytes(first.query_id, "music"))  # a correction
+    labels.append(1, label_bytes(first.query_id, "alarm"))  # a repeat
+    labels.append(0, label_bytes("q-early", "weather"))  # twice before its query
+    labels.append(0, label_bytes("q-early", "music"))
+    group = Workers(tmp_path, topic, labels=labels)
+    group.start(workers)
+    group.run_to_end()
+    topic.append(0, QueryEvent(query_id="q-early", ts=TS, text="is it sunny").to_json_bytes())
+    group.run_to_end()
+    second = (
+        "a second label for query {!r}: the speed layer learns a query's first label only "
+        "({!r}); the batch layer takes the last"
+    )
+    assert sorted(group.reasons) == sorted(
+        [
+            second.format(first.query_id, "alarm"),
+            second.format(first.query_id, "alarm"),
+            second.format("q-early", "weather"),
+        ]
+    )
+    check_learnt(group, {0: [("is it sunny", "weather")], 1: [(first.text, "alarm")]})
+
+
+def test_the_answers_served_are_scored_against_their_labels(tmp_path):
+    topic = FakeTopic(partitions=1, events=0)
+    served = {"intent": "alarm", "confidence": 0.9, "source": "blend", "top_k": []}
+    for i, text in enumerate(["set an alarm 1", "play jazz 2", "will it rain 3"]):
+        answer = served | {"batch_weight": 1.0, "speed_weight": 0.0}
+        topic.append(0, event_bytes(i, None, text, served=answer))
+    topic.append(0, event_bytes(3, "alarm", "wake me up 4", served=answer))  # labelled inline
+    labels = FakeLabels(1)
+    labels.append(0, label_bytes("q0", "alarm"))
+    labels.append(0, label_bytes("q1", "music"))
+    group = Workers(tmp_path, topic, labels=labels)
+    (layer,) = group.start()
+    group.run_to_end()
+    metrics = layer.metrics()
+    assert metrics["served_labelled"] == 3 and metrics["served_accuracy"] == pytest.approx(2 / 3)
+    assert group.store.latest(0).metrics["served_accuracy"] == pytest.approx(2 / 3)
+    samples = {(name, labels): value for name, labels, value in speed_samples(metrics)}
+    assert samples[("lambda_ml_speed_served_accuracy", ())] == pytest.approx(2 / 3)
+    assert samples[("lambda_ml_speed_queries_awaiting_label", ())] == 1  # q2's never came
+
+
+@WORKERS
+def test_a_re_base_learns_again_the_labels_of_the_queries_it_reads_again(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=40, unlabelled_every=1)
+    labels = FakeLabels(4)
+    label_every(topic, labels, every=2)
+    group = Workers(tmp_path, topic, labels=labels)
+    group.start(workers)
+    group.run_to_end()  # every label learnt, on no champion
+    cutoff = {0: 10, 1: 20, 2: 30, 3: 40}
+    group.champion = a_champion("2", cutoff)
+    group.turns()  # the workers take it up
+    group.run_to_end()
+    # The fresh models learnt the labels of the queries read again, from the join: the labels
+    # of the queries before the cut-off stay with the champion.
+    expected = {
+        p: [
+            (e.text, intent_of(e.text))
+            for e in map(parse_event, (r.value for r in topic.records[p][cutoff[p] :]))
+            if int(e.query_id[1:]) % 2 == 0
+        ]
+        for p in range(4)
+    }
+    latest = check_learnt(group, expected)
+    assert {s.base_version for s in latest.values()} == {"2"}
+    assert not group.reasons
+
+
+@WORKERS
+def test_queries_labelled_inline_are_learnt_as_before_beside_a_feedback_topic(tmp_path, workers):
+    topic = FakeTopic(partitions=4, events=60, bad=3)
+    group = Workers(tmp_path, topic, labels=FakeLabels(4))
+    start_workers(group, workers)
+    group.run_to_end()
+    check_exact(group.store, topic)
+    assert group.reasons == ["not JSON: Expecting value at char 0"] * 4  # the bad ones only
