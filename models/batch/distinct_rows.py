@@ -20,7 +20,16 @@ from sklearn.utils.validation import (
     has_fit_parameter,
 )
 
-__all__ = ["MAX_EXPANDED_ROWS", "DistinctRowsClassifier", "check_sample_weight", "final_step"]
+__all__ = [
+    "COUNT_WEIGHTINGS",
+    "MAX_EXPANDED_ROWS",
+    "DistinctRowsClassifier",
+    "check_sample_weight",
+    "final_step",
+]
+
+COUNT_WEIGHTINGS = ("count", "log")
+"""What a distinct pair's total weight can become before the fit (`DistinctRowsClassifier`)."""
 
 MAX_EXPANDED_ROWS = 5_000_000
 """The most rows `DistinctRowsClassifier` expands distinct rows into, for an estimator that takes
@@ -63,10 +72,18 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
       the rows come to at most `MAX_EXPANDED_ROWS`; otherwise `fit` raises ValueError, since
       dropping the weights would silently train another model.
 
+    How much a repeat counts is `count_weighting`'s choice: "count" weighs each pair by its
+    total, exactly as its repetitions would; "log" weighs it 1 + log(total / smallest total),
+    so a phrasing seen a thousand times weighs about 8 where one seen once weighs 1 (a popular
+    query is one fact about language, not a thousand), and dividing by the smallest total keeps
+    replays of the whole history from changing the model.
+
     Parameters
     ----------
     estimator
         A classifier; best one whose `fit` (or its final step's) takes `sample_weight`.
+    count_weighting
+        "count" or "log": what a pair's total weight becomes before the fit.
 
     Attributes
     ----------
@@ -89,8 +106,9 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
     True
     """
 
-    def __init__(self, estimator: BaseEstimator) -> None:
+    def __init__(self, estimator: BaseEstimator, *, count_weighting: str = "count") -> None:
         self.estimator = estimator
+        self.count_weighting = count_weighting
 
     def fit(self, X, y, sample_weight=None) -> "DistinctRowsClassifier":
         """Fit `estimator` on the distinct (row, label) pairs of `X`, `y`."""
@@ -102,7 +120,13 @@ class DistinctRowsClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator)
             X = X.astype(np.float64)  # rows are numbers; only 1-D input may be text
         y = column_or_1d(y, warn=True)
         check_consistent_length(X, y)
+        if self.count_weighting not in COUNT_WEIGHTINGS:
+            raise ValueError(
+                f"count_weighting must be one of {COUNT_WEIGHTINGS}; got {self.count_weighting!r}"
+            )
         rows, labels, totals = _collapse(X, y, check_sample_weight(sample_weight, len(y)))
+        if self.count_weighting == "log":
+            totals = 1.0 + np.log(totals / totals.min())
         estimator = clone(self.estimator)
         _fit_weighted(estimator, rows, labels, totals)
         self.estimator_ = estimator

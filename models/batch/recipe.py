@@ -1,8 +1,10 @@
 """The batch model's recipe, and how any configured classifier is made ready to be one.
 
-The defaults were chosen on CLINC150's `val` split by `bench/batch_model_search.py`; the
-candidates and their scores are in `bench/results/batch_model_search.md`, the reasons for the
-other defaults in `bench/results/model_notes.md`.
+The features and classifiers were chosen on CLINC150's `val` split by
+`bench/batch_model_search.py`; the candidates and their scores are in
+`bench/results/batch_model_search.md`, the reasons for the other defaults in
+`bench/results/model_notes.md`. How the fit grows with the history, and the accuracy it keeps,
+is measured by `lambda-ml bench retrain` (`bench/results/retrain.json`).
 """
 
 import logging
@@ -12,12 +14,13 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import VotingClassifier
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
 from models.batch.distinct_rows import DistinctRowsClassifier, final_step
+from models.batch.features import HashedTfidfVectorizer
 from models.batch.naive_bayes import ColumnMajorMultinomialNB
+from models.batch.one_vs_rest import ThreadedOneVsRest
 from models.batch.temperature import TemperatureCalibratedClassifier
 from models.contracts import check_batch_model, gives_probabilities
 
@@ -44,12 +47,19 @@ def build_batch_model(
     token_pattern: str = BATCH_TOKEN_PATTERN,
     min_df: int = 2,
     C: float = 1.0,
+    max_passes: int = 10,
     nb_alpha: float = 0.01,
     nb_weight: float = 0.3,
-    calibration_folds: int = 2,
+    calibration_folds: int | None = None,
+    count_weighting: str = "log",
     n_jobs: int | None = 2,
 ) -> DistinctRowsClassifier:
     """The batch model, unfitted: texts in, calibrated intent probabilities out.
+
+    Its fit grows linearly with the distinct texts: the n-grams are hashed and counted on
+    `n_jobs` processes, the linear SVM's one-vs-rest problems run in `n_jobs` groups on
+    threads and stop after `max_passes` passes over the rows, and the temperatures are fitted
+    on one held-out slice of bounded size.
 
     Parameters
     ----------
@@ -63,13 +73,21 @@ def build_batch_model(
         grow the model.
     C
         The linear SVM's inverse regularisation, per distinct example of average weight.
+    max_passes
+        The most passes liblinear's dual coordinate descent makes over the rows per class (it
+        stops earlier at tolerance 0.1): each pass costs the rows' n-grams once, so the bound
+        is what keeps the fit linear when weighted rows would need many more.
     nb_alpha, nb_weight
         Naive Bayes smoothing, and its share of the averaged probabilities (the SVM has
         `1 - nb_weight`; 0 drops naive Bayes).
     calibration_folds
-        Folds for the out-of-fold scores the temperatures are fitted on.
+        None to fit the temperatures on one bounded held-out slice (`HeldOutSlice`), or a
+        number of shuffled folds.
+    count_weighting
+        How much a repeated text counts (`DistinctRowsClassifier`): "log" by default,
+        "count" for its raw count.
     n_jobs
-        Threads for the SVM's fold fits (liblinear releases the GIL).
+        Processes counting n-grams, and threads fitting the SVM's groups of classes.
 
     Returns
     -------
@@ -78,24 +96,29 @@ def build_batch_model(
 
     Examples
     --------
-    >>> model = build_batch_model(min_df=1, calibration_folds=2)
+    >>> model = build_batch_model(min_df=1)
     >>> texts = ["book a flight", "flight to paris", "play a song", "play some music"]
     >>> model = model.fit(texts, ["travel", "travel", "music", "music"])
     >>> model.predict(["a flight to rome"]).tolist()
     ['travel']
     """
-    tfidf = {"sublinear_tf": True, "min_df": min_df}
     # Ranges may come as JSON lists (BATCH_MODEL_PARAMS); scikit-learn takes tuples only.
-    words = TfidfVectorizer(
-        ngram_range=tuple(word_ngram_range), token_pattern=token_pattern, **tfidf
+    words = HashedTfidfVectorizer(
+        ngram_range=tuple(word_ngram_range),
+        token_pattern=token_pattern,
+        min_df=min_df,
+        n_jobs=n_jobs,
     )
     blocks = [("words", words)]
     if char_ngram_range is not None:
-        chars = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(char_ngram_range), **tfidf)
+        chars = HashedTfidfVectorizer(
+            analyzer="char_wb", ngram_range=tuple(char_ngram_range), min_df=min_df, n_jobs=n_jobs
+        )
         blocks.append(("chars", chars))
 
+    linear = LinearSVC(C=C, dual=True, tol=0.1, max_iter=max_passes, random_state=0)
     svm = TemperatureCalibratedClassifier(
-        LinearSVC(C=C, random_state=0), cv=calibration_folds, n_jobs=n_jobs
+        ThreadedOneVsRest(linear, n_jobs=n_jobs), cv=calibration_folds
     )
     classifier: BaseEstimator = svm
     if nb_weight > 0:
@@ -106,7 +129,8 @@ def build_batch_model(
             [("svm", svm), ("nb", naive_bayes)], voting="soft", weights=[1 - nb_weight, nb_weight]
         )
     return DistinctRowsClassifier(
-        Pipeline([("features", FeatureUnion(blocks)), ("classifier", classifier)])
+        Pipeline([("features", FeatureUnion(blocks)), ("classifier", classifier)]),
+        count_weighting=count_weighting,
     )
 
 
@@ -158,15 +182,16 @@ def prepare_batch_model(
     if not gives_probabilities(inner):
         notes.append(f"{_final_name(inner)} gives margins only: wrapped in temperature calibration")
         inner = _calibrated(inner)
-    if distinct and inner is estimator.estimator:
-        model = estimator
-    else:
-        if not distinct:
-            notes.append(
-                f"{type(estimator).__name__} fitted on distinct rows weighted by their counts: "
-                "wrapped in DistinctRowsClassifier"
-            )
+    if not distinct:
+        notes.append(
+            f"{type(estimator).__name__} fitted on distinct rows weighted by their counts: "
+            "wrapped in DistinctRowsClassifier"
+        )
         model = DistinctRowsClassifier(inner)
+    elif inner is estimator.estimator:
+        model = estimator
+    else:  # its own settings (how much a repeat counts) kept around the calibrated model
+        model = clone(estimator).set_params(estimator=inner)
     for note in notes:
         log.info("%s: %s", where, note)
     return model, notes
@@ -221,9 +246,9 @@ def vocabulary_size(model: BaseEstimator) -> int:
     9
     """
     found = [
-        len(part.vocabulary_)
+        len(part.vocabulary_) if hasattr(part, "vocabulary_") else len(part.columns_)
         for part in _walk(model)
-        if isinstance(part, TfidfVectorizer) and hasattr(part, "vocabulary_")
+        if hasattr(part, "vocabulary_") or isinstance(part, HashedTfidfVectorizer)
     ]
     return sum(found)
 

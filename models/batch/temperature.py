@@ -1,8 +1,8 @@
 """A meta-estimator that turns any classifier's scores into probabilities with one softmax
-temperature fitted on out-of-fold scores."""
+temperature fitted on held-out scores, and the held-out slice it fits it on by default."""
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -16,19 +16,74 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from models.batch.distinct_rows import check_sample_weight
 
-__all__ = ["TemperatureCalibratedClassifier"]
+__all__ = ["HeldOutSlice", "TemperatureCalibratedClassifier"]
 
 # Bounds on log(temperature): wide enough for any score scale, finite when a fold is separable.
 _LOG_TEMPERATURE_BOUNDS = (-5.0, 5.0)
 
 
+class HeldOutSlice:
+    """One shuffled split whose two sides are bounded: a held-out slice of `test_size` of the
+    rows (at most `max_test`) and, to train on, at most `max_train` of the others.
+
+    One parameter is all a temperature fits, and a few thousand held-out scores pin it down, so
+    past these bounds more rows would only cost time: the calibration's cost stays flat while
+    the model's own fit grows with the rows.
+
+    Parameters
+    ----------
+    test_size
+        Share of the rows held out, before `max_test` (at least one row).
+    max_test, max_train
+        The most rows held out and trained on.
+    random_state
+        Seed of the shuffle.
+
+    Examples
+    --------
+    >>> [(len(train), len(test)) for train, test in HeldOutSlice(max_train=50).split(range(100))]
+    [(50, 20)]
+    """
+
+    def __init__(
+        self,
+        test_size: float = 0.2,
+        *,
+        max_test: int = 10_000,
+        max_train: int = 50_000,
+        random_state: int | None = 0,
+    ) -> None:
+        self.test_size = test_size
+        self.max_test = max_test
+        self.max_train = max_train
+        self.random_state = random_state
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        """One split."""
+        return 1
+
+    def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The (train, test) row indices of the one split, each ascending."""
+        n = X.shape[0] if hasattr(X, "shape") else len(X)
+        order = np.random.default_rng(self.random_state).permutation(n)
+        held = min(self.max_test, max(1, int(self.test_size * n)))
+        yield np.sort(order[held : held + self.max_train]), np.sort(order[:held])
+
+    def __repr__(self) -> str:
+        return (
+            f"HeldOutSlice({self.test_size}, max_test={self.max_test}, "
+            f"max_train={self.max_train}, random_state={self.random_state})"
+        )
+
+
 class TemperatureCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     """`estimator` fitted on all rows; probabilities are softmax(scores / T), with the single
-    temperature T fitted by weighted log loss on out-of-fold scores.
+    temperature T fitted by weighted log loss on held-out scores.
 
     Scores are `decision_function` (a linear SVM's margins) or else `predict_log_proba` (naive
     Bayes, whose own probabilities are far too sure). One parameter barely overfits and never
-    changes the predicted class. `cv` is a number of shuffled folds, or any scikit-learn
+    changes the predicted class. By default T is fitted on one `HeldOutSlice`, whose cost does
+    not grow with the rows; `cv` may instead be a number of shuffled folds, or any scikit-learn
     splitter or list of (train, test) splits.
 
     Unlike `CalibratedClassifierCV(method="temperature")`, a class with fewer rows than folds
@@ -43,11 +98,12 @@ class TemperatureCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseE
     estimator
         A classifier with `decision_function` or `predict_log_proba`.
     cv
-        Number of shuffled folds, a scikit-learn splitter or a list of (train, test) splits.
+        None for one `HeldOutSlice`; a number of shuffled folds, a scikit-learn splitter or a
+        list of (train, test) splits.
     n_jobs
         Threads for the fits (the fit on all rows and one per fold run together).
     random_state
-        Seed of the shuffled folds.
+        Seed of the shuffled folds or slice.
 
     Attributes
     ----------
@@ -73,7 +129,7 @@ class TemperatureCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseE
         self,
         estimator: BaseEstimator,
         *,
-        cv: int | BaseCrossValidator | Iterable = 3,
+        cv: int | BaseCrossValidator | HeldOutSlice | Iterable | None = None,
         n_jobs: int | None = None,
         random_state: int | None = 0,
     ) -> None:
@@ -120,8 +176,10 @@ class TemperatureCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseE
 
 
 def _folds(cv, random_state, X, y) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) index pairs: `cv` shuffled K-folds (fewer if there are fewer rows), or
-    any scikit-learn splitter or list of splits."""
+    """(train, test) index pairs: one `HeldOutSlice` for None, `cv` shuffled K-folds (fewer if
+    there are fewer rows), or any scikit-learn splitter or list of splits."""
+    if cv is None:
+        return list(HeldOutSlice(random_state=random_state).split(y))
     if isinstance(cv, numbers.Integral):
         n_splits = min(int(cv), len(y))
         if n_splits < 2:

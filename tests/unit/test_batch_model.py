@@ -15,16 +15,26 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.svm import LinearSVC
+from sklearn.utils import murmurhash3_32
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 import models.batch.distinct_rows
+import models.batch.features
+import models.batch.one_vs_rest
 import models.batch.recipe
 import models.batch.temperature
 import pipelines.batch.counts
 from models.alternatives import linear_svc, tfidf_logistic
 from models.batch.distinct_rows import DistinctRowsClassifier
+from models.batch.features import HashedTfidfVectorizer
 from models.batch.naive_bayes import ColumnMajorMultinomialNB
-from models.batch.recipe import build_batch_model, fit_on_counts, prepare_batch_model
+from models.batch.one_vs_rest import ThreadedOneVsRest
+from models.batch.recipe import (
+    BATCH_TOKEN_PATTERN,
+    build_batch_model,
+    fit_on_counts,
+    prepare_batch_model,
+)
 from models.batch.temperature import TemperatureCalibratedClassifier
 from models.contracts import ModelContractError
 from pipelines.batch.counts import count_examples, count_examples_from_pairs
@@ -160,21 +170,77 @@ def test_count_examples_merges_batches_and_skips_unlabelled(monkeypatch):
     assert texts == intents == [] and weights.shape == (0,)
 
 
-def test_the_default_model_gets_its_weights_as_before(clinc):
-    """Metadata routing gives the default model the same weights, so the same probabilities, as
-    the explicit `classifier__sample_weight` it was given before."""
+def test_the_default_model_weighs_a_repeat_by_its_log_count(clinc):
+    """The default model is the pipeline fitted with weights 1 + log(count / smallest count),
+    delivered by metadata routing to its classifier, rescaled to average 1."""
     train, held_out = clinc
     texts, intents = map(list, zip(*sorted(set(train)), strict=True))  # distinct, sorted
-    weights = np.random.default_rng(0).integers(1, 6, len(texts)).astype(float)
+    counts = np.random.default_rng(0).integers(2, 60, len(texts)).astype(float)
+    damped = 1 + np.log(counts / counts.min())
     probe = [text for text, _ in held_out[::5]] + texts[:50]
     # One thread: liblinear's fits in threads side by side differ in the last digits.
     reference = clone(build_batch_model(n_jobs=1).estimator).fit(
-        texts, intents, classifier__sample_weight=weights / weights.mean()
+        texts, intents, classifier__sample_weight=damped / damped.mean()
     )
-    model = fit_on_counts(build_batch_model(n_jobs=1), texts, intents, weights)
-    assert np.allclose(model.predict_proba(probe), reference.predict_proba(probe))
-    unweighted = build_batch_model(n_jobs=1).fit(texts, intents)
-    assert not np.allclose(unweighted.predict_proba(probe), reference.predict_proba(probe))
+    model = fit_on_counts(build_batch_model(n_jobs=1), texts, intents, counts)
+    np.testing.assert_allclose(model.predict_proba(probe), reference.predict_proba(probe))
+    raw = build_batch_model(n_jobs=1, count_weighting="count")
+    raw = fit_on_counts(raw, texts, intents, counts)
+    assert not np.allclose(raw.predict_proba(probe), reference.predict_proba(probe), atol=1e-3)
+
+
+def test_count_weighting_is_checked():
+    with pytest.raises(ValueError, match=r"count_weighting must be one of \('count', 'log'\)"):
+        DistinctRowsClassifier(LogisticRegression(), count_weighting="sqrt").fit(
+            [[0.0], [1.0]], [0, 1]
+        )
+
+
+def test_hashed_tfidf_is_tfidf_with_its_columns_reordered(clinc, monkeypatch):
+    """On texts whose n-grams hash without collisions (checked), the same matrix as
+    scikit-learn's TfidfVectorizer, and the same whether counted on one process or two. (A new
+    text's unseen n-gram may land in a kept column: hashing's price, not compared here.)"""
+    train, _ = clinc
+    texts = [text for text, _ in train][::4]
+    for min_df in (1, 2):
+        params = {"ngram_range": (1, 2), "token_pattern": BATCH_TOKEN_PATTERN, "min_df": min_df}
+        reference = TfidfVectorizer(sublinear_tf=True, **params).fit(texts)
+        terms = sorted(reference.vocabulary_, key=reference.vocabulary_.get)
+        hashed = np.array([abs(murmurhash3_32(term, seed=0)) % 2**22 for term in terms])
+        assert len(set(hashed.tolist())) == len(terms)  # no collisions among these n-grams
+        vectorizer = HashedTfidfVectorizer(**params).fit(texts)
+        assert np.array_equal(vectorizer.columns_, np.sort(hashed))
+        order = np.searchsorted(vectorizer.columns_, hashed)
+        expected = reference.transform(texts).toarray()
+        np.testing.assert_allclose(vectorizer.transform(texts).toarray()[:, order], expected)
+
+    monkeypatch.setattr(models.batch.features, "PARALLEL_MIN_TEXTS", 10)
+    chars = {"analyzer": "char_wb", "ngram_range": (2, 4), "min_df": 2}
+    one = HashedTfidfVectorizer(**chars).fit_transform(texts)
+    two = HashedTfidfVectorizer(**chars, n_jobs=2).fit_transform(texts)
+    assert (one != two).nnz == 0
+
+
+def test_threaded_one_vs_rest_is_the_one_vs_rest_fit_on_every_class(clinc):
+    """Groups of classes fitted apart give each class the problem it has in one fit: converged,
+    the same margins (classes split unevenly, weights included)."""
+    train, held_out = clinc
+    texts, intents = map(list, zip(*train, strict=True))
+    features = TfidfVectorizer(sublinear_tf=True).fit(texts)
+    X, probe = features.transform(texts), features.transform([t for t, _ in held_out])
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, len(texts))
+    svm = LinearSVC(tol=1e-8, max_iter=100_000, random_state=0)
+    whole = clone(svm).fit(X, intents, sample_weight=weights)
+    grouped = ThreadedOneVsRest(svm, n_jobs=3).fit(X, intents, sample_weight=weights)
+    assert list(grouped.classes_) == list(whole.classes_)
+    np.testing.assert_allclose(
+        grouped.decision_function(probe), whole.decision_function(probe), atol=1e-4
+    )
+    two = [intent == intents[0] for intent in intents]
+    binary = ThreadedOneVsRest(svm, n_jobs=3).fit(X, two)
+    np.testing.assert_allclose(
+        binary.decision_function(probe), clone(svm).fit(X, two).decision_function(probe), atol=1e-4
+    )
 
 
 def _tripled(pairs: list[tuple[str, str]], every: int = 3):
@@ -288,6 +354,8 @@ def test_prepare_refuses_what_is_not_a_batch_model():
     "module",
     [
         models.batch.distinct_rows,
+        models.batch.features,
+        models.batch.one_vs_rest,
         models.batch.recipe,
         models.batch.temperature,
         pipelines.batch.counts,
@@ -301,7 +369,11 @@ def test_docstring_examples(module):
 
 ESTIMATORS = [
     DistinctRowsClassifier(LogisticRegression()),
+    DistinctRowsClassifier(LogisticRegression(), count_weighting="log"),
     TemperatureCalibratedClassifier(LinearSVC(random_state=0)),
+    # Converged tightly, weights and repeated rows reach the same optimum; at liblinear's
+    # default tolerance they stay 1e-5 apart (scikit-learn expects LinearSVC to fail that check).
+    ThreadedOneVsRest(LinearSVC(random_state=0, tol=1e-10, max_iter=100_000), n_jobs=2),
     TemperatureCalibratedClassifier(ColumnMajorMultinomialNB()),
     ColumnMajorMultinomialNB(),
     # Folds see repeated rows only once: weights are then exactly repetitions.
