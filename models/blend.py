@@ -1,26 +1,31 @@
 """Blending the batch champion with the speed model, with weights learnt online.
 
 The batch model only knows the intents it was trained on; the speed model learns new ones as
-they arrive. Three experts answer each query:
+they arrive. The blend is a log-linear pool of the two, a weighted geometric mean renormalised:
 
-- `batch`: the champion alone (an intent it never saw gets probability 0),
-- `speed`: the speed model alone,
-- `novelty`: the speed model says how likely the query is to be an intent the batch model has
-  never seen (its novel mass); the rest of the mass is shared over the intents both know by an
-  inner mixture of the two.
+    log p(k) = a log p_batch(k) + b log p_speed(k)
+               + c_batch [k unknown to the batch model] + c_speed [k unknown to the speed model]
+               + bias(k) + a constant per query
 
-The blend is the Hedge mixture of the three: each expert's weight decays with its recent,
-exponentially-weighted log loss (`models.losses.capped_log_loss`), learnt apart for texts the
-batch model trained on and texts it has not, so the blend follows whichever view is doing best
-now (batch before a drift, the speed side after it, the new batch model after a retrain).
-Everything is prequential: predict, then learn.
+Probabilities are floored at `models.losses.LOSS_CAP`'s, and a model has no opinion on an intent
+it does not know: the other model's probability stands in for its own there, and `c_batch`,
+`c_speed` learn how much more or less likely such intents are. A linear mixture (this project's
+Hedge blend before) is as sure as its surest part, so a champion's confident mistake on a text
+of an intent it never saw outweighs a young speed model's right but flat answer; in a product a
+low weight silences a model and agreement sharpens.
 
-There is one numeric path: rows of probabilities over two class lists (`blend_many`, and
-`step` for one event of a prequential loop); the dict API (`blend`, `learn`) is a thin call
-into it.
+The pool's weights (a, b, c_batch, c_speed) are learnt apart for four kinds of text: whether the
+batch model trained on it and whether the speed model did. A model all but never errs on a text
+it trained on, and most events are such repeats; weights learnt over all events together would
+trust memory on new texts. The per-intent `bias` follows how often each intent is asked now (a
+new intent arriving, one falling out of use); it is shared by all kinds. Everything is learnt by
+one stochastic gradient step on the log loss of each labelled event, predicted before its label
+was known (prequential). A new blender trusts the champion alone until events say otherwise.
+
+There is one numeric path: rows of probabilities over two class lists (`blend_many`, and `step`
+for one event of a prequential loop); the dict API (`blend`, `learn`) is a thin call into it.
 """
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,22 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from models.losses import capped_log_loss
+from models.losses import LOSS_CAP
 
 # Intent -> probability; keys are any hashable label, as in River.
 Probabilities = Mapping[Any, float]
 
-EXPERTS = ("batch", "speed", "novelty")
+# The pool's weights, in this order, per kind of text.
+POOL_WEIGHTS = ("batch", "speed", "unknown_to_batch", "unknown_to_speed")
+_START = (1.0, 0.0, 0.0, 0.0)  # the champion alone
+_FLOOR = math.exp(-LOSS_CAP)
 # Alignments of class lists kept per blender: a champion and a speed model give one, which
 # changes only when a model learns a new intent or is replaced.
 _ALIGNMENTS_KEPT = 8
-
-
-def _softmin(losses: list[float], learning_rate: float) -> list[float]:
-    best = min(losses)
-    scores = [math.exp(-learning_rate * (loss - best)) for loss in losses]
-    total = sum(scores)
-    return [s / total for s in scores]
 
 
 @dataclass(frozen=True)
@@ -97,180 +98,162 @@ class Alignment:
         novel_positions = np.flatnonzero(speed_columns >= n_batch)
         return cls(classes, speed_columns, novel_positions, index, speed_index, n_batch)
 
-
-class _Hedge:
-    """One set of Hedge weights: discounted log losses of the three experts, and of the inner
-    mixture's two sides."""
-
-    def __init__(self) -> None:
-        self.expert_loss = [0.0, 0.0, 0.0]
-        self.inner_loss = [0.0, 0.0]
-        self.learnt = 0
-
-    def experts(self, learning_rate: float) -> list[float]:
-        return _softmin(self.expert_loss, learning_rate)
-
-    def inner(self, learning_rate: float) -> list[float]:
-        return _softmin(self.inner_loss, learning_rate)
+    @property
+    def unknown(self) -> np.ndarray:
+        """(2, classes): whether each blend class is unknown to the batch model, and to the
+        speed model."""
+        unknown = np.zeros((2, len(self.classes)))
+        unknown[0, self.n_batch :] = 1.0
+        unknown[1] = 1.0
+        unknown[1, self.speed_columns] = 0.0
+        return unknown
 
 
-class HedgeBlender:
-    """Hedge weights over the batch, speed and novelty experts, from discounted log loss.
+@dataclass(frozen=True)
+class _Aligned:
+    """An alignment with what the blender adds to it: the class-unknown indicators and each
+    class's row in the blender's per-intent biases."""
 
-    Two sets of weights are learnt: one for texts the batch model trained on, one for texts it
-    has not (`batch_seen`). A champion all but never errs on a text it has trained on, and most
-    events are such repeats; weights learnt over all events together would trust it on new
-    texts as much as on its repeats. Properties without `batch_seen` describe the weights for
-    new texts.
+    alignment: Alignment
+    unknown: np.ndarray
+    intent_rows: np.ndarray
+
+
+class Blender:
+    """A log-linear pool of the batch and speed models, its weights learnt online per kind of
+    text (which model trained on it), with a per-intent bias.
 
     Parameters
     ----------
     learning_rate
-        Hedge's learning rate: weights are `softmax(-learning_rate * discounted loss)`. Low, so
-        the weights stay mixed.
-    decay
-        Discount of past losses per event, in (0, 1]: the memory is about `1 / (1 - decay)`
-        events. Short, so that after a drift the blend stops trusting the old champion soon.
+        Step size of the two models' weights in the pool.
+    unknown_learning_rate
+        Step size of the weights of intents unknown to one model: higher, so that the pool
+        soon learns that a new intent has arrived.
+    intent_learning_rate
+        Step size of the per-intent biases.
 
     Attributes
     ----------
-    learning_rate, decay
+    learning_rate, unknown_learning_rate, intent_learning_rate
         As given.
-    new_texts, seen_texts
-        The discounted losses for texts the batch model has not trained on, and has.
+    pools
+        (2, 2, 4) array: the weights (`POOL_WEIGHTS`) for `[batch_seen][speed_seen]`.
     learnt
         Number of events learnt (those where both models answered).
     layer_weights
-        (batch, speed): each model's share of the blend for new texts.
-    expert_weights
-        The three experts' weights for new texts, by name.
+        (batch, speed): each model's share of the pool for texts neither trained on.
 
     Examples
     --------
-    >>> blender = HedgeBlender()
+    >>> blender = Blender()
     >>> batch, speed = {"a": 0.9, "b": 0.1}, {"a": 0.2, "b": 0.7, "c": 0.1}
+    >>> blender.layer_weights
+    (1.0, 0.0)
     >>> for _ in range(50):
-    ...     blender.learn(batch, speed, "a")
-    >>> round(blender.layer_weights[0], 2), blender.weights_for(batch_seen=True)
-    (0.99, (0.5, 0.5))
-    >>> sorted(blender.expert_weights)
-    ['batch', 'novelty', 'speed']
-    >>> p = blender.blend(batch, speed)
+    ...     blender.learn(batch, {"a": 0.1, "b": 0.2, "c": 0.7}, "c")
+    >>> p = blender.blend(batch, {"a": 0.1, "b": 0.2, "c": 0.7})
     >>> max(p, key=p.get), round(sum(p.values()), 6)
-    ('a', 1.0)
+    ('c', 1.0)
     """
 
-    def __init__(self, learning_rate: float = 0.3, decay: float = 0.9) -> None:
-        if learning_rate <= 0 or not 0 < decay <= 1:
-            raise ValueError("learning_rate must be > 0 and decay in (0, 1]")
+    def __init__(
+        self,
+        learning_rate: float = 0.02,
+        unknown_learning_rate: float = 0.2,
+        intent_learning_rate: float = 0.1,
+    ) -> None:
+        if min(learning_rate, unknown_learning_rate) <= 0 or intent_learning_rate < 0:
+            raise ValueError("the learning rates must be > 0 (the intents' >= 0)")
         self.learning_rate = learning_rate
-        self.decay = decay
-        self.new_texts = _Hedge()
-        self.seen_texts = _Hedge()
-        self._alignments: dict[tuple, Alignment] = {}
+        self.unknown_learning_rate = unknown_learning_rate
+        self.intent_learning_rate = intent_learning_rate
+        self.pools = np.tile(np.array(_START), (2, 2, 1))
+        self.learnt = 0
+        self._intent_row: dict[Any, int] = {}
+        self._bias = np.zeros(0)
+        self._aligned: dict[tuple, _Aligned] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_alignments"]  # rebuilt on use
+        del state["_aligned"]  # rebuilt on use
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore; a blender pickled before the two sets had one, which now serves both."""
-        if "new_texts" not in state:
-            hedge = _Hedge()
-            hedge.expert_loss, hedge.inner_loss = state.pop("expert_loss"), state.pop("inner_loss")
-            hedge.learnt = state.pop("learnt")
-            state["new_texts"] = hedge
-            state["seen_texts"] = copy.deepcopy(hedge)
-            state["seen_texts"].learnt = 0  # the events were learnt once
+        """Restore; a blender pickled by the Hedge blend before this one starts afresh, as
+        its weights mean nothing here."""
+        if "pools" not in state:
+            state = Blender().__getstate__()
         self.__dict__.update(state)
-        self._alignments = {}
+        self._aligned = {}
 
-    def _hedge(self, batch_seen: bool) -> _Hedge:
-        return self.seen_texts if batch_seen else self.new_texts
-
-    @property
-    def learnt(self) -> int:
-        """Number of events learnt, over both sets of weights."""
-        return self.new_texts.learnt + self.seen_texts.learnt
-
-    @property
-    def expert_weights(self) -> dict[str, float]:
-        """The weight of each of `EXPERTS` for texts the batch model has not trained on."""
-        weights = self.new_texts.experts(self.learning_rate)
-        return dict(zip(EXPERTS, weights, strict=True))
-
-    @property
-    def layer_weights(self) -> tuple[float, float]:
-        """(batch, speed) for texts the batch model has not trained on: `weights_for(False)`."""
-        return self.weights_for(batch_seen=False)
-
-    def weights_for(self, batch_seen: bool) -> tuple[float, float]:
-        """How much of the blend each model carries, the novelty expert's share split by its
-        inner mixture.
-
-        Parameters
-        ----------
-        batch_seen
-            Use the weights for texts the batch model trained on.
+    def weights_for(self, batch_seen: bool, speed_seen: bool = False) -> tuple[float, float]:
+        """How much each model counts in the pool for a kind of text: its weight over both,
+        negative weights read as 0.
 
         Returns
         -------
         tuple of float
-            (batch_weight, speed_weight), summing to 1.
+            (batch_weight, speed_weight), summing to 1 (halves when both are 0).
         """
-        hedge = self._hedge(batch_seen)
-        batch, speed, novelty = hedge.experts(self.learning_rate)
-        inner_batch, inner_speed = hedge.inner(self.learning_rate)
-        return batch + novelty * inner_batch, speed + novelty * inner_speed
+        batch, speed = np.maximum(self.pools[int(batch_seen), int(speed_seen), :2], 0.0)
+        total = batch + speed
+        if total <= 0:
+            return 0.5, 0.5
+        return float(batch / total), float(speed / total)
+
+    @property
+    def layer_weights(self) -> tuple[float, float]:
+        """(batch, speed) for texts neither model trained on: `weights_for(False, False)`."""
+        return self.weights_for(batch_seen=False, speed_seen=False)
 
     def alignment(self, batch_classes: Sequence[Any], speed_classes: Sequence[Any]) -> Alignment:
         """`Alignment.of` two class lists, kept for the next call with the same lists."""
+        return self._aligned_for(batch_classes, speed_classes).alignment
+
+    def _aligned_for(self, batch_classes: Sequence[Any], speed_classes: Sequence[Any]) -> _Aligned:
         key = (tuple(batch_classes), tuple(speed_classes))
-        found = self._alignments.get(key)
+        found = self._aligned.get(key)
         if found is None:
-            if len(self._alignments) >= _ALIGNMENTS_KEPT:
-                self._alignments.clear()
-            found = self._alignments[key] = Alignment.of(batch_classes, speed_classes)
+            if len(self._aligned) >= _ALIGNMENTS_KEPT:
+                self._aligned.clear()
+            alignment = Alignment.of(batch_classes, speed_classes)
+            for intent in alignment.classes:
+                self._intent_row.setdefault(intent, len(self._intent_row))
+            if len(self._bias) < len(self._intent_row):
+                grown = np.zeros(len(self._intent_row))
+                grown[: len(self._bias)] = self._bias
+                self._bias = grown
+            rows = np.fromiter((self._intent_row[c] for c in alignment.classes), np.intp)
+            found = self._aligned[key] = _Aligned(alignment, alignment.unknown, rows)
         return found
 
-    def _row_weights(self, batch_seen: np.ndarray | None, n: int) -> tuple[Any, ...]:
-        """The three expert weights and the inner two: numbers when every row uses the same
-        set, else columns of shape (n, 1) from the set each row's `batch_seen` picks."""
-        rate = self.learning_rate
-
-        def of(hedge: _Hedge) -> list[float]:
-            return [*hedge.experts(rate), *hedge.inner(rate)]
-
-        if batch_seen is None or not np.any(batch_seen):
-            return tuple(of(self.new_texts))
-        if np.all(batch_seen):
-            return tuple(of(self.seen_texts))
-        mask = np.asarray(batch_seen, dtype=bool)[:, None]
-        pairs = zip(of(self.seen_texts), of(self.new_texts), strict=True)
-        return tuple(np.where(mask, seen, new) for seen, new in pairs)
-
-    def _combine(
-        self, alignment: Alignment, batch: np.ndarray, speed: np.ndarray, batch_seen
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The blend of each row over the blend's classes, with what a learning step reads its
-        losses from: the speed rows on those classes, and on the batch classes the novelty
-        expert and the speed model renormalised to them (on the speed-only classes the novelty
-        expert is the speed model)."""
-        n, n_batch = len(batch), alignment.n_batch
-        novel = np.minimum(1.0, speed[:, alignment.novel_positions].sum(axis=1))
-        rest = (1.0 - novel)[:, None]
-        speed_all = np.zeros((n, len(alignment.classes)))
-        speed_all[:, alignment.speed_columns] = speed
-        known_speed = np.zeros((n, n_batch))
-        np.divide(speed_all[:, :n_batch], rest, out=known_speed, where=rest > 1e-12)
-        w_batch, w_speed, w_novelty, inner_batch, inner_speed = self._row_weights(batch_seen, n)
-        novelty = rest * (inner_batch * batch + inner_speed * known_speed)
-        blended = (w_speed + w_novelty) * speed_all
-        blended[:, :n_batch] = (
-            w_batch * batch + w_speed * speed_all[:, :n_batch] + w_novelty * novelty
-        )
-        return blended, speed_all, novelty, known_speed
+    def _pool(
+        self,
+        aligned: _Aligned,
+        batch: np.ndarray,
+        speed: np.ndarray,
+        batch_seen: np.ndarray,
+        speed_seen: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pooled rows over the blend's classes, with the log-probabilities of each model
+        over those classes that they came from (the other model's where one does not know a
+        class)."""
+        alignment = aligned.alignment
+        n_batch, columns = alignment.n_batch, alignment.speed_columns
+        log_speed = np.empty((len(batch), len(alignment.classes)))
+        log_speed[:, columns] = np.log(np.maximum(speed, _FLOOR))
+        log_batch = log_speed.copy()  # the speed model's where the batch model has no opinion
+        log_batch[:, :n_batch] = np.log(np.maximum(batch, _FLOOR))
+        unknown_to_speed = aligned.unknown[1] > 0
+        log_speed[:, unknown_to_speed] = log_batch[:, unknown_to_speed]
+        weights = self.pools[batch_seen.astype(np.intp), speed_seen.astype(np.intp)]
+        scores = weights[:, 0:1] * log_batch + weights[:, 1:2] * log_speed
+        scores += weights[:, 2:] @ aligned.unknown + self._bias[aligned.intent_rows]
+        scores -= scores.max(axis=1, keepdims=True)
+        pooled = np.exp(scores)
+        pooled /= pooled.sum(axis=1, keepdims=True)
+        return pooled, log_batch, log_speed
 
     def blend_many(
         self,
@@ -279,6 +262,7 @@ class HedgeBlender:
         speed_classes: Sequence[Any],
         speed_matrix: np.ndarray | None,
         batch_seen: np.ndarray | None = None,
+        speed_seen: np.ndarray | None = None,
     ) -> tuple[list[Any], np.ndarray]:
         """The blend of each row of two probability matrices: the numbers every other method
         of the blender serves.
@@ -290,9 +274,9 @@ class HedgeBlender:
         speed_classes, speed_matrix
             The same for the speed model. A side that is None or has no classes is absent, and
             the other side's rows are the answer.
-        batch_seen
-            Per row, whether the batch model trained on the text: it picks the set of weights
-            (all False when None).
+        batch_seen, speed_seen
+            Per row, whether the batch (speed) model trained on the text: they pick the pool's
+            weights (all False when None).
 
         Returns
         -------
@@ -303,9 +287,9 @@ class HedgeBlender:
 
         Examples
         --------
-        >>> classes, rows = HedgeBlender().blend_many(["a", "b"], [[0.8, 0.2]], ["c"], [[1.0]])
+        >>> classes, rows = Blender().blend_many(["a", "b"], [[0.8, 0.2]], ["c"], [[1.0]])
         >>> classes, rows.round(2).tolist()
-        (['a', 'b', 'c'], [[0.27, 0.07, 0.67]])
+        (['a', 'b', 'c'], [[0.4, 0.1, 0.5]])
         """
         batch_absent = batch_matrix is None or not len(batch_classes)
         speed_absent = speed_matrix is None or not len(speed_classes)
@@ -317,10 +301,11 @@ class HedgeBlender:
             return list(speed_classes), np.array(speed_matrix, dtype=np.float64)
         if speed_absent:
             return list(batch_classes), np.array(batch_matrix, dtype=np.float64)
-        alignment = self.alignment(batch_classes, speed_classes)
+        aligned = self._aligned_for(batch_classes, speed_classes)
         batch = np.asarray(batch_matrix, dtype=np.float64)
         speed = np.asarray(speed_matrix, dtype=np.float64)
-        return alignment.classes, self._combine(alignment, batch, speed, batch_seen)[0]
+        flags = _flags(batch_seen, len(batch)), _flags(speed_seen, len(batch))
+        return aligned.alignment.classes, self._pool(aligned, batch, speed, *flags)[0]
 
     def step(
         self,
@@ -331,6 +316,7 @@ class HedgeBlender:
         intent: Any,
         batch_seen: bool = False,
         learn: bool = True,
+        speed_seen: bool = False,
     ) -> tuple[Alignment, np.ndarray]:
         """One event of a prequential loop: blend one row of each side, then learn from it.
 
@@ -340,12 +326,12 @@ class HedgeBlender:
             As `blend_many`, with one row per side.
         intent
             The event's true intent.
-        batch_seen
-            Whether the batch model trained on the text: which set of weights is used and
+        batch_seen, speed_seen
+            Whether the batch (speed) model trained on the text: which weights are used and
             learnt.
         learn
-            Add each expert's log loss on `intent` to those weights. Nothing is learnt unless
-            both sides answered.
+            Take a gradient step on the log loss of `intent`. Nothing is learnt unless both
+            sides answered.
 
         Returns
         -------
@@ -354,51 +340,46 @@ class HedgeBlender:
         probabilities : numpy.ndarray
             The blend over `alignment.classes`, as predicted before learning.
         """
-        alignment = self.alignment(batch_classes, speed_classes)
-        seen = np.array([batch_seen])
+        aligned = self._aligned_for(batch_classes, speed_classes)
+        alignment = aligned.alignment
         batch = None if batch_row is None else np.asarray(batch_row, dtype=np.float64)[None, :]
         speed = None if speed_row is None else np.asarray(speed_row, dtype=np.float64)[None, :]
         if batch is None or speed is None or not len(batch_classes) or not len(speed_classes):
-            _, blended = self.blend_many(batch_classes, batch, speed_classes, speed, seen)
+            _, blended = self.blend_many(batch_classes, batch, speed_classes, speed)
             return alignment, blended[0] if len(blended) else np.zeros(len(alignment.classes))
-        blended, speed_all, novelty, known_speed = self._combine(alignment, batch, speed, seen)
+        flags = np.array([batch_seen]), np.array([speed_seen])
+        pooled, log_batch, log_speed = self._pool(aligned, batch, speed, *flags)
+        column = alignment.index.get(intent)
         if learn:
-            rows = (batch[0], speed_all[0], novelty[0], known_speed[0])
-            self._learn(alignment, *rows, intent, batch_seen)
-        return alignment, blended[0]
+            self.learnt += 1
+            if column is not None:  # an intent neither model knows teaches the pool nothing
+                features = np.vstack([log_batch[0], log_speed[0], aligned.unknown])
+                self._learn(aligned, pooled[0], features, column, batch_seen, speed_seen)
+        return alignment, pooled[0]
 
     def _learn(
         self,
-        alignment: Alignment,
-        batch: np.ndarray,
-        speed_all: np.ndarray,
-        novelty: np.ndarray,
-        known_speed: np.ndarray,
-        intent: Any,
+        aligned: _Aligned,
+        pooled: np.ndarray,
+        features: np.ndarray,
+        column: int,
         batch_seen: bool,
+        speed_seen: bool,
     ) -> None:
-        """Add each expert's log loss on `intent` (and the inner mixture's, for an intent the
-        batch model knows) to the weights of texts like this one."""
-        hedge = self._hedge(batch_seen)
-        column = alignment.index.get(intent)
-        n_batch = alignment.n_batch
-        if column is None:
-            expert_p = (0.0, 0.0, 0.0)
-        elif column < n_batch:
-            expert_p = (float(batch[column]), float(speed_all[column]), float(novelty[column]))
-            for i, p in enumerate((float(batch[column]), float(known_speed[column]))):
-                hedge.inner_loss[i] = self.decay * hedge.inner_loss[i] + capped_log_loss(p)
-        else:
-            expert_p = (0.0, float(speed_all[column]), float(speed_all[column]))
-        for i, p in enumerate(expert_p):
-            hedge.expert_loss[i] = self.decay * hedge.expert_loss[i] + capped_log_loss(p)
-        hedge.learnt += 1
+        """One gradient step on -log pooled[column]: the pool's weights for this kind of text
+        (`features`: one row per weight, one column per class), and every intent's bias."""
+        residual = pooled.copy()
+        residual[column] -= 1.0
+        rates = np.repeat([self.learning_rate, self.unknown_learning_rate], 2)
+        self.pools[int(batch_seen), int(speed_seen)] -= rates * (features @ residual)
+        self._bias[aligned.intent_rows] -= self.intent_learning_rate * residual
 
     def blend(
         self,
         batch: Probabilities | None,
         speed: Probabilities | None,
         batch_seen: bool = False,
+        speed_seen: bool = False,
     ) -> dict[Any, float]:
         """The blended distribution over the union of both models' intents, as a dict:
         `blend_many` for one query.
@@ -407,8 +388,8 @@ class HedgeBlender:
         ----------
         batch, speed
             Each model's probabilities, intent -> probability; None or empty when it has none.
-        batch_seen
-            Whether the batch model trained on the text.
+        batch_seen, speed_seen
+            Whether the batch (speed) model trained on the text.
 
         Returns
         -------
@@ -416,7 +397,9 @@ class HedgeBlender:
             Intent -> probability: the batch intents, then the speed-only ones.
         """
         rows = _rows(batch, speed)
-        alignment, row = self.step(*rows, intent=None, batch_seen=batch_seen, learn=False)
+        alignment, row = self.step(
+            *rows, intent=None, batch_seen=batch_seen, learn=False, speed_seen=speed_seen
+        )
         return dict(zip(alignment.classes, row.tolist(), strict=True))
 
     def learn(
@@ -425,6 +408,7 @@ class HedgeBlender:
         speed: Probabilities | None,
         intent: Any,
         batch_seen: bool = False,
+        speed_seen: bool = False,
     ) -> None:
         """Learn from one labelled event: `step` with dicts, the blend itself discarded.
 
@@ -434,16 +418,24 @@ class HedgeBlender:
             Each model's probabilities, as for `blend`, predicted before either learnt it.
         intent
             The event's true intent.
-        batch_seen
-            Whether the batch model trained on the text: which set of weights learns.
+        batch_seen, speed_seen
+            Whether the batch (speed) model trained on the text: which weights learn.
         """
-        self.step(*_rows(batch, speed), intent=intent, batch_seen=batch_seen)
+        self.step(*_rows(batch, speed), intent=intent, batch_seen=batch_seen, speed_seen=speed_seen)
+
+
+HedgeBlender = Blender
+"""The blender's former name: snapshots pickled under it load (as a fresh `Blender`)."""
+
+
+def _flags(flags: np.ndarray | None, n: int) -> np.ndarray:
+    return np.zeros(n, dtype=bool) if flags is None else np.asarray(flags, dtype=bool)
 
 
 def _rows(
     batch: Probabilities | None, speed: Probabilities | None
 ) -> tuple[list, np.ndarray | None, list, np.ndarray | None]:
-    """Dicts as (classes, row) pairs for `HedgeBlender.step`; an empty dict is an absent side."""
+    """Dicts as (classes, row) pairs for `Blender.step`; an empty dict is an absent side."""
     batch_classes, speed_classes = list(batch or {}), list(speed or {})
     batch_row = np.fromiter(batch.values(), float, len(batch)) if batch else None
     speed_row = np.fromiter(speed.values(), float, len(speed)) if speed else None

@@ -4,6 +4,8 @@ Each labelled event is first predicted by both models and scored in the three vi
 speed only, blend), and only then learnt by the blender and the speed model, so every score is
 on an event no model has learnt yet. Scores are split by whether each model had trained on the
 event's text before (`models.texts`): a repeat measures memory, a first-seen text understanding.
+Given the champion's scope decision, each view's judgement of whether a novel event is in scope
+is scored too.
 """
 
 import logging
@@ -14,9 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.blend import HedgeBlender
+from models.blend import Alignment, Blender
 from models.contracts import has_vectorised_proba
 from models.metrics import SplitScore, row_outcome
+from models.scope import ScopeDecision, best_in_scope, judge_scope
 from models.texts import TextMemories, TextMemory, text_key
 
 log = logging.getLogger(__name__)
@@ -178,7 +181,7 @@ def _distrust(kind: tuple[type, ...], why: str) -> None:
 
 def prequential_step(
     speed_model: Any,
-    blender: HedgeBlender,
+    blender: Blender,
     scores: ViewScores,
     text: str,
     intent: str,
@@ -187,6 +190,7 @@ def prequential_step(
     batch_texts: TextMemory | None,
     learn: bool = True,
     learners: Sequence[Any] = (),
+    scope: ScopeDecision | None = None,
 ) -> bool | None:
     """Score then learn one labelled event.
 
@@ -211,6 +215,9 @@ def prequential_step(
     learners
         Further models that learn the event too: a partition's own model, when `speed_model`
         is the merged view a worker of a consumer group predicts with.
+    scope
+        The champion's scope decision: with it, each view's judgement of a novel event's scope
+        is scored (`SplitScore.scope`); the speed model alone judges by its top intent.
 
     Returns
     -------
@@ -232,20 +239,74 @@ def prequential_step(
         intent,
         batch_seen,
         learn=learn and batch is not None,
+        speed_seen=speed_seen,
     )
-    speed_right, speed_p = row_outcome(speed_row, alignment.speed_index.get(intent))
-    scores.speed.record(speed_right, speed_p, seen=speed_seen, seen_by_any=seen_by_any)
-    blend_right, blend_p = row_outcome(blended, alignment.index.get(intent))
-    scores.blend.record(blend_right, blend_p, seen=seen_by_any, seen_by_any=seen_by_any)
-    batch_right = None
-    if batch_row is not None:
-        column = alignment.index.get(intent)
-        known = column if column is not None and column < alignment.n_batch else None
-        batch_right, batch_p = row_outcome(batch_row, known)
-        scores.batch.record(batch_right, batch_p, seen=batch_seen, seen_by_any=seen_by_any)
+    batch_right = record_views(
+        scores,
+        alignment,
+        speed_row,
+        blended,
+        batch_row,
+        intent,
+        speed_seen=speed_seen,
+        batch_seen=batch_seen,
+    )
+    if scope is not None and not seen_by_any:
+        _judge(scores.speed, speed_classes, speed_row, intent, None, scope.oos_label)
+        _judge(scores.blend, alignment.classes, blended, intent, scope, scope.oos_label)
+        if batch_row is not None:
+            _judge(scores.batch, batch_classes, batch_row, intent, scope, scope.oos_label)
     if learn:
         speed_model.learn_one(x, intent)
         for learner in learners:
             learner.learn_one(x, intent)
         speed_texts.add_key(key)
     return batch_right
+
+
+def record_views(
+    scores: ViewScores,
+    alignment: Alignment,
+    speed_row: np.ndarray,
+    blended: np.ndarray,
+    batch_row: np.ndarray | None,
+    intent: str,
+    *,
+    speed_seen: bool,
+    batch_seen: bool,
+) -> bool | None:
+    """Score the three views' answers to one labelled event (`alignment` lines up their
+    classes, `blended` is over `alignment.classes`); returns whether the champion's top intent
+    was right, None without a champion."""
+    seen_by_any = speed_seen or batch_seen
+    speed_right, speed_p = row_outcome(speed_row, alignment.speed_index.get(intent))
+    scores.speed.record(speed_right, speed_p, seen=speed_seen, seen_by_any=seen_by_any)
+    blend_right, blend_p = row_outcome(blended, alignment.index.get(intent))
+    scores.blend.record(blend_right, blend_p, seen=seen_by_any, seen_by_any=seen_by_any)
+    if batch_row is None:
+        return None
+    column = alignment.index.get(intent)
+    known = column if column is not None and column < alignment.n_batch else None
+    batch_right, batch_p = row_outcome(batch_row, known)
+    scores.batch.record(batch_right, batch_p, seen=batch_seen, seen_by_any=seen_by_any)
+    return batch_right
+
+
+def _judge(
+    score: SplitScore,
+    classes: Sequence[Any],
+    row: np.ndarray,
+    intent: str,
+    decision: ScopeDecision | None,
+    oos_label: Any,
+) -> None:
+    """Score one view's judgement of whether the event is in scope (`SplitScore.scope`)."""
+    if not len(classes):
+        return
+    matrix = np.asarray(row, dtype=np.float64)[None, :]
+    best = int(best_in_scope(classes, matrix, oos_label)[0])
+    score.scope.record(
+        judged_in_scope=bool(judge_scope(classes, matrix, decision, oos_label)[0]),
+        right=best >= 0 and classes[best] == intent,
+        out_of_scope=intent == oos_label,
+    )

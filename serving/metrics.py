@@ -1,7 +1,7 @@
 """The service's own Prometheus metrics, exposed on BentoML's `/metrics` with BentoML's: the
-models in use, which source answered and how confidently, how many texts each coalesced model
-call scored, the reloads that failed, and the query log's events (journaled, sent to Kafka,
-waiting, dropped).
+models in use, which source answered, how confidently and how often out of scope, how many
+texts each coalesced model call scored, the reloads that failed, and the query log's events
+(journaled, sent to Kafka, waiting, dropped).
 
 BentoML runs `prometheus_client` in multiprocess mode and sets its folder when a worker starts,
 so the metrics are made when the service is, never at import. With several workers, each
@@ -24,8 +24,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServiceMetrics:
     """Batch champion version, speed snapshot sequence and age (refreshed at every reload round,
     `SERVING_POLL_S`; a missing model reads 0 for version and sequence, -1 for age), answers by
-    source and confidence, coalesced call sizes, failed reloads by model, and the query log's
-    events: journaled and sent by topic, waiting in the journal, dropped."""
+    source, confidence and scope, coalesced call sizes, failed reloads by model, and the query
+    log's events: journaled and sent by topic, waiting in the journal, dropped."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         def gauge(name: str, documentation: str) -> Gauge:
@@ -44,6 +44,12 @@ class ServiceMetrics:
         self.answers = Counter(
             "lambda_ml_answers",
             "Texts answered, by the source that answered (blend, batch or speed)",
+            ["source"],
+            registry=registry,
+        )
+        self.out_of_scope = Counter(
+            "lambda_ml_out_of_scope_answers",
+            "Texts judged out of scope (answered with the out-of-scope label), by source",
             ["source"],
             registry=registry,
         )
@@ -102,6 +108,8 @@ class ServiceMetrics:
         self.batch_size.observe(len(predictions))
         for prediction in predictions:
             self.answers.labels(prediction.source).inc()
+            if not prediction.in_scope:
+                self.out_of_scope.labels(prediction.source).inc()
             self.confidence.labels(prediction.source).observe(prediction.confidence)
 
     def reload_failed(self, model: str) -> None:

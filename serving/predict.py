@@ -1,4 +1,5 @@
-"""The predict path: batch and speed probabilities for a list of texts, blended, top-k.
+"""The predict path: batch and speed probabilities for a list of texts, blended, judged in or
+out of scope, top-k.
 
 It is kept lean because it runs for every request: the batch champion scores all texts in one
 vectorised `predict_proba` call, the speed model (`HashedTextNB.predict_proba_matrix`) too, and
@@ -9,6 +10,11 @@ has its `predict_proba_one` dicts laid out as the same kind of matrix, so every 
 one numeric path. scikit-learn's input and parameter checks are skipped:
 they cost more than the model on one text, and the champion and its input (validated strings)
 are this pipeline's own.
+
+The champion's scope decision (`models.scope`) judges the answer served, blend or not; without
+one, a query is out of scope when the out-of-scope label is its most probable intent. An
+out-of-scope answer names that label with `in_scope` false, and `top_k` lists the best in-scope
+intents either way.
 """
 
 from typing import Any
@@ -17,7 +23,9 @@ import numpy as np
 import sklearn
 
 from models.prequential import speed_probability_matrix
+from models.scope import OOS_LABEL, find_scope, judge_scope, out_of_scope_columns
 from models.snapshot import SpeedSnapshot
+from models.texts import text_keys
 from serving.model_state import LoadedModels
 from serving.schemas import BlendWeights, IntentScore, ModelVersions, Prediction, Source
 
@@ -40,9 +48,15 @@ def _versions(models: LoadedModels, snapshot: SpeedSnapshot | None) -> ModelVers
 
 
 def predict_texts(
-    models: LoadedModels, texts: list[str], *, top_k: int, max_snapshot_age_s: float
+    models: LoadedModels,
+    texts: list[str],
+    *,
+    top_k: int,
+    max_snapshot_age_s: float,
+    oos_label: str = OOS_LABEL,
 ) -> list[Prediction]:
-    """One prediction per text, from whichever models are loaded (see `Prediction.source`).
+    """One prediction per text, from whichever models are loaded (see `Prediction.source`);
+    `oos_label` is the intent an out-of-scope answer names.
 
     Raises NoModelError when no model can answer.
     """
@@ -56,15 +70,19 @@ def predict_texts(
     source: Source
     # Which weights each text's blend uses; only a blend needs to know.
     seen = np.zeros(len(texts), dtype=bool)
+    speed_seen = np.zeros(len(texts), dtype=bool)
     if champion is not None and snapshot is not None:
         source = "blend"
+        keys = text_keys(texts)
         if champion.training_texts is not None:
-            seen = champion.training_texts.contains_many(texts)
-        by_seen = {}
-        for flag in (False, True):
-            batch_weight, speed_weight = snapshot.blender.weights_for(batch_seen=flag)
-            by_seen[flag] = BlendWeights(batch_weight=batch_weight, speed_weight=speed_weight)
-        blends = [by_seen[bool(flag)] for flag in seen]
+            seen = champion.training_texts.contains_keys(keys)
+        speed_seen = snapshot.learnt_texts.contains_keys(keys)
+        kinds = list(zip(seen.tolist(), speed_seen.tolist(), strict=True))
+        by_kind = {}
+        for kind in set(kinds):
+            batch_weight, speed_weight = snapshot.blender.weights_for(*kind)
+            by_kind[kind] = BlendWeights(batch_weight=batch_weight, speed_weight=speed_weight)
+        blends = [by_kind[kind] for kind in kinds]
     else:
         source = "batch" if champion is not None else "speed"
         blends = [_BATCH_ONLY if champion is not None else _SPEED_ONLY] * len(texts)
@@ -81,20 +99,32 @@ def predict_texts(
     else:
         speed_classes, speed_matrix = _speed_probabilities(snapshot.model, texts)
         classes, matrix = snapshot.blender.blend_many(
-            batch_classes, batch_matrix, speed_classes, speed_matrix, seen
+            batch_classes, batch_matrix, speed_classes, speed_matrix, seen, speed_seen
         )
     if matrix is None or not texts:
         return []
+    decision = find_scope(champion.estimator) if champion is not None else None
+    in_scope = judge_scope(classes, matrix, decision, oos_label).tolist()
+    out = out_of_scope_columns(classes, oos_label)
+    if decision is not None and decision.oos_label != oos_label:
+        out = out | out_of_scope_columns(classes, decision.oos_label)
+    in_scope_matrix = np.where(out, -np.inf, matrix)
     # Descending; on ties the earlier class (the batch model's first) comes first.
-    order = np.argsort(-matrix, axis=1, kind="stable")[:, :top_k]
+    order = np.argsort(-in_scope_matrix, axis=1, kind="stable")[:, :top_k]
     best_p = np.take_along_axis(matrix, order, axis=1).tolist()
     predictions = []
-    for row, scores, blend in zip(order.tolist(), best_p, blends, strict=True):
-        top = [IntentScore(intent=classes[c], p=p) for c, p in zip(row, scores, strict=True)]
+    for row, scores, blend, judged in zip(order.tolist(), best_p, blends, in_scope, strict=True):
+        top = [
+            IntentScore(intent=classes[c], p=p)
+            for c, p in zip(row, scores, strict=True)
+            if not out[c]
+        ]
+        best = top[0] if top else IntentScore(intent=oos_label, p=0.0)
         predictions.append(
             Prediction(
-                intent=top[0].intent,
-                confidence=top[0].p,
+                intent=best.intent if judged else oos_label,
+                confidence=best.p if judged else 1.0 - best.p,
+                in_scope=judged,
                 top_k=top,
                 blend=blend,
                 models=versions,

@@ -76,6 +76,15 @@ def freshness(repeats: Repeats = 3) -> None:
 
 
 @bench_app.command()
+def oos() -> None:
+    """CLINC150 test: in-scope accuracy and out-of-scope recall of the batch model's scope
+    decision, tuned without the test split; oos.json and docs/oos.png."""
+    from bench.oos import main
+
+    main()
+
+
+@bench_app.command()
 def models() -> None:
     """Every shipped speed and batch model through `evaluate` on the same stream; the table
     goes to docs/models/README.md, the figures to models.json."""

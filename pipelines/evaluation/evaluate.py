@@ -9,7 +9,8 @@ Query texts repeat, so every score is kept apart for texts a model has trained o
 and texts it has not (first-seen); `novel` events are those no model has trained on, the same
 events for all three views, and the headline figures are on them. A probe set (rows that
 enter the stream once each and never reach any model's training data) gives a second yardstick
-that no repeat can flatter.
+that no repeat can flatter. On novel events each view's in-scope accuracy and out-of-scope
+recall are scored too, under the champion's scope decision (`models.scope`).
 """
 
 import random
@@ -17,12 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from models.batch.recipe import fit_on_counts, prepare_batch_model
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.contracts import check_speed_model
 from models.metrics import SplitScore
 from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionInfo, ChampionModel
+from models.scope import OOS_LABEL, ScopeDecision, find_scope
 from models.texts import TextMemory, normalise
 from pipelines.batch.counts import count_examples_from_pairs
 from pipelines.produce import ReplayOptions, scenario_for
@@ -57,7 +59,8 @@ class EvaluationPlan:
 @dataclass(frozen=True)
 class Window:
     """One window's counts: `counts[view][group]` is [events, correct]; `probes[view]` the same
-    over the probe events in the window."""
+    over the probe events in the window; `scope[view]` is [in-scope events, answered right,
+    out-of-scope events, turned away] over its novel events."""
 
     start: int
     end: int
@@ -67,6 +70,7 @@ class Window:
     synthetic: int
     counts: dict[str, dict[str, list[int]]]
     probes: dict[str, list[int]]
+    scope: dict[str, list[int]] = field(default_factory=dict)
 
     def accuracy(self, view: str, group: str = "all") -> float | None:
         events, correct = self.counts[view][group]
@@ -172,6 +176,22 @@ def _summarise(windows: list[Window]) -> dict[str, float]:
             probe_correct = sum(w.probes[view][1] for w in chosen)
             summary[f"{key}_{view}_probe_accuracy"] = _rounded(_ratio(probe_events, probe_correct))
         summary[f"{key}_probe_events"] = sum(w.probes["blend"][0] for w in chosen)
+    return summary | _scope_summary([w for w in windows if w.phase != PHASES[0]])
+
+
+def _scope_summary(windows: Sequence[Window]) -> dict[str, float]:
+    """Each view's in-scope accuracy and out-of-scope recall on novel events, pooled over the
+    windows given (those with a batch model), with the numbers of events they are over."""
+    summary: dict[str, float] = {}
+    for view in VIEWS:
+        in_scope, answered, out, turned_away = (
+            sum(w.scope.get(view, [0, 0, 0, 0])[i] for w in windows) for i in range(4)
+        )
+        summary[f"first_seen_{view}_in_scope_accuracy"] = _rounded(_ratio(in_scope, answered))
+        summary[f"first_seen_{view}_oos_recall"] = _rounded(_ratio(out, turned_away))
+        if view == "blend":
+            summary["first_seen_in_scope_events"] = in_scope
+            summary["first_seen_oos_events"] = out
     return summary
 
 
@@ -185,7 +205,8 @@ class _Views:
         self.version = 0
         self.speed = self._new_speed_model()
         self.speed_texts = TextMemory()
-        self.blender = HedgeBlender()
+        self.blender = Blender()
+        self.scope: ScopeDecision | None = None
 
     def _new_speed_model(self):
         return check_speed_model(self.speed_model.build(), self.speed_model.factory)
@@ -197,9 +218,10 @@ class _Views:
         model, _ = prepare_batch_model(self.batch_model.build())
         model = fit_on_counts(model, texts, intents, weights)
         self.batch = ChampionModel(info, model, TextMemory.of(texts))
+        self.scope = find_scope(model) or ScopeDecision.top_intent(OOS_LABEL)
         self.speed = self._new_speed_model()  # re-base: the batch model now covers all before
         self.speed_texts = TextMemory()
-        self.blender = HedgeBlender()
+        self.blender = Blender()
 
     def batch_answers(self, texts: list[str]) -> list[BatchAnswer | None]:
         if self.batch is None:
@@ -305,6 +327,7 @@ class _Tally:
             synthetic=self.synthetic,
             counts=_counts(self.scores),
             probes={v: groups["all"] for v, groups in _counts(self.probe_scores).items()},
+            scope={view: getattr(self.scores, view).scope.counts() for view in VIEWS},
         )
         self._open(end)
         return window
@@ -333,6 +356,7 @@ def _replay_chunk(
             speed_texts=views.speed_texts,
             batch_texts=views.batch.training_texts if views.batch else None,
             learn=not event.probe,
+            scope=views.scope,
         )
         if not event.probe:
             history.append((text, intent))

@@ -13,7 +13,7 @@ JSON_NAME, TABLE_NAME, PLOT_NAME = "evaluation.json", "evaluation.md", "evaluati
 
 
 def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
 def table(result: EvaluationResult) -> str:
@@ -46,8 +46,24 @@ def table(result: EvaluationResult) -> str:
         f"least {s['min_novel_events_per_window']} novel events).",
         f"On all texts, repeats included: gain {s['post_drift_gain_vs_batch_points']:+.1f} "
         f"points, worst window {s['worst_window_gap_vs_best_points']:.1f} points.",
+        _scope_line(s),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _scope_line(s: dict) -> str:
+    """In-scope accuracy and out-of-scope recall of each view on novel texts, once a batch
+    model answers."""
+    views = "; ".join(
+        f"{view} {_percent(s[f'first_seen_{view}_in_scope_accuracy'])}% / "
+        f"{_percent(s[f'first_seen_{view}_oos_recall'])}%"
+        for view in VIEWS
+    )
+    return (
+        f"Out of scope, on novel texts once a batch model answers "
+        f"({s['first_seen_in_scope_events']} in scope, {s['first_seen_oos_events']} out of "
+        f"scope), in-scope accuracy / out-of-scope recall: {views}."
+    )
 
 
 def plot(result: EvaluationResult, path: Path) -> None:

@@ -20,12 +20,18 @@ WORDS = {
 }
 
 
-def synthetic_dataset(path, per_intent=120, seed=3):
+OUT_OF_SCOPE = ["stock", "poem", "joke", "tax", "garden", "lottery", "chess", "visa", "yoga"]
+
+
+def synthetic_dataset(path, per_intent=120, seed=3, out_of_scope=0):
+    """Queries of `WORDS`'s intents, and `out_of_scope` queries labelled `oos` whose words no
+    intent uses."""
     rng = random.Random(seed)
     fillers = ["please", "can you", "i want", "now", "for me", "quickly", "tell me about"]
+    topics = [*WORDS.items()] + [("oos", OUT_OF_SCOPE)] * bool(out_of_scope)
     with path.open("w") as out:
-        for intent, words in WORDS.items():
-            for _ in range(per_intent):
+        for intent, words in topics:
+            for _ in range(out_of_scope if intent == "oos" else per_intent):
                 text = " ".join(rng.sample(fillers, 2) + rng.sample(words, 2))
                 out.write(json.dumps({"text": text, "intent": intent}) + "\n")
 
@@ -83,6 +89,29 @@ def test_evaluate_on_a_users_dataset_with_late_intents(tmp_path):
     assert sum(w["probes"]["speed"][0] for w in windows) == probes
     assert (output / "evaluation.png").stat().st_size > 10_000
     assert "| events | phase |" in (output / "evaluation.md").read_text()
+
+
+def test_evaluate_scores_out_of_scope_judgements_on_novel_texts(tmp_path):
+    """With a batch model that has a scope decision, each view's in-scope accuracy and
+    out-of-scope recall on novel texts are in the report."""
+    data = tmp_path / "mine.jsonl"
+    synthetic_dataset(data, per_intent=60, out_of_scope=120)
+    output = tmp_path / "out"
+    arguments = ["evaluate", "--data", str(data), "--late-intents", "taxi", "--limit", "1500"]
+    arguments += ["--retrain-at", "0.2,0.7", "--output", str(output), "--no-mlflow-log"]
+    arguments += ["--batch-model", "models.scope:scoped_model"]
+    arguments += ["--batch-model-params", '{"model_params": {"char_ngram_range": null}}']
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    report = json.loads((output / "evaluation.json").read_text())
+    assert report["first_seen_oos_events"] > 20 and report["first_seen_in_scope_events"] > 100
+    for view in ("batch", "speed", "blend"):
+        assert 0.5 < report[f"first_seen_{view}_in_scope_accuracy"] <= 1.0, view
+    assert report["first_seen_blend_oos_recall"] > 0.5
+    for w in report["windows"]:
+        in_scope, answered, out, turned_away = w["scope"]["blend"]
+        assert answered <= in_scope and turned_away <= out
+    assert "Out of scope, on novel texts" in (output / "evaluation.md").read_text()
 
 
 def test_probe_texts_are_held_out_whole_and_enter_once():
