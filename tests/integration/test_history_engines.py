@@ -16,11 +16,11 @@ import pytest
 from mlflow import MlflowClient
 
 from common.settings import BatchSettings, MlflowSettings
-from models.registry import CHALLENGER, CHAMPION, fetch_alias
+from models.registry import CHALLENGER, CHAMPION, CUTOFF_TAG, decode_offsets, fetch_alias
 from pipelines.batch.counts import NoData, split_counts
 from pipelines.batch.history import count_history_local
 from pipelines.batch.history_spark import count_history_spark
-from pipelines.batch.retrain import retrain
+from pipelines.batch.retrain import FEEDBACK_CUTOFF_TAG, NothingNew, retrain
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
@@ -395,6 +395,58 @@ def test_a_spark_retrain_registers_and_meets_the_gate_like_any_other(mlflow_serv
     name = tracking.registered_model
     assert fetch_alias(client, name, CHALLENGER).version == result.version
     assert fetch_alias(client, name, CHAMPION).version == local.version
+
+
+def test_a_retrain_joins_late_labels_and_new_labels_alone_are_something_new(
+    mlflow_server, tmp_path
+):
+    """A third of the queries labelled on the feedback topic only: the run trains on them and
+    records the cut-off of both topics, on the run and on the version; labels archived since
+    (second labels, nothing else) make the next run something new, and then nothing is."""
+    rows = labelled_rows(intents=15, per_intent=60)
+    events = stream(rows, 2000, seed=21)
+    late = {q: i for n, (q, _, i) in enumerate(events) if n % 3 == 0 and i is not None}
+    events = [(q, t, None if q in late else i) for q, t, i in events]
+    archive_events(tmp_path, events, {p: 0 for p in range(PARTITIONS)})
+    partition_of = {q: n % PARTITIONS for n, (q, _, _) in enumerate(events)}
+    labels_of = {
+        p: [(q, i) for q, i in late.items() if partition_of[q] == p] for p in range(PARTITIONS)
+    }
+    stamp = datetime(2026, 11, 20, tzinfo=UTC)
+    for partition, labels in labels_of.items():
+        archive_at(
+            tmp_path,
+            partition,
+            0,
+            [FeedbackEvent(query_id=q, intent=i, ts=stamp) for q, i in labels],
+        )
+    tracking = settings_for(mlflow_server)
+    batch = BatchSettings(master_dir=tmp_path)
+    client = MlflowClient(mlflow_server)
+
+    first = retrain(batch, tracking, "queries")
+    cutoff = archived_cutoff(tmp_path)
+    assert cutoff.feedback == {p: len(labels) for p, labels in labels_of.items()}
+    run = client.get_run(first.run_id).data.tags
+    assert int(run["lineage.labels_joined"]) == len(late)
+    assert run["lineage.labels_without_query"] == "0"
+    assert decode_offsets(run["lineage.cutoff_feedback_offsets"]) == cutoff.feedback
+    version = client.get_model_version(tracking.registered_model, first.version).tags
+    assert decode_offsets(version[CUTOFF_TAG]) == cutoff.queries
+    assert decode_offsets(version[FEEDBACK_CUTOFF_TAG]) == cutoff.feedback
+
+    seconds = labels_of[0][:20]
+    archive_at(
+        tmp_path,
+        0,
+        cutoff.feedback[0],
+        [FeedbackEvent(query_id=q, intent=i, ts=stamp) for q, i in seconds],
+    )
+    second = retrain(batch, tracking, "queries")
+    assert second.version != first.version
+    assert int(second.lineage["labels_superseded"]) == len(seconds)
+    with pytest.raises(NothingNew):
+        retrain(batch, tracking, "queries")
 
 
 def test_retrain_engine_spark_reads_a_master_dataset_on_s3(mlflow_server, object_store):

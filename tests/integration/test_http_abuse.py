@@ -51,7 +51,7 @@ BODY_TIMEOUT_S = 5.0  # SERVING_BODY_TIMEOUT_S of the server: a stalled body is 
 ANSWER_BOUND_S = 30.0  # how long any client here waits for an answer before calling it a hang
 FUZZ_EXAMPLES = 150  # per operation, in schemathesis's fuzzing phase
 GOOD = b'{"text": "wake me up at seven tomorrow"}'
-ENDPOINTS = ("/predict", "/predict_batch")
+ENDPOINTS = ("/predict", "/predict_batch", "/feedback")
 GONE = 20  # clients gone after a whole request, and as many gone mid-body
 
 

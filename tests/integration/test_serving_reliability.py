@@ -43,6 +43,9 @@ SWAP_SPACING_S = 0.4  # more than a poll interval, so most swaps are seen by the
 SETTLED = 40  # answers per client that must all show the newest models
 DOWN_POLLS = 12  # poll intervals that MLflow stays down under traffic
 FAILED_LOOKUP = "looking up the batch champion failed"  # the service's warning, MLflow down
+# These tests are about reloads, and read every warning of the server's log as one: the query
+# log, which would warn that no Kafka takes its messages, is off (test_query_log.py has its own).
+NO_QUERY_LOG = {"SERVING_QUERY_LOG": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,9 @@ def test_many_promotions_and_snapshot_swaps_under_load_fail_no_request(
     first = register(mlflow_server, name, models[0], {0: 100})
     write_snapshot(snapshots, train_rows[:half], {0: 1000})
 
-    with serving_process(mlflow_server, name, snapshots, tmp_path, WORKERS, POLL_S) as server:
+    with serving_process(
+        mlflow_server, name, snapshots, tmp_path, WORKERS, POLL_S, **NO_QUERY_LOG
+    ) as server:
         server.wait_ready(timeout_s=180)
         with running_traffic(server.url, CLIENTS) as traffic:
             wait_until(lambda: settled_on(traffic, {"batch_version": first}))
@@ -269,7 +274,9 @@ def test_mlflow_down_during_a_reload_keeps_answering_and_recovers(
     try:
         first = register(settings.uri, name, fit_batch(train_rows), {0: 100})
         write_snapshot(snapshots, train_rows, {0: 110})
-        with serving_process(settings.uri, name, snapshots, tmp_path, WORKERS, POLL_S) as server:
+        with serving_process(
+            settings.uri, name, snapshots, tmp_path, WORKERS, POLL_S, **NO_QUERY_LOG
+        ) as server:
             server.wait_ready(timeout_s=180)
             log = ServerLog(server.log_path)
             with running_traffic(server.url, CLIENTS) as traffic:
