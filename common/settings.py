@@ -166,6 +166,12 @@ class SpeedSettings(BaseSettings):
     `peer_refresh_s`. `session_timeout_ms` and `heartbeat_interval_ms` are the group's: a
     worker that dies keeps its partitions until the session timeout, so that is also how long
     a worker restarted after kill -9 may wait for them.
+
+    Labels that come on the feedback topic are joined to their queries within a window
+    (`pipelines.speed.joins`): a query waits for its label until `join_window_events` later
+    queries of its partition have been read, and a label counts only if given at most
+    `join_window_s` seconds after its query; each partition keeps up to that many queries,
+    with what each view predicted for them, in its snapshots.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)
@@ -185,6 +191,8 @@ class SpeedSettings(BaseSettings):
     peer_refresh_s: float = Field(default=5.0, gt=0)
     session_timeout_ms: int = Field(default=10_000, gt=0)
     heartbeat_interval_ms: int = Field(default=3_000, gt=0)
+    join_window_events: int = Field(default=20_000, gt=0)
+    join_window_s: float = Field(default=86_400.0, gt=0)
 
 
 class ArchiveSettings(BaseSettings):
