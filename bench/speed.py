@@ -26,6 +26,13 @@ per-repeat ratios.
 Freshness is measured separately on a live stream: events produced at a steady rate while the
 speed layer runs, timed from produce to the snapshot that holds them.
 
+The labels of a deployment come late, for some queries, on the feedback topic: the speed layer
+then predicts every query with every view as it arrives and keeps the predictions until the
+query's label comes (`pipelines.speed.joins`). That phase replays the measured seed's queries
+without their labels, and the labels of `FEEDBACK_SHARE` of them `FEEDBACK_DELAY` queries later
+on a one-partition feedback topic, and counts the labels the layer learns per second with the
+champion (`speed_events_per_s_feedback_topic`), each repeat with a fresh group.
+
 The consumer-group half runs a group of each of `--workers` on a 4-partition topic of the same
 replay, each worker its own process with the champion loaded, against one worker of the same
 code in the same run. Every worker count reads the same replay with a fresh group and a fresh
@@ -99,6 +106,7 @@ from pipelines.services.broker import KafkaLauncher, end_offsets, ensure_topics
 from pipelines.speed.layer import SpeedLayer
 from streams.consumer import Consumed, EventReader
 from streams.dataset import CLINC150_DATA, load_dataset
+from streams.producer import FeedbackMessage
 from streams.schema import QueryEvent, parse_event
 
 EVENTS = 40_000
@@ -111,6 +119,8 @@ GOAL_EVENTS_PER_S = 5_000
 GOAL_RATIO = 10.0
 FRESHNESS_RATE = 2000.0
 FRESHNESS_SECONDS = 15.0
+FEEDBACK_SHARE = 0.3
+FEEDBACK_DELAY = 1_000
 JOIN_TIMEOUT_S = 60.0
 PARTITIONS = 4
 GOAL_GROUP_RATIO = 1.7
@@ -156,11 +166,22 @@ class _Cluster:
         self.topics: list[str] = []
         self.groups: list[str] = []
 
-    def fresh_topic(self, name: str, partitions: int) -> KafkaSettings:
+    def fresh_topic(self, name: str, partitions: int, feedback: bool = False) -> KafkaSettings:
+        """A fresh topic and its dead-letter topic (and, with `feedback`, its feedback topic
+        of as many partitions)."""
         topic = f"bench-{name}-{time.time_ns()}"
-        self.topics += [topic, f"{topic}.dlq"]
-        ensure_topics(self.kafka.bootstrap, {topic: partitions, f"{topic}.dlq": 1})
-        return self.kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
+        created = {topic: partitions, f"{topic}.dlq": 1}
+        if feedback:
+            created[f"{topic}.feedback"] = partitions
+        self.topics += list(created)
+        ensure_topics(self.kafka.bootstrap, created)
+        return self.kafka.model_copy(
+            update={
+                "topic": topic,
+                "dlq_topic": f"{topic}.dlq",
+                "feedback_topic": f"{topic}.feedback" if feedback else self.kafka.feedback_topic,
+            }
+        )
 
     def fresh_group(self, name: str) -> str:
         group = f"bench-{name}-{time.time_ns()}"
@@ -271,6 +292,52 @@ def speed_run(
         raise RuntimeError(
             f"the speed layer did not run on the champion: base {state.base_version}, "
             f"{state.scores.batch.seen} of {events} events scored by it"
+        )
+    return Run(state.events_learnt, seconds, cpu_seconds, state.scores.speed), layer
+
+
+def feedback_replay(events: int) -> tuple[ReplayOptions, int]:
+    """The measured replay with late, partial labels, and how many labels it sends."""
+    options = replace(
+        _replay(MEASURED_SEED, events, "bench-feedback"),
+        label_delay=FEEDBACK_DELAY,
+        label_share=FEEDBACK_SHARE,
+    )
+    _, messages, _ = replay_messages(options)
+    return options, sum(isinstance(message, FeedbackMessage) for message in messages)
+
+
+def feedback_run(
+    kafka: KafkaSettings,
+    group: str,
+    labels: int,
+    folder: Path,
+    champion: ChampionModel,
+    alpha: float,
+) -> tuple[Run, SpeedLayer]:
+    """The speed layer with the champion over a topic whose labels come on the feedback topic,
+    until it has learnt `labels`: (its run over the labels, the layer)."""
+    settings = SpeedSettings(
+        snapshot_dir=folder,
+        signal_dir=folder / "signals",
+        model=SPEED_MODEL,
+        model_params={"alpha": alpha},
+    )
+    with event_reader(kafka, group, "bench", feedback=True) as reader:
+        if not reader.reads_feedback:
+            raise RuntimeError(f"the feedback topic {kafka.feedback_topic!r} is not read")
+        layer = SpeedLayer(
+            reader, SnapshotStore(folder), settings, current_champion=lambda: champion
+        )
+        joined(reader, layer.step)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        layer.run(threading.Event(), max_events=labels)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    state = layer.state
+    if state.labels_joined != labels or state.scores.batch.seen != labels:
+        raise RuntimeError(
+            f"the speed layer joined {state.labels_joined} of {labels} labels, "
+            f"{state.scores.batch.seen} scored by the champion"
         )
     return Run(state.events_learnt, seconds, cpu_seconds, state.scores.speed), layer
 
@@ -727,6 +794,8 @@ def main(
     river: list[Run] = []
     speed: list[Run] = []
     layers: list[SpeedLayer] = []
+    feedback: list[Run] = []
+    feedback_layers: list[SpeedLayer] = []
     snapshot_sizes: list[int] = []
     snapshot_ms: list[float] = []
     try:
@@ -750,6 +819,24 @@ def main(
                 path = Path(layer.store.save(layer.snapshot_of(0)))
                 snapshot_ms.append((time.perf_counter() - started) * 1000)
                 snapshot_sizes.append(path.stat().st_size)
+            late = cluster.fresh_topic("feedback", partitions=1, feedback=True)
+            late_options, labels = feedback_replay(events)
+            run_produce(late, late_options, Console(file=io.StringIO()))
+            for repeat in range(repeats):
+                run, layer = feedback_run(
+                    late,
+                    cluster.fresh_group("feedback"),
+                    labels,
+                    Path(scratch) / f"feedback-{repeat}",
+                    champion,
+                    speed_alpha,
+                )
+                feedback.append(run)
+                feedback_layers.append(layer)
+                print(
+                    f"repeat {repeat + 1}/{repeats}: labels on the feedback topic, speed layer "
+                    f"{run.events_per_s:,.0f} labelled events/s"
+                )
             live = cluster.fresh_topic("fresh", partitions=1)
             freshness = freshness_run(
                 live,
@@ -800,6 +887,8 @@ def main(
     ratios = [s.events_per_s / r.events_per_s for r, s in zip(river, speed, strict=True)]
     views = [layer.state.scores for layer in layers]
     speed_rate = statistics.median(run.events_per_s for run in speed)
+    feedback_rate = statistics.median(run.events_per_s for run in feedback)
+    late_views = [layer.state.scores for layer in feedback_layers]
     river_rate = statistics.median(run.events_per_s for run in river)
     ratio = statistics.median(ratios)
     speed_first_seen = _accuracy([run.scores.first_seen for run in speed])
@@ -807,6 +896,11 @@ def main(
     figures: dict[str, Any] = {
         "events": events,
         "speed_events_per_s_with_champion": round(speed_rate, 1),
+        "speed_events_per_s_feedback_topic": round(feedback_rate, 1),
+        "feedback_topic_cpu_s_per_labelled_event": _cpu_figure(feedback),
+        "feedback_topic_labels": labels,
+        "feedback_topic_speed_accuracy": _median([v.speed.accuracy for v in late_views]),
+        "feedback_topic_blend_accuracy": _median([v.blend.accuracy for v in late_views]),
         "tuned_river_events_per_s": round(river_rate, 1),
         "ratio_vs_tuned_river": round(ratio, 2),
         "ratio_per_repeat": [round(r, 2) for r in ratios],
@@ -835,6 +929,9 @@ def main(
         },
         "goal_met": {
             f"speed_events_per_s_at_least_{GOAL_EVENTS_PER_S}": speed_rate >= GOAL_EVENTS_PER_S,
+            f"speed_events_per_s_feedback_topic_at_least_{GOAL_EVENTS_PER_S}": (
+                feedback_rate >= GOAL_EVENTS_PER_S
+            ),
             f"ratio_vs_tuned_river_at_least_{GOAL_RATIO:g}": ratio >= GOAL_RATIO,
             "speed_first_seen_accuracy_at_least_river": (
                 speed_first_seen is not None
@@ -865,6 +962,13 @@ def main(
         "topic_partitions": 1,
         "cpu_time": "time.process_time() around each loop: the whole process, all threads",
         "freshness": {"rate": FRESHNESS_RATE, "seconds": FRESHNESS_SECONDS, "champion": None},
+        "feedback_topic": {
+            "replay": {"seed": MEASURED_SEED, "limit": events, "tail_fraction": TAIL_FRACTION},
+            "label_share": FEEDBACK_SHARE,
+            "label_delay_queries": FEEDBACK_DELAY,
+            "partitions": 1,
+            "measured": "labels learnt per second, every query predicted by every view on arrival",
+        },
         "broker_started_by_bench": started_broker,
         "consumer_group": groups_recorded,
     }

@@ -217,6 +217,12 @@ class Archiver:
         self.lag = self.reader.partition_lag()
         return done
 
+    def keep(self, consumed: list[Consumed]) -> None:
+        """Buffer a poll's events for the next flush of their topic and partition."""
+        for c in consumed:
+            topic = FEEDBACK if isinstance(c.event, FeedbackEvent) else QUERIES
+            self._buffers[(topic, c.partition)].append(c)
+
     def _flushed_of(self, topic: ArchivedTopic) -> dict[int, int]:
         return {p: o for (t, p), o in self._flushed.items() if t is topic}
 
@@ -259,9 +265,7 @@ class Archiver:
         while not stop.is_set():
             self.heartbeat()
             consumed = self.reader.poll(timeout_ms=200)
-            for c in consumed:
-                topic = FEEDBACK if isinstance(c.event, FeedbackEvent) else QUERIES
-                self._buffers[(topic, c.partition)].append(c)
+            self.keep(consumed)
             if consumed:
                 idle_since = time.monotonic()
             elif idle_exit_s is not None:

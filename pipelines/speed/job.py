@@ -67,7 +67,8 @@ def run_speed(
     endpoint: JobEndpoint | None = None,
 ) -> SpeedLayer:
     """One speed worker until stopped (or idle for `idle_exit_s`); `replay_from` starts each
-    partition it is given afresh from those offsets (`lambda-ml replay`).
+    partition it is given afresh from those offsets (`lambda-ml replay`). It reads the labels
+    of the feedback topic beside the queries when that topic exists.
 
     The model is `settings.model`'s; a factory that is not importable or not a River classifier
     fails here, before any event. With `tracking`, metrics go to an MLflow run, the champion is

@@ -741,8 +741,9 @@ class SpeedLayer:
 
     @property
     def state(self) -> SpeedState:
-        """The state of the owned partition that learnt most, with the events of every owned
-        partition counted: a worker that owns the one partition of a topic, its whole state."""
+        """The state of the owned partition that learnt most, with the events and labels of
+        every owned partition counted: a worker that owns the one partition of a topic, its
+        whole state."""
         parts = list(self.parts.values())
         if not parts:
             raise LookupError("this worker owns no partition")
@@ -758,8 +759,9 @@ class SpeedLayer:
         return replace(busiest, **{name: sum(getattr(s, name) for s in parts) for name in counts})
 
     def metrics(self) -> dict[str, float]:
-        """The busiest partition's figures (`state`), with the drift detections since the
-        champion was taken up and the partitions owned."""
+        """The busiest partition's figures (`state`), with the queries and labels waiting in
+        every owned partition's join, the drift detections since the champion was taken up and
+        the partitions owned."""
         figures = self.state.metrics() if self.parts else {}
         joins = [s.joins for s in self.parts.values() if s.joins is not None]
         if joins:

@@ -1,6 +1,7 @@
 """The archiver as a member of a consumer group in memory (`tests.unit.fake_kafka`): each
 partition it is given starts after its last complete flush, one it loses is flushed first, and
-however the partitions move every offset is archived exactly once."""
+however the partitions move every offset is archived exactly once, of the queries and of the
+labels of the feedback topic."""
 
 from threading import Event
 
@@ -9,20 +10,27 @@ import pyarrow.compute as pc
 from common.settings import ArchiveSettings
 from streams.archiver import Archiver
 from streams.consumer import EventReader
-from streams.master_dataset import archived_positions, history
-from tests.unit.fake_kafka import KAFKA, FakeGroup, FakeProducer, FakeTopic
+from streams.master_dataset import FEEDBACK, archived_positions, feedback_history, history
+from tests.unit.fake_kafka import (
+    KAFKA,
+    FakeGroup,
+    FakeLabels,
+    FakeProducer,
+    FakeTopic,
+    label_bytes,
+)
 
 
 def archiver(group: FakeGroup, root) -> Archiver:
-    reader = EventReader(group.consumer(), FakeProducer(), KAFKA, "archive")
+    feedback = KAFKA.feedback_topic in group.topics
+    reader = EventReader(group.consumer(), FakeProducer(), KAFKA, "archive", feedback=feedback)
     return Archiver(reader, root, ArchiveSettings())
 
 
 def read(member: Archiver, most: int | None = None) -> None:
     """One poll (of at most `most` records) into the archiver's buffers, as a turn of its loop
     reads."""
-    for item in member.reader.poll(timeout_ms=0, max_records=most):
-        member._buffers[item.partition].append(item)
+    member.keep(member.reader.poll(timeout_ms=0, max_records=most))
 
 
 def test_a_partition_resumes_after_its_last_flush(tmp_path):
@@ -60,3 +68,25 @@ def test_a_partition_given_to_another_archiver_is_flushed_first_and_archived_onc
     assert archived_positions(tmp_path) == topic.ends
     table = history(tmp_path).to_table(columns=["query_id"])
     assert table.num_rows == pc.count_distinct(table["query_id"]).as_py() == 4 * 60
+
+
+def test_labels_are_archived_beside_the_queries_each_topic_resuming_on_its_own(tmp_path):
+    topic = FakeTopic(partitions=2, events=30)
+    labels = FakeLabels(2)
+    for partition in (0, 1):
+        for offset in range(0, 30, 3):
+            labels.append(partition, label_bytes(f"q{30 * partition + offset}", "alarm"))
+    labels.append(1, b"not json")  # dead-lettered, and archived past all the same
+    first = archiver(FakeGroup(topic, labels), tmp_path)
+    read(first, most=50)  # the queries of partition 0, and 20 of partition 1
+    first.flush()
+    assert archived_positions(tmp_path) == {0: 30, 1: 20}
+    assert archived_positions(tmp_path, topic=FEEDBACK) == {}
+    again = archiver(FakeGroup(topic, labels), tmp_path)
+    again.run(Event(), idle_exit_s=0.1)
+    assert archived_positions(tmp_path) == topic.ends
+    assert archived_positions(tmp_path, topic=FEEDBACK) == labels.ends == {0: 10, 1: 11}
+    assert history(tmp_path).count_rows() == 60
+    table = feedback_history(tmp_path).to_table(columns=["query_id", "partition", "offset"])
+    assert table.num_rows == pc.count_distinct(table["query_id"]).as_py() == 20
+    assert again.archived == 10 + 20  # the rest of partition 1's queries, and every label
