@@ -31,7 +31,8 @@ then predicts every query with every view as it arrives and keeps the prediction
 query's label comes (`pipelines.speed.joins`). That phase replays the measured seed's queries
 without their labels, and the labels of `FEEDBACK_SHARE` of them `FEEDBACK_DELAY` queries later
 on a one-partition feedback topic, and counts the labels the layer learns per second with the
-champion (`speed_events_per_s_feedback_topic`), each repeat with a fresh group.
+champion (`speed_run` with `feedback`: `speed_events_per_s_feedback_topic`), each repeat with a
+fresh group.
 
 The consumer-group half runs a group of each of `--workers` on a 4-partition topic of the same
 replay, each worker its own process with the champion loaded, against one worker of the same
@@ -271,15 +272,20 @@ def speed_run(
     folder: Path,
     champion: ChampionModel,
     alpha: float,
+    feedback: bool = False,
 ) -> tuple[Run, SpeedLayer]:
-    """The speed layer with the champion over the topic: (its run, the layer)."""
+    """The speed layer with the champion over the topic until it has learnt `events` labelled
+    events: (its run, the layer). With `feedback` the labels come on the feedback topic, each
+    joined to its query's predictions."""
     settings = SpeedSettings(
         snapshot_dir=folder,
         signal_dir=folder / "signals",
         model=SPEED_MODEL,
         model_params={"alpha": alpha},
     )
-    with event_reader(kafka, group, "bench") as reader:
+    with event_reader(kafka, group, "bench", feedback=feedback) as reader:
+        if feedback and not reader.reads_feedback:
+            raise RuntimeError(f"the feedback topic {kafka.feedback_topic!r} is not read")
         layer = SpeedLayer(
             reader, SnapshotStore(folder), settings, current_champion=lambda: champion
         )
@@ -293,6 +299,8 @@ def speed_run(
             f"the speed layer did not run on the champion: base {state.base_version}, "
             f"{state.scores.batch.seen} of {events} events scored by it"
         )
+    if feedback and state.labels_joined != events:
+        raise RuntimeError(f"the speed layer joined {state.labels_joined} of {events} labels")
     return Run(state.events_learnt, seconds, cpu_seconds, state.scores.speed), layer
 
 
@@ -305,41 +313,6 @@ def feedback_replay(events: int) -> tuple[ReplayOptions, int]:
     )
     _, messages, _ = replay_messages(options)
     return options, sum(isinstance(message, FeedbackMessage) for message in messages)
-
-
-def feedback_run(
-    kafka: KafkaSettings,
-    group: str,
-    labels: int,
-    folder: Path,
-    champion: ChampionModel,
-    alpha: float,
-) -> tuple[Run, SpeedLayer]:
-    """The speed layer with the champion over a topic whose labels come on the feedback topic,
-    until it has learnt `labels`: (its run over the labels, the layer)."""
-    settings = SpeedSettings(
-        snapshot_dir=folder,
-        signal_dir=folder / "signals",
-        model=SPEED_MODEL,
-        model_params={"alpha": alpha},
-    )
-    with event_reader(kafka, group, "bench", feedback=True) as reader:
-        if not reader.reads_feedback:
-            raise RuntimeError(f"the feedback topic {kafka.feedback_topic!r} is not read")
-        layer = SpeedLayer(
-            reader, SnapshotStore(folder), settings, current_champion=lambda: champion
-        )
-        joined(reader, layer.step)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        layer.run(threading.Event(), max_events=labels)
-        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    state = layer.state
-    if state.labels_joined != labels or state.scores.batch.seen != labels:
-        raise RuntimeError(
-            f"the speed layer joined {state.labels_joined} of {labels} labels, "
-            f"{state.scores.batch.seen} scored by the champion"
-        )
-    return Run(state.events_learnt, seconds, cpu_seconds, state.scores.speed), layer
 
 
 def freshness_run(
@@ -823,13 +796,14 @@ def main(
             late_options, labels = feedback_replay(events)
             run_produce(late, late_options, Console(file=io.StringIO()))
             for repeat in range(repeats):
-                run, layer = feedback_run(
+                run, layer = speed_run(
                     late,
                     cluster.fresh_group("feedback"),
                     labels,
                     Path(scratch) / f"feedback-{repeat}",
                     champion,
                     speed_alpha,
+                    feedback=True,
                 )
                 feedback.append(run)
                 feedback_layers.append(layer)

@@ -13,7 +13,7 @@ from models.snapshot import SnapshotStore, merge_snapshots
 from models.speed_model import build_speed_model
 from pipelines.produce import ReplayOptions, run_produce
 from streams.schema import parse_event, parse_feedback
-from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
+from tests.integration.cli_processes import kill_mid_work, run_to_end, stream_jobs_env
 from tests.integration.kafka_reading import read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -45,20 +45,16 @@ def test_kill_9_with_labels_pending_learns_each_late_label_once(kafka, tmp_path,
         e.query_id in texts for e in labels
     )
 
-    snapshots = tmp_path / "snapshots"
-    env = cli_env(
-        KAFKA_BOOTSTRAP_SERVERS=settings.bootstrap,
-        KAFKA_TOPIC=settings.topic,
+    env = stream_jobs_env(
+        settings,
+        tmp_path,
         KAFKA_FEEDBACK_TOPIC=settings.feedback_topic,
-        KAFKA_DLQ_TOPIC=settings.dlq_topic,
-        SPEED_SNAPSHOT_DIR=snapshots,
         SPEED_SNAPSHOT_EVERY_EVENTS=200,
-        SPEED_SIGNAL_DIR=tmp_path / "signals",
         SPEED_GROUP_ID="joins",
-        SPEED_SESSION_TIMEOUT_MS=6000,
+        SPEED_SESSION_TIMEOUT_MS=6000,  # a worker killed keeps its partitions until then
         SPEED_HEARTBEAT_INTERVAL_MS=1000,
     )
-    store = SnapshotStore(snapshots)
+    store = SnapshotStore(tmp_path / "snapshots")
     rng = random.Random(5)
     kills = 0
     for _ in range(3 * KILLS):  # a job that ends before its kill is started again

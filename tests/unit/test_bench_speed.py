@@ -52,7 +52,9 @@ def test_the_feedback_topic_run_learns_every_late_label_on_the_champion(monkeypa
 
     monkeypatch.setattr(speed_bench, "event_reader", event_reader)
     champion = a_champion("1", {0: 0})
-    run, layer = speed_bench.feedback_run(KAFKA, "g", len(pairs[0]), tmp_path, champion, 0.1)
+    run, layer = speed_bench.speed_run(
+        KAFKA, "g", len(pairs[0]), tmp_path, champion, 0.1, feedback=True
+    )
     assert run.events == len(pairs[0]) == layer.state.labels_joined and run.seconds > 0
     assert layer.state.scores.batch.seen == run.scores.seen == len(pairs[0])
     assert layer.metrics()["queries_awaiting_label"] == EVENTS - len(pairs[0])

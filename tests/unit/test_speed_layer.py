@@ -440,8 +440,14 @@ def check_exact(store: SnapshotStore, topic: FakeTopic, base: dict[int, int] | N
     """Every partition's newest snapshot holds its end, has learnt each labelled event after
     `base` once, and the snapshots add up to one model that learnt them all."""
     latest = store.latest_per_partition()
-    expected = topic.labelled_from(base or {})
     assert {p: s.offsets for p, s in latest.items()} == {p: {p: e} for p, e in topic.ends.items()}
+    assert_adds_up(latest, topic.labelled_from(base or {}))
+    return latest
+
+
+def assert_adds_up(latest: dict[int, SpeedSnapshot], expected: dict[int, list[tuple[str, str]]]):
+    """Each partition's snapshot learnt its `expected` (text, intent) pairs once, and the
+    snapshots add up to one model that learnt them all."""
     assert {p: s.events_learnt for p, s in latest.items()} == {
         p: len(pairs) for p, pairs in expected.items()
     }
@@ -450,7 +456,6 @@ def check_exact(store: SnapshotStore, topic: FakeTopic, base: dict[int, int] | N
         for text, intent in pairs:
             single.learn_one({"text": text}, intent)
     assert merge_snapshots(latest).model.count_table() == single.count_table()
-    return latest
 
 
 def start_workers(workers: Workers, count: int, replay_from=None) -> list[SpeedLayer]:
@@ -955,14 +960,7 @@ def check_learnt(workers: Workers, expected: dict[int, list[tuple[str, str]]]) -
     assert {p: (s.offsets, s.feedback_offsets) for p, s in latest.items()} == {
         p: ({p: end}, {p: workers.labels.ends[p]}) for p, end in workers.topic.ends.items()
     }
-    assert {p: s.events_learnt for p, s in latest.items()} == {
-        p: len(pairs) for p, pairs in expected.items()
-    }
-    single = build_speed_model()
-    for pairs in expected.values():
-        for text, intent in pairs:
-            single.learn_one({"text": text}, intent)
-    assert merge_snapshots(latest).model.count_table() == single.count_table()
+    assert_adds_up(latest, expected)
     return latest
 
 
