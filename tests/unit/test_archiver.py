@@ -78,6 +78,7 @@ def test_labels_are_archived_beside_the_queries_each_topic_resuming_on_its_own(t
             labels.append(partition, label_bytes(f"q{30 * partition + offset}", "alarm"))
     labels.append(1, b"not json")  # dead-lettered, and archived past all the same
     first = archiver(FakeGroup(topic, labels), tmp_path)
+    read(first)  # the partitions start
     read(first, most=50)  # the queries of partition 0, and 20 of partition 1
     first.flush()
     assert archived_positions(tmp_path) == {0: 30, 1: 20}
