@@ -40,9 +40,8 @@ def main(settings: Settings, repeats: int = 3, events: int = 200_000) -> dict:
 
 
 def _measure(kafka: KafkaSettings, archive: ArchiveSettings, repeats: int, events: int) -> dict:
-    topic = f"bench-archive-{time.time_ns()}"
-    ensure_topics(kafka.bootstrap, {topic: 4, f"{topic}.dlq": 1})
-    stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
+    stream = kafka.on_topic(f"bench-archive-{time.time_ns()}")
+    ensure_topics(kafka.bootstrap, {stream.topic: 4, stream.dlq_topic: 1})
     produced = run_produce(
         stream, ReplayOptions(limit=events, span_days=7), Console(file=io.StringIO())
     )

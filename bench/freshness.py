@@ -27,7 +27,7 @@ from common.processes import ProcessGroup, free_port, http_ready
 from common.settings import KafkaSettings, Settings
 from pipelines.demo import lambda_ml
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.services.broker import KafkaLauncher, ensure_topics
+from pipelines.services.broker import KafkaLauncher, ensure_stream_topics
 
 WORDS = ["zorbl", "quixa", "vamble", "prindo", "tuskel", "morvan", "glimsy", "fendro"]
 
@@ -61,8 +61,8 @@ def main(settings: Settings, repeats: int = 3) -> dict:
 def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
     """The seconds from the end of each burst to the service answering its new intent."""
     topic = f"bench-fresh-e2e-{time.time_ns()}"
-    ensure_topics(kafka.bootstrap, {topic: 2, f"{topic}.dlq": 1})
-    stream = kafka.model_copy(update={"topic": topic, "dlq_topic": f"{topic}.dlq"})
+    stream = kafka.on_topic(topic)
+    ensure_stream_topics(stream, 2)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     seconds: list[float] = []
@@ -72,7 +72,6 @@ def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
             "KAFKA_TOPIC": topic,
-            "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
             "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # no registry: speed-only answers
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
             "SPEED_SNAPSHOT_DIR": str(home / "snapshots"),

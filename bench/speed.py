@@ -170,19 +170,13 @@ class _Cluster:
     def fresh_topic(self, name: str, partitions: int, feedback: bool = False) -> KafkaSettings:
         """A fresh topic and its dead-letter topic (and, with `feedback`, its feedback topic
         of as many partitions)."""
-        topic = f"bench-{name}-{time.time_ns()}"
-        created = {topic: partitions, f"{topic}.dlq": 1}
+        stream = self.kafka.on_topic(f"bench-{name}-{time.time_ns()}")
+        created = {stream.topic: partitions, stream.dlq_topic: 1}
         if feedback:
-            created[f"{topic}.feedback"] = partitions
+            created[stream.feedback_topic] = partitions
         self.topics += list(created)
         ensure_topics(self.kafka.bootstrap, created)
-        return self.kafka.model_copy(
-            update={
-                "topic": topic,
-                "dlq_topic": f"{topic}.dlq",
-                "feedback_topic": f"{topic}.feedback" if feedback else self.kafka.feedback_topic,
-            }
-        )
+        return stream
 
     def fresh_group(self, name: str) -> str:
         group = f"bench-{name}-{time.time_ns()}"

@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The service's request timeout (BentoML's `traffic.timeout`): a request still unanswered
 # after it gets BentoML's 504.
 REQUEST_TIMEOUT_S = 30
+
+
+# The topics named after the stream's when left empty.
+TOPICS_BESIDE = {"dlq_topic": "{topic}.dlq", "feedback_topic": "{topic}.feedback"}
 
 
 class KafkaSettings(BaseSettings):
@@ -31,6 +35,8 @@ class KafkaSettings(BaseSettings):
     localhost:`port`" (`LocalBrokerSettings` says how it runs); set it to use a cluster.
     `feedback_topic` takes the labels that arrive after their queries; both topics are keyed by
     query id and have `partitions` partitions, so that a label lands on its query's partition.
+    The dead-letter and feedback topics default to `<topic>.dlq` and `<topic>.feedback`, so that
+    naming the stream names the topics beside it.
     """
 
     model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True)
@@ -38,12 +44,35 @@ class KafkaSettings(BaseSettings):
     bootstrap_servers: str = ""
     port: int = 9092
     topic: str = "queries"
-    dlq_topic: str = "queries.dlq"
-    feedback_topic: str = "queries.feedback"
+    dlq_topic: str = Field(
+        default="", json_schema_extra={"empty_means": TOPICS_BESIDE["dlq_topic"]}
+    )
+    feedback_topic: str = Field(
+        default="", json_schema_extra={"empty_means": TOPICS_BESIDE["feedback_topic"]}
+    )
     partitions: int = 4
     # Clients retry a lost broker with exponential backoff up to this cap (kafka-python's own
     # cap is 30 s): a broker back from a restart is used within about this long.
     reconnect_backoff_max_ms: int = 2000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_the_topics_beside_the_stream(cls, values: dict[str, object]) -> dict[str, object]:
+        topic = values.get("topic") or "queries"
+        return {
+            **values,
+            **{
+                name: pattern.format(topic=topic)
+                for name, pattern in TOPICS_BESIDE.items()
+                if not values.get(name)
+            },
+        }
+
+    def on_topic(self, topic: str) -> "KafkaSettings":
+        """These settings on another stream, with the dead-letter and feedback topics beside it."""
+        return type(self)(
+            **{**self.model_dump(), "topic": topic, "dlq_topic": "", "feedback_topic": ""}
+        )
 
     def client_config(self) -> dict[str, object]:
         """What every producer and consumer of the pipeline is given."""

@@ -63,9 +63,7 @@ class Prediction:
         blend = _dense(self.columns[end:], self.values[end:], blend_width)
         if self.batch_classes is None:
             return speed, None, blend
-        batch = _dense(
-            self.columns[n_speed:end], self.values[n_speed:end], len(self.batch_classes)
-        )
+        batch = _dense(self.columns[n_speed:end], self.values[n_speed:end], len(self.batch_classes))
         return speed, batch, blend
 
 

@@ -32,7 +32,7 @@ from common.settings import KafkaSettings, MlflowSettings, Settings
 from pipelines.evaluation.evaluate import PHASES, VIEWS
 from pipelines.evaluation.report import JSON_NAME, PLOT_NAME, TABLE_NAME
 from pipelines.produce import ReplayOptions, run_produce
-from pipelines.services.broker import KafkaLauncher, ensure_topics
+from pipelines.services.broker import KafkaLauncher, ensure_stream_topics
 from pipelines.services.launcher import Launcher
 from pipelines.services.tracking_server import MlflowLauncher
 
@@ -103,7 +103,6 @@ def demo_environment(plan: DemoPlan, settings: Settings) -> dict[str, str]:
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
         "KAFKA_TOPIC": f"queries-demo-{run}",
-        "KAFKA_DLQ_TOPIC": f"queries-demo-{run}.dlq",
         "MLFLOW_TRACKING_URI": tracking.uri,
         "MLFLOW_REGISTERED_MODEL": f"intent-classifier-demo-{run}",
         "BATCH_MASTER_DIR": str(home / "master"),
@@ -210,10 +209,8 @@ def start_services(settings: Settings, services: list[Started]) -> None:
 
 def create_topics(kafka: KafkaSettings, env: dict[str, str]) -> KafkaSettings:
     """Create this run's own topics; the settings of the stream that uses them."""
-    stream = kafka.model_copy(
-        update={"topic": env["KAFKA_TOPIC"], "dlq_topic": env["KAFKA_DLQ_TOPIC"]}
-    )
-    ensure_topics(kafka.bootstrap, {stream.topic: kafka.partitions, stream.dlq_topic: 1})
+    stream = kafka.on_topic(env["KAFKA_TOPIC"])
+    ensure_stream_topics(stream, kafka.partitions)
     return stream
 
 

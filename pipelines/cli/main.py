@@ -324,9 +324,7 @@ def archive(idle_exit: IdleExit = None) -> None:
     console.print(f"archived {archiver.archived} events into {batch.master_dir}")
 
 
-def _run_speed(
-    tree: Settings, idle_exit: float | None, replay_from: dict[int, int] | None
-) -> None:
+def _run_speed(tree: Settings, idle_exit: float | None, replay_from: dict[int, int] | None) -> None:
     from pipelines.jobs import stop_on_signals
     from pipelines.speed.job import run_speed
 

@@ -90,7 +90,8 @@ def default_text(info: FieldInfo) -> str:
     if value is None:
         return "(unset)"
     if value == "":
-        return "(empty)"
+        derived = (info.json_schema_extra or {}).get("empty_means")  # type: ignore[union-attr]
+        return f"(empty: `{derived}`)" if derived else "(empty)"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, dict | list):

@@ -99,17 +99,8 @@ class KafkaLauncher(Launcher[KafkaSettings, LocalBrokerSettings]):
         return True
 
     def prepare(self) -> None:
-        """Create the pipeline's topics that are missing: the queries and their labels with as
-        many partitions (a label goes to its query's partition), one for dead letters."""
-        settings = self.settings
-        ensure_topics(
-            self.address,
-            {
-                settings.topic: settings.partitions,
-                settings.feedback_topic: settings.partitions,
-                settings.dlq_topic: 1,
-            },
-        )
+        """Create the pipeline's topics that are missing."""
+        ensure_stream_topics(self.settings, self.settings.partitions)
 
     def contents(self) -> list[str]:
         return [
@@ -226,6 +217,15 @@ def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
         except TopicAlreadyExistsError:  # created concurrently by another client
             admin.wait_for_topics(list(missing))
     return sorted(missing)
+
+
+def ensure_stream_topics(stream: KafkaSettings, partitions: int) -> list[str]:
+    """Create the stream's missing topics: its queries and their labels with `partitions`
+    partitions each (a label goes to its query's partition), one for dead letters."""
+    return ensure_topics(
+        stream.bootstrap,
+        {stream.topic: partitions, stream.feedback_topic: partitions, stream.dlq_topic: 1},
+    )
 
 
 @contextmanager

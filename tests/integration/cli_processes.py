@@ -37,6 +37,7 @@ def stream_jobs_env(kafka: KafkaSettings, workdir: Path, **settings: str | Path)
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
         "KAFKA_TOPIC": kafka.topic,
         "KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "KAFKA_FEEDBACK_TOPIC": kafka.feedback_topic,
         "SPEED_SNAPSHOT_DIR": workdir / "snapshots",
         "SPEED_SNAPSHOT_EVERY_S": "0.5",
         "SPEED_SIGNAL_DIR": workdir / "signals",

@@ -23,7 +23,7 @@ from common.settings import (
     MlflowSettings,
     StorageSettings,
 )
-from pipelines.services.broker import KafkaLauncher, ensure_topics
+from pipelines.services.broker import KafkaLauncher, ensure_stream_topics, ensure_topics
 from pipelines.services.launcher import Launcher
 from pipelines.services.object_store import ObjectStoreLauncher
 from pipelines.services.tracking_server import MlflowLauncher
@@ -112,6 +112,14 @@ class KafkaService(SessionService[KafkaLauncher]):
         name = f"test-{uuid.uuid4().hex[:12]}"
         ensure_topics(self.bootstrap, {name: partitions})
         return name
+
+    def fresh_settings(self, partitions: int = 1) -> KafkaSettings:
+        """Settings on a stream no other test uses: its queries and feedback topics with
+        `partitions` partitions each (co-partitioned, as `kafka up` makes them) and its
+        dead-letter topic."""
+        settings = self.settings.on_topic(f"test-{uuid.uuid4().hex[:12]}")
+        ensure_stream_topics(settings, partitions)
+        return settings
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,7 @@ RATE = 400  # events/s: the live replay (125 s) outlasts 20 kill-and-restart cyc
 
 @pytest.mark.reliability
 def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path, reliability):
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=3)
     options = ReplayOptions(limit=EVENTS, rate=RATE, unlabelled_fraction=0.2, span_days=3)
     producer = threading.Thread(
         target=run_produce, args=(settings, options, Console(file=io.StringIO()))
@@ -84,13 +82,7 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(kafka, tmp_path, reli
 
 
 def test_the_archiver_keeps_the_labels_beside_the_queries_and_resumes_each_topic(kafka, tmp_path):
-    settings = kafka.settings.model_copy(
-        update={
-            "topic": kafka.new_topic(partitions=2),
-            "feedback_topic": kafka.new_topic(partitions=2),
-            "dlq_topic": kafka.new_topic(),
-        }
-    )
+    settings = kafka.fresh_settings(partitions=2)
     archive = ArchiveSettings(
         group_id=f"archive-{uuid.uuid4().hex[:8]}", flush_every_events=300, flush_every_s=0.2
     )

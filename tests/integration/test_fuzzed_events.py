@@ -56,9 +56,7 @@ def unexplained(dead: list, corpus: list[FuzzEvent], stage: str) -> list[str]:
 def test_publish_dead_letters_every_invalid_event_and_sends_every_valid_one(
     kafka, corpus, tmp_path, reliability
 ):
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=3)
     events_file = tmp_path / "fuzzed.jsonl"
     events_file.write_bytes(b"".join(e.raw + b"\n" for e in corpus))
     env = stream_jobs_env(settings, tmp_path)
@@ -81,9 +79,7 @@ def test_publish_dead_letters_every_invalid_event_and_sends_every_valid_one(
 def test_speed_and_archive_dead_letter_the_invalid_and_keep_the_valid_without_exiting(
     kafka, corpus, tmp_path, reliability
 ):
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=3)
     raw_producer = make_producer(settings)  # a foreign producer: nothing checked on the way in
     for event in corpus:
         raw_producer.send(settings.topic, value=event.raw)

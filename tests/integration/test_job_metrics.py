@@ -79,9 +79,7 @@ def scalar(url: str, promql: str) -> float:
 
 
 def test_prometheus_scrapes_every_job_during_a_live_replay(kafka, mlflow_server, tmp_path):
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=2), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=2)
     tracking = settings_for(mlflow_server)
     speed_port, archive_port, schedule_port = free_ports(3)
     env = stream_jobs_env(
@@ -231,9 +229,7 @@ class HeldLink:
 
 
 def test_an_archiver_whose_store_stops_answering_is_reported_stalled(kafka, object_store, tmp_path):
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=2), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=2)
 
     def produce(run_id: str, events: int) -> None:
         options = ReplayOptions(limit=events, run_id=run_id)

@@ -23,13 +23,7 @@ SHARE = 0.3
 @pytest.fixture
 def topics(kafka):
     """Settings pointing at fresh topics: queries and labels with three partitions each."""
-    return kafka.settings.model_copy(
-        update={
-            "topic": kafka.new_topic(partitions=3),
-            "feedback_topic": kafka.new_topic(partitions=3),
-            "dlq_topic": kafka.new_topic(partitions=1),
-        }
-    )
+    return kafka.fresh_settings(partitions=3)
 
 
 def ts(raw_ts: str) -> datetime:

@@ -131,9 +131,7 @@ def test_two_schedulers_on_one_s3_lock_never_run_at_once(object_store):
 
 
 def replay(kafka, events: int, rate: float = 0.0):
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=3), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=3)
     options = ReplayOptions(limit=events, rate=rate, unlabelled_fraction=0.2, span_days=3)
     return settings, lambda: run_produce(settings, options, Console(file=io.StringIO()))
 

@@ -147,8 +147,8 @@ def test_publish_sends_a_file_of_labels_and_dead_letters_the_invalid_ones(kafka,
     """`lambda-ml publish --feedback`: labels from another source (an annotation tool) reach the
     feedback topic keyed by query id; a line that is no label goes to the dead-letter topic with
     a reason naming the field."""
-    topic, feedback_topic = kafka.new_topic(PARTITIONS), kafka.new_topic(PARTITIONS)
-    dlq = kafka.new_topic()
+    settings = kafka.fresh_settings(PARTITIONS)
+    feedback_topic, dlq = settings.feedback_topic, settings.dlq_topic
     labels = [
         {"query_id": f"q-{i}", "intent": "alarm", "ts": "2026-12-01T10:00:00Z", "tool": "x"}
         for i in range(20)
@@ -159,11 +159,7 @@ def test_publish_sends_a_file_of_labels_and_dead_letters_the_invalid_ones(kafka,
     ]
     path = tmp_path / "labels.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in labels + invalid))
-    env = stream_jobs_env(
-        kafka.settings.model_copy(update={"topic": topic, "dlq_topic": dlq}),
-        tmp_path,
-        KAFKA_FEEDBACK_TOPIC=feedback_topic,
-    )
+    env = stream_jobs_env(settings, tmp_path)
     output = run_to_end(["publish", "--feedback", str(path)], env)
     assert f"sent 20 events to {feedback_topic}" in output
 
@@ -173,7 +169,7 @@ def test_publish_sends_a_file_of_labels_and_dead_letters_the_invalid_ones(kafka,
     dead = read_all(kafka.bootstrap, dlq, len(invalid))
     reasons = sorted(dead_letter_reason(r.headers)["dlq.reason"] for r in dead)
     assert reasons == ["intent: Field required", "intent: String should have at least 1 character"]
-    assert read_all(kafka.bootstrap, topic, 0, timeout_s=2) == []
+    assert read_all(kafka.bootstrap, settings.topic, 0, timeout_s=2) == []
 
 
 @pytest.fixture

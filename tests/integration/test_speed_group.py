@@ -31,9 +31,7 @@ SESSION_TIMEOUT_MS = 6000
 @pytest.fixture(scope="module")
 def stream(kafka):
     """A 4-partition replay with unlabelled events, and what one model learns from all of it."""
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=PARTITIONS), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=PARTITIONS)
     run_produce(
         settings,
         ReplayOptions(limit=EVENTS, unlabelled_fraction=0.1, run_id="group"),

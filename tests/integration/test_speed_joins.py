@@ -23,13 +23,7 @@ KILLS = 3
 
 
 def test_kill_9_with_labels_pending_learns_each_late_label_once(kafka, tmp_path, reliability):
-    settings = kafka.settings.model_copy(
-        update={
-            "topic": kafka.new_topic(partitions=2),
-            "feedback_topic": kafka.new_topic(partitions=2),
-            "dlq_topic": kafka.new_topic(),
-        }
-    )
+    settings = kafka.fresh_settings(partitions=2)
     options = ReplayOptions(limit=QUERIES, label_delay=300, label_share=0.3, run_id="joins")
     run_produce(settings, options, Console(file=io.StringIO()))
     texts = {

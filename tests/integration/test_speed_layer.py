@@ -36,9 +36,7 @@ KILLS = 10
 def stream(kafka):
     """One single-partition replay (a total order, so two runs see the same sequence), with
     unlabelled events and a few malformed messages mixed in."""
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=1), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=1)
     run_produce(
         settings,
         ReplayOptions(limit=EVENTS // 2, unlabelled_fraction=0.1),
@@ -147,9 +145,7 @@ def test_kill_9_and_restart_learn_exactly_what_one_uninterrupted_run_learns(
 @pytest.fixture(scope="module")
 def short_stream(kafka):
     """A short replay over two partitions, with unlabelled events."""
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=2), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=2)
     run_produce(
         settings,
         ReplayOptions(limit=3000, unlabelled_fraction=0.1, run_id="short"),

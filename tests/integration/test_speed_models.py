@@ -40,9 +40,7 @@ def training_rows() -> list[Example]:
 def stream(kafka) -> tuple[KafkaSettings, int]:
     """Two shuffled passes over four intents' training rows, one event in ten unlabelled, on one
     partition; and the number of labelled events."""
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=1), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=1)
     rng = random.Random(5)
     rows = training_rows() * 2
     rng.shuffle(rows)

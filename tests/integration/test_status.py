@@ -29,9 +29,7 @@ def status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_status_shows_every_part_of_a_running_system(kafka, mlflow_server, object_store, tmp_path):
-    settings = kafka.settings.model_copy(
-        update={"topic": kafka.new_topic(partitions=2), "dlq_topic": kafka.new_topic()}
-    )
+    settings = kafka.fresh_settings(partitions=2)
     run_produce(settings, ReplayOptions(limit=EVENTS, run_id="status"), Console(file=io.StringIO()))
     tracking = settings_for(mlflow_server)
     group = f"status-{uuid.uuid4().hex[:8]}"

@@ -21,8 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def topics(kafka):
     """Settings pointing at a fresh topic and a fresh dead-letter topic."""
-    topic, dlq = kafka.new_topic(partitions=3), kafka.new_topic(partitions=1)
-    return kafka.settings.model_copy(update={"topic": topic, "dlq_topic": dlq})
+    return kafka.fresh_settings(partitions=3)
 
 
 def test_a_replay_is_read_back_whole_with_its_offsets(topics):

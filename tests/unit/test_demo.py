@@ -55,7 +55,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Stack:
     for kind in (KafkaLauncher, MlflowLauncher):
         monkeypatch.setattr(kind, "up", lambda self: True)
         monkeypatch.setattr(kind, "down", lambda self: record.downs.append(self.name))
-    monkeypatch.setattr(demo, "ensure_topics", lambda *args: [])
+    monkeypatch.setattr(demo, "ensure_stream_topics", lambda *args: [])
     monkeypatch.setattr(demo, "LAMBDA_ML", [sys.executable, "-c", FAKE_JOB])
     return record
 

@@ -161,7 +161,8 @@ def test_blended_answer_says_which_models_and_weights(both):
         *BATCH_INTENTS,
         SPEED_ONLY_INTENT,
     }
-    assert body["blend"] == {"batch_weight": 0.5, "speed_weight": 0.5}
+    # The snapshot's blender has learnt nothing yet: it trusts the champion alone.
+    assert body["blend"] == {"batch_weight": 1.0, "speed_weight": 0.0}
     models = body["models"]
     assert models["batch_version"] == "7"
     assert models["batch_cutoff_offsets"] == {"0": 120, "1": 80}
