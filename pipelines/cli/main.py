@@ -113,6 +113,20 @@ DriftAtOption = Annotated[
 LateDomainsOption = Annotated[
     str, typer.Option(help="new-domain: CLINC150 domains that arrive late.")
 ]
+LabelDelayOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Query events between a query and its label. With a delay or a share below 1, "
+        "queries come without intent and labels follow (on the feedback topic).",
+    ),
+]
+LabelShareOption = Annotated[
+    float,
+    typer.Option(
+        min=0, max=1, help="Fraction of queries that ever get a label (chosen by --seed)."
+    ),
+]
 LateIntentsOption = Annotated[
     str, typer.Option(help="new-domain: intents that arrive late (overrides --late-domains).")
 ]
@@ -164,20 +178,8 @@ def produce(
     run_id: Annotated[
         str, typer.Option(help="Namespace of the query ids; a new one gives new ids.")
     ] = "replay",
-    label_delay: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Query events between a query and its label. With a delay or a share below 1, "
-            "queries go out without intent and labels follow on the feedback topic.",
-        ),
-    ] = 0,
-    label_share: Annotated[
-        float,
-        typer.Option(
-            min=0, max=1, help="Fraction of queries that ever get a label (chosen by --seed)."
-        ),
-    ] = 1.0,
+    label_delay: LabelDelayOption = 0,
+    label_share: LabelShareOption = 1.0,
 ) -> None:
     """Replay a dataset onto the `queries` topic as a Siri-style stream (acks=all, idempotent),
     its labels inline or, late, on the feedback topic."""
@@ -563,6 +565,8 @@ def evaluate(
             "stream once and no model ever trains on it.",
         ),
     ] = 0.05,
+    label_delay: LabelDelayOption = 0,
+    label_share: LabelShareOption = 1.0,
     output: Annotated[Path, typer.Option(help="Folder for the JSON, table and plot.")] = Path(
         "reports"
     ),
@@ -588,6 +592,8 @@ def evaluate(
         late_intents=_csv(late_intents),
         seed=seed,
         tail_fraction=tail,
+        label_delay=label_delay,
+        label_share=label_share,
     )
     try:
         fractions = [float(f) for f in _csv(retrain_at)]

@@ -11,15 +11,23 @@ events for all three views, and the headline figures are on them. A probe set (r
 enter the stream once each and never reach any model's training data) gives a second yardstick
 that no repeat can flatter. On novel events each view's in-scope accuracy and out-of-scope
 recall are scored too, under the champion's scope decision (`models.scope`).
+
+With late labels (`ReplayOptions.label_delay`, `label_share`: the same labels `produce` sends
+to the feedback topic), each query is answered when it arrives and its answers are kept; its
+label, when one comes, scores those answers, teaches the blender from them and is learnt then
+(`models.late_labels`), in the window where it arrives. Only labels that have arrived reach the
+batch model's history. Probes keep their labels inline: they are scored, never learnt.
 """
 
 import random
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from models.batch.recipe import fit_on_counts, prepare_batch_model
 from models.blend import Blender
 from models.contracts import check_speed_model
+from models.late_labels import Prediction, learn_late_label, predict_queries
 from models.metrics import SplitScore
 from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
@@ -29,6 +37,7 @@ from models.texts import TextMemory, normalise
 from pipelines.batch.counts import count_examples_from_pairs
 from pipelines.produce import ReplayOptions, scenario_for
 from streams.dataset import Example, load_dataset
+from streams.labels import Label, delayed_labels
 from streams.scenarios import Scenario, StreamItem, replay
 
 VIEWS = ("batch", "speed", "blend")
@@ -300,6 +309,8 @@ def _scenario_facts(plan: EvaluationPlan, scenario: Scenario, probes: int) -> di
         "probe_fraction": plan.probe_fraction,
         "probes": probes,
         "window": plan.window,
+        "label_delay": plan.replay.label_delay,
+        "label_share": plan.replay.label_share,
     }
 
 
@@ -333,16 +344,41 @@ class _Tally:
         return window
 
 
+class _LateLabels:
+    """The queries' answers kept until their labels come, and when each label comes: after
+    the event at position `after`, as `streams.labels.delayed_labels` plans them."""
+
+    def __init__(self, events: list[_Event], plan: EvaluationPlan) -> None:
+        self.due: defaultdict[int, list[int]] = defaultdict(list)
+        labelling = plan.replay.labelling
+        for planned in delayed_labels((event.item for event in events), labelling):
+            if isinstance(planned, Label) and not events[planned.index].probe:
+                self.due[planned.after].append(planned.index)
+        self.awaited = {index for indices in self.due.values() for index in indices}
+        self.kept: dict[int, Prediction] = {}
+        self.item_at: dict[int, StreamItem] = {}
+
+
 def _replay_chunk(
-    views: _Views, chunk: list[_Event], tally: _Tally, history: list[tuple[str, str]]
+    views: _Views,
+    chunk: list[_Event],
+    first: int,
+    tally: _Tally,
+    history: list[tuple[str, str]],
+    late: _LateLabels | None,
 ) -> None:
-    """Predict every labelled event of `chunk` with all three views before any learns from it.
+    """Predict every labelled event of `chunk` (at positions `first` on) with all three views
+    before any learns from it.
 
     Probes are scored apart and never learnt; every other labelled event joins `history`, the
-    batch model's training data at its next retrain.
+    batch model's training data at its next retrain. With `late`, a query's answers are kept
+    and its label, if it gets one, is learnt when it arrives.
     """
     answers = views.batch_answers([event.item.example.text for event in chunk])
-    for event, batch in zip(chunk, answers, strict=True):
+    for position, (event, batch) in enumerate(zip(chunk, answers, strict=True), start=first):
+        if late is not None and not event.probe:
+            _answer_then_learn_arrived(views, event, batch, position, tally, history, late)
+            continue
         if not event.item.labelled:
             continue
         text, intent = event.item.example.text, event.item.example.intent
@@ -363,6 +399,43 @@ def _replay_chunk(
             tally.synthetic += event.item.synthetic
 
 
+def _answer_then_learn_arrived(
+    views: _Views,
+    event: _Event,
+    batch: tuple | None,
+    position: int,
+    tally: _Tally,
+    history: list[tuple[str, str]],
+    late: _LateLabels,
+) -> None:
+    """Answer the query at `position` (keeping the answers if a label will come), then learn
+    the labels that arrive after it, each scored on the answers kept for it."""
+    if position in late.awaited:
+        (late.kept[position],) = predict_queries(
+            views.speed,
+            views.blender,
+            [event.item.example.text],
+            None if batch is None else (batch[0], batch[1][None, :]),
+            views.speed_texts,
+            views.batch.training_texts if views.batch else None,
+        )
+        late.item_at[position] = event.item
+    for labelled in late.due.pop(position, []):
+        item = late.item_at.pop(labelled)
+        text, intent = item.example.text, item.example.intent
+        learn_late_label(
+            late.kept.pop(labelled),
+            text,
+            intent,
+            views.blender,
+            tally.scores,
+            [views.speed],
+            views.speed_texts,
+        )
+        history.append((text, intent))
+        tally.synthetic += item.synthetic
+
+
 def run_evaluation(
     plan: EvaluationPlan, advance: Callable[[int], None] = lambda n: None
 ) -> EvaluationResult:
@@ -378,11 +451,12 @@ def run_evaluation(
     history: list[tuple[str, str]] = []
     boundaries = sorted(set(retrains) | set(range(0, len(events), plan.window)) | {len(events)})
     tally = _Tally(plan.window)
+    late = None if plan.replay.labelling.inline else _LateLabels(events, plan)
     for start, end in zip(boundaries, boundaries[1:], strict=False):
         if start in retrains:
             views.retrain(history)
         chunk = events[start:end]
-        _replay_chunk(views, chunk, tally, history)
+        _replay_chunk(views, chunk, start, tally, history, late)
         advance(len(chunk))
         if end % plan.window == 0 or end == len(events):
             phase = _phase(tally.start, scenario.drift_at, retrains)

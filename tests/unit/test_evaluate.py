@@ -7,8 +7,10 @@ from typer.testing import CliRunner
 
 from models.texts import normalise
 from pipelines.cli.main import app
-from pipelines.evaluation.evaluate import _split_probes
+from pipelines.evaluation.evaluate import EvaluationPlan, _split_probes, _stream, run_evaluation
+from pipelines.produce import ReplayOptions
 from streams.dataset import Example
+from streams.labels import Label, delayed_labels
 
 WORDS = {
     "order_pizza": ["pizza", "pepperoni", "crust", "slice", "margherita"],
@@ -141,3 +143,30 @@ def test_evaluate_names_what_is_wrong(tmp_path):
     )
     assert result.exit_code == 1
     assert "nope" in result.output
+
+
+def test_late_labels_are_scored_when_they_arrive_on_the_answers_given_at_the_query(tmp_path):
+    """With a label delay and share, only the labels that come are scored, each in the window
+    where it arrives, on the answers kept from when its query came; probes stay inline."""
+    data = tmp_path / "mine.jsonl"
+    synthetic_dataset(data, per_intent=60)
+    replay_options = ReplayOptions(data=data, limit=1200, label_delay=150, label_share=0.4)
+    plan = EvaluationPlan(replay=replay_options, retrain_at=(300, 900), window=200)
+    result = run_evaluation(plan)
+    events, _, _ = _stream(plan)
+    labels = [
+        label
+        for label in delayed_labels((e.item for e in events), replay_options.labelling)
+        if isinstance(label, Label) and not events[label.index].probe
+    ]
+    assert 0.3 * len(events) < len(labels) < 0.5 * len(events)
+    assert all(label.after >= label.index + 150 for label in labels[:-150])
+    for window in result.windows:
+        arrived = [label for label in labels if window.start <= label.after < window.end]
+        assert window.labelled == len(arrived), window.start
+    # The first window's queries are answered by a speed model that has learnt nothing yet,
+    # since no label arrives before event 150: it cannot be right on any of them.
+    first = result.windows[0]
+    assert first.counts["speed"]["all"][0] > 0
+    assert first.counts["speed"]["all"][1] == 0
+    assert result.scenario["label_delay"] == 150 and result.scenario["label_share"] == 0.4
