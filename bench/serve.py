@@ -11,7 +11,9 @@ blender learnt on the validation split). Then it serves
   batch champion, on one uvicorn worker,
 - fastapi_coalesced: the same app with the service's request coalescing,
 - batch_only: `IntentClassifier` without a snapshot (what the blend costs),
-- blend: `IntentClassifier` with both models,
+- blend: `IntentClassifier` with both models, writing every answered query to a topic of a
+  real broker (the served query log, as deployed; the broker is started unless one answers),
+- blend_no_query_log: the same with `SERVING_QUERY_LOG=false` (what the query log costs),
 - blend_plain_river: the same, with a plain River speed model (`models.alternatives:
   river_softmax`, no vectorised predict: each text is scored through `predict_proba_one`),
 
@@ -45,9 +47,10 @@ import psutil
 from bench import provenance, save_figures
 from bench.champion_file import save_champion_file
 from common.processes import ChildProcess, free_port
+from common.settings import KafkaSettings, Settings
 from models.alternatives import river_softmax
 from models.batch.recipe import build_batch_model
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
@@ -57,16 +60,29 @@ from pipelines.services.bento_server import (
     bentoml_overrides,
     bentoml_server,
 )
+from pipelines.services.broker import KafkaLauncher, ensure_stream_topics
 from streams.dataset import CLINC150_DATA, load_dataset
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "serve.json"
-TARGETS = ("noop", "fastapi", "fastapi_coalesced", "batch_only", "blend", "blend_plain_river")
+TARGETS = (
+    "noop",
+    "fastapi",
+    "fastapi_coalesced",
+    "batch_only",
+    "blend",
+    "blend_no_query_log",
+    "blend_plain_river",
+)
 # The blend's goals against the no-op: at least this share of its throughput ...
 RPS_GOAL = 0.8
 # ... and at most this multiple of its p99 latency.
 P99_GOAL = 1.5
+# The served query log's goals: with it on, at least this share of the throughput with it off,
+# at most this multiple of the p99.
+QUERY_LOG_RPS_GOAL = 0.9
+QUERY_LOG_P99_GOAL = 1.2
 
 
 def make_models(workdir: Path, partitions: int = 1) -> tuple[Path, dict[str, Path], list[dict]]:
@@ -96,7 +112,7 @@ def make_models(workdir: Path, partitions: int = 1) -> tuple[Path, dict[str, Pat
         speed = build()
         for example in split["train"]:
             speed.learn_one({"text": example.text}, example.intent)
-        blender = HedgeBlender()
+        blender = Blender()
         for example, batch in zip(split["val"], val_batch, strict=True):
             blender.learn(batch, speed.predict_proba_one({"text": example.text}), example.intent)
         snapshots[name] = workdir / f"snapshots-{name}"
@@ -114,7 +130,7 @@ def make_models(workdir: Path, partitions: int = 1) -> tuple[Path, dict[str, Pat
     return champion_path, snapshots, [{"text": e.text} for e in split["test"]]
 
 
-def _save_partitioned(folder: Path, examples: list, blender: HedgeBlender, partitions: int) -> None:
+def _save_partitioned(folder: Path, examples: list, blender: Blender, partitions: int) -> None:
     """The examples dealt round-robin over `partitions` models, each saved as its partition's
     snapshot (with the whole model's blender), as a consumer group's workers leave them."""
     store = SnapshotStore(folder)
@@ -143,24 +159,53 @@ def blend_server(
     metrics: bool = True,
     target: str = SERVICE_TARGET,
     service_name: str = SERVICE_NAME,
+    query_log: KafkaSettings | None = None,
 ) -> ChildProcess:
     """A BentoML server of `target` (the service by default) on a free port, serving the
-    champion file and the snapshots in `snapshots`, logging under `workdir/logs`."""
+    champion file and the snapshots in `snapshots`, logging under `workdir/logs`, writing its
+    answered queries to `query_log`'s topic (None: the query log off)."""
     env = {
         "SERVING_CHAMPION_PATH": str(champion_path),
         "SERVING_SNAPSHOT_DIR": str(snapshots),
         "BENTOML_CONFIG_OVERRIDES": bentoml_overrides(service_name, workers, metrics=metrics),
+        "SERVING_QUERY_LOG": str(query_log is not None).lower(),
+        "SERVING_QUERY_LOG_JOURNAL_DIR": str(workdir / "journal" / name),
     }
+    if query_log is not None:
+        env |= {
+            "KAFKA_BOOTSTRAP_SERVERS": query_log.bootstrap,
+            "KAFKA_TOPIC": query_log.topic,
+            "KAFKA_FEEDBACK_TOPIC": query_log.feedback_topic,
+        }
     log_path = workdir / "logs" / f"{name}.log"
     return bentoml_server(name, free_port(), env, target=target, cwd=ROOT, log_path=log_path)
 
 
 def make_servers(
-    workdir: Path, champion_path: Path, snapshots: dict[str, Path], workers: int, metrics: bool
+    workdir: Path,
+    champion_path: Path,
+    snapshots: dict[str, Path],
+    workers: int,
+    metrics: bool,
+    query_log: KafkaSettings,
 ) -> dict[str, ChildProcess]:
-    def bentoml(name: str, target: str, service_name: str, snapshots: Path) -> ChildProcess:
+    def bentoml(
+        name: str,
+        target: str,
+        service_name: str,
+        snapshots: Path,
+        query_log: KafkaSettings | None = None,
+    ) -> ChildProcess:
         return blend_server(
-            name, workdir, champion_path, snapshots, workers, metrics, target, service_name
+            name,
+            workdir,
+            champion_path,
+            snapshots,
+            workers,
+            metrics,
+            target,
+            service_name,
+            query_log,
         )
 
     def fastapi(name: str, target: str) -> ChildProcess:
@@ -176,7 +221,10 @@ def make_servers(
         )
 
     return {
-        "blend": bentoml("blend", SERVICE_TARGET, SERVICE_NAME, snapshots["default"]),
+        "blend": bentoml("blend", SERVICE_TARGET, SERVICE_NAME, snapshots["default"], query_log),
+        "blend_no_query_log": bentoml(
+            "blend_no_query_log", SERVICE_TARGET, SERVICE_NAME, snapshots["default"]
+        ),
         "blend_plain_river": bentoml(
             "blend_plain_river", SERVICE_TARGET, SERVICE_NAME, snapshots["plain_river"]
         ),
@@ -217,29 +265,34 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
     def median(name: str, key: str) -> float:
         return round(statistics.median(run[key] for run in runs[name]), 2)
 
-    def ratios(key: str, versus: str) -> list[float]:
-        """The blend's `key` over `versus`'s, repetition by repetition."""
-        pairs = zip(runs["blend"], runs[versus], strict=True)
+    def ratios(key: str, versus: str, of: str = "blend") -> list[float]:
+        """`of`'s `key` over `versus`'s, repetition by repetition."""
+        pairs = zip(runs[of], runs[versus], strict=True)
         return [round(blend[key] / other[key], 3) for blend, other in pairs]
 
     figures: dict = {}
-    for name in (
-        "blend",
-        "blend_plain_river",
-        "batch_only",
-        "noop",
-        "fastapi",
-        "fastapi_coalesced",
-    ):
+    for name in TARGETS:
         figures[f"{name}_rps"] = median(name, "rps")
         if name == "blend":
             figures["blend_p50_ms"] = median(name, "p50_ms")
         figures[f"{name}_p99_ms"] = median(name, "p99_ms")
     figures["ratio_vs_noop"] = round(figures["blend_rps"] / figures["noop_rps"], 3)
     figures["p99_ratio_vs_noop"] = round(figures["blend_p99_ms"] / figures["noop_p99_ms"], 3)
+    figures["query_log_rps_ratio"] = round(
+        figures["blend_rps"] / figures["blend_no_query_log_rps"], 3
+    )
+    figures["query_log_p99_ratio"] = round(
+        figures["blend_p99_ms"] / figures["blend_no_query_log_p99_ms"], 3
+    )
+    figures["goal_met_query_log"] = (
+        figures["query_log_rps_ratio"] >= QUERY_LOG_RPS_GOAL
+        and figures["query_log_p99_ratio"] <= QUERY_LOG_P99_GOAL
+    )
     per_run = {
         "ratio_vs_noop": ratios("rps", "noop"),
         "p99_ratio_vs_noop": ratios("p99_ms", "noop"),
+        "query_log_rps_ratio": ratios("rps", "blend_no_query_log"),
+        "query_log_p99_ratio": ratios("p99_ms", "blend_no_query_log"),
     }
     for key, values in per_run.items():
         figures[f"{key}_min"], figures[f"{key}_max"] = min(values), max(values)
@@ -272,7 +325,12 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
             statistics.median(run["load_cpu_share"] for run in runs[name]), 3
         )
     figures["errors"] = sum(run["errors"] for name in runs for run in runs[name])
-    figures["goals"] = {"rps_vs_noop_at_least": RPS_GOAL, "p99_vs_noop_at_most": P99_GOAL}
+    figures["goals"] = {
+        "rps_vs_noop_at_least": RPS_GOAL,
+        "p99_vs_noop_at_most": P99_GOAL,
+        "query_log_rps_ratio_at_least": QUERY_LOG_RPS_GOAL,
+        "query_log_p99_ratio_at_most": QUERY_LOG_P99_GOAL,
+    }
     return {**figures, "per_run_ratios": per_run, "config": config, "runs": runs}
 
 
@@ -288,12 +346,20 @@ def main(argv: Sequence[str] = ()) -> dict:
     args = parser.parse_args(argv)
     config = {key: value for key, value in vars(args).items() if key != "output"}
 
-    with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
+    settings = Settings.from_environment()
+    with (
+        tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch,
+        KafkaLauncher.of(settings).running(),  # stops only a broker it started
+    ):
         workdir = Path(scratch)
+        query_log = settings.kafka.on_topic(f"bench-serve-{time.time_ns()}")
+        ensure_stream_topics(query_log, settings.kafka.partitions)
         champion_path, snapshots, bodies = make_models(workdir)
         bodies_path = workdir / "bodies.json"
         bodies_path.write_text(json.dumps(bodies))
-        servers = make_servers(workdir, champion_path, snapshots, args.workers, args.metrics)
+        servers = make_servers(
+            workdir, champion_path, snapshots, args.workers, args.metrics, query_log
+        )
         runs: dict[str, list[dict]] = {name: [] for name in TARGETS}
         try:
             for server in servers.values():

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 from common.settings import StorageSettings
 from common.storage import Location, Storage
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.model_spec import ModelSpec
 from models.texts import TextMemory
 
@@ -207,7 +207,7 @@ class SpeedSnapshot:
     """
 
     model: Any
-    blender: HedgeBlender
+    blender: Blender
     offsets: dict[int, int]
     events_learnt: int
     metrics: dict[str, float] = field(default_factory=dict)

@@ -44,7 +44,7 @@ import numpy as np
 from river import base
 
 from common.settings import SpeedSettings, StorageSettings
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.contracts import check_speed_model
 from models.late_labels import learn_late_label, predict_queries
 from models.model_spec import ModelSpec
@@ -98,7 +98,7 @@ class SpeedState:
     """What a snapshot captures, plus the scores that go with it."""
 
     model: base.Classifier
-    blender: HedgeBlender
+    blender: Blender
     events_learnt: int = 0
     unlabelled_seen: int = 0
     base_version: str | None = None
@@ -122,7 +122,7 @@ class SpeedState:
     ) -> "SpeedState":
         return cls(
             model=build_model(),
-            blender=HedgeBlender(),
+            blender=Blender(),
             base_version=base_version,
             base_offsets=dict(base_offsets or {}),
             scores=ViewScores.with_window(window),

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from common.processes import ChildProcess, free_port
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.registry import CHAMPION, CUTOFF_TAG, encode_offsets, fluent_mlflow
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from pipelines.services.bento_server import SERVICE_NAME, bentoml_overrides, bentoml_server
@@ -113,7 +113,7 @@ def write_snapshot(directory: Path, rows, offsets: dict[int, int]) -> None:
     for example in rows:
         model.learn_one({"text": example.text}, example.intent)
     SnapshotStore(directory).save(
-        SpeedSnapshot(model=model, blender=HedgeBlender(), offsets=offsets, events_learnt=len(rows))
+        SpeedSnapshot(model=model, blender=Blender(), offsets=offsets, events_learnt=len(rows))
     )
 
 

@@ -124,7 +124,7 @@ def test_a_retrain_registers_a_champion_with_its_lineage(mlflow_server, master):
     assert params["model.factory"] == "models.batch.recipe:build_batch_model"
     assert params["model.params"] == "{}"
     assert params["estimator.features__words__ngram_range"] == "(1, 2)"
-    assert params["estimator.classifier__svm__estimator__C"] == "1.0"
+    assert params["estimator.classifier__svm__estimator__estimator__C"] == "1.0"
     assert "model.notes" not in tags  # the default model needs no wrapping
 
     # What the tracking UI shows: a model-training experiment, and what the run was trained and

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
 from tests.integration.cli_processes import storage_env
@@ -31,7 +31,7 @@ def save_partition(store: SnapshotStore, rows, partition: int, offset: int) -> N
     store.save(
         SpeedSnapshot(
             model=model,
-            blender=HedgeBlender(),
+            blender=Blender(),
             offsets={partition: offset},
             events_learnt=len(rows[partition::PARTITIONS]),
             partition=partition,

@@ -36,7 +36,7 @@ from bench.champion_file import save_champion_file
 from common.settings import MlflowSettings, ServingSettings
 from models import prequential
 from models.alternatives import river_naive_bayes, river_softmax
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.champion_watch import FailureLog, RegistryChampions
 from models.contracts import has_vectorised_proba
 from models.model_spec import ModelSpec
@@ -92,7 +92,7 @@ def write_snapshot(directory: Path, model, offsets: dict[int, int], age_s: float
     SnapshotStore(directory).save(
         SpeedSnapshot(
             model=model,
-            blender=HedgeBlender(),
+            blender=Blender(),
             offsets=offsets,
             events_learnt=100,
             created_at=time.time() - age_s,
@@ -556,7 +556,7 @@ class UnusableModel:
     """Loads fine, fails to predict: like a model pickled by an incompatible version."""
 
     def predict_proba_one(self, x):
-        raise AttributeError("'HedgeBlender' object has no attribute 'inner_loss'")
+        raise AttributeError("'Blender' object has no attribute 'inner_loss'")
 
 
 def test_a_snapshot_that_cannot_predict_never_reaches_a_request(both, tmp_path):
@@ -728,7 +728,7 @@ def test_a_speed_model_without_the_vectorised_method_answers_like_one_with_it(
     matrix: same answers, for texts the champion trained on (the blender's weights for those)
     and texts it did not, blended or alone."""
     speed = HashedTextNB()
-    blender = HedgeBlender()
+    blender = Blender()
     train = [e for e in examples if e.split == "train"]
     trained_on = TextMemory.of(e.text for e in train[::2])
     champion = ChampionModel(ChampionInfo("m", "7", "r", {0: 1}), batch_model, trained_on)
@@ -844,7 +844,7 @@ def assert_same_answers(got: list[Prediction], expected: list[Prediction]) -> No
 
 def speed_only(model) -> LoadedModels:
     return LoadedModels(
-        snapshot=SpeedSnapshot(model=model, blender=HedgeBlender(), offsets={0: 1}, events_learnt=1)
+        snapshot=SpeedSnapshot(model=model, blender=Blender(), offsets={0: 1}, events_learnt=1)
     )
 
 
@@ -950,7 +950,7 @@ def save_vanishing_snapshot(directory: Path, partition: int | None = None) -> Pa
     try:
         snapshot = SpeedSnapshot(
             model=module.Vanishing(),
-            blender=HedgeBlender(),
+            blender=Blender(),
             offsets={partition or 0: 50},
             events_learnt=9,
             partition=partition,
@@ -977,7 +977,7 @@ class CountingStore(SnapshotStore):
 
 def test_a_snapshot_whose_model_cannot_be_imported_is_refused_once(examples, tmp_path, caplog):
     store = CountingStore(tmp_path)
-    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200))
+    store.save(SpeedSnapshot(trained_speed_model(examples), Blender(), {0: 10}, 200))
     reloader = ModelReloader(None, store)
     assert reloader.refresh_snapshot()
     in_use = reloader.current
@@ -998,14 +998,14 @@ def test_a_snapshot_whose_model_cannot_be_imported_is_refused_once(examples, tmp
         )
     ]
     predict_texts(reloader.current, ["set an alarm"], top_k=1, max_snapshot_age_s=math.inf)
-    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 60}, 200))
+    store.save(SpeedSnapshot(trained_speed_model(examples), Blender(), {0: 60}, 200))
     assert reloader.refresh_snapshot()  # a newer snapshot is used again
     assert reloader.current.snapshot.offsets == {0: 60}
 
 
 def test_a_snapshot_of_an_unknown_format_is_refused_once(examples, tmp_path, caplog):
     store = SnapshotStore(tmp_path)
-    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200))
+    store.save(SpeedSnapshot(trained_speed_model(examples), Blender(), {0: 10}, 200))
     reloader = ModelReloader(None, store)
     assert reloader.refresh_snapshot()
     newer = tmp_path / "snapshot-000000000002.pkl"
@@ -1024,7 +1024,7 @@ def test_a_snapshot_of_an_unknown_format_is_refused_once(examples, tmp_path, cap
 
 
 def test_an_old_snapshot_without_a_header_is_served(examples, tmp_path):
-    old = SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 10}, 200, sequence=1)
+    old = SpeedSnapshot(trained_speed_model(examples), Blender(), {0: 10}, 200, sequence=1)
     del old.__dict__["header"]
     (tmp_path / "snapshot-000000000001.pkl").write_bytes(pickle.dumps(old))
     reloader = ModelReloader(None, SnapshotStore(tmp_path))
@@ -1042,14 +1042,14 @@ def partition_snapshot(examples, partition: int, offset: int, share: int = 2) ->
     mine = examples[partition:200:share]
     for example in mine:
         model.learn_one({"text": example.text}, example.intent)
-    return SpeedSnapshot(model, HedgeBlender(), {partition: offset}, len(mine), partition=partition)
+    return SpeedSnapshot(model, Blender(), {partition: offset}, len(mine), partition=partition)
 
 
 def test_the_partitions_snapshots_are_served_merged_and_only_new_ones_are_read(examples, tmp_path):
     store = CountingStore(tmp_path)
     for partition in (0, 1):
         store.save(partition_snapshot(examples, partition, 10))
-    store.save(SpeedSnapshot(trained_speed_model(examples), HedgeBlender(), {0: 99}, 9))  # older
+    store.save(SpeedSnapshot(trained_speed_model(examples), Blender(), {0: 99}, 9))  # older
     reloader = ModelReloader(None, store)
     assert reloader.refresh_snapshot()
     served = reloader.current.snapshot

@@ -11,7 +11,7 @@ from importlib.metadata import version as installed_version
 import pytest
 
 from common.settings import SpeedSettings
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.model_spec import ModelSpec
 from models.snapshot import (
     DEFAULT_MODEL_SPEC,
@@ -25,7 +25,7 @@ from models.snapshot import (
 
 def make(offsets, learnt=0):
     return SpeedSnapshot(
-        model={"w": [1, 2, 3]}, blender=HedgeBlender(), offsets=offsets, events_learnt=learnt
+        model={"w": [1, 2, 3]}, blender=Blender(), offsets=offsets, events_learnt=learnt
     )
 
 
@@ -209,7 +209,7 @@ def test_the_merge_of_partition_snapshots_is_the_model_of_all_their_events():
     for i, (text, intent) in enumerate(events):
         parts[i % 2].learn_one({"text": text}, intent)
         single.learn_one({"text": text}, intent)
-    blenders = [HedgeBlender(), HedgeBlender()]
+    blenders = [Blender(), Blender()]
     snapshots = {
         p: SpeedSnapshot(parts[p], blenders[p], {p: 9}, events_learnt=2 - p, partition=p)
         for p in (0, 1)
@@ -228,8 +228,8 @@ def test_the_merge_of_partition_snapshots_is_the_model_of_all_their_events():
 
     ensemble = merge_snapshots(
         {
-            0: SpeedSnapshot(Plain({"a": 1.0}), HedgeBlender(), {0: 1}, 1, partition=0),
-            1: SpeedSnapshot(Plain({"b": 1.0}), HedgeBlender(), {1: 1}, 1, partition=1),
+            0: SpeedSnapshot(Plain({"a": 1.0}), Blender(), {0: 1}, 1, partition=0),
+            1: SpeedSnapshot(Plain({"b": 1.0}), Blender(), {1: 1}, 1, partition=1),
         }
     ).model
     assert isinstance(ensemble, SnapshotEnsemble)

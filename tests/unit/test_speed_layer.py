@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from common.settings import MlflowSettings, SpeedSettings
-from models.blend import HedgeBlender
+from models.blend import Blender
 from models.contracts import ModelContractError
 from models.model_spec import ModelSpecError
 from models.registry import ChampionInfo, ChampionModel
@@ -299,7 +299,7 @@ def test_the_registrar_warns_when_mlflow_is_down_and_never_raises(tmp_path, monk
     settings = MlflowSettings(tracking_uri="http://127.0.0.1:9", registered_model="m")
     store = SnapshotStore(tmp_path / "snapshots")
     path = store.save(
-        SpeedSnapshot(model={}, blender=HedgeBlender(), offsets={0: 1}, events_learnt=1)
+        SpeedSnapshot(model={}, blender=Blender(), offsets={0: 1}, events_learnt=1)
     )
     reporter = RunReporter(settings, "speed-layer", {})
     registrar = SnapshotRegistrar(settings, reporter, tmp_path / "snapshots" / ".outbox")
@@ -316,7 +316,7 @@ def test_the_registrar_warns_when_mlflow_is_down_and_never_raises(tmp_path, monk
 def test_a_registered_version_is_tagged_with_where_the_model_is_and_what_it_is():
     snapshot = SpeedSnapshot(
         model={},
-        blender=HedgeBlender(),
+        blender=Blender(),
         offsets={1: 40, 0: 7},
         events_learnt=44,
         base_version="3",
