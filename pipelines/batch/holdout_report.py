@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
 from models.losses import capped_log_losses
+from models.scope import find_scope, scope_figures
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,10 @@ class HoldoutScores:
     The holdout shares no text with training, so each distinct text's first occurrence is a
     first-seen text; its later occurrences are repeats within the holdout. The headline
     (`first_seen_accuracy`, `macro_f1`, `log_loss`) counts each distinct text once; `accuracy`
-    counts every event, repeats included.
+    counts every event, repeats included. `first_seen_in_scope_accuracy` and
+    `first_seen_oos_recall` judge each distinct text's scope as serving would (the model's
+    `models.scope.ScopeDecision`, else its top intent): NaN, and left out of the metrics, when
+    the holdout has no query of that kind.
     """
 
     first_seen_accuracy: float
@@ -29,6 +33,8 @@ class HoldoutScores:
     first_seen_share: float
     rows: int
     distinct_texts: int
+    first_seen_in_scope_accuracy: float = math.nan
+    first_seen_oos_recall: float = math.nan
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         return {
@@ -57,6 +63,7 @@ def score_holdout(
     truth = np.asarray(intents)
     right = np.asarray(predicted) == truth
     repeats = weights - 1.0
+    scope = scope_figures(classes, proba, intents, find_scope(estimator))
     scores = HoldoutScores(
         first_seen_accuracy=float(right.mean()),
         macro_f1=float(f1_score(truth, predicted, average="macro", zero_division=0)),
@@ -66,6 +73,8 @@ def score_holdout(
         first_seen_share=float(len(texts) / weights.sum()),
         rows=int(weights.sum()),
         distinct_texts=len(texts),
+        first_seen_in_scope_accuracy=float(scope["in_scope_accuracy"]),
+        first_seen_oos_recall=float(scope["oos_recall"]),
     )
     return scores, predicted, right
 

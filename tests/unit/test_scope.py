@@ -21,6 +21,7 @@ from models.scope import (
     judge_scope,
     scope_figures,
 )
+from pipelines.batch.holdout_report import score_holdout
 from streams.dataset import CLINC150_DATA, load_dataset
 
 INTENTS = 20  # the first intents in sorted order, to keep fits around a second
@@ -155,3 +156,20 @@ CHECKS = [
 @pytest.mark.parametrize(("estimator", "check"), CHECKS)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_the_holdout_report_judges_scope_as_serving_does(scoped, clinc):
+    """The retrain's holdout scores carry in-scope accuracy and out-of-scope recall under the
+    model's own decision, and leave them out when the holdout has no query of that kind."""
+    texts, intents = clinc["test"]
+    scores, _, _ = score_holdout(scoped, texts, intents, np.ones(len(texts)))
+    expected = scope_figures(scoped.classes_, scoped.predict_proba(texts), intents, scoped.scope_)
+    assert scores.first_seen_in_scope_accuracy == pytest.approx(expected["in_scope_accuracy"])
+    assert scores.first_seen_oos_recall == pytest.approx(expected["oos_recall"])
+    in_scope = [i for i, intent in enumerate(intents) if intent != OOS_LABEL]
+    only_in_scope, _, _ = score_holdout(
+        scoped, [texts[i] for i in in_scope], [intents[i] for i in in_scope], np.ones(len(in_scope))
+    )
+    metrics = only_in_scope.as_metrics("holdout_")
+    assert "holdout_first_seen_oos_recall" not in metrics
+    assert metrics["holdout_first_seen_in_scope_accuracy"] > 0.5
