@@ -37,6 +37,7 @@ from pipelines.services.launcher import Launcher
 from pipelines.services.tracking_server import MlflowLauncher
 
 LAMBDA_ML = [str(Path(sys.executable).parent / "lambda-ml")]
+SCOPED_MODEL = "models.scope:scoped_model"
 # A service the demo runs on, and whether the demo started it (then it stops it at the end).
 Started = tuple[Launcher[Any, Any], bool]
 
@@ -49,6 +50,7 @@ SAMPLE_QUERIES = [  # the `late` ones belong to the travel and utility domains, 
     "book a flight to denver on tuesday",  # late
     "exchange rate from dollars to euros",  # late
     "roll a dice for me",  # late
+    "who painted the sistine chapel",  # no intent covers it: out of scope
 ]
 
 
@@ -115,9 +117,17 @@ def demo_environment(plan: DemoPlan, settings: Settings) -> dict[str, str]:
         "SERVING_POLL_S": "2",
         "SPEED_MODEL": settings.speed.model,
         "SPEED_MODEL_PARAMS": json.dumps(settings.speed.model_params),
-        "BATCH_MODEL": settings.batch.model,
-        "BATCH_MODEL_PARAMS": json.dumps(settings.batch.model_params),
+        **scoped_batch_model(settings.batch.model, settings.batch.model_params),
     }
+
+
+def scoped_batch_model(model: str, params: dict[str, object]) -> dict[str, str]:
+    """The configured batch model with a scope decision fitted beside it (`models.scope`), so
+    that the demo's answers can say "out of scope"; a model that has one already is kept."""
+    if model == SCOPED_MODEL:
+        return {"BATCH_MODEL": model, "BATCH_MODEL_PARAMS": json.dumps(params)}
+    wrapped = {"model": model, "model_params": params}
+    return {"BATCH_MODEL": SCOPED_MODEL, "BATCH_MODEL_PARAMS": json.dumps(wrapped)}
 
 
 def _offsets_text(offsets: dict[str, int] | None) -> str:
@@ -137,7 +147,10 @@ def answers_table(answers: dict[str, dict[str, Any]]) -> Table:
     table.add_column("source")
     models = set()
     for text, body in answers.items():
-        table.add_row(text, body["intent"], f"{body['confidence']:.2f}", body["source"])
+        intent = (
+            body["intent"] if body.get("in_scope", True) else f"{body['intent']} (out of scope)"
+        )
+        table.add_row(text, intent, f"{body['confidence']:.2f}", body["source"])
         found = body["models"]
         batch, offsets = found.get("batch_version"), found.get("speed_snapshot_offsets")
         models.add(f"batch version {batch or '-'}, speed snapshot {_offsets_text(offsets)}")

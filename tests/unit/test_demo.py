@@ -3,6 +3,7 @@ closing message says truthfully what it stopped and what still runs. Kafka, MLfl
 `lambda-ml` jobs are stand-ins here: the jobs are Python processes that only sleep."""
 
 import io
+import json
 import os
 import signal
 import sys
@@ -18,6 +19,8 @@ from rich.table import Table
 
 from common.processes import ProcessGroup, ServiceError
 from common.settings import KafkaSettings, MlflowSettings, Settings
+from models.model_spec import ModelSpec
+from models.scope import ScopeClassifier
 from pipelines import demo
 from pipelines.demo import (
     DemoPlan,
@@ -229,3 +232,16 @@ def test_the_answers_fit_80_columns_with_the_models_behind_them_once():
     assert max(len(line) for line in lines) <= 80
     assert all(any(text in line for line in lines) for text in demo.SAMPLE_QUERIES)  # unwrapped
     assert " ".join(lines).count("batch version 3, speed snapshot p0:6021 p1:598") == 1
+    out = {**body, "intent": "oos", "in_scope": False}
+    turned_away = rendered(answers_table({"who painted the sistine chapel": out}))
+    assert any("oos (out of scope)" in line for line in turned_away)
+
+
+def test_the_demo_wraps_the_configured_batch_model_in_a_scope_decision():
+    env = demo.scoped_batch_model("models.batch.recipe:build_batch_model", {"C": 2.0})
+    assert env["BATCH_MODEL"] == "models.scope:scoped_model"
+    built = ModelSpec(env["BATCH_MODEL"], json.loads(env["BATCH_MODEL_PARAMS"])).build()
+    assert isinstance(built, ScopeClassifier)
+    assert built.estimator.get_params()["estimator__classifier__svm__estimator__estimator__C"] == 2
+    kept = demo.scoped_batch_model("models.scope:scoped_model", {"accuracy_cost": 0.02})
+    assert json.loads(kept["BATCH_MODEL_PARAMS"]) == {"accuracy_cost": 0.02}
