@@ -14,6 +14,8 @@ blender learnt on the validation split). Then it serves
 - blend: `IntentClassifier` with both models, writing every answered query to a topic of a
   real broker (the served query log, as deployed; the broker is started unless one answers),
 - blend_no_query_log: the same with `SERVING_QUERY_LOG=false` (what the query log costs),
+- blend_abstaining: blend_no_query_log with the champion's scope decision, which can answer
+  "out of scope" (what abstaining costs; the champion is the same model otherwise),
 - blend_plain_river: the same, with a plain River speed model (`models.alternatives:
   river_softmax`, no vectorised predict: each text is scored through `predict_proba_one`),
 
@@ -52,6 +54,7 @@ from models.alternatives import river_softmax
 from models.batch.recipe import build_batch_model
 from models.blend import Blender
 from models.registry import ChampionInfo, ChampionModel
+from models.scope import scoped_model
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from models.speed_model import build_speed_model
 from pipelines.services.bento_server import (
@@ -66,6 +69,7 @@ from streams.dataset import CLINC150_DATA, load_dataset
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results" / "serve.json"
+SCOPED_CHAMPION = "champion-scoped.pkl"
 TARGETS = (
     "noop",
     "fastapi",
@@ -73,6 +77,7 @@ TARGETS = (
     "batch_only",
     "blend",
     "blend_no_query_log",
+    "blend_abstaining",
     "blend_plain_river",
 )
 # The blend's goals against the no-op: at least this share of its throughput ...
@@ -83,27 +88,47 @@ P99_GOAL = 1.5
 # at most this multiple of the p99.
 QUERY_LOG_RPS_GOAL = 0.9
 QUERY_LOG_P99_GOAL = 1.2
+# Answers that may abstain: at least this share of the throughput of the same blend that never
+# does.
+ABSTENTION_RPS_GOAL = 0.95
 
 
-def make_models(workdir: Path, partitions: int = 1) -> tuple[Path, dict[str, Path], list[dict]]:
+def make_models(
+    workdir: Path, partitions: int = 1, scoped: bool = False
+) -> tuple[Path, dict[str, Path], list[dict]]:
     """Train and save the models; return the champion file, the snapshot folder of each speed
     model (the default, and a plain River one; with `partitions` > 1 also "partitioned": the
     default model's training split dealt over that many partitions' snapshots, which serving
-    adds up on load), and the request bodies."""
-    examples = [e for e in load_dataset(CLINC150_DATA).examples if e.intent != "oos"]
+    adds up on load), and the request bodies.
+
+    With `scoped`, the champion is fitted with CLINC150's `oos_train` rows and a scope decision
+    beside it (`models.scope`), saved as `SCOPED_CHAMPION` in `workdir`; the champion file is
+    the same model without the decision (its `estimator_`), so the two differ in nothing else.
+    """
+    dataset = load_dataset(CLINC150_DATA).examples
+    examples = [e for e in dataset if e.intent != "oos"]
     split = {name: [e for e in examples if e.split == name] for name in ("train", "val", "test")}
-    train_texts = [e.text for e in split["train"]]
+    out_of_scope = [e for e in dataset if e.split == "oos_train"] if scoped else []
+    fitted = split["train"] + out_of_scope
+    train_texts = [e.text for e in fitted]
     started = time.perf_counter()
-    estimator = build_batch_model().fit(train_texts, [e.intent for e in split["train"]])
+    intents = [e.intent for e in fitted]
+    if scoped:
+        with_scope = scoped_model().fit(train_texts, intents)
+        models = {"champion.pkl": with_scope.estimator_, SCOPED_CHAMPION: with_scope}
+    else:
+        models = {"champion.pkl": build_batch_model().fit(train_texts, intents)}
     print(f"batch model trained in {time.perf_counter() - started:.1f}s", flush=True)
+    for name, model in models.items():
+        save_champion_file(
+            workdir / name,
+            model,
+            version="1",
+            cutoff_offsets={0: len(train_texts)},
+            training_texts=train_texts,
+        )
     champion_path = workdir / "champion.pkl"
-    save_champion_file(
-        champion_path,
-        estimator,
-        version="1",
-        cutoff_offsets={0: len(train_texts)},
-        training_texts=train_texts,
-    )
+    estimator = models["champion.pkl"]
 
     champion = ChampionModel(ChampionInfo("bench", "1", "", {}), estimator)
     val_batch = champion.predict_proba_many([e.text for e in split["val"]])
@@ -199,7 +224,7 @@ def make_servers(
         return blend_server(
             name,
             workdir,
-            champion_path,
+            workdir / SCOPED_CHAMPION if name == "blend_abstaining" else champion_path,
             snapshots,
             workers,
             metrics,
@@ -224,6 +249,9 @@ def make_servers(
         "blend": bentoml("blend", SERVICE_TARGET, SERVICE_NAME, snapshots["default"], query_log),
         "blend_no_query_log": bentoml(
             "blend_no_query_log", SERVICE_TARGET, SERVICE_NAME, snapshots["default"]
+        ),
+        "blend_abstaining": bentoml(
+            "blend_abstaining", SERVICE_TARGET, SERVICE_NAME, snapshots["default"]
         ),
         "blend_plain_river": bentoml(
             "blend_plain_river", SERVICE_TARGET, SERVICE_NAME, snapshots["plain_river"]
@@ -288,11 +316,16 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
         figures["query_log_rps_ratio"] >= QUERY_LOG_RPS_GOAL
         and figures["query_log_p99_ratio"] <= QUERY_LOG_P99_GOAL
     )
+    figures["abstention_rps_ratio"] = round(
+        figures["blend_abstaining_rps"] / figures["blend_no_query_log_rps"], 3
+    )
+    figures["goal_met_abstention"] = figures["abstention_rps_ratio"] >= ABSTENTION_RPS_GOAL
     per_run = {
         "ratio_vs_noop": ratios("rps", "noop"),
         "p99_ratio_vs_noop": ratios("p99_ms", "noop"),
         "query_log_rps_ratio": ratios("rps", "blend_no_query_log"),
         "query_log_p99_ratio": ratios("p99_ms", "blend_no_query_log"),
+        "abstention_rps_ratio": ratios("rps", "blend_no_query_log", of="blend_abstaining"),
     }
     for key, values in per_run.items():
         figures[f"{key}_min"], figures[f"{key}_max"] = min(values), max(values)
@@ -330,6 +363,7 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
         "p99_vs_noop_at_most": P99_GOAL,
         "query_log_rps_ratio_at_least": QUERY_LOG_RPS_GOAL,
         "query_log_p99_ratio_at_most": QUERY_LOG_P99_GOAL,
+        "abstention_rps_ratio_at_least": ABSTENTION_RPS_GOAL,
     }
     return {**figures, "per_run_ratios": per_run, "config": config, "runs": runs}
 
@@ -354,7 +388,7 @@ def main(argv: Sequence[str] = ()) -> dict:
         workdir = Path(scratch)
         query_log = settings.kafka.on_topic(f"bench-serve-{time.time_ns()}")
         ensure_stream_topics(query_log, settings.kafka.partitions)
-        champion_path, snapshots, bodies = make_models(workdir)
+        champion_path, snapshots, bodies = make_models(workdir, scoped=True)
         bodies_path = workdir / "bodies.json"
         bodies_path.write_text(json.dumps(bodies))
         servers = make_servers(
