@@ -36,7 +36,7 @@ demo: setup
 test: setup system-deps
 	$(CLI) kafka fetch
 	$(CLI) s3 fetch
-	$(PY) -m pytest tests
+	$(PY) -m pytest --durations=20 tests
 
 # Only the fault-injection and bad-input tests; their figures go to reports/reliability.{json,md}
 # (`make test` runs them too and writes the same report).

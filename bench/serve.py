@@ -29,7 +29,7 @@ ratios to the no-op (per repetition too, with their spread) and whether they mee
 (at least `RPS_GOAL` of the no-op's throughput, at most `P99_GOAL` times its p99); they go,
 stamped with their provenance, to `bench/results/serve.json` (or `--output`).
 
-    .venv/bin/python bench/serve.py [--workers 1] [--duration 10] [--repeats 3]
+    lambda-ml bench serve [--repeats 3]
 """
 
 import argparse
@@ -368,8 +368,9 @@ def summarise(runs: dict[str, list[dict]], config: dict) -> dict:
     return {**figures, "per_run_ratios": per_run, "config": config, "runs": runs}
 
 
-def main(argv: Sequence[str] = ()) -> dict:
-    """Run the benchmark; `argv` are the command-line options (none: the defaults)."""
+def main(settings: Settings, argv: Sequence[str] = ()) -> dict:
+    """Run the benchmark with `settings` (where Kafka is, for the query log); `argv` are the
+    command-line options (none: the defaults)."""
     parser = argparse.ArgumentParser(description="Serving benchmark (see the module docstring).")
     parser.add_argument("--workers", type=int, default=1, help="BentoML workers per service")
     parser.add_argument("--concurrency", type=int, default=16)
@@ -380,7 +381,6 @@ def main(argv: Sequence[str] = ()) -> dict:
     args = parser.parse_args(argv)
     config = {key: value for key, value in vars(args).items() if key != "output"}
 
-    settings = Settings.from_environment()
     with (
         tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch,
         KafkaLauncher.of(settings).running(),  # stops only a broker it started
@@ -421,6 +421,3 @@ def main(argv: Sequence[str] = ()) -> dict:
             print(f"{key:40} {value}")
     return stamped
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

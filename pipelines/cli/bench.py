@@ -64,7 +64,7 @@ def serve(repeats: Repeats = 3) -> None:
     """The blend service vs batch-only, a no-op BentoML service and plain FastAPI; serve.json."""
     from bench.serve import main
 
-    main(["--repeats", str(repeats)])
+    main(edge_settings(), ["--repeats", str(repeats)])
 
 
 @bench_app.command()

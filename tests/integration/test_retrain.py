@@ -182,6 +182,7 @@ MEMORISER = {
     "char_ngram_range": None,
     "min_df": 1,
     "C": 1e4,
+    "max_passes": 1000,  # liblinear to convergence: the default's 10 passes stop short at C=1e4
     "nb_weight": 0.0,
 }
 
