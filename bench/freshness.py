@@ -5,8 +5,16 @@ local or configured Kafka), produces a burst of labelled queries for an intent n
 then asks the service a query of that intent every 50 ms until the answer is the new intent.
 The time from the end of the burst to that answer covers consuming, learning, the snapshot
 (every second here) and the service's reload poll (every second here). Median of `repeats`
-bursts, each with its own new intent; writes `bench/results/freshness.json`. A local broker
-that the benchmark had to start is stopped when it ends; one already running is left running.
+bursts, each with its own new intent.
+
+Then the loop as deployed: `FEEDBACK_REPEATS` times, queries of another never-seen intent are
+asked of the service (which logs them to the queries topic), their labels are sent to its
+`/feedback` (which journals them for the feedback topic), and the service is asked a query of
+that intent every 50 ms until it answers it: the speed layer joins each label to its query,
+learns it, snapshots, and the service reloads. The time from the 202 of `/feedback` to that
+answer is `feedback_to_served_*` (median and p95). Writes `bench/results/freshness.json`. A local
+broker that the benchmark had to start is stopped when it ends; one already running is left
+running.
 
     lambda-ml bench freshness [--repeats 3]
 """
@@ -14,12 +22,14 @@ that the benchmark had to start is stopped when it ends; one already running is 
 import io
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from rich.console import Console
 
 from bench import save_figures
@@ -29,6 +39,9 @@ from pipelines.demo import lambda_ml
 from pipelines.produce import ReplayOptions, run_produce
 from pipelines.services.broker import KafkaLauncher, ensure_stream_topics
 
+# Rounds of feedback timed, for its p95; and the goal for that p95.
+FEEDBACK_REPEATS = 20
+FEEDBACK_GOAL_P95_S = 2.0
 WORDS = ["zorbl", "quixa", "vamble", "prindo", "tuskel", "morvan", "glimsy", "fendro"]
 
 
@@ -46,20 +59,56 @@ def new_intent_file(folder: Path, name: str, word: str, count: int = 40) -> Path
 
 def main(settings: Settings, repeats: int = 3) -> dict:
     with KafkaLauncher.of(settings).running():  # stops only a broker it started
-        seconds = _measure(settings.kafka, repeats)
+        seconds, feedback = _measure(settings.kafka, repeats)
     return save_figures(
         "freshness",
         {
             "end_to_end_freshness_s": round(statistics.median(seconds), 2),
             "runs_s": [round(s, 2) for s in seconds],
+            "feedback_to_served_median_s": round(statistics.median(feedback), 2),
+            "feedback_to_served_p95_s": round(float(np.percentile(feedback, 95)), 2),
+            "feedback_runs_s": [round(s, 2) for s in feedback],
+            "feedback_goal_p95_s": FEEDBACK_GOAL_P95_S,
             "snapshot_every_s": 1,
             "serving_poll_s": 1,
         },
     )
 
 
-def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
-    """The seconds from the end of each burst to the service answering its new intent."""
+def _served_within(client: httpx.Client, url: str, text: str, intent: str, since: float) -> float:
+    """Ask `text` every 50 ms until the answer is `intent`; the seconds from `since`."""
+    while time.monotonic() - since < 60:
+        body = client.post(f"{url}/predict", json={"text": text}).json()
+        if body.get("intent") == intent:
+            return time.monotonic() - since
+        time.sleep(0.05)
+    raise RuntimeError(f"{intent} was not served within 60 s")
+
+
+def _feedback_round(client: httpx.Client, url: str, home: Path, repeat: int) -> float:
+    """One round of the loop as deployed: queries of a new intent asked of the service, their
+    labels sent to `/feedback`; the seconds from its 202 to an answer of the new intent."""
+    name, word = f"fed_back_intent_{repeat}", _unseen_word(repeat)
+    texts = [json.loads(line)["text"] for line in new_intent_file(home, name, word).open()]
+    ids = [f"feedback-{repeat}-{i}" for i in range(len(texts))]
+    for query_id, text in zip(ids, texts, strict=True):
+        client.post(f"{url}/predict", json={"text": text, "query_id": query_id}).raise_for_status()
+    labels = [{"query_id": query_id, "intent": name} for query_id in ids]
+    response = client.post(f"{url}/feedback", json={"items": labels})
+    if response.status_code != 202:
+        raise RuntimeError(f"/feedback answered {response.status_code}: {response.text}")
+    return _served_within(client, url, f"{word} it", name, time.monotonic())
+
+
+def _unseen_word(repeat: int) -> str:
+    """A word no dataset text uses, one per round."""
+    letters = random.Random(f"freshness/{repeat}")
+    return "".join(letters.choice("bcdfghjklmnpqrstvwxz") for _ in range(7))
+
+
+def _measure(kafka: KafkaSettings, repeats: int) -> tuple[list[float], list[float]]:
+    """The seconds from the end of each burst to the service answering its new intent, and
+    from each round's feedback to the service answering its new intent."""
     topic = f"bench-fresh-e2e-{time.time_ns()}"
     stream = kafka.on_topic(topic)
     ensure_stream_topics(stream, 2)
@@ -80,6 +129,7 @@ def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
             "SERVING_SNAPSHOT_DIR": str(home / "snapshots"),
             "SERVING_POLL_S": "1",
             "SERVING_PORT": str(port),
+            "SERVING_QUERY_LOG_JOURNAL_DIR": str(home / "journal"),
         }
         run_produce(
             stream, ReplayOptions(limit=3000, run_id="warm-up"), Console(file=io.StringIO())
@@ -94,13 +144,8 @@ def _measure(kafka: KafkaSettings, repeats: int) -> list[float]:
                 data = new_intent_file(home, name, word)
                 options = ReplayOptions(data=data, run_id=f"burst-{repeat}")
                 run_produce(stream, options, Console(file=io.StringIO()))
-                produced_at = time.monotonic()
-                while time.monotonic() - produced_at < 60:
-                    body = client.post(f"{url}/predict", json={"text": f"{word} it"}).json()
-                    if body.get("intent") == name:
-                        seconds.append(time.monotonic() - produced_at)
-                        break
-                    time.sleep(0.05)
-                else:
-                    raise RuntimeError(f"{name} was not served within 60 s")
-    return seconds
+                seconds.append(_served_within(client, url, f"{word} it", name, time.monotonic()))
+            feedback = [
+                _feedback_round(client, url, home, repeat) for repeat in range(FEEDBACK_REPEATS)
+            ]
+    return seconds, feedback
