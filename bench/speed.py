@@ -97,7 +97,7 @@ from common.settings import KafkaSettings, Settings, SpeedSettings
 from models.batch.recipe import build_batch_model, fit_on_counts
 from models.metrics import SplitScore, WindowScore
 from models.registry import ChampionInfo, ChampionModel
-from models.snapshot import SnapshotStore, merge_snapshots
+from models.snapshot import SnapshotStore, SpeedSnapshot, merge_snapshots
 from models.speed_model import build_speed_model
 from models.texts import TextMemory
 from pipelines.batch.counts import count_examples_from_pairs
@@ -149,6 +149,9 @@ class Run:
     seconds: float
     cpu_seconds: float
     scores: SplitScore
+    # The speed layer's snapshot of partition 0 at the end of its run, taken while the reader
+    # still owns the partition (None for the River loop).
+    snapshot: SpeedSnapshot | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -287,6 +290,7 @@ def speed_run(
         started, cpu_started = time.perf_counter(), time.process_time()
         layer.run(threading.Event(), max_events=events)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        snapshot = layer.snapshot_of(0)
     state = layer.state
     if state.base_version != champion.info.version or state.scores.batch.seen != events:
         raise RuntimeError(
@@ -295,7 +299,7 @@ def speed_run(
         )
     if feedback and state.labels_joined != events:
         raise RuntimeError(f"the speed layer joined {state.labels_joined} of {events} labels")
-    return Run(state.events_learnt, seconds, cpu_seconds, state.scores.speed), layer
+    return Run(state.events_learnt, seconds, cpu_seconds, state.scores.speed, snapshot), layer
 
 
 def feedback_replay(events: int) -> tuple[ReplayOptions, int]:
@@ -783,7 +787,8 @@ def main(
                     f"speed layer {run.events_per_s:,.0f} events/s"
                 )
                 started = time.perf_counter()
-                path = Path(layer.store.save(layer.snapshot_of(0)))
+                assert run.snapshot is not None  # the speed layer's runs take one
+                path = Path(layer.store.save(run.snapshot))
                 snapshot_ms.append((time.perf_counter() - started) * 1000)
                 snapshot_sizes.append(path.stat().st_size)
             late = cluster.fresh_topic("feedback", partitions=1, feedback=True)
