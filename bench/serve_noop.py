@@ -42,5 +42,11 @@ class Noop:
         tune_gc()
 
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
-    async def predict(self, text: str) -> Prediction:
+    async def predict(
+        self,
+        text: str,
+        query_id: str | None = None,
+        user_id: str | None = None,
+        locale: str | None = None,
+    ) -> Prediction:
         return _ANSWER
