@@ -159,7 +159,7 @@ class Blender:
 
     def __init__(
         self,
-        learning_rate: float = 0.02,
+        learning_rate: float = 0.01,
         unknown_learning_rate: float = 0.2,
         intent_learning_rate: float = 0.1,
     ) -> None:
