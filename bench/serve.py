@@ -420,4 +420,3 @@ def main(settings: Settings, argv: Sequence[str] = ()) -> dict:
         if not isinstance(value, dict | list):
             print(f"{key:40} {value}")
     return stamped
-

@@ -298,9 +298,7 @@ def test_the_registrar_warns_when_mlflow_is_down_and_never_raises(tmp_path, monk
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     settings = MlflowSettings(tracking_uri="http://127.0.0.1:9", registered_model="m")
     store = SnapshotStore(tmp_path / "snapshots")
-    path = store.save(
-        SpeedSnapshot(model={}, blender=Blender(), offsets={0: 1}, events_learnt=1)
-    )
+    path = store.save(SpeedSnapshot(model={}, blender=Blender(), offsets={0: 1}, events_learnt=1))
     reporter = RunReporter(settings, "speed-layer", {})
     registrar = SnapshotRegistrar(settings, reporter, tmp_path / "snapshots" / ".outbox")
     with caplog.at_level("WARNING", logger="pipelines.tracking"):
