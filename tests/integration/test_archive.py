@@ -26,9 +26,9 @@ from tests.integration.kafka_reading import end_offsets, read_all
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 50_000
-KILLS = 20
-RATE = 400  # events/s: the live replay (125 s) outlasts 20 kill-and-restart cycles with room
+EVENTS = 30_000
+KILLS = 12
+RATE = 400  # events/s: the live replay (75 s) outlasts 12 kill-and-restart cycles with room
 
 
 @pytest.mark.reliability
