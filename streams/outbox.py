@@ -40,6 +40,10 @@ BATCH_MESSAGES = 2000
 WAIT_TICK_S = 0.5  # how often a wait for Kafka looks up (to stop, or to warn)
 WARN_AFTER_S = 5.0  # a batch unacknowledged this long is an outage worth a warning
 IDLE_S = 1.0
+# What arrives after a quiet spell waits this long for company before it is sent: each round
+# costs a Kafka request and a flush in the service's own process, so under load one round
+# should carry many answers, not one.
+LINGER_S = 0.05
 RETRY_MAX_S = 10.0
 
 
@@ -144,6 +148,8 @@ class Outbox:
                 self._on_backlog(0)
                 self._wake.wait(IDLE_S)
                 continue
+            if journal.pending < BATCH_MESSAGES:
+                self._stopping.wait(LINGER_S)
             batch = journal.read(BATCH_MESSAGES)
             delivered, error = self._deliver(batch)
             journal.acknowledge(batch, delivered)
