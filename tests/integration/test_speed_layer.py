@@ -29,7 +29,7 @@ from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
 pytestmark = pytest.mark.integration
 
 EVENTS = 40_000
-KILLS = 10
+KILLS = 7
 
 
 @pytest.fixture(scope="module")
