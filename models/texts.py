@@ -93,10 +93,6 @@ class TextMemory:
         at = int(np.searchsorted(self._frozen, np.uint64(key)))
         return at < len(self._frozen) and int(self._frozen[at]) == key
 
-    def contains_many(self, texts: Iterable[str]) -> np.ndarray:
-        """`text in self` for each text, as a boolean array."""
-        return self.contains_keys(text_keys(texts))
-
     def contains_keys(self, keys: np.ndarray) -> np.ndarray:
         """`contains_key` for each of `keys`, as a boolean array."""
         keys = np.asarray(keys, dtype=np.uint64)

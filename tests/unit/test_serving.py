@@ -44,7 +44,7 @@ from models.prequential import speed_probabilities
 from models.registry import ChampionInfo, ChampionModel
 from models.snapshot import SnapshotHeader, SnapshotStore, SpeedSnapshot
 from models.speed_model import HashedTextNB
-from models.texts import TextMemory
+from models.texts import TextMemory, text_keys
 from pipelines.cli.serve import serve as serve_command
 from pipelines.services.bento_server import SERVICE_NAME, bentoml_overrides
 from serving import runtime
@@ -757,7 +757,7 @@ def test_a_speed_model_without_the_vectorised_method_answers_like_one_with_it(
         )
         assert len(vectorised) == len(dicts) == len(texts)
         if with_champion is not None:
-            seen = trained_on.contains_many(texts)
+            seen = trained_on.contains_keys(text_keys(texts))
             weights = {flag: blender.weights_for(batch_seen=flag) for flag in (False, True)}
             assert [(g.blend.batch_weight, g.blend.speed_weight) for g in dicts] == [
                 weights[bool(flag)] for flag in seen

@@ -54,8 +54,8 @@ def test_many_texts_are_looked_up_as_one_at_a_time():
     memory = TextMemory.of([f"query {i}" for i in range(0, 500, 2)])
     memory.add("added later")
     texts = [f"query {i}" for i in range(500)] + ["added later", "never seen", ""]
-    assert memory.contains_many(texts).tolist() == [text in memory for text in texts]
-    assert TextMemory().contains_many(["anything"]).tolist() == [False]
+    assert memory.contains_keys(text_keys(texts)).tolist() == [text in memory for text in texts]
+    assert TextMemory().contains_keys(text_keys(["anything"])).tolist() == [False]
 
 
 def test_docstring_examples():
