@@ -192,11 +192,12 @@ def evaluation_figures() -> dict[str, float]:
     figures = {
         f"{phase.replace(' ', '_')}_{view}_{group}_accuracy": 0.5 + 0.01 * n
         for n, (phase, view, group) in enumerate(
-            (p, v, g) for p in PHASES for v in VIEWS for g in ("novel", "all")
+            (p, v, g) for p in PHASES for v in VIEWS for g in ("novel", "repeated")
         )
     }
     figures["no_batch_model_yet_batch_novel_accuracy"] = float("nan")
     return figures | {
+        "first_seen_share": 0.8125,
         "first_seen_post_drift_gain_vs_batch_points": 12.34,
         "post_drift_gain_vs_batch_points": 8.06,
     }
@@ -218,6 +219,17 @@ def test_the_evaluation_summary_fits_80_columns_with_one_row_per_phase():
     assert rows["no batch model yet"][4] == "-"  # no batch model: no batch accuracy
     assert rows["after retrain"][-1] == f"{100 * (0.5 + 0.01 * 23):.1f}"
     assert "+12.3 points on novel texts, +8.1 on all" in " ".join(lines)
+    assert "novel texts: 81.25% of labelled queries" in " ".join(lines)
+    assert "learnt:" in " ".join(lines)
+
+
+def test_the_evaluation_summary_leaves_out_a_handful_of_repeats():
+    figures = evaluation_figures() | {"first_seen_share": 0.9999}
+    lines = rendered(evaluation_summary(figures))
+
+    assert "learnt" not in " ".join(lines)
+    assert max(len(line.split()) for line in lines if line.startswith(" after")) == 5
+    assert "novel texts: 99.99% of labelled queries" in " ".join(lines)
 
 
 def test_the_answers_fit_80_columns_with_the_models_behind_them_once():
