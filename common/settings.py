@@ -200,10 +200,7 @@ class SpeedSettings(BaseSettings):
     (`pipelines.speed.joins`): a query waits for its label until `join_window_events` later
     queries of its partition have been read, and a label counts only if given at most
     `join_window_s` seconds after its query; each partition keeps up to that many queries,
-    with what each view predicted for them, in its snapshots. Labels are read no further ahead
-    of their queries than one poll: a partition's labels wait on the broker while the newest
-    label read is newer, by Kafka timestamp, than the newest query read, so the labels of a
-    backlog meet their queries within the window.
+    with what each view predicted for them, in its snapshots.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)

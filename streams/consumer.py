@@ -142,8 +142,6 @@ class EventReader:
         self._retry_at = 0.0
         self._retry_s = RETRY_S
         self._closing = False
-        self._newest_ms: dict[TopicPartition, int] = {}  # newest record timestamp handed out
-        self._held: set[int] = set()  # partitions whose labels wait for their queries
         topics = [settings.topic, *([self._feedback_topic] if self._feedback_topic else [])]
         consumer.subscribe(topics, listener=_Listener(self))
 
@@ -201,37 +199,9 @@ class EventReader:
                 else:
                     valid.append(Consumed(event, tp.partition, record.offset))
                 positions[tp.partition] = record.offset + 1
-            self._newest_ms[tp] = records[-1].timestamp
-        if self._feedback_topic is not None:
-            self._pace_labels(self._feedback_topic)
         if self._pending and time.monotonic() >= self._retry_at:
             self._start_pending()
         return valid
-
-    def _pace_labels(self, feedback_topic: str) -> None:
-        """Hold a partition's labels while they run ahead of its queries.
-
-        Read side by side, the labels (a small topic) are read far faster than the queries:
-        catching up on a backlog, a label would be read thousands of queries before its own,
-        past the join window. The records' Kafka timestamps say which came first, so a
-        partition's labels wait while the newest label read is newer than the newest query
-        read and queries remain to be read."""
-        hold, release = [], []
-        for partition, position in self.positions.items():
-            labels, queries = TopicPartition(feedback_topic, partition), self._tp(partition)
-            ahead = self._newest_ms.get(labels, -1) > self._newest_ms.get(queries, -1)
-            highwater = self._consumer.highwater(queries)
-            if ahead and highwater is not None and position < highwater:
-                if partition not in self._held:
-                    hold.append(partition)
-            elif partition in self._held:
-                release.append(partition)
-        if hold:
-            self._consumer.pause(*(TopicPartition(feedback_topic, p) for p in hold))
-            self._held.update(hold)
-        if release:
-            self._consumer.resume(*(TopicPartition(feedback_topic, p) for p in release))
-            self._held.difference_update(release)
 
     def _start_pending(self) -> None:
         """Ask the owner where the waiting partitions start, and start those it names."""
@@ -265,7 +235,6 @@ class EventReader:
                 self.feedback_positions[partition] = start.feedback
             self._pending.discard(partition)
         if started:
-            self._forget_pace(started)
             self._consumer.resume(*self._tps(started))
         if self._pending:
             self._back_off("their owner cannot start them yet")
@@ -308,15 +277,8 @@ class EventReader:
             self.positions.pop(partition, None)
             self.feedback_positions.pop(partition, None)
             self._pending.discard(partition)
-        self._forget_pace(numbers)
         for tp in partitions:
             self._committed.pop(tp, None)
-
-    def _forget_pace(self, partitions: Collection[int]) -> None:
-        """Partitions that start anew, or leave, are neither held nor timed any more."""
-        self._held.difference_update(partitions)
-        for tp in self._tps(partitions):
-            self._newest_ms.pop(tp, None)
 
     def owned(self) -> list[int]:
         """The started partitions."""

@@ -42,7 +42,6 @@ class Record:
     value: bytes
     key: bytes | None
     offset: int
-    timestamp: int = 0  # ms, as Kafka's record timestamp
 
 
 def event_bytes(i: int, intent: str | None, text: str, **fields: Any) -> bytes:
@@ -55,8 +54,7 @@ def label_bytes(query_id: str, intent: str, ts: datetime = TS) -> bytes:
 
 
 class FakeTopic:
-    """`partitions` partitions of `events` events each, each timestamped with its offset (ms):
-    texts and intents cycle, every
+    """`partitions` partitions of `events` events each: texts and intents cycle, every
     `unlabelled_every`-th event (if any) has no label, each partition's offset `bad` (if any)
     holds a message that does not parse, and from offset `flip_at` (if any) every text takes
     the next text's intent (the stream drifts away from what a champion learnt)."""
@@ -82,7 +80,7 @@ class FakeTopic:
                 if unlabelled_every is not None and i % unlabelled_every == 0:
                     intent = None
                 value = b"not json" if offset == bad else event_bytes(i, intent, text)
-                records.append(Record(value, None, offset, timestamp=offset))
+                records.append(Record(value, None, offset))
                 if intent is not None and offset != bad:
                     labelled.append((text, intent))
             self.records[p], self.labelled[p] = records, labelled
@@ -91,8 +89,8 @@ class FakeTopic:
     def ends(self) -> dict[int, int]:
         return {p: len(records) for p, records in self.records.items()}
 
-    def append(self, partition: int, value: bytes, timestamp: int = 0) -> None:
-        self.records[partition].append(Record(value, None, len(self.records[partition]), timestamp))
+    def append(self, partition: int, value: bytes) -> None:
+        self.records[partition].append(Record(value, None, len(self.records[partition])))
 
     def labelled_from(self, offsets: dict[int, int]) -> dict[int, list[tuple[str, str]]]:
         """Each partition's labelled (text, intent) pairs at or after `offsets` (0 if absent)."""
@@ -167,7 +165,6 @@ class FakeConsumer:
         self.paused: set[TopicPartition] = set()
         self.commits: list[dict[int, int]] = []
         self.closed = False
-        self.labels_first = False  # a poll reads the feedback topic before the queries
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         found = self.group.topics.get(topic)
@@ -193,7 +190,7 @@ class FakeConsumer:
     def poll(self, timeout_ms: int, max_records: int | None = None) -> dict:
         budget = max_records or 10**9
         batches = {}
-        for tp, position in sorted(self.assigned.items(), reverse=self.labels_first):
+        for tp, position in sorted(self.assigned.items()):
             if tp in self.paused or position is None or budget == 0:
                 continue
             records = self.group.topics[tp.topic].records[tp.partition][
@@ -210,9 +207,6 @@ class FakeConsumer:
 
     def end_offsets(self, tps: list[TopicPartition], timeout_ms: int) -> dict:
         return {tp: len(self.group.topics[tp.topic].records[tp.partition]) for tp in tps}
-
-    def highwater(self, tp: TopicPartition) -> int:
-        return len(self.group.topics[tp.topic].records[tp.partition])
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         assert tp in self.assigned, f"{tp} is not assigned"

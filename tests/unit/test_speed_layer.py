@@ -1039,31 +1039,6 @@ def test_a_label_read_before_its_query_waits_for_it(tmp_path, workers):
     assert not group.reasons
 
 
-@WORKERS
-def test_a_backlogs_labels_are_held_until_their_queries_come_not_dead_lettered(tmp_path, workers):
-    """The feedback topic is fetched before the queries (a small topic runs ahead when a
-    backlog is read): each label, timestamped just after its query, waits on the broker until
-    the queries have been read up to its time, so none falls out of a window shorter than
-    the backlog."""
-    topic = FakeTopic(partitions=2, events=200, unlabelled_every=1)
-    labels = FakeLabels(2)
-    expected: dict[int, list[tuple[str, str]]] = {}
-    for partition, records in topic.records.items():
-        expected[partition] = []
-        for record in records[::2]:
-            event = parse_event(record.value)
-            label = label_bytes(event.query_id, intent_of(event.text))
-            labels.append(partition, label, timestamp=record.timestamp + 1)
-            expected[partition].append((event.text, intent_of(event.text)))
-    group = Workers(tmp_path, topic, labels=labels, join_window_events=40, snapshot_every_events=10)
-    group.start(workers)
-    for consumer in group.consumers.values():
-        consumer.labels_first = True
-    group.run_to_end()
-    assert not group.reasons
-    check_learnt(group, expected)
-
-
 def test_a_label_past_the_join_window_is_dead_lettered_with_the_reason(tmp_path):
     topic = FakeTopic(partitions=1, events=8, unlabelled_every=1)
     labels = FakeLabels(1)
