@@ -177,7 +177,16 @@ class EventReader:
     def poll(self, timeout_ms: int = 500, max_records: int | None = None) -> list[Consumed]:
         """The next valid events of the started partitions, in offset order within each; then
         the partitions waiting for their owner are offered to it, when their retry is due."""
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            # The broker is away or restarting: the client reconnects by itself, so the loop
+            # waits a poll's time and carries on, its positions unchanged.
+            log.warning("could not poll the broker: %s", exc)
+            time.sleep(timeout_ms / 1000)
+            return []
         valid: list[Consumed] = []
         for tp, records in batches.items():
             if tp.partition not in self.positions:  # revoked or not started: read again later

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kafka.errors import KafkaConnectionError
 from kafka.structs import TopicPartition
 
 from common.settings import KafkaSettings
@@ -165,6 +166,7 @@ class FakeConsumer:
         self.paused: set[TopicPartition] = set()
         self.commits: list[dict[int, int]] = []
         self.closed = False
+        self.polls_refused = 0  # the next polls that fail as if the broker were away
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         found = self.group.topics.get(topic)
@@ -188,6 +190,9 @@ class FakeConsumer:
         _run(self.listener.on_partitions_assigned(set(self.assigned)))
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> dict:
+        if self.polls_refused:
+            self.polls_refused -= 1
+            raise KafkaConnectionError("111 ECONNREFUSED")
         budget = max_records or 10**9
         batches = {}
         for tp, position in sorted(self.assigned.items()):
