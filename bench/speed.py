@@ -123,6 +123,7 @@ FRESHNESS_SECONDS = 15.0
 FEEDBACK_SHARE = 0.3
 FEEDBACK_DELAY = 1_000
 JOIN_TIMEOUT_S = 60.0
+IDLE_EXIT_S = 60.0  # a run whose topic has nothing left to give it ends (and says how far it got)
 PARTITIONS = 4
 GOAL_GROUP_RATIO = 1.7
 GOAL_FIRST_SEEN_GAP_POINTS = 0.5
@@ -288,17 +289,20 @@ def speed_run(
         )
         joined(reader, layer.step)
         started, cpu_started = time.perf_counter(), time.process_time()
-        layer.run(threading.Event(), max_events=events)
+        layer.run(threading.Event(), idle_exit_s=IDLE_EXIT_S, max_events=events)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         snapshot = layer.snapshot_of(0)
     state = layer.state
+    if feedback and state.labels_joined != events:
+        raise RuntimeError(
+            f"the speed layer joined {state.labels_joined} of {events} labels "
+            f"({state.labels_dead_lettered} dead-lettered)"
+        )
     if state.base_version != champion.info.version or state.scores.batch.seen != events:
         raise RuntimeError(
             f"the speed layer did not run on the champion: base {state.base_version}, "
             f"{state.scores.batch.seen} of {events} events scored by it"
         )
-    if feedback and state.labels_joined != events:
-        raise RuntimeError(f"the speed layer joined {state.labels_joined} of {events} labels")
     return Run(state.events_learnt, seconds, cpu_seconds, state.scores.speed, snapshot), layer
 
 

@@ -200,7 +200,9 @@ class SpeedSettings(BaseSettings):
     (`pipelines.speed.joins`): a query waits for its label until `join_window_events` later
     queries of its partition have been read, and a label counts only if given at most
     `join_window_s` seconds after its query; each partition keeps up to that many queries,
-    with what each view predicted for them, in its snapshots.
+    with what each view predicted for them, in its snapshots. A label read before its query
+    (a backlog's small feedback topic is read ahead of its queries) waits as long, counted from
+    the first query read that is not older than the label, and up to that many labels wait.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)

@@ -9,15 +9,19 @@ after kill -9 or a rebalance each label is joined, or rejected, exactly once.
 
 The join window bounds what is kept, by events and by time: a query can be joined until
 `window_events` later queries of its partition have been read, and only by a label given at
-most `window_s` seconds after it (by the events' own timestamps); a label read before its
-query waits for it as long. A label outside the window, a label whose query never comes, and a
-second label for the same query are rejected, with the reason, for the dead-letter topic: the
+most `window_s` seconds after it (by the events' own timestamps). A label read before its query
+waits for it as long, counted from the first query read that is not older than the label: the
+small feedback topic is read far faster than a backlog of queries, so a label may be read long
+before the queries of its time are; at most `window_events` labels wait so per partition. A
+label outside the window, a label whose query never comes, one that finds `window_events`
+others waiting, and a second label for the same query are rejected, with the reason, for the
+dead-letter topic (the batch layer, reading the master dataset, still learns them): the
 speed layer learns a query's first label only, while the batch layer, which reads every label
 from the master dataset, takes the last one, so a correction reaches the models at the next
 batch run.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,11 +47,12 @@ class Awaiting:
 @dataclass(frozen=True, slots=True)
 class EarlyLabel:
     """A label read before its query: its event, its offset on the feedback topic, and the
-    query offset from which its query can no longer come within the window."""
+    query offset from which its query can no longer come within the window (None until a
+    query not older than the label is read)."""
 
     event: FeedbackEvent
     offset: int
-    due: int
+    due: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +124,23 @@ class Joins:
                 self.expired[first.query_id] = first.offset
         while len(self.expired) > self.window_events:
             del self.expired[next(iter(self.expired))]
-        while self.early:
+        while self.early:  # in the order read: a label waits at least as long as those before
             label = next(iter(self.early.values()))
-            if label.due > offset and label.event.ts.timestamp() >= oldest_ts:
+            label_ts = label.event.ts.timestamp()
+            if label.due is None and self.newest_ts >= label_ts:
+                label = replace(label, due=self.position + self.window_events)
+                self.early[label.event.query_id] = label
+            if (label.due is None or label.due > offset) and label_ts >= oldest_ts:
                 break
-            del self.early[label.event.query_id]
-            self._reject(
-                label.event,
-                label.offset,
+            self._reject_early(
                 f"no query {label.event.query_id!r} came within the join window "
-                f"({self._window}) of its label",
+                f"({self._window}) of its label"
             )
+
+    def _reject_early(self, reason: str) -> None:
+        """Reject the first of the labels waiting for their query."""
+        label = self.early.pop(next(iter(self.early)))
+        self._reject(label.event, label.offset, reason)
 
     def is_known(self, query_id: str) -> bool:
         """Whether a query of this id is in the window already: a second event of it is the
@@ -174,7 +185,13 @@ class Joins:
         elif query_id in self.early:
             self._reject(event, offset, self._second(query_id, self.early[query_id].event.intent))
         else:
-            self.early[query_id] = EarlyLabel(event, offset, self.position + self.window_events)
+            if len(self.early) == self.window_events:
+                self._reject_early(
+                    f"its query did not come before {self.window_events} more labels read "
+                    "ahead of their queries: the join keeps that many waiting at most"
+                )
+            self.early[query_id] = EarlyLabel(event, offset)
+            self._evict()
         return None
 
     @staticmethod
