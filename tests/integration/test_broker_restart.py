@@ -29,8 +29,8 @@ from tests.integration.kafka_reading import end_offsets, read_all
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 SCENARIO = "broker stopped and restarted mid-stream"
-EVENTS = 40_000
-RATE = 400  # events/s: a 100 s stream, longer than two outages and their recoveries
+EVENTS = 32_000
+RATE = 400  # events/s: an 80 s stream, longer than two outages (about 20 s each) and recoveries
 PARTITIONS = 3
 OUTAGE_S = 8.0
 RECOVERY_BOUND_S = 30.0
