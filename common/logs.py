@@ -111,6 +111,20 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
 _installed: list[logging.Handler] = []
 
 
+class QuietSlowClientSteps(logging.Filter):
+    """kafka-python warns each time one step of its network loop held the thread over 0.1 s
+    ("... It is blocking the event loop"): routine in a job whose model work runs beside its
+    Kafka clients, hundreds of lines a run, so those show only when the log level is DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "blocking the event loop" not in record.getMessage():
+            return True
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_QUIET_SLOW_CLIENT_STEPS = QuietSlowClientSteps()
+
+
 def configure(level: str, log_format: LogFormat, job: str) -> None:
     """Send this process's log to stderr, as Rich lines or as JSON lines of `job` (then
     anything else written to stderr, and an uncaught exception, becomes JSON lines too).
@@ -137,6 +151,7 @@ def configure(level: str, log_format: LogFormat, job: str) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     _installed.append(handler)
+    logging.getLogger("kafka.net.selector").addFilter(_QUIET_SLOW_CLIENT_STEPS)
 
 
 def format_as_json(loggers: Iterable[str], job: str, drop: Iterable[str] = ()) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import datetime
 
-from common.logs import JsonFormatter, _StrayLines
+from common.logs import JsonFormatter, QuietSlowClientSteps, _StrayLines
 
 
 def test_a_record_becomes_one_json_line_with_its_extra_fields_and_traceback():
@@ -42,3 +42,18 @@ def test_stray_lines_on_stderr_are_wrapped_and_json_lines_pass_through():
     assert wrapped["message"] == "Created version '2' of model." and wrapped["job"] == "retrain"
     assert wrapped["logger"] == "stderr"
     assert kept == {"level": "INFO", "message": "as is"}
+
+
+def test_the_kafka_clients_slow_step_warnings_show_at_debug_only():
+    slow = "Task <Task 1> ran for 0.170s (>0.100s threshold). It is blocking the event loop"
+    record = logging.LogRecord("kafka.net.selector", logging.WARNING, "", 0, slow, None, None)
+    other = logging.LogRecord("kafka.net.selector", logging.WARNING, "", 0, "gone", None, None)
+    quiet, root = QuietSlowClientSteps(), logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.INFO)
+        assert not quiet.filter(record) and quiet.filter(other)
+        root.setLevel(logging.DEBUG)
+        assert quiet.filter(record)
+    finally:
+        root.setLevel(level)
