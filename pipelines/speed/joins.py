@@ -127,8 +127,8 @@ class Joins:
         while self.early:  # in the order read: a label waits at least as long as those before
             label = next(iter(self.early.values()))
             label_ts = label.event.ts.timestamp()
-            if label.due is None and self.newest_ts >= label_ts:
-                label = replace(label, due=self.position + self.window_events)
+            if label.due is None and (due := self._due(label_ts)) is not None:
+                label = replace(label, due=due)
                 self.early[label.event.query_id] = label
             if (label.due is None or label.due > offset) and label_ts >= oldest_ts:
                 break
@@ -136,6 +136,11 @@ class Joins:
                 f"no query {label.event.query_id!r} came within the join window "
                 f"({self._window}) of its label"
             )
+
+    def _due(self, label_ts: float) -> int | None:
+        """The query offset from which a label given at `label_ts` stops waiting for its query:
+        a window from here once the queries read have reached its time, None until then."""
+        return self.position + self.window_events if self.newest_ts >= label_ts else None
 
     def _reject_early(self, reason: str) -> None:
         """Reject the first of the labels waiting for their query."""
@@ -190,8 +195,7 @@ class Joins:
                     f"its query did not come before {self.window_events} more labels read "
                     "ahead of their queries: the join keeps that many waiting at most"
                 )
-            self.early[query_id] = EarlyLabel(event, offset)
-            self._evict()
+            self.early[query_id] = EarlyLabel(event, offset, self._due(event.ts.timestamp()))
         return None
 
     @staticmethod

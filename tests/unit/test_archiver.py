@@ -51,9 +51,11 @@ def test_a_partition_resumes_after_its_last_flush(tmp_path):
 
 def test_polls_the_broker_refuses_are_waited_out_and_nothing_is_skipped(tmp_path):
     topic = FakeTopic(partitions=2, events=40)
-    member = archiver(FakeGroup(topic), tmp_path)
+    group = FakeGroup(topic)
+    member = archiver(group, tmp_path)
     read(member, most=30)
-    member.reader._consumer.polls_refused = 3
+    (consumer,) = group.members
+    consumer.polls_refused = 3
     for _ in range(3):
         assert member.reader.poll(timeout_ms=0) == []  # the broker is away: nothing read
     member.run(Event(), idle_exit_s=0.1)
