@@ -6,6 +6,7 @@ import io
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pyarrow as pa
@@ -29,6 +30,7 @@ from tests.integration.cli_processes import (
     storage_env,
     stream_jobs_env,
 )
+from tests.integration.conftest import ObjectStoreService, throwaway_object_store
 from tests.integration.kafka_reading import end_offsets, labelled_per_partition
 
 pytestmark = pytest.mark.integration
@@ -179,15 +181,22 @@ def owns_partitions(log_path) -> bool:
     return any("assigned partitions [" in line and "partitions []" not in line for line in lines)
 
 
+@pytest.fixture
+def own_store(tmp_path) -> Iterator[ObjectStoreService]:
+    """An S3Proxy of this test's own, since the test stops it: the session's store may be one
+    the environment names, which no test may stop."""
+    launcher = throwaway_object_store(tmp_path / "s3proxy")
+    with launcher.running():
+        yield ObjectStoreService(launcher)
+
+
 @pytest.mark.reliability
 def test_the_archiver_and_the_speed_workers_carry_on_after_a_30s_outage_of_the_store(
-    kafka, object_store, tmp_path, reliability
+    kafka, own_store, tmp_path, reliability
 ):
-    if not object_store.settings.uses_local_server:
-        pytest.skip("the outage needs the project's own S3Proxy")
     events, rate = 12_000, 200  # a 60 s live replay: the outage falls in its middle
     settings, produce = replay(kafka, events, rate)
-    shared = object_store.new_url()
+    shared = own_store.new_url()
     url = f"{shared}/master"
     env = stream_jobs_env(
         settings,
@@ -204,9 +213,9 @@ def test_the_archiver_and_the_speed_workers_carry_on_after_a_30s_outage_of_the_s
         # A revocation's first failing save retries for seconds; on a loaded CI machine that
         # can outlast the default 10 s session and set off one more rebalance.
         SPEED_SESSION_TIMEOUT_MS="20000",
-        **storage_env(object_store),
+        **storage_env(own_store),
     )
-    snapshots = SnapshotStore(f"{shared}/snapshots", storage=object_store.settings)
+    snapshots = SnapshotStore(f"{shared}/snapshots", storage=own_store.settings)
     producer = threading.Thread(target=produce)
     jobs = {
         name: ChildProcess(name, CLI + args, env=env, log_path=tmp_path / f"{name}.log")
@@ -227,19 +236,19 @@ def test_the_archiver_and_the_speed_workers_carry_on_after_a_30s_outage_of_the_s
                 stack.enter_context(job)
             deadline = time.monotonic() + 60
             while not (
-                _flush_files(url, object_store.settings)
+                _flush_files(url, own_store.settings)
                 and snapshots.latest_sequences()
                 and all(owns_partitions(tmp_path / f"{n}.log") for n in ("speed-a", "speed-b"))
             ):  # the outage is to find the group settled: a rebalance in it is another test
                 assert time.monotonic() < deadline, logs()
                 assert all(job.poll() is None for job in jobs.values()), logs()
                 time.sleep(0.1)
-            assert object_store.launcher.down()
+            assert own_store.launcher.down()
             try:
                 time.sleep(30)
                 assert all(job.poll() is None for job in jobs.values()), logs()  # they waited
             finally:  # the store is the session's: the tests after this one need it back
-                object_store.launcher.up()
+                own_store.launcher.up()
             back = time.monotonic()
             before = snapshots.latest_sequences()
             while snapshots.latest_sequences() == before:
@@ -265,14 +274,14 @@ def test_the_archiver_and_the_speed_workers_carry_on_after_a_30s_outage_of_the_s
     assert "retrying" in (tmp_path / "archive.log").read_text()  # flushes did fail meanwhile
     speed_logs = "".join((tmp_path / f"{n}.log").read_text() for n in ("speed-a", "speed-b"))
     assert "snapshot not saved" in speed_logs  # and so did snapshots
-    table = history(url, settings=object_store.settings).to_table(
+    table = history(url, settings=own_store.settings).to_table(
         columns=["query_id", "partition", "offset"]
     )
     distinct = pc.count_distinct(table["query_id"]).as_py()
     assert (table.num_rows, distinct) == (events, events)
     pairs = set(zip(table["partition"].to_pylist(), table["offset"].to_pylist(), strict=True))
     assert len(pairs) == events
-    assert sum(archived_positions(url, object_store.settings).values()) == events
+    assert sum(archived_positions(url, own_store.settings).values()) == events
     labelled, single = labelled_per_partition(settings.bootstrap, settings.topic, events)
     latest = snapshots.latest_per_partition()
     assert {p: s.events_learnt for p, s in latest.items()} == dict(labelled)
