@@ -202,7 +202,8 @@ class SpeedSettings(BaseSettings):
     `join_window_s` seconds after its query; each partition keeps up to that many queries,
     with what each view predicted for them, in its snapshots. A label read before its query
     (a backlog's small feedback topic is read ahead of its queries) waits as long, counted from
-    the first query read that is not older than the label, and up to that many labels wait.
+    when it is read, or, while the queries read are older than the label, from the first query
+    read that is not; up to that many labels wait.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPEED_", frozen=True)

@@ -10,9 +10,10 @@ after kill -9 or a rebalance each label is joined, or rejected, exactly once.
 The join window bounds what is kept, by events and by time: a query can be joined until
 `window_events` later queries of its partition have been read, and only by a label given at
 most `window_s` seconds after it (by the events' own timestamps). A label read before its query
-waits for it as long, counted from the first query read that is not older than the label: the
-small feedback topic is read far faster than a backlog of queries, so a label may be read long
-before the queries of its time are; at most `window_events` labels wait so per partition. A
+waits for it as long, counted from when it is read, or, while the queries read are older than
+the label, from the first query read that is not: the small feedback topic is read far faster
+than a backlog of queries, so a label may be read long before the queries of its time are; at
+most `window_events` labels wait so per partition. A
 label outside the window, a label whose query never comes, one that finds `window_events`
 others waiting, and a second label for the same query are rejected, with the reason, for the
 dead-letter topic (the batch layer, reading the master dataset, still learns them): the
