@@ -12,6 +12,7 @@ import typer
 
 from pipelines.cli.edge import settings as edge_settings
 from pipelines.services.bento_server import (
+    SERVER_ENV,
     SERVICE_NAME,
     SERVICE_TARGET,
     bentoml_argv,
@@ -44,7 +45,8 @@ def serve(
     os.environ["BENTOML_CONFIG_OVERRIDES"] = bentoml_overrides(
         SERVICE_NAME, workers, access_log=keep_access_log
     )
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    for key, value in SERVER_ENV.items():
+        os.environ.setdefault(key, value)
     host, port = host or settings.host, port or settings.port
     # BentoML keeps /metrics in files under $BENTOML_HOME and empties them when a server
     # starts: two servers on one host sharing the default home wipe each other's metrics.

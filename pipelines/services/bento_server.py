@@ -11,6 +11,11 @@ from common.processes import ChildProcess
 
 SERVICE_NAME = "IntentClassifier"
 SERVICE_TARGET = f"serving.service:{SERVICE_NAME}"
+# The workers inherit the server's output, and BentoML logs to stdout, which Python buffers in
+# 8 KiB blocks when it is not a terminal: two workers' blocks would interleave mid-record (a
+# warning cut from its traceback, a JSON line cut in two). Unbuffered, each record is one write.
+# Usage tracking is off: a server here has no business calling home.
+SERVER_ENV = {"PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True"}
 
 
 def bentoml_overrides(
@@ -39,11 +44,11 @@ def bentoml_server(
     log_path: Path | None = None,
 ) -> ChildProcess:
     """`bentoml serve target` on `port` as a child process, with `env` added to this process's
-    environment and BentoML's usage tracking off. Not started yet."""
+    environment and `SERVER_ENV` under it. Not started yet."""
     return ChildProcess(
         name,
         bentoml_argv(target, port),
-        env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env},
+        env={**os.environ, **SERVER_ENV, **env},
         cwd=cwd,
         log_path=log_path,
         port=port,

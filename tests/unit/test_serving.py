@@ -691,7 +691,8 @@ def test_answers_are_counted_by_source_with_their_confidence_and_call_size(speed
 
 
 def test_serve_command_runs_bentoml_with_the_options(monkeypatch):
-    monkeypatch.setattr(os, "environ", {**os.environ, "SERVING_PORT": "3100"})  # it sets some
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    monkeypatch.setattr(os, "environ", {**environ, "SERVING_PORT": "3100"})  # it sets some
     execs = []
     monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(argv))
     serve_command(port=None, host=None, workers=3, reload_interval=1.5, keep_access_log=True)
@@ -709,6 +710,8 @@ def test_serve_command_runs_bentoml_with_the_options(monkeypatch):
     assert os.environ["SERVING_POLL_S"] == "1.5"
     overrides = json.loads(os.environ["BENTOML_CONFIG_OVERRIDES"])["services"][SERVICE_NAME]
     assert overrides["workers"] == 3 and overrides["logging"]["access"]["enabled"] is True
+    # The workers share the server's output: buffered, their log records would interleave.
+    assert os.environ["PYTHONUNBUFFERED"] == "1"
 
 
 class DictsOnly:
