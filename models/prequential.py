@@ -19,7 +19,7 @@ import pandas as pd
 from models.blend import Alignment, Blender
 from models.contracts import has_vectorised_proba
 from models.metrics import SplitScore, row_outcome
-from models.scope import ScopeDecision, best_in_scope, judge_scope
+from models.scope import ScopeDecision, best_in_scope, judge_blended_scope, judge_scope
 from models.texts import TextMemories, TextMemory, text_key
 
 log = logging.getLogger(__name__)
@@ -252,10 +252,11 @@ def prequential_step(
         batch_seen=batch_seen,
     )
     if scope is not None and not seen_by_any:
-        _judge(scores.speed, speed_classes, speed_row, intent, None, scope.oos_label)
-        _judge(scores.blend, alignment.classes, blended, intent, scope, scope.oos_label)
+        oos = scope.oos_label
+        _judge(scores.speed, speed_classes, speed_row, intent, None, oos)
+        _judge(scores.blend, alignment.classes, blended, intent, scope, oos, batch, speed_seen)
         if batch_row is not None:
-            _judge(scores.batch, batch_classes, batch_row, intent, scope, scope.oos_label)
+            _judge(scores.batch, batch_classes, batch_row, intent, scope, oos)
     if learn:
         speed_model.learn_one(x, intent)
         for learner in learners:
@@ -299,14 +300,30 @@ def _judge(
     intent: str,
     decision: ScopeDecision | None,
     oos_label: Any,
+    blended_with: BatchAnswer | None = None,
+    speed_seen: bool = False,
 ) -> None:
-    """Score one view's judgement of whether the event is in scope (`SplitScore.scope`)."""
+    """Score one view's judgement of whether the event is in scope (`SplitScore.scope`); a
+    blend `blended_with` the champion's answer is judged as serving judges it."""
     if not len(classes):
         return
     matrix = np.asarray(row, dtype=np.float64)[None, :]
     best = int(best_in_scope(classes, matrix, oos_label)[0])
+    if blended_with is None:
+        judged = judge_scope(classes, matrix, decision, oos_label)
+    else:
+        batch_classes, batch_row = blended_with
+        judged = judge_blended_scope(
+            classes,
+            matrix,
+            decision,
+            oos_label,
+            batch_classes=batch_classes,
+            batch_matrix=np.asarray(batch_row, dtype=np.float64)[None, :],
+            speed_seen=np.array([speed_seen]),
+        )
     score.scope.record(
-        judged_in_scope=bool(judge_scope(classes, matrix, decision, oos_label)[0]),
+        judged_in_scope=bool(judged[0]),
         right=best >= 0 and classes[best] == intent,
         out_of_scope=intent == oos_label,
     )

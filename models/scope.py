@@ -49,6 +49,7 @@ __all__ = [
     "answer_features",
     "best_in_scope",
     "find_scope",
+    "judge_blended_scope",
     "judge_scope",
     "out_of_scope_columns",
     "scope_figures",
@@ -422,6 +423,39 @@ def judge_scope(
     """Whether each probability row answers an in-scope query: by `decision` when there is
     one, else by `ScopeDecision.top_intent` (the out-of-scope label learnt as an intent)."""
     return (decision or ScopeDecision.top_intent(oos_label)).in_scope(classes, matrix)
+
+
+def judge_blended_scope(
+    classes: Sequence[Any],
+    matrix: np.ndarray,
+    decision: ScopeDecision | None,
+    oos_label: Any,
+    *,
+    batch_classes: Sequence[Any],
+    batch_matrix: np.ndarray | None,
+    speed_seen: np.ndarray,
+) -> np.ndarray:
+    """Whether each blended row (over `classes`: the champion's, then the speed model's own)
+    answers an in-scope query. The blend is judged like any answer, and a query the champion
+    alone judges out of scope stays out unless the speed model learnt its text or the blend's
+    best intent is one the champion does not know: on its own intents the champion's abstention
+    is the better informed (the speed model's share of a blend dilutes its out-of-scope
+    probability), while a new intent is the speed layer's to name.
+
+    >>> decision = ScopeDecision.top_probability("oos", threshold=0.5)
+    >>> champion = np.array([[0.7, 0.2, 0.1], [0.3, 0.2, 0.5], [0.3, 0.2, 0.5]])
+    >>> blend = np.array([[0.6, 0.1, 0.1, 0.2], [0.1, 0.1, 0.2, 0.6], [0.6, 0.1, 0.2, 0.1]])
+    >>> judge_blended_scope(["a", "b", "oos", "new"], blend, decision, "oos",
+    ...     batch_classes=["a", "b", "oos"], batch_matrix=champion,
+    ...     speed_seen=np.zeros(3, dtype=bool)).tolist()
+    [True, True, False]
+    """
+    in_scope = judge_scope(classes, matrix, decision, oos_label)
+    if batch_matrix is None or not len(batch_classes):
+        return in_scope
+    batch_in_scope = judge_scope(batch_classes, batch_matrix, decision, oos_label)
+    new_intent = best_in_scope(classes, matrix, oos_label) >= len(batch_classes)
+    return in_scope & (batch_in_scope | speed_seen | new_intent)
 
 
 def scope_figures(

@@ -11,8 +11,10 @@ one numeric path. scikit-learn's input and parameter checks are skipped:
 they cost more than the model on one text, and the champion and its input (validated strings)
 are this pipeline's own.
 
-The champion's scope decision (`models.scope`) judges the answer served, blend or not; without
-one, a query is out of scope when the out-of-scope label is its most probable intent. An
+The champion's scope decision (`models.scope`) judges the answer served, blend or not, and a
+blend keeps the champion's own abstention on the intents it knows (`judge_blended_scope`);
+without a decision, a query is out of scope when the out-of-scope label is its most probable
+intent. An
 out-of-scope answer names that label with `in_scope` false, and `top_k` lists the best in-scope
 intents either way.
 """
@@ -23,7 +25,7 @@ import numpy as np
 import sklearn
 
 from models.prequential import speed_probability_matrix
-from models.scope import OOS_LABEL, find_scope, judge_scope, out_of_scope_columns
+from models.scope import OOS_LABEL, find_scope, judge_blended_scope, out_of_scope_columns
 from models.snapshot import SpeedSnapshot
 from models.texts import text_keys
 from serving.model_state import LoadedModels
@@ -104,7 +106,15 @@ def predict_texts(
     if matrix is None or not texts:
         return []
     decision = find_scope(champion.estimator) if champion is not None else None
-    in_scope = judge_scope(classes, matrix, decision, oos_label).tolist()
+    in_scope = judge_blended_scope(
+        classes,
+        matrix,
+        decision,
+        oos_label,
+        batch_classes=batch_classes,
+        batch_matrix=batch_matrix if snapshot is not None else None,
+        speed_seen=speed_seen,
+    ).tolist()
     out = out_of_scope_columns(classes, oos_label)
     if decision is not None and decision.oos_label != oos_label:
         out = out | out_of_scope_columns(classes, decision.oos_label)

@@ -99,3 +99,27 @@ def test_out_of_scope_answers_are_counted_by_source(scoped_champion, rows):
     metrics.answered(predictions)
     counted = registry.get_sample_value("lambda_ml_out_of_scope_answers_total", {"source": "batch"})
     assert counted == sum(not p.in_scope for p in predictions) > 0
+
+
+def test_the_blend_keeps_the_champion_s_abstention_unless_it_names_a_new_intent(
+    scoped_champion, rows
+):
+    """The speed model's share of a blend dilutes the champion's out-of-scope probability; the
+    champion's abstention on its own intents stands, and only an intent the speed model alone
+    knows can overturn it."""
+    texts, intents, oos_texts = rows
+    examples = load_dataset(CLINC150_DATA).examples
+    new = [e.text for e in examples if e.intent == "play_music" and e.split == "train"]
+    new_tests = [e.text for e in examples if e.intent == "play_music" and e.split == "test"]
+    speed = HashedTextNB()
+    for text, intent in [*zip(texts, intents, strict=True), *((t, "play_music") for t in new)]:
+        speed.learn_one({"text": text}, intent)
+    snapshot = SpeedSnapshot(model=speed, blender=Blender(), offsets={0: 1}, events_learnt=1)
+    blended_models = LoadedModels(champion=scoped_champion, snapshot=snapshot)
+    alone = answers(LoadedModels(champion=scoped_champion), oos_texts)
+    blended = answers(blended_models, oos_texts)
+    overturned = [b for a, b in zip(alone, blended, strict=True) if not a.in_scope and b.in_scope]
+    assert {p.intent for p in overturned} <= {"play_music"}
+    assert sum(not p.in_scope for p in blended) > len(oos_texts) / 2
+    named = answers(blended_models, new_tests)
+    assert sum(p.in_scope and p.intent == "play_music" for p in named) > len(new_tests) / 2
