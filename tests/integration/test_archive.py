@@ -26,9 +26,9 @@ from tests.integration.kafka_reading import end_offsets, read_all
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 30_000
-KILLS = 12
-RATE = 400  # events/s: the live replay (75 s) outlasts 12 kill-and-restart cycles with room
+EVENTS = 20_000
+KILLS = 8
+RATE = 400  # events/s: the live replay (50 s) outlasts 8 kill-and-restart cycles with room
 
 
 @pytest.mark.reliability

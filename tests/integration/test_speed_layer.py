@@ -28,8 +28,8 @@ from tests.integration.cli_processes import cli_env, kill_mid_work, run_to_end
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 40_000
-KILLS = 7
+EVENTS = 30_000
+KILLS = 5
 
 
 @pytest.fixture(scope="module")
