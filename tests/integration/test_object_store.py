@@ -220,7 +220,7 @@ def test_the_archiver_and_the_speed_workers_carry_on_after_a_15s_outage_of_the_s
     jobs = {
         name: ChildProcess(name, CLI + args, env=env, log_path=tmp_path / f"{name}.log")
         for name, args in {
-            "archive": ["archive", "--idle-exit", "20"],
+            "archive": ["archive", "--idle-exit", "5"],
             "speed-a": ["speed"],
             "speed-b": ["speed"],
         }.items()
