@@ -17,24 +17,29 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from common.processes import ProcessGroup, http_ready
 from common.settings import KafkaSettings, MlflowSettings, Settings
+from models.registry import fetch_champion
 from pipelines.evaluation.evaluate import PHASES, VIEWS
 from pipelines.evaluation.report import JSON_NAME, PLOT_NAME, TABLE_NAME
 from pipelines.produce import ReplayOptions, run_produce
 from pipelines.services.broker import KafkaLauncher, ensure_stream_topics
 from pipelines.services.launcher import Launcher
 from pipelines.services.tracking_server import MlflowLauncher
+from serving.metrics import BATCH_VERSION_GAUGE
 
 LAMBDA_ML = [str(Path(sys.executable).parent / "lambda-ml")]
 SCOPED_MODEL = "models.scope:scoped_model"
@@ -215,8 +220,11 @@ def run_demo(
         start_services(settings, services)
         stream = create_topics(settings.kafka, env)
         start_jobs(jobs, plan, console)
-        replay(stream, plan, jobs, console)
-        show_answers(plan, jobs, console)
+        sent = replay(stream, plan, jobs, console)
+        champion = serves_champion_of(
+            plan.url, settings.mlflow.uri, env["MLFLOW_REGISTERED_MODEL"], sent
+        )
+        show_answers(plan, champion, jobs, console)
         report(plan, settings.mlflow, env, jobs, console)
         console.print(f"demo took {time.monotonic() - started:.0f}s")
         if keep_running:
@@ -247,8 +255,9 @@ def start_jobs(jobs: ProcessGroup, plan: DemoPlan, console: Console) -> None:
     console.print(f"their logs: {jobs.log_dir}")
 
 
-def replay(stream: KafkaSettings, plan: DemoPlan, jobs: ProcessGroup, console: Console) -> None:
-    """Send CLINC150 to the demo's topic, with new intents appearing halfway."""
+def replay(stream: KafkaSettings, plan: DemoPlan, jobs: ProcessGroup, console: Console) -> int:
+    """Send CLINC150 to the demo's topic, with new intents appearing halfway; how many events
+    were sent."""
     console.print(f"replaying {plan.events:,} CLINC150 queries at {plan.rate:,.0f}/s")
     console.print("scenario new-domain: travel and utility intents appear halfway")
     options = ReplayOptions(
@@ -257,22 +266,55 @@ def replay(stream: KafkaSettings, plan: DemoPlan, jobs: ProcessGroup, console: C
     stats = run_produce(stream, options, console)
     console.print(f"produced {stats.sent:,} events ({stats.events_per_s:,.0f}/s)")
     jobs.check()
+    return stats.sent
 
 
-def show_answers(plan: DemoPlan, jobs: ProcessGroup, console: Console) -> None:
-    """The sample queries' blended answers, once the service is ready and a retrain has seen
-    the new intents."""
+def show_answers(
+    plan: DemoPlan, champion: Callable[[], bool], jobs: ProcessGroup, console: Console
+) -> None:
+    """The sample queries' blended answers, once the service is ready and the probe
+    `champion` (`serves_champion_of`) says it uses a champion trained on the new intents."""
     console.print("waiting for a retrain that has seen the new intents, and the service...")
     ready = http_ready(f"{plan.url}/readyz")
     jobs.wait_until(ready, f"the service at {plan.url} to be ready", timeout_s=180, interval_s=1)
-    time.sleep(plan.retrain_every_s)
-    jobs.check()
+    jobs.wait_until(
+        champion,
+        "the service to use a champion trained on the new intents",
+        timeout_s=180 + 3 * plan.retrain_every_s,
+        interval_s=1,
+    )
     with httpx.Client(timeout=10) as client:
         answers = {
             text: client.post(f"{plan.url}/predict", json={"text": text}).json()
             for text in SAMPLE_QUERIES
         }
     console.print(answers_table(answers))
+
+
+def serves_champion_of(url: str, tracking_uri: str, name: str, events: int) -> Callable[[], bool]:
+    """A probe that is True once the champion of `name` has a history of at least three
+    quarters of the `events` sent (half of what came after the new intents appeared) and every
+    worker of the service at `url` uses it. It reads the registry and the service's metrics, not
+    `/predict`, whose answers would join the query log."""
+    client = MlflowClient(tracking_uri)
+
+    def probe() -> bool:
+        try:
+            champion = fetch_champion(client, name)
+            metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        except (MlflowException, httpx.HTTPError, OSError):
+            return False
+        if champion is None or 4 * sum(champion.cutoff_offsets.values()) < 3 * events:
+            return False
+        used = [
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            if family.name == BATCH_VERSION_GAUGE
+            for sample in family.samples
+        ]
+        return bool(used) and all(v == float(champion.version) for v in used)
+
+    return probe
 
 
 def report(

@@ -21,6 +21,9 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+BATCH_VERSION_GAUGE = "lambda_ml_batch_model_version"
+
+
 class ServiceMetrics:
     """Batch champion version, speed snapshot sequence and age (refreshed at every reload round,
     `SERVING_POLL_S`; a missing model reads 0 for version and sequence, -1 for age), answers by
@@ -32,7 +35,7 @@ class ServiceMetrics:
             return Gauge(name, documentation, registry=registry, multiprocess_mode="liveall")
 
         self.batch_version = gauge(
-            "lambda_ml_batch_model_version",
+            BATCH_VERSION_GAUGE,
             "Registry version of the batch champion in use (0: none, or not a number)",
         )
         self.snapshot_sequence = gauge(
