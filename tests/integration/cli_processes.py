@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,8 +33,15 @@ def cli_env(**settings: str | Path) -> dict[str, str]:
 def stream_jobs_env(kafka: KafkaSettings, workdir: Path, **settings: str | Path) -> dict[str, str]:
     """The environment of `speed` and `archive` on `kafka`'s topics, keeping their state under
     `workdir` (snapshots/, master/, signals/), snapshotting and flushing every 0.5 s, with an
-    unreachable MLflow: the stream must not need it. `settings` add to these or replace them."""
+    unreachable MLflow: the stream must not need it. `settings` add to these or replace them.
+
+    Each call names consumer groups of its own: the archiver is a static member named after its
+    group, so tests sharing the default group on the session's broker would share its
+    membership too, and one test's archiver could hold up the next one's join."""
+    unique = uuid.uuid4().hex[:8]
     defaults: dict[str, str | Path] = {
+        "ARCHIVE_GROUP_ID": f"archiver-{unique}",
+        "SPEED_GROUP_ID": f"speed-{unique}",
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
         "KAFKA_TOPIC": kafka.topic,
         "KAFKA_DLQ_TOPIC": kafka.dlq_topic,

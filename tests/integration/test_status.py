@@ -76,7 +76,7 @@ def test_status_shows_every_part_of_a_running_system(kafka, mlflow_server, objec
     assert sum(ends.values()) == kafka_part["events"] == EVENTS
     assert kafka_part["dead_letters"] == 0
     groups = parts["consumer groups"]["groups"]
-    assert groups["lambda-ml-archiver"] == {"committed": ends, "lag": 0}
+    assert groups[stream["ARCHIVE_GROUP_ID"]] == {"committed": ends, "lag": 0}
     assert groups[group]["lag"] == 0
 
     archive_part = parts["archive"]
