@@ -349,7 +349,8 @@ class Scheduler:
             self._failures += 1
             delay = min(self.max_backoff_s, self.backoff_s * 2 ** (self._failures - 1))
             self.next_at = min(now + delay, self.cadence.next_after(now))
-            log.error("retrain (%s) failed, retrying in %.0fs: %s", reason, delay, record.error)
+            wait_s = self.next_at - now
+            log.error("retrain (%s) failed, retrying in %.0fs: %s", reason, wait_s, record.error)
         self.history.append(record)
         return record
 

@@ -195,3 +195,17 @@ def test_local_lock_paths_keep_the_file_lock():
     lease = lease_for("s3://bucket/locks/retrain.lock", StorageSettings(lease_s=12))
     assert lease is not None and lease.name == "retrain.lock" and lease.lease_s == 12
     assert lease.storage.url == "s3://bucket/locks"
+
+
+def test_a_retry_is_never_later_than_the_next_scheduled_run_and_says_when(tmp_path, caplog):
+    def job():
+        raise RuntimeError("nothing archived yet")
+
+    scheduler = Scheduler(
+        job, Cadence(interval_s=15), tmp_path / "lock", backoff_s=10, max_backoff_s=300
+    )
+    t0 = time.time()
+    for attempt in range(4):  # the backoff grows past the 15 s interval
+        assert scheduler.tick(t0 + 15 * attempt) is not None
+    assert scheduler.next_at == t0 + 60
+    assert caplog.records[-1].getMessage().startswith("retrain (retry) failed, retrying in 15s")
