@@ -22,7 +22,16 @@ import numpy as np
 
 from models.blend import Blender
 from models.losses import LOSS_CAP
-from models.prequential import ViewScores, record_views, speed_probability_matrix
+from models.prequential import (
+    Judged,
+    ViewRows,
+    ViewScores,
+    judge_views,
+    record_scope,
+    record_views,
+    speed_probability_matrix,
+)
+from models.scope import OOS_LABEL, ScopeDecision
 from models.texts import TextMemories, TextMemory, text_key, text_keys
 
 FLOOR = math.exp(-LOSS_CAP)
@@ -45,6 +54,9 @@ class Prediction:
         How many of the entries are the speed row's and the champion's.
     speed_seen, batch_seen
         Whether the speed model (the champion) had trained on the text then.
+    judged
+        Whether each view judged its answer in scope then (`models.prequential.judge_views`);
+        None when no scope decision judged, or when either model had trained on the text.
     """
 
     speed_classes: tuple[Any, ...]
@@ -54,6 +66,7 @@ class Prediction:
     lengths: tuple[int, int]
     speed_seen: bool
     batch_seen: bool
+    judged: Judged | None = None
 
     def rows(self, blend_width: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """The speed, champion (None without one) and blend rows, full width again."""
@@ -106,6 +119,7 @@ def predict_queries(
     batch: tuple[Sequence[Any], np.ndarray] | None,
     speed_texts: TextMemory | TextMemories,
     batch_texts: TextMemory | None,
+    scope: ScopeDecision | None = None,
 ) -> list[Prediction]:
     """Each view's answer to each of `texts`, as kept for its label: one vectorised call per
     view, which is what predicting them one by one gives as long as no model learns between
@@ -124,6 +138,9 @@ def predict_queries(
         there is a champion.
     speed_texts, batch_texts
         The texts the speed model, and the champion, trained on.
+    scope
+        The champion's scope decision: with it, each view's judgement of a novel text's scope
+        is made now, on the full answers, and kept for the label to score.
     """
     if not texts:
         return []
@@ -136,9 +153,17 @@ def predict_queries(
         speed_model, [{"text": text} for text in texts]
     )
     batch_classes, batch_matrix = batch if batch is not None else ((), None)
-    _, blend_matrix = blender.blend_many(
+    blend_classes, blend_matrix = blender.blend_many(
         batch_classes, batch_matrix, speed_classes, speed_matrix, batch_seen, speed_seen
     )
+    judged: list[Judged | None] = [None] * len(texts)
+    if scope is not None:
+        rows = ViewRows(
+            speed_classes, speed_matrix, batch_classes, batch_matrix, blend_classes, blend_matrix
+        )
+        novel = ~(speed_seen | batch_seen)
+        views = judge_views(scope, rows, speed_seen)
+        judged = [j if n else None for j, n in zip(views, novel.tolist(), strict=True)]
     speed_tuple = _intern_speed(speed_classes)
     batch_tuple = _intern_batch(batch_classes) if batch is not None else None
     parts = [_kept(np.asarray(speed_matrix, dtype=np.float64))]
@@ -159,6 +184,7 @@ def predict_queries(
                 (len(columns[0]), n_batch),
                 bool(speed_seen[i]),
                 bool(batch_seen[i]),
+                judged[i],
             )
         )
     return found
@@ -172,9 +198,11 @@ def learn_late_label(
     scores: ViewScores,
     learners: Sequence[Any],
     speed_texts: TextMemory | TextMemories,
+    oos_label: Any = OOS_LABEL,
 ) -> bool | None:
-    """Score a query's kept answers against its label, teach the blender from them, then let
-    each of `learners` (the speed models of the query's partition) learn the text.
+    """Score a query's kept answers against its label (and the scope judgements made with them,
+    `oos_label` naming the out-of-scope intent), teach the blender from them, then let each of
+    `learners` (the speed models of the query's partition) learn the text.
 
     Returns whether the champion's top intent was right; None when there was no champion when
     the query arrived.
@@ -202,6 +230,16 @@ def learn_late_label(
         speed_seen=prediction.speed_seen,
         batch_seen=prediction.batch_seen,
     )
+    if prediction.judged is not None:
+        rows = ViewRows(
+            prediction.speed_classes,
+            speed_row,
+            batch_classes,
+            batch_row,
+            alignment.classes,
+            blend_row,
+        )
+        record_scope(scores, rows, prediction.judged, intent, oos_label)
     x = {"text": text}
     for learner in learners:
         learner.learn_one(x, intent)

@@ -252,11 +252,11 @@ def prequential_step(
         batch_seen=batch_seen,
     )
     if scope is not None and not seen_by_any:
-        oos = scope.oos_label
-        _judge(scores.speed, speed_classes, speed_row, intent, None, oos)
-        _judge(scores.blend, alignment.classes, blended, intent, scope, oos, batch, speed_seen)
-        if batch_row is not None:
-            _judge(scores.batch, batch_classes, batch_row, intent, scope, oos)
+        rows = ViewRows(
+            speed_classes, speed_row, batch_classes, batch_row, alignment.classes, blended
+        )
+        judged = judge_views(scope, rows.as_matrices(), np.array([speed_seen]))
+        record_scope(scores, rows, judged[0], intent, scope.oos_label)
     if learn:
         speed_model.learn_one(x, intent)
         for learner in learners:
@@ -293,37 +293,96 @@ def record_views(
     return batch_right
 
 
-def _judge(
-    score: SplitScore,
-    classes: Sequence[Any],
-    row: np.ndarray,
-    intent: str,
-    decision: ScopeDecision | None,
-    oos_label: Any,
-    blended_with: BatchAnswer | None = None,
-    speed_seen: bool = False,
-) -> None:
-    """Score one view's judgement of whether the event is in scope (`SplitScore.scope`); a
-    blend `blended_with` the champion's answer is judged as serving judges it."""
-    if not len(classes):
-        return
-    matrix = np.asarray(row, dtype=np.float64)[None, :]
-    best = int(best_in_scope(classes, matrix, oos_label)[0])
-    if blended_with is None:
-        judged = judge_scope(classes, matrix, decision, oos_label)
-    else:
-        batch_classes, batch_row = blended_with
-        judged = judge_blended_scope(
-            classes,
-            matrix,
-            decision,
-            oos_label,
-            batch_classes=batch_classes,
-            batch_matrix=np.asarray(batch_row, dtype=np.float64)[None, :],
-            speed_seen=np.array([speed_seen]),
+@dataclass(frozen=True, slots=True)
+class ViewRows:
+    """Each view's classes and its answer (one row, or a matrix of rows): the speed model's, the
+    champion's (None without one) and the blend's, whose classes begin with the champion's."""
+
+    speed_classes: Sequence[Any]
+    speed: np.ndarray
+    batch_classes: Sequence[Any]
+    batch: np.ndarray | None
+    blend_classes: Sequence[Any]
+    blend: np.ndarray
+
+    def as_matrices(self) -> "ViewRows":
+        """The same answers as one-row matrices."""
+
+        def matrix(row: np.ndarray | None) -> np.ndarray | None:
+            return None if row is None else np.asarray(row, dtype=np.float64).reshape(1, -1)
+
+        return ViewRows(
+            self.speed_classes,
+            matrix(self.speed),
+            self.batch_classes,
+            matrix(self.batch),
+            self.blend_classes,
+            matrix(self.blend),
         )
-    score.scope.record(
-        judged_in_scope=bool(judged[0]),
-        right=best >= 0 and classes[best] == intent,
-        out_of_scope=intent == oos_label,
+
+
+Judged = tuple[bool | None, bool | None, bool | None]
+"""Whether the speed model, the champion and the blend judged one answer in scope (None: that
+view had no answer)."""
+
+
+def judge_views(scope: ScopeDecision, rows: ViewRows, speed_seen: np.ndarray) -> list[Judged]:
+    """Each view's judgement of each row of `rows` (matrices): the champion and the blend by
+    the champion's `scope` decision, the blend as serving judges it (`judge_blended_scope`),
+    the speed model, which has none, by its top intent."""
+    oos = scope.oos_label
+    n = len(rows.blend)
+    unanswered = np.full(n, None, dtype=object)
+    speed = (
+        judge_scope(rows.speed_classes, rows.speed, None, oos)
+        if len(rows.speed_classes)
+        else unanswered
     )
+    batch = (
+        judge_scope(rows.batch_classes, rows.batch, scope, oos)
+        if rows.batch is not None
+        else unanswered
+    )
+    blend = (
+        judge_blended_scope(
+            rows.blend_classes,
+            rows.blend,
+            scope,
+            oos,
+            batch_classes=rows.batch_classes,
+            batch_matrix=rows.batch,
+            speed_seen=speed_seen,
+        )
+        if len(rows.blend_classes)
+        else unanswered
+    )
+    return [
+        (_flag(a), _flag(b), _flag(c))
+        for a, b, c in zip(speed.tolist(), batch.tolist(), blend.tolist(), strict=True)
+    ]
+
+
+def _flag(judged: object) -> bool | None:
+    return None if judged is None else bool(judged)
+
+
+def record_scope(
+    scores: ViewScores, rows: ViewRows, judged: Judged, intent: str, oos_label: Any
+) -> None:
+    """Score each view's judgement `judged` of its answer in `rows` (one row each) against the
+    event's `intent` (`SplitScore.scope`)."""
+    views = (
+        (scores.speed, rows.speed_classes, rows.speed),
+        (scores.batch, rows.batch_classes, rows.batch),
+        (scores.blend, rows.blend_classes, rows.blend),
+    )
+    for (score, classes, row), in_scope in zip(views, judged, strict=True):
+        if in_scope is None or row is None or not len(classes):
+            continue
+        matrix = np.asarray(row, dtype=np.float64)[None, :]
+        best = int(best_in_scope(classes, matrix, oos_label)[0])
+        score.scope.record(
+            judged_in_scope=in_scope,
+            right=best >= 0 and classes[best] == intent,
+            out_of_scope=intent == oos_label,
+        )

@@ -418,6 +418,7 @@ def _answer_then_learn_arrived(
             None if batch is None else (batch[0], batch[1][None, :]),
             views.speed_texts,
             views.batch.training_texts if views.batch else None,
+            scope=views.scope,
         )
         late.item_at[position] = event.item
     for labelled in late.due.pop(position, []):
@@ -431,6 +432,7 @@ def _answer_then_learn_arrived(
             tally.scores,
             [views.speed],
             views.speed_texts,
+            views.scope.oos_label if views.scope else OOS_LABEL,
         )
         history.append((text, intent))
         tally.synthetic += item.synthetic
