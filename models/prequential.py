@@ -308,14 +308,14 @@ class ViewRows:
     def as_matrices(self) -> "ViewRows":
         """The same answers as one-row matrices."""
 
-        def matrix(row: np.ndarray | None) -> np.ndarray | None:
-            return None if row is None else np.asarray(row, dtype=np.float64).reshape(1, -1)
+        def matrix(row: np.ndarray) -> np.ndarray:
+            return np.asarray(row, dtype=np.float64).reshape(1, -1)
 
         return ViewRows(
             self.speed_classes,
             matrix(self.speed),
             self.batch_classes,
-            matrix(self.batch),
+            None if self.batch is None else matrix(self.batch),
             self.blend_classes,
             matrix(self.blend),
         )
