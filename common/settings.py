@@ -244,6 +244,8 @@ class ServingSettings(BaseSettings):
     champion" instead of following the MLflow registry's `champion` alias: benchmarks and tests
     use it to serve without an MLflow server. `max_snapshot_age_s` is the freshness guard: a
     speed snapshot older than that is stale (the speed layer has stopped) and is not used.
+    `oos_label` is the intent an out-of-scope answer names (`in_scope` false); the default is
+    CLINC150's own out-of-scope label.
 
     The request limits are answered before BentoML reads a request (`serving.middleware`):
     `max_body_bytes` leaves room for `max_batch` texts of 1,000 characters even when every
@@ -267,6 +269,7 @@ class ServingSettings(BaseSettings):
     max_snapshot_age_s: float = Field(default=900.0, gt=0)
     max_batch: int = Field(default=64, ge=1)
     top_k: int = Field(default=5, ge=1)
+    oos_label: str = Field(default="oos", min_length=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     body_timeout_s: float = Field(default=10.0, gt=0, lt=REQUEST_TIMEOUT_S)
     max_header_bytes: int = Field(default=16_384, ge=1)

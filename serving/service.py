@@ -93,6 +93,7 @@ class IntentClassifier:
             texts,
             top_k=self.settings.top_k,
             max_snapshot_age_s=self.settings.max_snapshot_age_s,
+            oos_label=self.settings.oos_label,
         )
         self.metrics.answered(predictions)
         return predictions

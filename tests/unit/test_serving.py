@@ -42,6 +42,7 @@ from models.contracts import has_vectorised_proba
 from models.model_spec import ModelSpec
 from models.prequential import speed_probabilities
 from models.registry import ChampionInfo, ChampionModel
+from models.scope import ScopeClassifier
 from models.snapshot import SnapshotHeader, SnapshotStore, SpeedSnapshot
 from models.speed_model import HashedTextNB
 from models.texts import TextMemory, text_keys
@@ -1090,3 +1091,22 @@ def test_a_partitions_snapshot_that_cannot_be_used_leaves_its_previous_one_in_th
         "the models in use keep answering"
     ]
     assert store.read_partitions.count(1) == 2  # the refused one was read once
+
+
+def test_the_out_of_scope_label_served_is_a_setting(monkeypatch, tmp_path):
+    wanted = {*BATCH_INTENTS, "oos"}
+    examples = [e for e in load_dataset(CLINC150_DATA).examples if e.intent in wanted]
+    train = [e for e in examples if e.split in ("train", "oos_train")]
+    outside = [e.text for e in examples if e.split == "oos_test"][:40]
+    scoped = ScopeClassifier(
+        make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500))
+    ).fit([e.text for e in train], [e.intent for e in train])
+    save_champion_file(tmp_path / "champion.pkl", scoped, "2", {0: len(train)})
+    champion = str(tmp_path / "champion.pkl")
+    with serve(monkeypatch, tmp_path, champion_path=champion, oos_label="not_mine") as client:
+        wait_ready(client)
+        answers = client.post("/predict_batch", json={"texts": outside}).json()
+    turned_away = [a for a in answers if not a["in_scope"]]
+    assert len(turned_away) > len(outside) / 2
+    assert {a["intent"] for a in turned_away} == {"not_mine"}
+    assert all(a["intent"] != "oos" for a in answers)
