@@ -349,8 +349,8 @@ def judge_views(scope: ScopeDecision, rows: ViewRows, speed_seen: np.ndarray) ->
             rows.blend,
             scope,
             oos,
-            batch_classes=rows.batch_classes,
-            batch_matrix=rows.batch,
+            n_batch=len(rows.batch_classes),
+            batch_in_scope=None if rows.batch is None else batch,
             speed_seen=speed_seen,
         )
         if len(rows.blend_classes)

@@ -431,30 +431,30 @@ def judge_blended_scope(
     decision: ScopeDecision | None,
     oos_label: Any,
     *,
-    batch_classes: Sequence[Any],
-    batch_matrix: np.ndarray | None,
+    n_batch: int,
+    batch_in_scope: np.ndarray | None,
     speed_seen: np.ndarray,
 ) -> np.ndarray:
-    """Whether each blended row (over `classes`: the champion's, then the speed model's own)
-    answers an in-scope query. The blend is judged like any answer, and a query the champion
-    alone judges out of scope stays out unless the speed model learnt its text or the blend's
-    best intent is one the champion does not know: on its own intents the champion's abstention
-    is the better informed (the speed model's share of a blend dilutes its out-of-scope
-    probability), while a new intent is the speed layer's to name.
+    """Whether each blended row (over `classes`: the champion's `n_batch`, then the speed
+    model's own) answers an in-scope query, given the champion's own judgement of each query
+    (`batch_in_scope`, None without a champion). The blend is judged like any answer, and a
+    query the champion judges out of scope stays out unless the speed model learnt its text or
+    the blend's best intent is one the champion does not know: on its own intents the
+    champion's abstention is the better informed (the speed model's share of a blend dilutes
+    its out-of-scope probability), while a new intent is the speed layer's to name.
 
     >>> decision = ScopeDecision.top_probability("oos", threshold=0.5)
     >>> champion = np.array([[0.7, 0.2, 0.1], [0.3, 0.2, 0.5], [0.3, 0.2, 0.5]])
     >>> blend = np.array([[0.6, 0.1, 0.1, 0.2], [0.1, 0.1, 0.2, 0.6], [0.6, 0.1, 0.2, 0.1]])
-    >>> judge_blended_scope(["a", "b", "oos", "new"], blend, decision, "oos",
-    ...     batch_classes=["a", "b", "oos"], batch_matrix=champion,
+    >>> judge_blended_scope(["a", "b", "oos", "new"], blend, decision, "oos", n_batch=3,
+    ...     batch_in_scope=judge_scope(["a", "b", "oos"], champion, decision, "oos"),
     ...     speed_seen=np.zeros(3, dtype=bool)).tolist()
     [True, True, False]
     """
     in_scope = judge_scope(classes, matrix, decision, oos_label)
-    if batch_matrix is None or not len(batch_classes):
+    if batch_in_scope is None:
         return in_scope
-    batch_in_scope = judge_scope(batch_classes, batch_matrix, decision, oos_label)
-    new_intent = best_in_scope(classes, matrix, oos_label) >= len(batch_classes)
+    new_intent = best_in_scope(classes, matrix, oos_label) >= n_batch
     return in_scope & (batch_in_scope | speed_seen | new_intent)
 
 

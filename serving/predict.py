@@ -14,9 +14,8 @@ are this pipeline's own.
 The champion's scope decision (`models.scope`) judges the answer served, blend or not, and a
 blend keeps the champion's own abstention on the intents it knows (`judge_blended_scope`);
 without a decision, a query is out of scope when the out-of-scope label is its most probable
-intent. An
-out-of-scope answer names that label with `in_scope` false, and `top_k` lists the best in-scope
-intents either way.
+intent. An out-of-scope answer names that label with `in_scope` false, and `top_k` lists the
+best in-scope intents either way.
 """
 
 from typing import Any
@@ -25,7 +24,13 @@ import numpy as np
 import sklearn
 
 from models.prequential import speed_probability_matrix
-from models.scope import OOS_LABEL, find_scope, judge_blended_scope, out_of_scope_columns
+from models.scope import (
+    OOS_LABEL,
+    find_scope,
+    judge_blended_scope,
+    judge_scope,
+    out_of_scope_columns,
+)
 from models.snapshot import SpeedSnapshot
 from models.texts import text_keys
 from serving.model_state import LoadedModels
@@ -106,13 +111,16 @@ def predict_texts(
     if matrix is None or not texts:
         return []
     decision = find_scope(champion.estimator) if champion is not None else None
+    batch_in_scope = None
+    if snapshot is not None and batch_matrix is not None and len(batch_classes):
+        batch_in_scope = judge_scope(batch_classes, batch_matrix, decision, oos_label)
     in_scope = judge_blended_scope(
         classes,
         matrix,
         decision,
         oos_label,
-        batch_classes=batch_classes,
-        batch_matrix=batch_matrix if snapshot is not None else None,
+        n_batch=len(batch_classes),
+        batch_in_scope=batch_in_scope,
         speed_seen=speed_seen,
     ).tolist()
     out = out_of_scope_columns(classes, oos_label)

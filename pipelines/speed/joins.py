@@ -13,13 +13,12 @@ most `window_s` seconds after it (by the events' own timestamps). A label read b
 waits for it as long, counted from when it is read, or, while the queries read are older than
 the label, from the first query read that is not: the small feedback topic is read far faster
 than a backlog of queries, so a label may be read long before the queries of its time are; at
-most `window_events` labels wait so per partition. A
-label outside the window, a label whose query never comes, one that finds `window_events`
-others waiting, and a second label for the same query are rejected, with the reason, for the
-dead-letter topic (the batch layer, reading the master dataset, still learns them): the
-speed layer learns a query's first label only, while the batch layer, which reads every label
-from the master dataset, takes the last one, so a correction reaches the models at the next
-batch run.
+most `window_events` labels wait so per partition. A label outside the window, a label whose
+query never comes, one that finds `window_events` others waiting, and a second label for the
+same query are rejected, with the reason, for the dead-letter topic (the batch layer, reading
+the master dataset, still learns them): the speed layer learns a query's first label only,
+while the batch layer, which reads every label from the master dataset, takes the last one, so
+a correction reaches the models at the next batch run.
 """
 
 from dataclasses import dataclass, field, replace
