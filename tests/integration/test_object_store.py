@@ -204,8 +204,6 @@ def test_the_archiver_and_the_speed_workers_carry_on_after_a_15s_outage_of_the_s
         BATCH_MASTER_DIR=url,
         ARCHIVE_FLUSH_EVERY_EVENTS="1000",
         ARCHIVE_FLUSH_EVERY_S="0.2",
-        ARCHIVE_GROUP_ID=f"archiver-{time.monotonic_ns()}",
-        SPEED_GROUP_ID=f"speed-{time.monotonic_ns()}",
         SPEED_SNAPSHOT_DIR=f"{shared}/snapshots",
         SPEED_SNAPSHOT_EVERY_S="0.5",
         SPEED_SIGNAL_DIR=f"{shared}/signals",

@@ -7,7 +7,6 @@ import io
 import os
 import signal
 import time
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -45,7 +44,6 @@ def group_env(settings, workdir: Path, **more: str) -> dict[str, str]:
     return stream_jobs_env(
         settings,
         workdir,
-        SPEED_GROUP_ID=f"group-{uuid.uuid4().hex[:8]}",
         SPEED_SNAPSHOT_EVERY_EVENTS=500,
         SPEED_PEER_REFRESH_S=1,
         SPEED_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS,
