@@ -3,9 +3,10 @@ has not delivered yet, kept across its crashes.
 
 Records are appended to segment files in the journal's folder (`<sequence>.seg`), each framed
 as its length, its CRC-32 and its bytes. A reader takes them in order from the oldest not yet
-acknowledged; acknowledging deletes the segments wholly behind, and writes the position reached
-to a small file (`acked`), so that a restart delivers again at most what was acknowledged since
-that file was last written.
+acknowledged; acknowledging deletes the segments wholly behind, and the position reached is
+written to a small file (`acked`) at each `sync` (at each acknowledgement with
+`fsync_every_s=0`), so that a restart delivers again at most what was acknowledged since the
+last sync.
 
 Durability: `append` returns once the records are in the file (the operating system's page
 cache), so a crash of the process (kill -9, out of memory) loses none of them; a crash of the
@@ -128,6 +129,7 @@ class Journal:
         self._bytes = sum(s.size for s in self._segments)
         self._to_sync: list[int] = []
         self._folder_changed = False
+        self._acked_changed = False
         self._fd = self._start_segment()
 
     # -- recovery ---------------------------------------------------------------------------
@@ -252,13 +254,16 @@ class Journal:
         return True
 
     def sync(self) -> None:
-        """fsync what was appended so far, and the folder when segments came or went."""
+        """fsync what was appended so far, and the folder when segments came or went; write the
+        position acknowledged."""
         with self._mutex:
             if self._closed:
                 return
             descriptors = [os.dup(self._fd), *self._to_sync]
             self._to_sync = []
             folder, self._folder_changed = self._folder_changed, False
+            if self._acked_changed:
+                self._write_acked()
         for fd in descriptors:
             os.fsync(fd)
             os.close(fd)
@@ -332,10 +337,16 @@ class Journal:
                 self._folder_changed = True
                 self._acked = Position(self._segments[0].sequence, 0, 0)
             self._pending -= done
-            acked = self._acked
+            self._acked_changed = True
+            if self.fsync_every_s == 0:
+                self._write_acked()
+
+    def _write_acked(self) -> None:
+        """Record the position acknowledged (under the mutex)."""
         temporary = self.directory / f"{_ACKED}.tmp"
-        temporary.write_text(json.dumps(vars(acked)))
+        temporary.write_text(json.dumps(vars(self._acked)))
         temporary.replace(self.directory / _ACKED)
+        self._acked_changed = False
 
     # -- closing ----------------------------------------------------------------------------
 

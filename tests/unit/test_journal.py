@@ -178,3 +178,34 @@ def test_a_process_killed_while_appending_loses_no_record_it_had_appended(tmp_pa
     kept = read_all(Journal(tmp_path, max_bytes=1 << 30))
     assert kept[: acknowledged + 1] == records(acknowledged + 1)
     assert len(kept) - (acknowledged + 1) in (0, 1)  # appended, killed before it said so
+
+
+ACKNOWLEDGER = """
+import sys, time
+from pathlib import Path
+from streams.journal import Journal
+journal = Journal(Path(sys.argv[1]), max_bytes=1 << 20, fsync_every_s=1.0)
+journal.append([f"{i:08d}".encode().ljust(100, b".") for i in range(100)])
+journal.acknowledge(journal.read(max_records=60), 60)
+journal.sync()
+journal.acknowledge(journal.read(max_records=30), 30)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_process_killed_between_syncs_delivers_again_only_what_it_acknowledged_since(tmp_path):
+    """The position acknowledged is written at each sync, not at each acknowledgement: a kill -9
+    gives back what was acknowledged after the last sync (at least once), nothing before it,
+    and loses nothing."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", ACKNOWLEDGER, str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == b"ready"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert read_all(Journal(tmp_path, max_bytes=1 << 20)) == records(40, start=60)
