@@ -40,10 +40,12 @@ BATCH_MESSAGES = 2000
 WAIT_TICK_S = 0.5  # how often a wait for Kafka looks up (to stop, or to warn)
 WARN_AFTER_S = 5.0  # a batch unacknowledged this long is an outage worth a warning
 IDLE_S = 1.0
-# What arrives after a quiet spell waits this long for company before it is sent: each round
-# costs a Kafka request and a flush in the service's own process, so under load one round
-# should carry many answers, not one.
+# What arrives after a quiet spell waits this long for company before it is sent. Under load,
+# rounds start at most every ROUND_EVERY_S: each costs a Kafka request, a flush and dozens of
+# hand-overs of the interpreter's lock between the outbox's threads and the service's, so one
+# round should carry many answers, not a few.
 LINGER_S = 0.05
+ROUND_EVERY_S = 0.25
 RETRY_MAX_S = 10.0
 
 
@@ -140,6 +142,7 @@ class Outbox:
 
     def _run(self) -> None:
         delay = WAIT_TICK_S
+        round_started = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
             journal = next((j for j in self._journals if j.pending), None)
@@ -149,7 +152,9 @@ class Outbox:
                 self._wake.wait(IDLE_S)
                 continue
             if journal.pending < BATCH_MESSAGES:
-                self._stopping.wait(LINGER_S)
+                since = time.monotonic() - round_started
+                self._stopping.wait(max(LINGER_S, ROUND_EVERY_S - since))
+            round_started = time.monotonic()
             batch = journal.read(BATCH_MESSAGES)
             delivered, error = self._deliver(batch)
             journal.acknowledge(batch, delivered)

@@ -14,7 +14,7 @@ from kafka.future import Future
 
 from common.settings import KafkaSettings
 from streams.journal import Journal
-from streams.outbox import Message, Outbox, claim_journals, open_outbox
+from streams.outbox import ROUND_EVERY_S, Message, Outbox, claim_journals, open_outbox
 
 
 class StandInProducer:
@@ -27,6 +27,7 @@ class StandInProducer:
         self.sent: list[Message] = []
         self._pending: list[tuple[Message, Future]] = []
         self.closed = False
+        self.flushes = 0
 
     def send(self, topic, value, key):
         future = Future()
@@ -34,6 +35,7 @@ class StandInProducer:
         return future
 
     def flush(self, timeout=None):
+        self.flushes += 1
         for message, future in self._pending:
             if self.up and (self.fail_from is None or len(self.sent) < self.fail_from):
                 self.sent.append(message)
@@ -76,6 +78,22 @@ def test_messages_reach_the_producer_in_order_and_leave_the_journal(tmp_path):
     assert sum(n for t, n in delivered if t == "queries") == 3
     assert sum(n for t, n in delivered if t == "queries.feedback") == 2
     assert list(tmp_path.glob("*.seg")) == []
+
+
+def test_a_steady_trickle_goes_out_in_rounds_spaced_apart_not_one_per_message(tmp_path):
+    """Each round costs a Kafka request and lock hand-overs in the service's process: a message
+    every 10 ms goes out in rounds at least ROUND_EVERY_S apart, every one of them delivered."""
+    producer = StandInProducer()
+    outbox = Outbox(Journal(tmp_path, max_bytes=1 << 20), lambda: producer).start()
+    started = time.monotonic()
+    for i in range(100):
+        outbox.put(messages(1, start=i))
+        time.sleep(0.01)
+    wait_for(lambda: outbox.pending == 0)
+    elapsed = time.monotonic() - started
+    outbox.stop()
+    assert producer.sent == messages(100)
+    assert 1 <= producer.flushes <= elapsed / ROUND_EVERY_S + 1
 
 
 def test_while_the_broker_is_away_messages_wait_then_go_out_in_order(tmp_path, caplog):
