@@ -16,45 +16,47 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+I = TypeVar("I")  # noqa: E741 - an item, as T is a result
 T = TypeVar("T")
 
 # Loop turns a request takes from readable socket to `__call__` (parse, task start, body).
 GATHER_TURNS = 6
 
 
-class Coalescer(Generic[T]):
-    """Await `coalescer(texts)` from the event loop; `fn` maps a list of texts to one result
-    per text, one call at a time, with at most `max_texts` texts (a single request larger than
-    that still goes whole). An exception from `fn` is raised in every request of that call."""
+class Coalescer(Generic[I, T]):
+    """Await `coalescer(items)` from the event loop (texts, or queries); `fn` maps a list of
+    items to one result per item, one call at a time, with at most `max_items` items (a single
+    request larger than that still goes whole). An exception from `fn` is raised in every
+    request of that call."""
 
     def __init__(
         self,
-        fn: Callable[[list[str]], Sequence[T]],
-        max_texts: int,
+        fn: Callable[[list[I]], Sequence[T]],
+        max_items: int,
         gather_turns: int = GATHER_TURNS,
     ) -> None:
         self.fn = fn
-        self.max_texts = max_texts
+        self.max_items = max_items
         self.gather_turns = gather_turns
-        self._pending: list[tuple[list[str], asyncio.Future[list[T]]]] = []
+        self._pending: list[tuple[list[I], asyncio.Future[list[T]]]] = []
         self._drain_task: asyncio.Task[None] | None = None
 
-    async def __call__(self, texts: list[str]) -> list[T]:
+    async def __call__(self, items: list[I]) -> list[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[T]] = loop.create_future()
-        self._pending.append((texts, future))
+        self._pending.append((items, future))
         if self._drain_task is None:
             self._drain_task = loop.create_task(self._drain())
         return await future
 
-    def _take(self) -> list[tuple[list[str], asyncio.Future[list[T]]]]:
+    def _take(self) -> list[tuple[list[I], asyncio.Future[list[T]]]]:
         taken, size = 0, 0
-        for texts, _ in self._pending:
-            if taken and size + len(texts) > self.max_texts:
+        for items, _ in self._pending:
+            if taken and size + len(items) > self.max_items:
                 break
-            taken, size = taken + 1, size + len(texts)
+            taken, size = taken + 1, size + len(items)
         group, self._pending = self._pending[:taken], self._pending[taken:]
-        return [(texts, future) for texts, future in group if not future.done()]
+        return [(items, future) for items, future in group if not future.done()]
 
     async def _drain(self) -> None:
         try:
@@ -66,14 +68,14 @@ class Coalescer(Generic[T]):
         finally:
             self._drain_task = None
 
-    def _run(self, group: list[tuple[list[str], asyncio.Future[list[T]]]]) -> None:
+    def _run(self, group: list[tuple[list[I], asyncio.Future[list[T]]]]) -> None:
         try:
-            results = self.fn([text for texts, _ in group for text in texts])
+            results = self.fn([item for items, _ in group for item in items])
         except Exception as exc:
             for _, future in group:
                 future.set_exception(exc)
             return
         start = 0
-        for texts, future in group:
-            future.set_result(list(results[start : start + len(texts)]))
-            start += len(texts)
+        for items, future in group:
+            future.set_result(list(results[start : start + len(items)]))
+            start += len(items)

@@ -87,14 +87,20 @@ class IntentClassifier:
         self.coalescer = Coalescer(self._predict_many, self.settings.max_batch)
         self.query_log = open_query_log(environment, self.metrics)
 
-    def _predict_many(self, texts: list[str]) -> list[Prediction]:
+    def _predict_many(self, queries: list[Query]) -> list[Prediction]:
+        """The predictions of the queries of one coalesced call, each named by its query's id
+        and logged (one journal write for the call) before they go out."""
         predictions = predict_texts(
             self.reloader.current,
-            texts,
+            [q.text for q in queries],
             top_k=self.settings.top_k,
             max_snapshot_age_s=self.settings.max_snapshot_age_s,
             oos_label=self.settings.oos_label,
         )
+        for query, prediction in zip(queries, predictions, strict=True):
+            prediction.query_id = query.query_id or new_query_id()
+        if self.query_log is not None:
+            self.query_log.answered(queries, predictions)
         self.metrics.answered(predictions)
         return predictions
 
@@ -102,16 +108,6 @@ class IntentClassifier:
     def _probe(models: LoadedModels) -> None:
         """A prediction with every model of the set, stale snapshot or not."""
         predict_texts(models, [PROBE_TEXT], top_k=1, max_snapshot_age_s=math.inf)
-
-    async def _answer(self, queries: list[Query]) -> list[Prediction]:
-        """The predictions of `queries`, each named by its query's id, logged before they go
-        out."""
-        predictions = await self.coalescer([q.text for q in queries])
-        for query, prediction in zip(queries, predictions, strict=True):
-            prediction.query_id = query.query_id or new_query_id()
-        if self.query_log is not None:
-            self.query_log.answered(queries, predictions)
-        return predictions
 
     @bentoml.on_shutdown
     def stop(self) -> None:
@@ -142,7 +138,7 @@ class IntentClassifier:
         """The intent of one query."""
         query = Query.model_construct(text=text, query_id=query_id, user_id=user_id, locale=locale)
         try:
-            return (await self._answer([query]))[0]
+            return (await self.coalescer([query]))[0]
         except NoModelError as exc:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
@@ -157,7 +153,7 @@ class IntentClassifier:
             )
         queries = [Query.model_construct(text=t) if isinstance(t, str) else t for t in texts]
         try:
-            return Predictions(await self._answer(queries))
+            return Predictions(await self.coalescer(queries))
         except NoModelError as exc:
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 

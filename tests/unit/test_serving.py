@@ -632,7 +632,7 @@ def test_coalescer_runs_concurrent_requests_in_one_call():
         return await coalescer(texts)
 
     async def scenario():
-        coalescer = Coalescer(upper, max_texts=3)
+        coalescer = Coalescer(upper, max_items=3)
         alone = await coalescer(["a"])
         joined = await asyncio.gather(coalescer(["b"]), late(coalescer, ["c"], 2))
         split = await asyncio.gather(coalescer(["d"]), coalescer(["e", "f"]), coalescer(["g"] * 4))
@@ -649,7 +649,7 @@ def test_coalescer_raises_the_error_in_every_request_of_the_call():
         raise ValueError("broken model")
 
     async def scenario():
-        coalescer = Coalescer(fail, max_texts=10)
+        coalescer = Coalescer(fail, max_items=10)
         return await asyncio.gather(coalescer(["a"]), coalescer(["b"]), return_exceptions=True)
 
     assert [str(e) for e in asyncio.run(scenario())] == ["broken model", "broken model"]
