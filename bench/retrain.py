@@ -120,6 +120,7 @@ def write_master(
                     "intent": intent_array.take(picks),
                     "user_id": pa.nulls(int(chosen.sum()), pa.string()),
                     "locale": pa.nulls(int(chosen.sum()), pa.string()),
+                    "served": pa.nulls(int(chosen.sum()), pa.string()),
                     "partition": pa.array(np.full(chosen.sum(), p), pa.int32()),
                     "offset": pa.array(offsets[chosen], pa.int64()),
                 },

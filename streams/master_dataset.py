@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from common.settings import StorageSettings
 from common.storage import Location, Storage
@@ -35,11 +36,14 @@ SCHEMA = pa.schema(
         ("intent", pa.string()),
         ("user_id", pa.string()),
         ("locale", pa.string()),
+        ("served", pa.string()),
         ("partition", pa.int32()),
         ("offset", pa.int64()),
     ]
 )
-"""The columns of the queries topic's files."""
+"""The columns of the queries topic's files. `served` is what the service answered (the
+event's `served` as its JSON, which may grow fields), null for a replayed query and in files
+written before the column existed."""
 FEEDBACK_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),
@@ -262,7 +266,10 @@ def flush_table(events: Sequence[Located], topic: ArchivedTopic = QUERIES) -> pa
     columns: dict[str, list] = {name: [] for name in topic.schema.names}
     for located in events:
         for name in fields:
-            columns[name].append(getattr(located.event, name))
+            value = getattr(located.event, name)
+            columns[name].append(
+                value.model_dump_json(exclude_none=True) if isinstance(value, BaseModel) else value
+            )
         columns["partition"].append(located.partition)
         columns["offset"].append(located.offset)
     return pa.Table.from_pydict(columns, schema=topic.schema)

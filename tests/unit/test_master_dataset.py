@@ -4,6 +4,8 @@ and the feedback topic's labels archived beside the queries."""
 import threading
 from datetime import UTC, datetime
 
+import pyarrow.parquet as pq
+
 from common.settings import ArchiveSettings
 from common.storage import LocalStorage, StorageError
 from streams.archiver import Archiver, recover, write_flush
@@ -16,12 +18,13 @@ from streams.master_dataset import (
     archived_cutoff,
     archived_positions,
     feedback_history,
+    flush_table,
     footprint,
     history,
     scan,
 )
 from streams.master_dataset import write_flush as archive
-from streams.schema import FeedbackEvent, QueryEvent
+from streams.schema import FeedbackEvent, QueryEvent, Score, Served
 
 
 def consumed(partition, offset, day=1, intent="alarm"):
@@ -43,6 +46,30 @@ def test_flushes_are_read_back_and_positions_come_from_names(tmp_path):
     assert sorted(
         zip(table["partition"].to_pylist(), table["offset"].to_pylist(), strict=True)
     ) == [(0, o) for o in range(15)] + [(1, o) for o in range(5)]
+
+
+def test_what_was_served_is_archived_and_files_from_before_the_column_read_as_none(tmp_path):
+    served = Served(
+        intent="alarm_set",
+        confidence=0.81,
+        source="blend",
+        top_k=[Score(intent="alarm_set", p=0.81), Score(intent="timer", p=0.1)],
+        batch_weight=0.7,
+        speed_weight=0.3,
+        batch_version="3",
+        speed_offsets={0: 12, 1: 40},
+    )
+    answered = consumed(0, 0, intent=None)
+    answered = Consumed(answered.event.model_copy(update={"served": served}), 0, 0)
+    write_flush(tmp_path, 0, 0, 1, [answered, consumed(0, 1)])
+    # A file written before the column existed: every other column, and no `served`.
+    older = flush_table([consumed(1, 0)]).drop_columns(["served"])
+    pq.write_table(older, tmp_path / "date=2026-01-01" / FlushFile.name(1, 0, 0, 1, 1))
+    rows = (
+        history(tmp_path).to_table().sort_by([("partition", "ascending"), ("offset", "ascending")])
+    )
+    assert Served.model_validate_json(rows["served"][0].as_py()) == served
+    assert rows["served"].to_pylist()[1:] == [None, None]
 
 
 def test_cutoff_keeps_only_offsets_below_it_per_partition(tmp_path):
