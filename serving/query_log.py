@@ -94,10 +94,13 @@ class QueryLog:
             )
             for label in labels
         ]
-        return self._put(self.feedback_topic, events)
+        return self._put(self.feedback_topic, events, urgent=True)
 
-    def _put(self, topic: str, events: Sequence[QueryEvent | FeedbackEvent]) -> bool:
-        written = self.outbox.put([Message(topic, e.key, e.to_json_bytes()) for e in events])
+    def _put(
+        self, topic: str, events: Sequence[QueryEvent | FeedbackEvent], urgent: bool = False
+    ) -> bool:
+        messages = [Message(topic, e.key, e.to_json_bytes()) for e in events]
+        written = self.outbox.put(messages, urgent=urgent)
         if written:
             self.metrics.query_log_journaled.labels(topic).inc(len(events))
         return written

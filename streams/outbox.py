@@ -43,7 +43,8 @@ IDLE_S = 1.0
 # What arrives after a quiet spell waits this long for company before it is sent. Under load,
 # rounds start at most every ROUND_EVERY_S: each costs a Kafka request, a flush and dozens of
 # hand-overs of the interpreter's lock between the outbox's threads and the service's, so one
-# round should carry many answers, not a few.
+# round should carry many answers, not a few. An urgent message (a label: the loop's freshness
+# waits on it) goes in a round at most LINGER_S after it was put, paced or not.
 LINGER_S = 0.05
 ROUND_EVERY_S = 0.25
 RETRY_MAX_S = 10.0
@@ -101,6 +102,7 @@ class Outbox:
         self._on_backlog = on_backlog
         self._producer: KafkaProducer | None = None
         self._wake = threading.Event()
+        self._urgent = threading.Event()
         self._stopping = threading.Event()
         self._outage_since: float | None = None
         self._threads = [threading.Thread(target=self._run, name="outbox", daemon=True)]
@@ -109,10 +111,12 @@ class Outbox:
                 threading.Thread(target=self._sync, name="outbox-sync", daemon=True)
             )
 
-    def put(self, messages: Sequence[Message]) -> bool:
+    def put(self, messages: Sequence[Message], urgent: bool = False) -> bool:
         """Journal `messages` for delivery: True once they are in the journal's file, False if
-        it could not take them (counted as dropped)."""
+        it could not take them (counted as dropped). `urgent` ones skip the pacing of rounds."""
         written = self.journal.append([m.encode() for m in messages])
+        if urgent:
+            self._urgent.set()
         self._wake.set()
         return written
 
@@ -130,6 +134,7 @@ class Outbox:
         """Stop delivering (what is left stays in the journal for the next owner) and close."""
         self._stopping.set()
         self._wake.set()
+        self._urgent.set()
         for thread in self._threads:
             if thread.ident is not None:  # started
                 thread.join(timeout_s)
@@ -152,8 +157,7 @@ class Outbox:
                 self._wake.wait(IDLE_S)
                 continue
             if journal.pending < BATCH_MESSAGES:
-                since = time.monotonic() - round_started
-                self._stopping.wait(max(LINGER_S, ROUND_EVERY_S - since))
+                self._linger(round_started)
             round_started = time.monotonic()
             batch = journal.read(BATCH_MESSAGES)
             delivered, error = self._deliver(batch)
@@ -166,6 +170,15 @@ class Outbox:
                 self._away(error)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+
+    def _linger(self, round_started: float) -> None:
+        """Wait for company: LINGER_S, or until ROUND_EVERY_S after the last round started,
+        whichever is later, but no longer than LINGER_S after an urgent message."""
+        until = max(time.monotonic() + LINGER_S, round_started + ROUND_EVERY_S)
+        while not self._stopping.is_set() and (left := until - time.monotonic()) > 0:
+            if self._urgent.wait(left):
+                self._urgent.clear()
+                until = min(until, time.monotonic() + LINGER_S)
 
     def _deliver(self, batch: Batch) -> tuple[int, BaseException | None]:
         """Send the batch and wait for Kafka: how many of its first messages were acknowledged,

@@ -96,6 +96,22 @@ def test_a_steady_trickle_goes_out_in_rounds_spaced_apart_not_one_per_message(tm
     assert 1 <= producer.flushes <= elapsed / ROUND_EVERY_S + 1
 
 
+def test_an_urgent_message_is_not_held_back_by_the_pacing_of_rounds(tmp_path, monkeypatch):
+    """A label put while rounds are paced goes out at once, with what waited before it; with
+    rounds 30 s apart, neither would reach the producer within the 10 s waited for here."""
+    monkeypatch.setattr("streams.outbox.ROUND_EVERY_S", 30.0)
+    producer = StandInProducer()
+    outbox = Outbox(Journal(tmp_path, max_bytes=1 << 20), lambda: producer).start()
+    outbox.put(messages(1))
+    wait_for(lambda: producer.sent == messages(1))  # the first round: nothing to pace yet
+    outbox.put(messages(1, start=1))
+    outbox.put(messages(1, start=2, topic="queries.feedback"), urgent=True)
+    wait_for(lambda: outbox.pending == 0, timeout_s=10)
+    outbox.stop()
+    assert producer.sent == messages(2) + messages(1, start=2, topic="queries.feedback")
+    assert producer.flushes == 2
+
+
 def test_while_the_broker_is_away_messages_wait_then_go_out_in_order(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="streams.outbox")
     producer = StandInProducer()
