@@ -24,6 +24,9 @@ from models.texts import TextMemory
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 CUTOFF_TAG = "cutoff_offsets"
+FEEDBACK_CUTOFF_TAG = "cutoff_feedback_offsets"
+"""The version tag of the feedback topic's offsets in the cut-off (`CUTOFF_TAG` holds the
+queries topic's); a version registered before labels had a topic has none: no label read."""
 TOPIC_TAG = "cutoff_topic"
 MODEL_SPEC_TAG = "model_spec"
 """The tag holding the spec of a version's model (`ModelSpec.as_json`)."""

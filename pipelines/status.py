@@ -23,7 +23,14 @@ from rich.table import Table
 
 from common.processes import ServiceError
 from common.settings import Settings
-from models.registry import CHALLENGER, CHAMPION, CUTOFF_TAG, alias_version, decode_offsets
+from models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    CUTOFF_TAG,
+    FEEDBACK_CUTOFF_TAG,
+    alias_version,
+    decode_offsets,
+)
 from models.snapshot import SnapshotStore, SpeedSnapshot
 from pipelines.batch.retrain_task import last_outcome
 from pipelines.services import broker
@@ -222,6 +229,7 @@ def _version(client: MlflowClient, name: str, alias: str) -> dict[str, Any] | No
         "first_seen_accuracy": metrics.get("holdout_first_seen_accuracy"),
         "macro_f1": metrics.get("holdout_macro_f1"),
         "cutoff_offsets": decode_offsets(version.tags.get(CUTOFF_TAG)),
+        "cutoff_feedback_offsets": decode_offsets(version.tags.get(FEEDBACK_CUTOFF_TAG)),
         "age_s": round(time.time() - version.creation_timestamp / 1000, 1),
     }
 
@@ -232,9 +240,11 @@ def _describe_version(found: dict[str, Any]) -> str:
         for key, label in (("first_seen_accuracy", "first-seen accuracy"), ("macro_f1", "macro-F1"))
         if found[key] is not None
     )
+    labels = found["cutoff_feedback_offsets"]
     return (
         f"v{found['version']} ({scores or 'no scores'}), registered {_age(found['age_s'])} ago, "
         f"cut-off {_offsets(found['cutoff_offsets'])}"
+        + (f", labels {_offsets(labels)}" if labels else "")
     )
 
 

@@ -49,6 +49,7 @@ from models.registry import (
     CHALLENGER,
     CHAMPION,
     CUTOFF_TAG,
+    FEEDBACK_CUTOFF_TAG,
     MODEL_SPEC_TAG,
     TOPIC_TAG,
     TRAINING_TEXTS_ARTIFACT,
@@ -71,10 +72,6 @@ from pipelines.tracking import experiment_id, tracking_client
 from streams.master_dataset import Cutoff, archived_cutoff
 
 log = logging.getLogger(__name__)
-
-FEEDBACK_CUTOFF_TAG = "cutoff_feedback_offsets"
-"""The version tag of the feedback topic's offsets in the cut-off (`CUTOFF_TAG` holds the
-queries topic's); a version registered before labels had a topic has none: no label read."""
 
 
 @dataclass

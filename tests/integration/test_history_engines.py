@@ -16,11 +16,18 @@ import pytest
 from mlflow import MlflowClient
 
 from common.settings import BatchSettings, MlflowSettings
-from models.registry import CHALLENGER, CHAMPION, CUTOFF_TAG, decode_offsets, fetch_alias
+from models.registry import (
+    CHALLENGER,
+    CHAMPION,
+    CUTOFF_TAG,
+    FEEDBACK_CUTOFF_TAG,
+    decode_offsets,
+    fetch_alias,
+)
 from pipelines.batch.counts import NoData, split_counts
 from pipelines.batch.history import count_history_local
 from pipelines.batch.history_spark import count_history_spark
-from pipelines.batch.retrain import FEEDBACK_CUTOFF_TAG, NothingNew, retrain
+from pipelines.batch.retrain import NothingNew, retrain
 from streams.archiver import write_flush
 from streams.consumer import Consumed
 from streams.dataset import CLINC150_DATA, load_dataset
