@@ -156,16 +156,22 @@ while True:
 """
 
 
-def test_a_process_killed_while_appending_loses_no_record_it_had_appended(tmp_path):
-    """kill -9 at an arbitrary moment: every record whose append had returned is read back,
-    in order, and nothing else (a torn last one is cut)."""
+def journal_writer(script: str, folder: Path) -> "subprocess.Popen[bytes]":
+    """`script` in a process of its own, on the journal in `folder`, its output piped."""
     child = subprocess.Popen(
-        [sys.executable, "-c", APPENDER, str(tmp_path)],
+        [sys.executable, "-c", script, str(folder)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert child.stdout is not None
+    return child
+
+
+def test_a_process_killed_while_appending_loses_no_record_it_had_appended(tmp_path):
+    """kill -9 at an arbitrary moment: every record whose append had returned is read back,
+    in order, and nothing else (a torn last one is cut)."""
+    child = journal_writer(APPENDER, tmp_path)
     acknowledged = -1
     deadline = time.monotonic() + 60
     while acknowledged < 20_000 and time.monotonic() < deadline:
@@ -198,13 +204,7 @@ def test_a_process_killed_between_syncs_delivers_again_only_what_it_acknowledged
     """The position acknowledged is written at each sync, not at each acknowledgement: a kill -9
     gives back what was acknowledged after the last sync (at least once), nothing before it,
     and loses nothing."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", ACKNOWLEDGER, str(tmp_path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert child.stdout is not None
+    child = journal_writer(ACKNOWLEDGER, tmp_path)
     assert child.stdout.readline().strip() == b"ready"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
