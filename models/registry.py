@@ -19,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from models.model_spec import ModelSpec
+from models.scope import find_scope
 from models.texts import TextMemory
 
 CHAMPION = "champion"
@@ -112,8 +113,9 @@ speed layer can tell the champion's first-seen texts from its repeats."""
 
 
 class ChampionModel:
-    """A loaded batch champion: its registry facts, a vectorised predict_proba over texts, and
-    the texts it trained on (None when its run did not record them)."""
+    """A loaded batch champion: its registry facts, a vectorised predict_proba over texts, the
+    texts it trained on (None when its run did not record them) and its scope decision (None
+    when it has none)."""
 
     def __init__(self, info: ChampionInfo, estimator, training_texts: TextMemory | None = None):
         self.info = info
@@ -121,6 +123,7 @@ class ChampionModel:
         self.training_texts = training_texts
         self.classes: list[str] = [str(c) for c in estimator.classes_]
         self.known = frozenset(self.classes)
+        self.scope = find_scope(estimator)
 
     def predict_proba_matrix(self, texts: list[str]) -> np.ndarray:
         """(texts, classes) probabilities in the order of `classes`; one vectorised call."""

@@ -26,7 +26,6 @@ import sklearn
 from models.prequential import speed_probability_matrix
 from models.scope import (
     OOS_LABEL,
-    find_scope,
     judge_blended_scope,
     judge_scope,
     out_of_scope_columns,
@@ -110,7 +109,7 @@ def predict_texts(
         )
     if matrix is None or not texts:
         return []
-    decision = find_scope(champion.estimator) if champion is not None else None
+    decision = champion.scope if champion is not None else None
     batch_in_scope = None
     if snapshot is not None and batch_matrix is not None and len(batch_classes):
         batch_in_scope = judge_scope(batch_classes, batch_matrix, decision, oos_label)

@@ -38,6 +38,16 @@ SPEED_FAMILIES = (
     ),
     Family(f"{SPEED}_window_accuracy", "Accuracy over the last window", labels=("view",)),
     Family(f"{SPEED}_log_loss", "Prequential log loss", labels=("view",)),
+    Family(
+        f"{SPEED}_in_scope_accuracy",
+        "Novel texts, scoped champion: in-scope queries judged in scope and answered right",
+        labels=("view",),
+    ),
+    Family(
+        f"{SPEED}_oos_recall",
+        "Novel texts, scoped champion: out-of-scope queries judged out of scope",
+        labels=("view",),
+    ),
     Family(f"{SPEED}_first_seen_share", "Share of first-seen texts", labels=("view",)),
     Family(f"{SPEED}_partitions_owned", "Partitions this worker of the consumer group owns"),
     Family(
@@ -55,7 +65,7 @@ SPEED_FAMILIES = (
 )
 _VIEW = re.compile(
     r"^(?P<view>speed|batch|blend)_(?:(?P<texts>first_seen|repeated|novel)_)?"
-    r"(?P<figure>accuracy|window_accuracy|log_loss|first_seen_share)$"
+    r"(?P<figure>accuracy|window_accuracy|log_loss|first_seen_share|in_scope_accuracy|oos_recall)$"
 )
 _PARTITION_LAG = re.compile(r"^lag_p(?P<partition>\d+)$")
 _FRESHNESS = re.compile(r"^freshness_p(?P<percentile>\d+)_s$")

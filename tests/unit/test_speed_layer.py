@@ -20,6 +20,7 @@ from models.blend import Blender
 from models.contracts import ModelContractError
 from models.model_spec import ModelSpecError
 from models.registry import ChampionInfo, ChampionModel
+from models.scope import OOS_LABEL, ScopeClassifier
 from models.snapshot import (
     SNAPSHOT_FORMAT,
     SnapshotHeader,
@@ -41,6 +42,7 @@ from pipelines.speed.schedules import (
 )
 from pipelines.tracking import RunReporter, SnapshotRegistrar, snapshot_tags
 from streams.consumer import MAX_POLL_RECORDS, EventReader
+from streams.dataset import CLINC150_DATA, load_dataset
 from streams.schema import QueryEvent, parse_event
 from tests.unit.fake_kafka import (
     INTENTS,
@@ -1162,3 +1164,53 @@ def test_queries_labelled_inline_are_learnt_as_before_beside_a_feedback_topic(tm
     group.run_to_end()
     check_exact(group.store, topic)
     assert group.reasons == ["not JSON: Expecting value at char 0"] * 4  # the bad ones only
+
+
+SCOPED_INTENTS = ("alarm", "weather", "timer", "translate", OOS_LABEL)
+
+
+@pytest.fixture(scope="module")
+def scoped_stream():
+    """A champion with a scope decision, fitted on CLINC150's train rows of a few intents and
+    out-of-scope queries, and test rows of the same it never saw, shuffled."""
+    examples = [e for e in load_dataset(CLINC150_DATA).examples if e.intent in SCOPED_INTENTS]
+    train = [e for e in examples if e.split in ("train", "oos_train")]
+    estimator = ScopeClassifier(make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=500)))
+    estimator.fit([e.text for e in train], [e.intent for e in train])
+    test = [(e.text, e.intent) for e in examples if e.split in ("test", "oos_test")]
+    test = [pair for pair in test if pair[1] != OOS_LABEL] + [
+        pair for pair in test if pair[1] == OOS_LABEL
+    ][:60]
+    return ChampionInfo("m", "4", "run", {0: 0}), estimator, sorted(test, key=hash)
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["inline labels", "late labels"])
+def test_the_worker_scores_how_each_view_judges_scope_on_novel_texts(tmp_path, scoped_stream, late):
+    """With a scoped champion, each view's judgement of a novel query's scope, made when it
+    arrived, is scored against its label, labelled inline or later, and exported."""
+    info, estimator, pairs = scoped_stream
+    topic, labels = FakeTopic(partitions=1, events=0), FakeLabels(1)
+    for i, (text, intent) in enumerate(pairs):
+        topic.append(0, event_bytes(i, None if late else intent, text))
+        if late:
+            labels.append(0, label_bytes(f"q{i}", intent))
+    group = Workers(tmp_path, topic, labels=labels)
+    group.champion = ChampionModel(info, estimator, None)
+    (layer,) = group.start()
+    group.run_to_end()
+    scores = layer.state.scores
+    out = sum(intent == OOS_LABEL for _, intent in pairs)
+    assert (scores.batch.scope.out_of_scope, scores.batch.scope.in_scope) == (out, len(pairs) - out)
+    assert scores.batch.scope.turned_away > out / 2  # the champion's decision turns most away
+    assert scores.blend.scope.out_of_scope == out
+    samples = {(name, labels): value for name, labels, value in speed_samples(layer.metrics())}
+    # With late labels every query came before any label: the speed model knew no intent then,
+    # so it judged none of them, and only the champion and the blend are scored.
+    judging = ("batch", "blend") if late else ("speed", "batch", "blend")
+    for view in judging:
+        score = getattr(scores, view).scope
+        assert samples["lambda_ml_speed_oos_recall", (view,)] == score.oos_recall
+        assert samples["lambda_ml_speed_in_scope_accuracy", (view,)] == score.in_scope_accuracy
+    assert {labels for name, labels in samples if name.endswith("oos_recall")} == {
+        (view,) for view in judging
+    }
