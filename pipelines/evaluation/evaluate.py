@@ -32,7 +32,7 @@ from models.metrics import SplitScore
 from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionInfo, ChampionModel
-from models.scope import OOS_LABEL, ScopeDecision, find_scope
+from models.scope import OOS_LABEL, ScopeDecision
 from models.texts import TextMemory, normalise
 from pipelines.batch.counts import count_examples_from_pairs
 from pipelines.produce import ReplayOptions, scenario_for
@@ -227,7 +227,7 @@ class _Views:
         model, _ = prepare_batch_model(self.batch_model.build())
         model = fit_on_counts(model, texts, intents, weights)
         self.batch = ChampionModel(info, model, TextMemory.of(texts))
-        self.scope = find_scope(model) or ScopeDecision.top_intent(OOS_LABEL)
+        self.scope = self.batch.scope or ScopeDecision.top_intent(OOS_LABEL)
         self.speed = self._new_speed_model()  # re-base: the batch model now covers all before
         self.speed_texts = TextMemory()
         self.blender = Blender()
