@@ -24,12 +24,7 @@ import numpy as np
 import sklearn
 
 from models.prequential import speed_probability_matrix
-from models.scope import (
-    OOS_LABEL,
-    judge_blended_scope,
-    judge_scope,
-    out_of_scope_columns,
-)
+from models.scope import OOS_LABEL, judge_blended_scope, judge_scope, out_of_scope_columns
 from models.snapshot import SpeedSnapshot
 from models.texts import text_keys
 from serving.model_state import LoadedModels

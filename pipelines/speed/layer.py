@@ -50,7 +50,7 @@ from models.late_labels import learn_late_label, predict_queries
 from models.model_spec import ModelSpec
 from models.prequential import BatchAnswer, ViewScores, prequential_step
 from models.registry import ChampionModel
-from models.scope import OOS_LABEL, ScopeDecision
+from models.scope import OOS_LABEL
 from models.snapshot import (
     SnapshotHeader,
     SnapshotStore,
@@ -643,7 +643,7 @@ class SpeedLayer:
                 speed_texts=memories.get(item.partition, state.learnt_texts),
                 batch_texts=champion.training_texts if champion else None,
                 learners=(state.model,) if view is not None else (),
-                scope=self._champion_scope(),
+                scope=champion.scope if champion else None,
             )
             if event.served is not None:
                 state.served(event.served.intent, intent)
@@ -679,7 +679,7 @@ class SpeedLayer:
                 (champion.classes, np.vstack(rows)) if champion is not None and rows else None,
                 memories.get(partition, state.learnt_texts),
                 champion.training_texts if champion else None,
-                scope=self._champion_scope(),
+                scope=champion.scope if champion else None,
             )
             for (item, event, _), prediction in zip(mine, predictions, strict=True):
                 query = Awaiting(
@@ -706,6 +706,7 @@ class SpeedLayer:
         query arrived."""
         state = self.parts[partition]
         assert query.prediction is not None and state.joins is not None
+        scope = self.champion.scope if self.champion is not None else None
         batch_right = learn_late_label(
             query.prediction,
             query.text,
@@ -714,16 +715,13 @@ class SpeedLayer:
             state.scores,
             [view, state.model] if view is not None else [state.model],
             memories.get(partition, state.learnt_texts),
-            scope.oos_label if (scope := self._champion_scope()) else OOS_LABEL,
+            scope.oos_label if scope is not None else OOS_LABEL,
         )
         if query.served is not None:
             state.served(query.served, label.intent)
         state.joins.learnt(query, label.intent)
         state.labels_joined += 1
         self._learnt(state, batch_right, label.ts.timestamp())
-
-    def _champion_scope(self) -> ScopeDecision | None:
-        return self.champion.scope if self.champion is not None else None
 
     def _learnt(self, state: SpeedState, batch_right: bool | None, ts: float) -> None:
         """Count a labelled event learnt; the champion's error on it goes to the drift watch."""
